@@ -1,0 +1,181 @@
+"""The Broker protocol: what a node needs from whatever connects nodes and keeps history.
+
+Implementations: :mod:`hub.brokers.memory` (one process) and :mod:`hub.brokers.redis` (many
+processes and machines). Both pass the same contract suite in ``tests/hub/brokers``.
+
+Contract, for every implementation:
+
+* ``publish`` of a stored publication assigns the room's next offset (1, 2, 3 … no holes) in the
+  room's current epoch, appends it to history bounded by ``history_size`` and ``history_ttl``, and
+  hands it to every node subscribed to the room, in offset order. Ephemeral publications and
+  ``publish_frame`` frames get no offset and are never stored.
+* A node receives a room's traffic (``NodeListener.deliver``) only between ``subscribe(room)`` and
+  ``unsubscribe(room)``. Delivery may be lost in transit (Redis pub/sub); when the broker may have
+  lost some, it calls ``NodeListener.resync()`` so the node catches up from history.
+* The epoch and the offset counter outlive the history. If they are lost a new epoch starts at 1.
+* Every method may raise :class:`~hub.errors.BrokerError` when the backend is unreachable; none
+  hangs longer than the configured broker timeout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hub.envelope import Publication
+
+IDEMPOTENCY_TTL = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """Where a publication landed. Ephemeral: ``offset`` and ``epoch`` are None."""
+
+    room: str
+    offset: int | None
+    epoch: str | None
+    duplicate: bool = False  # an idempotent repeat: nothing was published this time
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """An idempotency key scoped to a credential and a room, with a fingerprint of the request.
+
+    A repeat with the same fingerprint within IDEMPOTENCY_TTL returns the first result; a repeat
+    with another fingerprint raises Conflict.
+    """
+
+    scope: str
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """A slice of a room's history.
+
+    ``first`` is the smallest offset still stored (``head + 1`` when history is empty), ``head``
+    the room's latest offset; ``publications`` are in ascending offset order.
+    """
+
+    epoch: str
+    head: int
+    first: int
+    publications: list[Publication]
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A presence member: the public fields plus the node that hosts the session."""
+
+    room: str
+    session: str
+    user: str
+    transport: str
+    node: str
+    name: str | None = None
+    info: Any = None
+
+    def public(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"user": self.user, "session": self.session}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.info is not None:
+            out["info"] = self.info
+        out["transport"] = self.transport
+        return out
+
+
+class NodeListener(Protocol):
+    """What a broker calls back into. Every method is a plain ``def`` and must not block."""
+
+    def deliver(self, pub: Publication) -> None:
+        """A room publication or room frame (ephemeral, join, leave) for a subscribed room."""
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        """A control message sent to this node or to all nodes (kicks, signals)."""
+
+    def resync(self) -> None:
+        """Delivery may have lost messages (reconnect): catch every room up from history."""
+
+    def broker_state(self, up: bool) -> None:
+        """The broker became reachable (True) or unreachable (False)."""
+
+
+class Broker(Protocol):
+    """Connects nodes: fan-out, history, presence, control messages. See the module docstring."""
+
+    async def start(self, listener: NodeListener, node_id: str) -> None:
+        """Begin; must not raise when the backend is down (report it through broker_state)."""
+
+    async def close(self) -> None: ...
+
+    async def ready(self) -> bool:
+        """True when a round trip to the backend works now."""
+
+    async def publish(
+        self,
+        room: str,
+        body: bytes,
+        *,
+        ephemeral: bool = False,
+        idempotency: Idempotency | None = None,
+    ) -> PublishResult:
+        """Publish a ``message`` body (see :func:`hub.envelope.make_body`)."""
+
+    async def publish_frame(self, room: str, frame: bytes) -> None:
+        """Fan out a non-stored room frame (``join``/``leave``) to the nodes subscribed to it."""
+
+    async def subscribe(self, room: str) -> None: ...
+
+    async def unsubscribe(self, room: str) -> None: ...
+
+    async def history(
+        self, room: str, *, after: int | None = None, limit: int = 100
+    ) -> HistoryPage:
+        """``after=None``: the newest ``limit`` publications; else the first ``limit`` with
+        offset > ``after``. Creates the room's epoch if the room has none."""
+
+    async def position(self, room: str) -> tuple[str, int]:
+        """(epoch, head offset) of the room, creating the epoch if needed."""
+
+    async def presence_add(self, member: Member) -> None: ...
+
+    async def presence_remove(self, room: str, session: str) -> None: ...
+
+    async def presence_list(self, room: str) -> list[Member]: ...
+
+    async def send_control(self, message: dict[str, Any], node: str | None = None) -> None:
+        """Send a control message to one node, or to every node (self included) when None."""
+
+    async def connection_add(self, user: str, session: str) -> int:
+        """Register a live session of ``user``; returns the user's session count, cluster-wide."""
+
+    async def connection_remove(self, user: str, session: str) -> None: ...
+
+    async def connection_count(self, user: str) -> int: ...
+
+    async def room_sessions(self, room: str, delta: int) -> None:
+        """Adjust this node's count of sessions in ``room`` (for the rooms listing)."""
+
+    async def list_rooms(
+        self, prefix: str, cursor: str | None, limit: int
+    ) -> tuple[list[tuple[str, int]], str | None]:
+        """Rooms with sessions on any node, sorted by name: ([(room, sessions)], next cursor)."""
+
+    async def take(self, key: str, rate: float, burst: float) -> tuple[bool, float, float]:
+        """Token bucket shared by the cluster: (allowed, remaining tokens, seconds to refill)."""
+
+
+def broker_from_url(url: str, **options: Any) -> Broker:
+    """Build a broker from its URL: ``memory://``, ``redis://…`` or ``rediss://…``."""
+    scheme = url.split("://", 1)[0]
+    if scheme == "memory":
+        from hub.brokers.memory import MemoryBroker
+
+        return MemoryBroker(**options)
+    if scheme in ("redis", "rediss"):
+        from hub.brokers.redis import RedisBroker
+
+        return RedisBroker(url, **options)
+    raise ValueError(f"unknown broker URL scheme {scheme!r}")

@@ -1,0 +1,223 @@
+"""MemoryBroker (``memory://``): one process, nothing to install.
+
+Rooms live in dicts; history is a deque per room bounded by size and age. Delivery is a direct
+call into the node listener, so it is never lost and ``resync`` is never needed. A restart loses
+everything, and rooms then start a new epoch.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub.brokers.base import (
+    IDEMPOTENCY_TTL,
+    HistoryPage,
+    Idempotency,
+    Member,
+    NodeListener,
+    PublishResult,
+)
+from hub.envelope import Publication
+from hub.errors import Conflict
+
+_ALNUM = string.ascii_letters + string.digits
+
+
+def new_epoch() -> str:
+    """A fresh epoch name: 8 random alphanumerics."""
+    return "".join(secrets.choice(_ALNUM) for _ in range(8))
+
+
+@dataclass(slots=True)
+class _Room:
+    epoch: str
+    offset: int = 0
+    history: deque[tuple[float, Publication]] = field(default_factory=deque)
+    presence: dict[str, Member] = field(default_factory=dict)
+
+
+class MemoryBroker:
+    """In-process broker. Safe to use from one event loop only."""
+
+    def __init__(
+        self,
+        *,
+        history_size: int = 1000,
+        history_ttl: float = 3600.0,
+        clock: Any = time.monotonic,
+        **_: Any,
+    ) -> None:
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self._clock = clock
+        self._rooms: dict[str, _Room] = {}
+        self._subscribed: set[str] = set()
+        self._idem: dict[tuple[str, str, str], tuple[float, str, PublishResult]] = {}
+        self._conns: dict[str, set[str]] = {}
+        self._room_sessions: dict[str, int] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._listener: NodeListener | None = None
+        self._node = ""
+
+    async def start(self, listener: NodeListener, node_id: str) -> None:
+        self._listener = listener
+        self._node = node_id
+        listener.broker_state(True)
+
+    async def close(self) -> None:
+        self._listener = None
+
+    async def ready(self) -> bool:
+        return True
+
+    # ---- rooms and history ----------------------------------------------------------------
+    def _room(self, room: str) -> _Room:
+        r = self._rooms.get(room)
+        if r is None:
+            r = self._rooms[room] = _Room(epoch=new_epoch())
+        return r
+
+    def _trim(self, r: _Room) -> None:
+        h = r.history
+        while len(h) > self.history_size:
+            h.popleft()
+        if self.history_ttl > 0:
+            cutoff = self._clock() - self.history_ttl
+            while h and h[0][0] < cutoff:
+                h.popleft()
+
+    def _expire_idem(self, now: float) -> None:
+        if len(self._idem) > 1024 or (self._idem and now % 1 < 0.01):
+            for k in [k for k, v in self._idem.items() if v[0] < now]:
+                del self._idem[k]
+
+    async def publish(
+        self,
+        room: str,
+        body: bytes,
+        *,
+        ephemeral: bool = False,
+        idempotency: Idempotency | None = None,
+    ) -> PublishResult:
+        now = self._clock()
+        if idempotency is not None:
+            self._expire_idem(now)
+            k = (idempotency.scope, room, idempotency.key)
+            seen = self._idem.get(k)
+            if seen is not None and seen[0] >= now:
+                if seen[1] != idempotency.fingerprint:
+                    raise Conflict("Idempotency-Key reused with a different request")
+                first = seen[2]
+                return PublishResult(first.room, first.offset, first.epoch, duplicate=True)
+        if ephemeral:
+            pub = Publication(room, None, None, body)
+            result = PublishResult(room, None, None)
+        else:
+            r = self._room(room)
+            r.offset += 1
+            pub = Publication(room, r.offset, r.epoch, body)
+            r.history.append((now, pub))
+            self._trim(r)
+            result = PublishResult(room, r.offset, r.epoch)
+        if idempotency is not None:
+            k = (idempotency.scope, room, idempotency.key)
+            self._idem[k] = (now + IDEMPOTENCY_TTL, idempotency.fingerprint, result)
+        if room in self._subscribed and self._listener is not None:
+            self._listener.deliver(pub)
+        return result
+
+    async def publish_frame(self, room: str, frame: bytes) -> None:
+        if room in self._subscribed and self._listener is not None:
+            self._listener.deliver(Publication(room, None, None, frame))
+
+    async def subscribe(self, room: str) -> None:
+        self._subscribed.add(room)
+
+    async def unsubscribe(self, room: str) -> None:
+        self._subscribed.discard(room)
+
+    async def history(self, room: str, *, after: int | None = None, limit: int = 100) -> HistoryPage:
+        r = self._room(room)
+        self._trim(r)
+        items = [p for _, p in r.history]
+        first = items[0].offset if items else r.offset + 1
+        assert first is not None
+        if after is None:
+            picked = items[-limit:] if limit > 0 else []
+        else:
+            start = max(0, after + 1 - first)
+            picked = items[start : start + limit]
+        return HistoryPage(epoch=r.epoch, head=r.offset, first=first, publications=picked)
+
+    async def position(self, room: str) -> tuple[str, int]:
+        r = self._room(room)
+        return r.epoch, r.offset
+
+    # ---- presence --------------------------------------------------------------------------
+    async def presence_add(self, member: Member) -> None:
+        self._room(member.room).presence[member.session] = member
+
+    async def presence_remove(self, room: str, session: str) -> None:
+        r = self._rooms.get(room)
+        if r is not None:
+            r.presence.pop(session, None)
+
+    async def presence_list(self, room: str) -> list[Member]:
+        r = self._rooms.get(room)
+        return list(r.presence.values()) if r else []
+
+    # ---- control ---------------------------------------------------------------------------
+    async def send_control(self, message: dict[str, Any], node: str | None = None) -> None:
+        if self._listener is not None and (node is None or node == self._node):
+            self._listener.on_control(message)
+
+    # ---- connections, rooms listing, rate limits -------------------------------------------
+    async def connection_add(self, user: str, session: str) -> int:
+        s = self._conns.setdefault(user, set())
+        s.add(session)
+        return len(s)
+
+    async def connection_remove(self, user: str, session: str) -> None:
+        s = self._conns.get(user)
+        if s is not None:
+            s.discard(session)
+            if not s:
+                del self._conns[user]
+
+    async def connection_count(self, user: str) -> int:
+        return len(self._conns.get(user, ()))
+
+    async def room_sessions(self, room: str, delta: int) -> None:
+        n = self._room_sessions.get(room, 0) + delta
+        if n > 0:
+            self._room_sessions[room] = n
+        else:
+            self._room_sessions.pop(room, None)
+
+    async def list_rooms(
+        self, prefix: str, cursor: str | None, limit: int
+    ) -> tuple[list[tuple[str, int]], str | None]:
+        names = sorted(r for r in self._room_sessions if r.startswith(prefix))
+        if cursor:
+            names = [r for r in names if r > cursor]
+        page = names[:limit]
+        nxt = page[-1] if len(names) > limit else None
+        return [(r, self._room_sessions[r]) for r in page], nxt
+
+    async def take(self, key: str, rate: float, burst: float) -> tuple[bool, float, float]:
+        now = self._clock()
+        tokens, last = self._buckets.get(key, (burst, now))
+        tokens = min(burst, tokens + (now - last) * rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self._buckets[key] = (tokens, now)
+        if len(self._buckets) > 100_000:
+            self._buckets.clear()
+        reset = (burst - tokens) / rate if rate > 0 else 0.0
+        return allowed, tokens, reset

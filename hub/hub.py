@@ -1,0 +1,533 @@
+"""Hub: sessions, rooms, subscribe with recovery, publish, deliver, presence, control, drain.
+
+The hub is transport-agnostic: WebSocket, SSE and HTTP all call the same methods and receive
+errors from the one tree in :mod:`hub.errors`. Fan-out (:meth:`Hub.deliver`) is a plain ``def``
+that never awaits: each local session's :meth:`Session.offer` either queues the frame or closes
+a slow session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from hub.auth import Authenticator, Identity, grant_matches
+from hub.brokers.base import Broker, Idempotency, Member, broker_from_url
+from hub.envelope import (
+    Position,
+    Publication,
+    check_event,
+    check_room,
+    encode_data,
+    make_body,
+    make_cursor,
+    parse_since,
+)
+from hub.errors import (
+    CLOSE_KICKED,
+    CLOSE_LIMIT,
+    CLOSE_SHUTDOWN,
+    BadRequest,
+    BrokerError,
+    Conflict,
+    Disconnect,
+    Forbidden,
+    NotFound,
+    RoomFull,
+    Unavailable,
+)
+from hub.metrics import Metrics
+from hub.recovery import Seam, catch_up, go_live, replay
+from hub.rooms import RoomIndex, RoomState
+from hub.session import Session, Subscription
+from hub.settings import Settings
+
+log = logging.getLogger("hubbub.hub")
+
+Reply = Callable[[dict[str, Any]], None]
+
+
+class Hub:
+    """One per node. Start with ``await hub.start()``, stop with ``await hub.stop()``."""
+
+    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+        self.settings = settings
+        self.broker: Broker = broker or broker_from_url(
+            settings.broker_url,
+            history_size=settings.history_size,
+            history_ttl=settings.history_ttl,
+            prefix=settings.redis_prefix,
+            presence_ttl=settings.presence_ttl,
+            timeout=settings.broker_timeout,
+        )
+        self.auth = Authenticator(settings)
+        self.node_id = secrets.token_hex(6)
+        self.sessions: dict[str, Session] = {}
+        self.by_user: dict[str, set[Session]] = {}
+        self.rooms = RoomIndex()
+        self.metrics = Metrics()
+        self.broker_up = False
+        self.draining = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ---- life cycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.broker.start(self, self.node_id)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for s in list(self.sessions.values()):
+            s.close(CLOSE_SHUTDOWN, "server shutting down")
+        await self.broker.close()
+
+    async def drain(self, window: float = 1.0) -> None:
+        """Refuse new sessions and close existing ones with 4000, spread over ``window`` s."""
+        self.draining = True
+        sessions = list(self.sessions.values())
+        batch = max(1, len(sessions) // 10)
+        for i in range(0, len(sessions), batch):
+            for s in sessions[i : i + batch]:
+                s.close(CLOSE_SHUTDOWN, "server shutting down: reconnect elsewhere")
+            if i + batch < len(sessions):
+                await asyncio.sleep(window / 10)
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def ready(self) -> bool:
+        if self.draining:
+            return False
+        try:
+            return await asyncio.wait_for(self.broker.ready(), self.settings.broker_timeout)
+        except (TimeoutError, BrokerError, OSError):
+            return False
+
+    # ---- sessions --------------------------------------------------------------------------
+    async def open_session(self, identity: Identity, transport: str) -> Session:
+        """Register a session. Raises Disconnect(4000) while draining, Disconnect(4510) over the
+        per-user connection limit, Unavailable when the broker is down."""
+        if self.draining:
+            raise Disconnect(CLOSE_SHUTDOWN, "server draining")
+        s = self.settings
+        session = Session(
+            identity,
+            transport,
+            max_queue=s.max_queue,
+            max_queue_bytes=s.max_queue_bytes,
+            publish_rate=s.client_publish_rate,
+        )
+        try:
+            count = await self.broker.connection_add(identity.sub, session.id)
+        except BrokerError:
+            raise Unavailable("broker unavailable") from None
+        if s.max_connections_per_user and count > s.max_connections_per_user and not identity.api_key:
+            with contextlib.suppress(BrokerError):
+                await self.broker.connection_remove(identity.sub, session.id)
+            raise Disconnect(CLOSE_LIMIT, "connection limit reached")
+        self.sessions[session.id] = session
+        self.by_user.setdefault(identity.sub, set()).add(session)
+        self.metrics.connections[transport] += 1
+        return session
+
+    async def close_session(self, session: Session) -> None:
+        """Forget a session: leave its rooms and presence. Idempotent; never raises."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        session.cancel_timers()
+        if session.closed is None:
+            session.close(1000, "closed")
+        users = self.by_user.get(session.identity.sub)
+        if users is not None:
+            users.discard(session)
+            if not users:
+                del self.by_user[session.identity.sub]
+        self.metrics.connections[session.transport] -= 1
+        for room in list(session.subs):
+            with contextlib.suppress(Exception):
+                await self.unsubscribe(session, room)
+        with contextlib.suppress(Exception):
+            await self.broker.connection_remove(session.identity.sub, session.id)
+
+    # ---- rooms -------------------------------------------------------------------------------
+    def is_call_room(self, room: str) -> bool:
+        return any(grant_matches(p, room) for p in self.settings.signal_rooms)
+
+    async def _join_room(self, name: str) -> RoomState:
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms.create(name)
+            room.ready = asyncio.get_running_loop().create_future()
+            try:
+                await self.broker.subscribe(name)
+                room.epoch, room.offset = await self.broker.position(name)
+            except BaseException as exc:
+                self.rooms.drop(name)
+                room.ready.set_exception(Unavailable("broker unavailable"))
+                room.ready.exception()  # mark retrieved
+                if isinstance(exc, BrokerError):
+                    raise Unavailable("broker unavailable") from None
+                raise
+            room.ready.set_result(None)
+            if room.pending:
+                self._start_catch_up(room)
+        else:
+            assert room.ready is not None
+            await asyncio.shield(room.ready)
+        return room
+
+    async def subscribe(
+        self,
+        session: Session,
+        name: str,
+        *,
+        since: Any = None,
+        history: Any = None,
+        presence: bool = False,
+        reply: Reply | None = None,
+    ) -> dict[str, Any]:
+        """Join ``name`` with recovery (PROTOCOL.md §3 "Subscribe, recovery and the live
+        boundary"). Replayed frames are queued before ``reply(result)`` is called; live ones
+        after. Raises Forbidden, Conflict, BadRequest, RoomFull, Unavailable."""
+        check_room(name)
+        ident = session.identity
+        if not ident.can("subscribe", name):
+            raise Forbidden(f"no subscribe grant for room {name}", details={"room": name})
+        if presence and not ident.can("presence", name):
+            raise Forbidden(f"no presence grant for room {name}", details={"room": name})
+        if name in session.subs:
+            raise Conflict(f"already subscribed to {name}", details={"room": name})
+        limit = self.settings.max_subscriptions
+        if len(session.subs) >= limit:
+            raise Forbidden(
+                f"subscription limit reached: at most {limit} rooms per session "
+                "(HUB_MAX_SUBSCRIPTIONS)",
+                details={"limit": limit},
+            )
+        if history is not None and (
+            isinstance(history, bool) or not isinstance(history, int) or history < 0
+        ):
+            raise BadRequest("history must be an integer >= 0")
+        pos: Position | None = None
+        if since is not None:
+            try:
+                pos = parse_since(since, [name]).get(name)
+            except BadRequest:
+                pos = Position("-", 0)  # unparseable: gap from 1, then everything retained
+        if presence and self.is_call_room(name):
+            members = await self._presence_members(name)
+            if len(members) >= self.settings.signal_max_peers:
+                raise RoomFull(
+                    f"call room {name} is full ({self.settings.signal_max_peers} peers)",
+                    details={"room": name, "limit": self.settings.signal_max_peers},
+                )
+        sub = Subscription(name, presence=presence)
+        session.subs[name] = sub
+        try:
+            room = await self._join_room(name)
+            room.subs[session] = sub
+            await self.broker.room_sessions(name, 1)
+            seam: Seam = await replay(self.broker, session, name, pos, history)
+        except BaseException:
+            session.subs.pop(name, None)
+            r = self.rooms.get(name)
+            if r is not None and session in r.subs:
+                del r.subs[session]
+                await self._maybe_leave_room(r)
+            raise
+        result: dict[str, Any] = {"room": name}
+        if presence:
+            member = self._member(session, name)
+            try:
+                await self.broker.presence_add(member)
+                await self.broker.publish_frame(name, self._presence_frame("join", member))
+                result["presence"] = [m.public() for m in await self._presence_members(name)]
+            except BrokerError:
+                await self.unsubscribe(session, name)
+                raise Unavailable("broker unavailable") from None
+        go_live(session, sub, seam, reply, result)
+        self.metrics.recoveries["recovered" if seam.recovered else "live"] += 1
+        return result
+
+    async def unsubscribe(self, session: Session, name: str) -> None:
+        """Leave a room (no error when not subscribed)."""
+        sub = session.subs.pop(name, None)
+        room = self.rooms.get(name)
+        if sub is None or room is None:
+            return
+        room.subs.pop(session, None)
+        try:
+            if sub.presence:
+                await self.broker.presence_remove(name, session.id)
+                frame = self._presence_frame("leave", self._member(session, name))
+                await self.broker.publish_frame(name, frame)
+            await self.broker.room_sessions(name, -1)
+        finally:
+            await self._maybe_leave_room(room)
+
+    async def _maybe_leave_room(self, room: RoomState) -> None:
+        if not room.subs and self.rooms.get(room.name) is room:
+            self.rooms.drop(room.name)
+            with contextlib.suppress(BrokerError):
+                await self.broker.unsubscribe(room.name)
+
+    # ---- presence ----------------------------------------------------------------------------
+    def _member(self, session: Session, room: str) -> Member:
+        ident = session.identity
+        return Member(
+            room=room,
+            session=session.id,
+            user=ident.sub,
+            transport=session.transport,
+            node=self.node_id,
+            name=ident.name,
+            info=ident.info,
+        )
+
+    @staticmethod
+    def _presence_frame(kind: str, member: Member) -> bytes:
+        return orjson.dumps({"type": kind, "room": member.room, **member.public()})
+
+    async def _presence_members(self, room: str) -> list[Member]:
+        try:
+            return await self.broker.presence_list(room)
+        except BrokerError:
+            raise Unavailable("broker unavailable") from None
+
+    async def presence(self, ident: Identity, room: str) -> dict[str, Any]:
+        """The presence body of PROTOCOL.md §5. Raises Forbidden without the presence grant."""
+        check_room(room)
+        if not ident.can("presence", room):
+            raise Forbidden(f"no presence grant for room {room}", details={"room": room})
+        members = await self._presence_members(room)
+        return {
+            "members": [m.public() for m in members],
+            "users": len({m.user for m in members}),
+            "sessions": len(members),
+        }
+
+    # ---- publish -----------------------------------------------------------------------------
+    async def publish(
+        self,
+        ident: Identity,
+        room: str,
+        data: Any,
+        *,
+        event: Any = None,
+        ephemeral: Any = False,
+        key: Any = None,
+        session: Session | None = None,
+    ) -> dict[str, Any]:
+        """Publish and return the publish result of PROTOCOL.md §3/§5.
+
+        Raises BadRequest, Forbidden, TooLarge, Conflict (idempotency), Unavailable."""
+        check_room(room)
+        check_event(event)
+        if not isinstance(ephemeral, bool):
+            raise BadRequest("ephemeral must be a boolean")
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
+            raise BadRequest("idempotency key must be a string of 1 to 256 characters")
+        if not ident.can("publish", room):
+            raise Forbidden(f"no publish grant for room {room}", details={"room": room})
+        data_json = encode_data(data, self.settings.max_message_bytes)
+        sender = None
+        if not ident.api_key:
+            sender = {"user": ident.sub}
+            if session is not None:
+                sender["session"] = session.id
+        body = make_body(room, data_json, event=event, sender=sender)
+        idem = None
+        if key is not None:
+            fp = hashlib.sha256(
+                orjson.dumps([room, event, ephemeral]) + b"\0" + data_json
+            ).hexdigest()
+            idem = Idempotency(scope=ident.scope or f"sub:{ident.sub}", key=key, fingerprint=fp)
+        try:
+            res = await self.broker.publish(room, body, ephemeral=ephemeral, idempotency=idem)
+        except BrokerError:
+            raise Unavailable("broker unavailable", retry_after=1.0) from None
+        if not res.duplicate:
+            self.metrics.publications += 1
+        if res.offset is None:
+            return {"room": room, "ephemeral": True}
+        assert res.epoch is not None
+        return {
+            "room": room,
+            "offset": res.offset,
+            "epoch": res.epoch,
+            "cursor": make_cursor({room: Position(res.epoch, res.offset)}),
+        }
+
+    # ---- history -----------------------------------------------------------------------------
+    async def history(
+        self, ident: Identity, room: str, *, since: Any = None, limit: Any = 100
+    ) -> dict[str, Any]:
+        """The history body of PROTOCOL.md §5; messages are raw JSON fragments."""
+        check_room(room)
+        if not ident.can("subscribe", room):
+            raise Forbidden(f"no subscribe grant for room {room}", details={"room": room})
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise BadRequest("limit must be an integer >= 1")
+        limit = min(limit, 1000)
+        pos: Position | None = None
+        if since is not None:
+            pos = parse_since(since, [room]).get(room)
+        try:
+            if since is None:
+                page = await self.broker.history(room, after=None, limit=limit)
+                pubs = page.publications
+                first = pubs[0].offset if pubs else page.head + 1
+                complete = page.first <= 1
+                more = bool(pubs) and (first or 0) > page.first
+            elif pos is None:  # the cursor does not mention this room: start live
+                epoch, head = await self.broker.position(room)
+                return {"messages": [], "cursor": make_cursor({room: Position(epoch, head)}),
+                        "epoch": epoch, "more": False, "complete": True}  # fmt: skip
+            else:
+                page = await self.broker.history(room, after=pos.offset, limit=limit)
+                complete = True
+                if (pos.epoch is not None and pos.epoch != page.epoch) or pos.offset > page.head:
+                    complete = False
+                    page = await self.broker.history(room, after=0, limit=limit)
+                elif pos.offset + 1 < page.first:
+                    complete = False
+                pubs = page.publications
+                more = bool(pubs) and (pubs[-1].offset or 0) < page.head
+        except BrokerError:
+            raise Unavailable("broker unavailable") from None
+        last = pubs[-1].offset if pubs else page.head
+        return {
+            "messages": [orjson.Fragment(p.frame) for p in pubs],
+            "cursor": make_cursor({room: Position(page.epoch, last or 0)}),
+            "epoch": page.epoch,
+            "more": more,
+            "complete": complete,
+        }
+
+    # ---- directed frames (signaling) -------------------------------------------------------
+    async def direct(self, session: Session, room: str, to: Any, frame: dict[str, Any]) -> None:
+        """Send ``frame`` to session ``to``, a presence member of ``room`` on any node.
+        The sender must be a presence member. Raises Forbidden, NotFound, Unavailable."""
+        sub = session.subs.get(room)
+        if sub is None or not sub.presence:
+            raise Forbidden(f"not a presence member of {room}", details={"room": room})
+        if not isinstance(to, str) or not 0 < len(to) <= 64:
+            raise BadRequest("to must be a session id")
+        target = next((m for m in await self._presence_members(room) if m.session == to), None)
+        if target is None:
+            raise NotFound(f"no session {to} in {room}", details={"room": room})
+        text = orjson.dumps(frame).decode()
+        local = self.sessions.get(to)
+        if local is not None:
+            local.offer(text)
+            return
+        try:
+            await self.broker.send_control({"t": "direct", "to": to, "frame": text}, target.node)
+        except BrokerError:
+            raise Unavailable("broker unavailable") from None
+
+    # ---- kicks -------------------------------------------------------------------------------
+    async def disconnect_user(self, user: str, reason: str = "disconnected by the server") -> int:
+        """Close every session of ``user`` on every node with 4509; returns how many."""
+        try:
+            n = await self.broker.connection_count(user)
+            await self.broker.send_control({"t": "kick", "user": user, "reason": reason})
+        except BrokerError:
+            raise Unavailable("broker unavailable") from None
+        return n
+
+    # ---- NodeListener (called by the broker; never await) ----------------------------------
+    def deliver(self, pub: Publication) -> None:
+        room = self.rooms.get(pub.room)
+        if room is None:
+            return
+        if not room.is_ready or room.catching_up:
+            room.hold(pub)
+            return
+        if pub.offset is None:
+            self._fanout(room, pub)
+        elif pub.epoch == room.epoch and pub.offset == room.offset + 1:
+            room.offset = pub.offset
+            self._fanout(room, pub)
+        elif pub.epoch == room.epoch and pub.offset <= room.offset:
+            return  # duplicate
+        else:  # a hole or a new epoch: read history first
+            room.hold(pub)
+            self._start_catch_up(room)
+
+    def _fanout(self, room: RoomState, pub: Publication) -> None:
+        kind = pub.kind
+        if kind == "message":
+            self.metrics.deliveries += len(room.subs)
+            for session, sub in room.subs.items():
+                if sub.buffering:
+                    if len(sub.buffer) >= session.max_queue:
+                        session.close(4001, "slow consumer: too much to buffer during recovery")
+                    sub.buffer.append(pub)
+                else:
+                    session.offer(pub)
+        elif kind in ("join", "leave"):
+            subject = pub.decoded().get("session")
+            text = pub.body.decode()
+            for session, sub in room.subs.items():
+                if sub.presence and session.id != subject:
+                    session.offer(text)
+
+    def _send_gap(self, room: RoomState, gap: dict[str, Any]) -> None:
+        self.metrics.recoveries["gap"] += 1
+        for session, sub in room.subs.items():
+            if not sub.buffering:
+                session.send(gap)
+
+    def _start_catch_up(self, room: RoomState) -> None:
+        if room.catching_up:
+            return
+        room.catching_up = True
+
+        async def run() -> None:
+            delay = 0.1
+            try:
+                while self.rooms.get(room.name) is room:
+                    try:
+                        await catch_up(self.broker, room, self._fanout, self._send_gap)
+                        return
+                    except BrokerError:
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 2.0)
+            except Exception:
+                log.exception("catch-up of room %s failed", room.name)
+            finally:
+                room.catching_up = False
+
+        self.spawn(run())
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        kind = message.get("t")
+        if kind == "kick":
+            for s in list(self.by_user.get(str(message.get("user")), ())):
+                s.close(CLOSE_KICKED, str(message.get("reason") or "disconnected by the server"))
+        elif kind == "direct":
+            target = self.sessions.get(str(message.get("to")))
+            if target is not None and isinstance(message.get("frame"), str):
+                target.offer(message["frame"])
+
+    def resync(self) -> None:
+        self.metrics.resyncs += 1
+        for room in self.rooms:
+            if room.is_ready:
+                self._start_catch_up(room)
+
+    def broker_state(self, up: bool) -> None:
+        if up != self.broker_up:
+            log.log(logging.INFO if up else logging.WARNING, "broker %s", "up" if up else "down")
+        self.broker_up = up

@@ -1,0 +1,236 @@
+"""Session: one authenticated connection through one transport. Nearly no I/O.
+
+A session owns a bounded outbound queue that the hub fills with :meth:`Session.offer` (a plain
+``def``: fan-out never waits) and the transport drains with :meth:`Session.next_batch`. When the
+queue passes ``max_queue`` frames or ``max_queue_bytes`` the session is closed with 4001 (slow
+consumer); the client resumes from history and loses nothing still stored.
+
+Heartbeat and token expiry (PROTOCOL.md §3) are timers on the event loop (``call_at``), not tasks,
+so an idle session costs a few objects, not a coroutine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub.auth import Identity
+from hub.envelope import Publication, frame_bytes
+from hub.errors import (
+    CLOSE_EXPIRED,
+    CLOSE_NO_HEARTBEAT,
+    CLOSE_SLOW,
+    Disconnect,
+)
+from hub.settings import Rate
+
+Item = str | Publication
+PING = '{"type":"ping"}'
+
+
+def new_session_id() -> str:
+    """Base64url, 22 characters, 128 random bits (PROTOCOL.md §1)."""
+    return secrets.token_urlsafe(16)
+
+
+@dataclass(slots=True)
+class Subscription:
+    """A session's membership of one room.
+
+    While ``buffering`` (during recovery) live publications are kept in ``buffer`` instead of
+    being offered; :meth:`Hub.subscribe` flushes them past the replay seam.
+    """
+
+    room: str
+    presence: bool = False
+    buffering: bool = True
+    buffer: list[Publication] = field(default_factory=list)
+    epoch: str | None = None
+    offset: int = 0  # last offset handed to the session (for gap detection while buffering)
+
+
+class TokenBucket:
+    """A local token bucket (per-session publish rate)."""
+
+    __slots__ = ("_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: Rate) -> None:
+        self.rate = rate.rate
+        self.burst = rate.burst
+        self._tokens = rate.burst
+        self._last = time.monotonic()
+
+    def take(self) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class Session:
+    """State of one connection. The transport owns the I/O; the hub owns membership."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        transport: str,
+        *,
+        max_queue: int = 1000,
+        max_queue_bytes: int = 4 * 1024 * 1024,
+        publish_rate: Rate | None = None,
+    ) -> None:
+        self.id = new_session_id()
+        self.identity = identity
+        self.transport = transport
+        self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
+        self.subs: dict[str, Subscription] = {}
+        self.queue: deque[Item] = deque()
+        self.queued_bytes = 0
+        self.closed: Disconnect | None = None
+        self.last_seen = time.monotonic()
+        self.rate = TokenBucket(publish_rate or Rate(0, 0))
+        self.rate_strikes = 0
+        self.bad_frames = 0
+        self._wake = asyncio.Event()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._on_close: list[Callable[[Disconnect], None]] = []
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} {self.identity.sub} {self.transport}>"
+
+    # ---- outbound ----------------------------------------------------------------------------
+    def offer(self, item: Item) -> None:
+        """Queue one frame for the transport. Never blocks; a full queue closes with 4001."""
+        if self.closed is not None:
+            return
+        size = len(item.frame) if isinstance(item, Publication) else len(item)
+        if len(self.queue) >= self.max_queue or self.queued_bytes + size > self.max_queue_bytes:
+            self.close(CLOSE_SLOW, "slow consumer: outbound queue full")
+            return
+        self.queue.append(item)
+        self.queued_bytes += size
+        self._wake.set()
+
+    def send(self, obj: dict[str, Any]) -> None:
+        """Queue a control frame (reply, error, join, gap…)."""
+        self.offer(frame_bytes(obj).decode())
+
+    def push(self, item: Item) -> None:
+        """Queue a replayed frame: not counted against the queue limits (PROTOCOL.md §3).
+
+        Callers apply backpressure with :meth:`drained`."""
+        if self.closed is None:
+            self.queue.append(item)
+            self._wake.set()
+
+    async def drained(self, low: int = 64) -> None:
+        """Wait until at most ``low`` frames are queued (or the session closed)."""
+        while len(self.queue) > low and self.closed is None:
+            self._wake.set()
+            await asyncio.sleep(0.005)
+
+    async def next_batch(self) -> list[Item]:
+        """Wait for frames and take every queued one. Returns [] once the session is closed
+        and its queue drained."""
+        while not self.queue:
+            if self.closed is not None:
+                return []
+            self._wake.clear()
+            await self._wake.wait()
+        items = list(self.queue)
+        self.queue.clear()
+        self.queued_bytes = 0
+        return items
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def on_close(self, callback: Callable[[Disconnect], None]) -> None:
+        self._on_close.append(callback)
+
+    def close(self, code: int, reason: str) -> None:
+        """Mark the session closed with a close code; the transport sends it and hangs up.
+        The first close wins. Queued frames are dropped (the client resumes from history)."""
+        if self.closed is not None:
+            return
+        self.closed = Disconnect(code, reason)
+        self.queue.clear()
+        self.queued_bytes = 0
+        self.cancel_timers()
+        self._wake.set()
+        for cb in self._on_close:
+            cb(self.closed)
+
+    # ---- heartbeat and expiry ------------------------------------------------------------------
+    def touch(self) -> None:
+        """Any client frame counts as liveness."""
+        self.last_seen = time.monotonic()
+
+    def _at(self, name: str, delay: float, fn: Callable[[], None]) -> None:
+        old = self._timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        if self.closed is None:
+            self._timers[name] = asyncio.get_running_loop().call_later(max(0.0, delay), fn)
+
+    def cancel_timers(self) -> None:
+        for t in self._timers.values():
+            t.cancel()
+        self._timers.clear()
+
+    def start_heartbeat(self, interval: float, timeout: float, *, client_pongs: bool) -> None:
+        """Send ``ping`` every ``interval``; with ``client_pongs`` close 4002 after
+        ``interval + timeout`` without any client frame."""
+
+        def ping() -> None:
+            self.offer(PING)
+            self._at("ping", interval, ping)
+
+        self._at("ping", interval, ping)
+        if client_pongs:
+            limit = interval + timeout
+
+            def check() -> None:
+                idle = time.monotonic() - self.last_seen
+                if idle >= limit:
+                    self.close(CLOSE_NO_HEARTBEAT, "no heartbeat")
+                else:
+                    self._at("dead", limit - idle + 0.01, check)
+
+            self._at("dead", limit, check)
+
+    def arm_expiry(
+        self, warn: Callable[[float], None], expire: Callable[[], None] | None = None
+    ) -> None:
+        """Schedule ``warn(seconds_left)`` ``min(60, remaining)`` before ``exp`` and the 4004
+        close (or ``expire()``) at ``exp``. Re-arming replaces earlier timers."""
+        left = self.identity.expires_in()
+        for name in ("expiring", "expired"):
+            t = self._timers.pop(name, None)
+            if t is not None:
+                t.cancel()
+        if left is None:
+            return
+        lead = min(60.0, left)
+
+        def do_warn() -> None:
+            remaining = self.identity.expires_in() or 0.0
+            warn(round(remaining, 3))
+
+        def do_expire() -> None:
+            if expire is not None:
+                expire()
+            else:
+                self.close(CLOSE_EXPIRED, "token expired")
+
+        self._at("expiring", left - lead, do_warn)
+        self._at("expired", left, do_expire)

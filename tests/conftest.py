@@ -1,0 +1,190 @@
+"""Shared fixtures: real redis-server processes on free ports, real uvicorn servers on sockets.
+
+Never touches the shared Redis on 6379. In CI (``CI=true``) a missing tool is a failure, not a
+skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvicorn
+
+from hub.hub import Hub
+from hub.settings import Settings
+from transports.app import create_app
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SECRET = "test-secret-0123456789abcdef0123456789"
+API_KEY = "test-api-key"
+
+
+def need_tool(name: str) -> str:
+    """Path of a required executable; skip locally, fail in CI, when it is missing."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is required in CI but is not installed")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RedisProc:
+    """A private redis-server: no persistence, loopback only, stopped by pid."""
+
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisProc:
+        exe = need_tool("redis-server")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--protected-mode", "no", "--dir", tempfile.gettempdir(),
+             *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return self
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def redis_proc() -> Iterator[RedisProc]:
+    """A fresh redis-server for this test."""
+    r = RedisProc().start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_redis() -> Iterator[RedisProc]:
+    """One redis-server for the session; tests isolate themselves with a unique key prefix."""
+    r = RedisProc().start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def make_settings(**kw: Any) -> Settings:
+    """Test settings: a JWT secret and an API key unless overridden."""
+    base: dict[str, Any] = {"jwt_secret": SECRET, "api_keys": (API_KEY,), "port": 0}
+    base.update(kw)
+    s = Settings(**base)
+    s.validate()
+    return s
+
+
+@dataclass
+class Node:
+    """A running node: real uvicorn on a real socket."""
+
+    hub: Hub
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/ws"
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(self.task, 15)
+
+
+async def start_node(settings: Settings, port: int = 0) -> Node:
+    """Start a node in this event loop on 127.0.0.1 (port 0: any free port)."""
+    from sse_starlette.sse import AppStatus
+
+    AppStatus.should_exit = False
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            lifespan="on", ws_per_message_deflate=False)  # fmt: skip
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("server stopped during start-up")
+        await asyncio.sleep(0.01)
+    sock = server.servers[0].sockets[0]
+    return Node(app.state.hub, server, task, sock.getsockname()[1])
+
+
+@pytest.fixture
+async def node_factory() -> AsyncIterator[Any]:
+    """``await node_factory(**settings)`` starts a node; all are stopped after the test."""
+    nodes: list[Node] = []
+
+    async def factory(port: int = 0, **kw: Any) -> Node:
+        n = await start_node(make_settings(**kw), port)
+        nodes.append(n)
+        return n
+
+    yield factory
+    for n in nodes:
+        await n.stop()
+
+
+@pytest.fixture
+async def node(node_factory: Any) -> Node:
+    """One node on memory:// with a JWT secret and an API key."""
+    return await node_factory()  # type: ignore[no-any-return]
+
+
+def token(sub: str = "alice", ttl: float = 3600, **claims: Any) -> str:
+    """A client JWT signed with the test secret."""
+    import jwt
+
+    body = {"sub": sub, "exp": int(time.time() + ttl), **claims}
+    return jwt.encode(body, SECRET, algorithm="HS256")

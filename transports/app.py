@@ -1,0 +1,67 @@
+"""The composition root: ``create_app(settings)`` builds the Starlette app around one Hub."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from hub.errors import NotFound
+from hub.hub import Hub
+from hub.settings import Settings
+from transports import http, sse, websocket
+from transports.edge import error_response
+
+log = logging.getLogger("hubbub.app")
+STATIC = Path(__file__).resolve().parent.parent / "static"
+PAGES = {"/": "chat.html", "/events": "events.html", "/call": "call.html", "/admin": "admin.html"}
+
+
+def _page(name: str) -> Route:
+    async def endpoint(request: Request) -> Response:
+        path = STATIC / name
+        if not path.exists():
+            return error_response(NotFound(f"{name} is not installed"))
+        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    return endpoint  # type: ignore[return-value]
+
+
+def create_app(settings: Settings, hub: Hub | None = None) -> Starlette:
+    """Build the app. The lifespan starts the hub; shutdown drains it (PROTOCOL.md §7)."""
+    the_hub = hub or Hub(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if settings.dev_mode:
+            log.warning(
+                "DEV MODE: no JWT secret, public key, JWKS or API key is configured; anonymous "
+                "guests may use every room. Configure HUB_JWT_SECRET or HUB_API_KEYS for production."
+            )
+        await the_hub.start()
+        try:
+            yield
+        finally:
+            await the_hub.drain(window=min(1.0, settings.shutdown_timeout / 2))
+            await the_hub.stop()
+
+    routes: list[BaseRoute] = [
+        *websocket.routes(the_hub),
+        *sse.routes(the_hub),
+        *http.routes(the_hub),
+    ]
+    for path, name in PAGES.items():
+        routes.append(Route(path, _page(name), methods=["GET", "HEAD"]))  # type: ignore[arg-type]
+    routes.append(Mount("/static", StaticFiles(directory=STATIC), name="static"))
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.hub = the_hub
+    app.state.settings = settings
+    http.install(app, the_hub)
+    return app

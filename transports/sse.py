@@ -1,0 +1,11 @@
+"""Server-Sent Events (PROTOCOL.md §4)."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+from hub.hub import Hub
+
+
+def routes(hub: Hub) -> list[BaseRoute]:
+    return []
