@@ -1,0 +1,45 @@
+"""ICE servers and TURN REST credentials (PROTOCOL.md §6, draft-uberti-behave-turn-rest-00).
+
+A TURN server that shares ``HUB_TURN_SECRET`` with the hub (coturn: ``use-auth-secret`` and
+``static-auth-secret``) accepts ``username = "<expiry unix seconds>:<sub>"`` with
+``credential = base64(HMAC-SHA1(secret, username))`` until the expiry passes. The secret itself
+never leaves the server: only derived, time-limited credentials are handed to clients.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from typing import Any
+
+from hub.settings import Settings
+
+
+def turn_credentials(
+    secret: str, sub: str, ttl: float, now: float | None = None
+) -> tuple[str, str]:
+    """``(username, credential)`` for ``sub``, valid for ``ttl`` seconds from ``now``."""
+    expiry = int((time.time() if now is None else now) + ttl)
+    username = f"{expiry}:{sub}"
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return username, base64.b64encode(digest).decode("ascii")
+
+
+def ice_servers(settings: Settings, sub: str, now: float | None = None) -> dict[str, Any]:
+    """The ``{"ice_servers": [RTCIceServer…], "ttl"}`` object of PROTOCOL.md §6 for ``sub``.
+
+    STUN URLs (``HUB_STUN_URLS``) come without credentials; TURN URLs (``HUB_TURN_URLS``) carry
+    fresh TURN REST credentials. With no TURN secret configured no TURN entry is listed (settings
+    validation already refuses TURN URLs without a secret).
+    """
+    servers: list[dict[str, Any]] = []
+    if settings.stun_urls:
+        servers.append({"urls": list(settings.stun_urls)})
+    if settings.turn_urls and settings.turn_secret:
+        username, credential = turn_credentials(settings.turn_secret, sub, settings.turn_ttl, now)
+        servers.append(
+            {"urls": list(settings.turn_urls), "username": username, "credential": credential}
+        )
+    return {"ice_servers": servers, "ttl": int(settings.turn_ttl)}
