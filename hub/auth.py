@@ -220,9 +220,7 @@ class Authenticator:
         for purpose in ("typ", "token_type", "token_use"):
             if str(claims.get(purpose, "")).lower() in ("refresh", "refresh_token", "id"):
                 raise Unauthorized()
-        grants = (
-            _parse_hub_claim(claims["hub"]) if "hub" in claims else dict(s.default_grants)
-        )
+        grants = _parse_hub_claim(claims["hub"]) if "hub" in claims else dict(s.default_grants)
         name = claims.get("name")
         if name is not None and not isinstance(name, str):
             raise Unauthorized()

@@ -131,7 +131,11 @@ class Hub:
             count = await self.broker.connection_add(identity.sub, session.id)
         except BrokerError:
             raise Unavailable("broker unavailable") from None
-        if s.max_connections_per_user and count > s.max_connections_per_user and not identity.api_key:
+        if (
+            s.max_connections_per_user
+            and count > s.max_connections_per_user
+            and not identity.api_key
+        ):
             with contextlib.suppress(BrokerError):
                 await self.broker.connection_remove(identity.sub, session.id)
             raise Disconnect(CLOSE_LIMIT, "connection limit reached")

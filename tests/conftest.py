@@ -25,6 +25,7 @@ import uvicorn
 from hub.hub import Hub
 from hub.settings import Settings
 from transports.app import create_app
+from transports.server import HubServer, server_options
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SECRET = "test-secret-0123456789abcdef0123456789"
@@ -33,7 +34,9 @@ API_KEY = "test-api-key"
 
 def need_tool(name: str) -> str:
     """Path of a required executable; skip locally, fail in CI, when it is missing."""
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    path = shutil.which(name) or (
+        f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None
+    )
     if path is None:
         if IN_CI:
             pytest.fail(f"{name} is required in CI but is not installed")
@@ -69,7 +72,10 @@ class RedisProc:
         )  # fmt: skip
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
                 return self
             time.sleep(0.02)
         raise RuntimeError("redis-server did not start")
@@ -147,9 +153,9 @@ async def start_node(settings: Settings, port: int = 0) -> Node:
 
     AppStatus.should_exit = False
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="on", ws_per_message_deflate=False)  # fmt: skip
-    server = uvicorn.Server(config)
+    opts = {**server_options(settings), "port": port, "log_level": "warning"}
+    config = uvicorn.Config(app, **opts)
+    server = HubServer(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.get_running_loop().create_task(server.serve())
     while not server.started:

@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 from hub.errors import NotFound
 from hub.hub import Hub
 from hub.settings import Settings
-from transports import http, sse, websocket
+from transports import http, server, sse, websocket
 from transports.edge import error_response
 
 log = logging.getLogger("hubbub.app")
@@ -37,6 +37,7 @@ def _page(name: str) -> Route:
 def create_app(settings: Settings, hub: Hub | None = None) -> Starlette:
     """Build the app. The lifespan starts the hub; shutdown drains it (PROTOCOL.md §7)."""
     the_hub = hub or Hub(settings)
+    server.HEADER_TIMEOUT = settings.handshake_timeout
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -58,10 +59,19 @@ def create_app(settings: Settings, hub: Hub | None = None) -> Starlette:
         *http.routes(the_hub),
     ]
     for path, name in PAGES.items():
-        routes.append(Route(path, _page(name), methods=["GET", "HEAD"]))  # type: ignore[arg-type]
+        routes.append(Route(path, _page(name), methods=["GET", "HEAD"]))
     routes.append(Mount("/static", StaticFiles(directory=STATIC), name="static"))
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.hub = the_hub
     app.state.settings = settings
     http.install(app, the_hub)
     return app
+
+
+def app_from_env() -> Starlette:
+    """App factory for ``uvicorn --factory`` worker processes: settings from the environment."""
+    from transports.logs import setup_logging
+
+    settings = Settings.load()
+    setup_logging(settings.log_format, settings.log_level)
+    return create_app(settings)

@@ -141,7 +141,9 @@ class MemoryBroker:
     async def unsubscribe(self, room: str) -> None:
         self._subscribed.discard(room)
 
-    async def history(self, room: str, *, after: int | None = None, limit: int = 100) -> HistoryPage:
+    async def history(
+        self, room: str, *, after: int | None = None, limit: int = 100
+    ) -> HistoryPage:
         r = self._room(room)
         self._trim(r)
         items = [p for _, p in r.history]

@@ -1,0 +1,138 @@
+"""``hubbub serve | token`` (PROTOCOL.md §7)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import sys
+from typing import Any
+
+from hub.auth import mint_token
+from hub.errors import ConfigError
+from hub.settings import GRANT_KINDS, Settings
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """Flags win over the environment, which wins over the file. Exits 2 on a bad value."""
+    try:
+        return Settings.load(config_file=getattr(args, "config", None), overrides=overrides)
+    except ConfigError as exc:
+        print(f"hubbub: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from transports.logs import setup_logging
+    from transports.server import HubServer, server_options
+
+    settings = load_settings(
+        args, host=args.host, port=args.port, broker_url=args.broker, workers=args.workers
+    )
+    if settings.dev_mode and not _is_loopback(settings.host):
+        print(
+            f"hubbub: refusing to bind {settings.host} in dev mode (no HUB_JWT_SECRET, public "
+            "key, JWKS or API key configured): anyone could use every room. Configure "
+            "credentials or bind 127.0.0.1.",
+            file=sys.stderr,
+        )
+        return 2
+    log_config = setup_logging(settings.log_format, settings.log_level)
+    common: dict[str, Any] = {
+        **server_options(settings),
+        "log_config": log_config,
+        "log_level": settings.log_level,
+    }
+    if settings.workers > 1:
+        # Children rebuild settings from the environment: pass the flags down that way.
+        for name, value in (("host", args.host), ("port", args.port), ("broker_url", args.broker)):
+            if value is not None:
+                os.environ[f"HUB_{name.upper()}"] = str(value)
+        if args.config:
+            os.environ["HUB_CONFIG"] = args.config
+        uvicorn.run("transports.app:app_from_env", factory=True, workers=settings.workers,
+                    **common)  # fmt: skip
+        return 0
+    from transports.app import create_app
+
+    config = uvicorn.Config(create_app(settings), **common)
+    HubServer(config).run()
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    hub_claim: dict[str, list[str]] | None = None
+    grants = {k: getattr(args, k) for k in GRANT_KINDS}
+    if any(v is not None for v in grants.values()):
+        hub_claim = {k: v for k, v in grants.items() if v is not None}
+    info = json.loads(args.info) if args.info else None
+    try:
+        tok, _ = mint_token(settings, args.sub, args.ttl, hub=hub_claim, name=args.name, info=info)
+    except ConfigError as exc:
+        print(f"hubbub: {exc}", file=sys.stderr)
+        return 2
+    print(tok)
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    try:
+        from signaling.peer import run_probe
+    except ImportError as exc:
+        print(f"hubbub: probe needs the webrtc extra (pip install 'hubbub[webrtc]'): {exc}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    return run_probe(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hubbub", description="Hubbub real-time messaging hub")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run a node")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--broker", help="memory:// (default), redis://host:6379/0, rediss://…")
+    s.add_argument("--workers", type=int, help="processes on one port (needs a Redis broker)")
+    s.add_argument("--config", help="TOML file with HUB_* settings")
+    s.set_defaults(func=cmd_serve)
+    t = sub.add_parser("token", help="print a client JWT signed with HUB_JWT_SECRET")
+    t.add_argument("--sub", required=True)
+    t.add_argument("--ttl", type=float, default=3600.0)
+    t.add_argument("--name")
+    t.add_argument("--info", help="JSON object shown in presence")
+    t.add_argument("--config")
+    for kind in GRANT_KINDS:
+        t.add_argument(f"--{kind}", action="append", metavar="PATTERN",
+                       help=f"grant {kind} on rooms matching PATTERN (repeatable)")  # fmt: skip
+    t.set_defaults(func=cmd_token)
+    pr = sub.add_parser("probe", help="join a call room as a WebRTC peer (aiortc) and echo")
+    pr.add_argument("room")
+    pr.add_argument("--url", default="ws://127.0.0.1:8000/v1/ws", help="the hub's /v1/ws URL")
+    pr.add_argument("--token", help="client JWT (default: HUBBUB_TOKEN env, or none in dev mode)")
+    pr.add_argument("--record", help="write received video frame count / media to this path")
+    pr.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (0: run)")
+    pr.add_argument("--ice-host", action="append", help="restrict ICE host candidates")
+    pr.set_defaults(func=cmd_probe)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

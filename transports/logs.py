@@ -1,0 +1,76 @@
+"""Logging set-up: ``text`` for humans, ``json`` one object per line; secrets redacted.
+
+Every record passes :class:`RedactFilter`, which scrubs ``token=``/``key=`` query values and
+bearer credentials from the message, so access logs never carry a token (PROTOCOL.md §3).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from transports.edge import redact
+
+_BEARER_RE = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+
+
+def scrub(text: str) -> str:
+    return _BEARER_RE.sub(r"\1[redacted]", redact(text))
+
+
+class RedactFilter(logging.Filter):
+    """Formats the message once, scrubs it, and stores the result as the record's message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:
+            return True
+        clean = scrub(msg)
+        if clean != msg or record.args:
+            record.msg, record.args = clean, None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, and any ``extra`` context."""
+
+    _skip = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in self._skip and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(out, default=str).decode()
+
+
+def setup_logging(fmt: str = "text", level: str = "info") -> dict[str, Any]:
+    """Configure the root logger and return a uvicorn ``log_config`` using the same handler."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = []
+        lg.propagate = True
+    return {"version": 1, "disable_existing_loggers": False}

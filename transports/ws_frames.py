@@ -1,0 +1,156 @@
+"""Client frame handlers for the WebSocket transport (PROTOCOL.md §3 "Frames").
+
+:meth:`FrameHandler.handle` answers a frame carrying an ``id`` with exactly one ``reply`` (sent
+here) or raises a :class:`~hub.errors.HubError` that the reader turns into the ``error`` frame.
+Frames without an ``id`` get no ``reply``; their errors are sent with ``"id": null``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from hub.errors import BadRequest, Forbidden, RateLimited, Unauthorized
+from hub.hub import Hub
+from hub.session import Session
+
+SignalRelay = Callable[[Hub, Session, dict[str, Any]], Awaitable[None]]
+
+
+def _frame_id(frame: dict[str, Any]) -> int | None:
+    fid = frame.get("id")
+    if fid is None:
+        return None
+    if isinstance(fid, bool) or not isinstance(fid, int) or fid < 1 or fid > 2**53:
+        raise BadRequest("id must be a positive integer")
+    return fid
+
+
+class FrameHandler:
+    """Dispatches one session's frames to the hub."""
+
+    def __init__(self, hub: Hub, session: Session, relay: SignalRelay) -> None:
+        self.hub = hub
+        self.session = session
+        self.relay = relay
+        self._handlers: dict[str, Callable[[dict[str, Any], int | None], Awaitable[None]]] = {
+            "subscribe": self.subscribe,
+            "unsubscribe": self.unsubscribe,
+            "publish": self.publish,
+            "history": self.history,
+            "presence": self.presence,
+            "refresh": self.refresh,
+            "signal": self.signal,
+            "ping": self.ping,
+            "pong": self.pong,
+            "auth": self.auth,
+        }
+
+    async def handle(self, frame: dict[str, Any]) -> None:
+        fid = _frame_id(frame)
+        kind = frame["type"]
+        handler = self._handlers.get(kind)
+        if handler is None:
+            raise BadRequest(f"unknown frame type {kind[:32]!r}")
+        await handler(frame, fid)
+
+    def reply(self, fid: int | None, result: dict[str, Any]) -> None:
+        if fid is not None:
+            self.session.send({"type": "reply", "id": fid, "result": result})
+
+    def _take_rate(self) -> None:
+        if not self.session.rate.take():
+            raise RateLimited("publish rate exceeded (HUB_CLIENT_PUBLISH_RATE)")
+        self.session.rate_strikes = 0
+
+    # ---- handlers --------------------------------------------------------------------------
+    async def auth(self, frame: dict[str, Any], fid: int | None) -> None:
+        raise BadRequest("already authenticated; use refresh to replace the token")
+
+    async def subscribe(self, frame: dict[str, Any], fid: int | None) -> None:
+        presence = frame.get("presence", False)
+        if not isinstance(presence, bool):
+            raise BadRequest("presence must be a boolean")
+        await self.hub.subscribe(
+            self.session,
+            frame.get("room"),  # type: ignore[arg-type]  # validated by the hub
+            since=frame.get("since"),
+            history=frame.get("history"),
+            presence=presence,
+            reply=lambda result: self.reply(fid, result),
+        )
+
+    async def unsubscribe(self, frame: dict[str, Any], fid: int | None) -> None:
+        from hub.envelope import check_room
+
+        await self.hub.unsubscribe(self.session, check_room(frame.get("room")))
+        self.reply(fid, {})
+
+    async def publish(self, frame: dict[str, Any], fid: int | None) -> None:
+        if "data" not in frame:
+            raise BadRequest("publish needs data")
+        self._take_rate()
+        result = await self.hub.publish(
+            self.session.identity,
+            frame.get("room"),  # type: ignore[arg-type]
+            frame["data"],
+            event=frame.get("event"),
+            ephemeral=frame.get("ephemeral", False),
+            key=frame.get("key"),
+            session=self.session,
+        )
+        self.reply(fid, result)
+
+    async def history(self, frame: dict[str, Any], fid: int | None) -> None:
+        result = await self.hub.history(
+            self.session.identity,
+            frame.get("room"),  # type: ignore[arg-type]
+            since=frame.get("since"),
+            limit=frame.get("limit", 100),
+        )
+        self.reply(fid, result)
+
+    async def presence(self, frame: dict[str, Any], fid: int | None) -> None:
+        result = await self.hub.presence(self.session.identity, frame.get("room"))  # type: ignore[arg-type]
+        self.reply(fid, result)
+
+    async def refresh(self, frame: dict[str, Any], fid: int | None) -> None:
+        """Replace the token: same ``sub`` required; rooms the new grants no longer cover are
+        left with an ``error forbidden`` each (PROTOCOL.md §3 "Tokens on a live connection")."""
+        session, hub = self.session, self.hub
+        token = frame.get("token")
+        if not isinstance(token, str):
+            raise BadRequest("refresh needs a token")
+        try:
+            ident = hub.auth.authenticate(token)
+        except Unauthorized:
+            hub.metrics.auth_failures += 1
+            raise Forbidden("token refused; the old token stays") from None
+        if ident.sub != session.identity.sub or ident.api_key != session.identity.api_key:
+            raise Forbidden("the new token must have the same sub; the old token stays")
+        session.identity = ident
+        session.arm_expiry(lambda secs: session.send({"type": "expiring", "in": secs}))
+        for room, sub in list(session.subs.items()):
+            if not ident.can("subscribe", room) or (
+                sub.presence and not ident.can("presence", room)
+            ):
+                await hub.unsubscribe(session, room)
+                session.send(
+                    Forbidden(f"grant for room {room} withdrawn", details={"room": room}).frame(
+                        None
+                    )
+                )
+        left = ident.expires_in()
+        self.reply(fid, {"expires_in": None if left is None else round(left, 3)})
+
+    async def signal(self, frame: dict[str, Any], fid: int | None) -> None:
+        self._take_rate()
+        await self.relay(self.hub, self.session, frame)
+        self.reply(fid, {})
+
+    async def ping(self, frame: dict[str, Any], fid: int | None) -> None:
+        self.session.send({"type": "pong"})
+        self.reply(fid, {})
+
+    async def pong(self, frame: dict[str, Any], fid: int | None) -> None:
+        self.reply(fid, {})
