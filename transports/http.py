@@ -1,17 +1,276 @@
-"""HTTP API (PROTOCOL.md §5), health and metrics."""
+"""HTTP API (PROTOCOL.md §5), health, metrics and the OpenAPI document.
+
+Every /v1 endpoint runs the same guard, in this order (cheapest refusal first):
+
+1. Origin: a browser request from an origin that is neither ours nor in ``HUB_ALLOWED_ORIGINS``
+   → 403 (credentials may ride on a cookie; CORS alone does not stop a request from being made).
+2. Rate limit (``HUB_API_RATE``) per API key, else per client IP, through ``broker.take`` so the
+   bucket is shared by the cluster on Redis → ``RateLimit-*`` headers; 429 with ``Retry-After``.
+3. Authentication (API key or client JWT) → 401; the endpoint's credential kind → 403.
+4. Body: JSON only (415), at most 1 MiB counted while reading (413), valid JSON (400).
+
+Errors are always the JSON body of PROTOCOL.md §5, also for Starlette's own 404/405 and for
+unexpected exceptions (500 ``internal``, never a traceback).
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from hub.auth import Identity, mint_token
+from hub.errors import (
+    BadRequest,
+    BrokerError,
+    ConfigError,
+    Forbidden,
+    HubError,
+    Internal,
+    RateLimited,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
 from hub.hub import Hub
-from transports.edge import json_response
+from hub.settings import GRANT_KINDS, Settings
+from signaling.turn import ice_servers
+from transports import openapi
+from transports.edge import credential, error_response, json_response, origin_allowed
+from transports.http_edge import (
+    CORSMiddleware,
+    http_exception,
+    hub_error,
+    int_param,
+    json_object,
+    read_json,
+    unexpected,
+)
+
+log = logging.getLogger("hubbub.http")
+
+MAX_BATCH = 1000
+DEFAULT_LIMIT = 100
+
+Handler = Callable[[Request, "Call"], Awaitable[tuple[Any, int]]]
+
+
+@dataclass(slots=True)
+class Call:
+    """One API request after the guard: who is calling and the headers every answer carries."""
+
+    identity: Identity
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def need_api_key(self) -> None:
+        if not self.identity.api_key:
+            raise Forbidden("this endpoint needs an API key")
+
+
+# ---- the guard -------------------------------------------------------------------------------
+class Api:
+    """The /v1 endpoints of one node."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.settings: Settings = hub.settings
+
+    async def _rate(self, request: Request, bearer: str | None, headers: dict[str, str]) -> None:
+        rate = self.settings.api_rate
+        if not rate.enabled:
+            return
+        key_ident = self.hub.auth.api_key_identity(bearer) if bearer else None
+        if key_ident is not None:
+            bucket = "http:" + key_ident.scope
+        else:
+            bucket = "http:ip:" + (request.client.host if request.client else "unknown")
+        try:
+            allowed, remaining, reset = await self.hub.broker.take(bucket, rate.rate, rate.burst)
+        except BrokerError:
+            raise Unavailable("broker unavailable", retry_after=1.0) from None
+        headers["RateLimit-Limit"] = str(int(rate.burst))
+        headers["RateLimit-Remaining"] = str(max(0, math.floor(remaining)))
+        headers["RateLimit-Reset"] = str(max(0, math.ceil(reset)))
+        if not allowed:
+            self.hub.metrics.rate_limited += 1
+            wait = max(1, math.ceil((1.0 - remaining) / rate.rate))
+            raise RateLimited(
+                f"over the API rate limit of {rate.rate:g}/s (burst {rate.burst:g})",
+                retry_after=float(wait),
+                details={"retry_after": wait},
+            )
+
+    async def guard(self, request: Request, headers: dict[str, str]) -> Call:
+        if not origin_allowed(request, self.settings):
+            raise Forbidden("origin not allowed")
+        bad: HubError | None = None
+        try:
+            bearer = credential(request)
+        except Unauthorized as exc:
+            bearer, bad = None, exc
+        await self._rate(request, bearer, headers)
+        if bad is not None:
+            self.hub.metrics.auth_failures += 1
+            raise bad
+        try:
+            ident = self.hub.auth.authenticate(bearer)
+        except Unauthorized:
+            self.hub.metrics.auth_failures += 1
+            raise
+        return Call(ident, headers)
+
+    def endpoint(self, fn: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """Wrap ``fn(request, call) -> (body, status)`` with the guard and the error envelope."""
+
+        async def handle(request: Request) -> Response:
+            headers: dict[str, str] = {}
+            try:
+                body, status = await fn(request, await self.guard(request, headers))
+                return json_response(body, status, headers)
+            except HubError as exc:
+                return error_response(exc, headers)
+            except Exception:
+                log.exception("%s %s failed", request.method, request.url.path)
+                return error_response(Internal("internal error"), headers)
+
+        handle.__name__ = fn.__name__
+        return handle
+
+    # ---- endpoints -------------------------------------------------------------------------
+    async def publish(self, request: Request, call: Call) -> tuple[Any, int]:
+        body = json_object(await read_json(request))
+        if "data" not in body:
+            raise BadRequest("data is required")
+        result = await self.hub.publish(
+            call.identity,
+            request.path_params["room"],
+            body["data"],
+            event=body.get("event"),
+            ephemeral=body.get("ephemeral", False),
+            key=request.headers.get("idempotency-key"),
+        )
+        return result, 201
+
+    async def publish_many(self, request: Request, call: Call) -> tuple[Any, int]:
+        call.need_api_key()
+        body = json_object(await read_json(request))
+        items = body.get("messages")
+        if not isinstance(items, list):
+            raise BadRequest("messages must be a list")
+        if len(items) > MAX_BATCH:
+            raise TooLarge(f"at most {MAX_BATCH} messages per batch", details={"limit": MAX_BATCH})
+        results: list[Any] = []
+        for i, item in enumerate(items):
+            try:
+                msg = json_object(item, f"messages[{i}]")
+                if "data" not in msg:
+                    raise BadRequest(f"messages[{i}].data is required")
+                results.append(
+                    await self.hub.publish(
+                        call.identity,
+                        msg.get("room"),  # type: ignore[arg-type]  # checked by the hub
+                        msg["data"],
+                        event=msg.get("event"),
+                        ephemeral=msg.get("ephemeral", False),
+                        key=msg.get("key"),
+                    )
+                )
+            except HubError as exc:
+                results.append(exc.body())
+        return {"results": results}, 200
+
+    async def history(self, request: Request, call: Call) -> tuple[Any, int]:
+        limit = int_param(request, "limit", DEFAULT_LIMIT)
+        since = request.query_params.get("since")
+        result = await self.hub.history(
+            call.identity, request.path_params["room"], since=since, limit=limit
+        )
+        return result, 200
+
+    async def presence(self, request: Request, call: Call) -> tuple[Any, int]:
+        return await self.hub.presence(call.identity, request.path_params["room"]), 200
+
+    async def rooms(self, request: Request, call: Call) -> tuple[Any, int]:
+        call.need_api_key()
+        limit = int_param(request, "limit", DEFAULT_LIMIT)
+        prefix = request.query_params.get("prefix", "")
+        cursor = request.query_params.get("cursor") or None
+        if len(prefix) > 128 or (cursor is not None and len(cursor) > 1024):
+            raise BadRequest("prefix or cursor too long")
+        try:
+            rooms, nxt = await self.hub.broker.list_rooms(prefix, cursor, limit)
+        except BrokerError:
+            raise Unavailable("broker unavailable") from None
+        return {"rooms": [{"room": r, "sessions": n} for r, n in rooms], "cursor": nxt}, 200
+
+    async def disconnect(self, request: Request, call: Call) -> tuple[Any, int]:
+        call.need_api_key()
+        user = request.path_params["user"]
+        if not 0 < len(user) <= 256:
+            raise BadRequest("user must be 1 to 256 characters")
+        body = json_object(await read_json(request, optional=True))
+        reason = body.get("reason", "disconnected by the server")
+        if not isinstance(reason, str) or len(reason) > 120:
+            raise BadRequest("reason must be a string of at most 120 characters")
+        n = await self.hub.disconnect_user(user, reason or "disconnected by the server")
+        return {"sessions": n}, 200
+
+    async def tokens(self, request: Request, call: Call) -> tuple[Any, int]:
+        call.need_api_key()
+        body = json_object(await read_json(request))
+        sub, ttl = body.get("sub"), body.get("ttl")
+        if not isinstance(sub, str) or not 0 < len(sub) <= 256:
+            raise BadRequest("sub must be a non-empty string of at most 256 characters")
+        max_ttl = self.settings.jwt_max_ttl
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= max_ttl:
+            raise BadRequest(
+                f"ttl must be a number of seconds > 0 and <= {max_ttl:g} (HUB_JWT_MAX_TTL)",
+                details={"max_ttl": max_ttl},
+            )
+        grants = body.get("hub")
+        if grants is not None:
+            ok = isinstance(grants, dict) and all(
+                k in GRANT_KINDS
+                and isinstance(v, list)
+                and all(isinstance(p, str) and 0 < len(p) <= 256 for p in v)
+                for k, v in grants.items()
+            )
+            if not ok:
+                raise BadRequest(f"hub must map {', '.join(GRANT_KINDS)} to lists of patterns")
+        name = body.get("name")
+        if name is not None and not isinstance(name, str):
+            raise BadRequest("name must be a string")
+        try:
+            token, expires_at = mint_token(
+                self.settings, sub, float(ttl), hub=grants, name=name, info=body.get("info")
+            )
+        except ConfigError:
+            raise BadRequest(
+                "this hub cannot mint tokens: it needs HUB_JWT_SECRET and an HS* algorithm "
+                "in HUB_JWT_ALGORITHMS",
+                details={"setting": "HUB_JWT_SECRET"},
+            ) from None
+        return {"token": token, "expires_at": expires_at}, 200
+
+    async def ice(self, request: Request, call: Call) -> tuple[Any, int]:
+        if call.identity.api_key:
+            raise Forbidden("ICE servers are issued to client tokens only, not to API keys")
+        return ice_servers(self.settings, call.identity.sub), 200
 
 
 def routes(hub: Hub) -> list[BaseRoute]:
+    api = Api(hub)
+    spec = orjson.dumps(openapi.spec())
+
     async def live(request: Request) -> Response:
         return json_response({"status": "ok"})
 
@@ -22,12 +281,29 @@ def routes(hub: Hub) -> list[BaseRoute]:
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(hub.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    async def openapi_json(request: Request) -> Response:
+        return Response(spec, media_type="application/json")
+
+    e = api.endpoint
     return [
         Route("/health/live", live),
         Route("/health/ready", ready),
         Route("/metrics", metrics),
+        Route("/openapi.json", openapi_json),
+        Route("/v1/rooms/{room}/messages", e(api.publish), methods=["POST"]),
+        Route("/v1/rooms/{room}/messages", e(api.history), methods=["GET"]),
+        Route("/v1/rooms/{room}/presence", e(api.presence), methods=["GET"]),
+        Route("/v1/rooms", e(api.rooms), methods=["GET"]),
+        Route("/v1/publish", e(api.publish_many), methods=["POST"]),
+        Route("/v1/users/{user}/disconnect", e(api.disconnect), methods=["POST"]),
+        Route("/v1/tokens", e(api.tokens), methods=["POST"]),
+        Route("/v1/ice-servers", e(api.ice), methods=["GET"]),
     ]
 
 
 def install(app: Starlette, hub: Hub) -> None:
     """Error handlers and middleware for the HTTP API."""
+    app.add_exception_handler(HTTPException, http_exception)
+    app.add_exception_handler(HubError, hub_error)
+    app.add_exception_handler(Exception, unexpected)
+    app.add_middleware(CORSMiddleware, settings=hub.settings)
