@@ -237,6 +237,8 @@ def _convert(name: str, source: str, value: Any) -> Any:
         if name == "jwt_algorithms":
             return _csv(value) if isinstance(value, str) else tuple(str(v) for v in value)
         if name == "default_grants":
+            if not isinstance(value, str):  # e.g. a TOML table: not the documented format
+                raise ValueError("expected text like 'subscribe=a,b;publish=c'")
             return parse_grants(value)
         if name in ("client_publish_rate", "api_rate"):
             return value if isinstance(value, Rate) else Rate.parse(str(value))

@@ -1,0 +1,327 @@
+"""Settings (PROTOCOL.md §7): every variable from the environment, precedence, bad values, CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from hub.errors import ConfigError
+from hub.settings import GRANT_KINDS, Rate, Settings, parse_grants
+
+ROOT = Path(__file__).resolve().parents[2]
+HUBBUB = str(Path(sys.executable).parent / "hubbub")
+
+# Every variable of PROTOCOL.md §7 with a non-default value and the field value expected.
+ENV_CASES: list[tuple[str, str, str, Any]] = [
+    ("HUB_HOST", "0.0.0.0", "host", "0.0.0.0"),
+    ("HUB_PORT", "9123", "port", 9123),
+    ("HUB_BROKER_URL", "redis://example:6379/2", "broker_url", "redis://example:6379/2"),
+    ("HUB_REDIS_PREFIX", "other:", "redis_prefix", "other:"),
+    ("HUB_JWT_SECRET", "s3cret", "jwt_secret", "s3cret"),
+    ("HUB_JWT_PUBLIC_KEY", "/etc/hub/key.pem", "jwt_public_key", "/etc/hub/key.pem"),
+    ("HUB_JWT_JWKS_FILE", "/etc/hub/jwks.json", "jwt_jwks_file", "/etc/hub/jwks.json"),
+    ("HUB_JWT_ALGORITHMS", "HS256, RS256,EdDSA", "jwt_algorithms", ("HS256", "RS256", "EdDSA")),
+    ("HUB_JWT_AUDIENCE", "hub-aud", "jwt_audience", "hub-aud"),
+    ("HUB_JWT_ISSUER", "https://issuer.example", "jwt_issuer", "https://issuer.example"),
+    ("HUB_JWT_MAX_TTL", "120", "jwt_max_ttl", 120.0),
+    ("HUB_API_KEYS", "k1, k2,k3", "api_keys", ("k1", "k2", "k3")),
+    (
+        "HUB_DEFAULT_GRANTS",
+        "subscribe=chat:*,news;publish=chat:*",
+        "default_grants",
+        {"subscribe": ("chat:*", "news"), "publish": ("chat:*",), "signal": (), "presence": ()},
+    ),
+    ("HUB_ALLOW_ANONYMOUS", "true", "allow_anonymous", True),
+    (
+        "HUB_ALLOWED_ORIGINS",
+        "https://a.example,https://*.b.example",
+        "allowed_origins",
+        ("https://a.example", "https://*.b.example"),
+    ),
+    ("HUB_HISTORY_SIZE", "50", "history_size", 50),
+    ("HUB_HISTORY_TTL", "60", "history_ttl", 60.0),
+    ("HUB_PING_INTERVAL", "5", "ping_interval", 5.0),
+    ("HUB_PING_TIMEOUT", "2.5", "ping_timeout", 2.5),
+    ("HUB_SSE_PING_INTERVAL", "7", "sse_ping_interval", 7.0),
+    ("HUB_SSE_RETRY_MS", "500", "sse_retry_ms", 500),
+    ("HUB_MAX_MESSAGE_BYTES", "1024", "max_message_bytes", 1024),
+    ("HUB_MAX_QUEUE", "10", "max_queue", 10),
+    ("HUB_MAX_SUBSCRIPTIONS", "3", "max_subscriptions", 3),
+    ("HUB_MAX_CONNECTIONS_PER_USER", "4", "max_connections_per_user", 4),
+    ("HUB_CLIENT_PUBLISH_RATE", "5/s:10", "client_publish_rate", Rate(5.0, 10.0)),
+    ("HUB_API_RATE", "100/s", "api_rate", Rate(100.0, 100.0)),
+    ("HUB_SIGNAL_ROOMS", "call:*,meet:*", "signal_rooms", ("call:*", "meet:*")),
+    ("HUB_SIGNAL_MAX_PEERS", "2", "signal_max_peers", 2),
+    ("HUB_STUN_URLS", "stun:stun.example:3478", "stun_urls", ("stun:stun.example:3478",)),
+    ("HUB_TURN_URLS", "turn:turn.example:3478", "turn_urls", ("turn:turn.example:3478",)),
+    ("HUB_TURN_SECRET", "turn-secret", "turn_secret", "turn-secret"),
+    ("HUB_TURN_TTL", "600", "turn_ttl", 600.0),
+    ("HUB_SHUTDOWN_TIMEOUT", "3", "shutdown_timeout", 3.0),
+    ("HUB_LOG_FORMAT", "json", "log_format", "json"),
+    ("HUB_LOG_LEVEL", "debug", "log_level", "debug"),
+]
+
+
+def test_defaults_match_protocol() -> None:
+    s = Settings.load({})
+    assert (s.host, s.port, s.broker_url, s.redis_prefix) == (
+        "127.0.0.1",
+        8000,
+        "memory://",
+        "hubbub:",
+    )
+    assert s.jwt_algorithms == ("HS256",)
+    assert s.jwt_max_ttl == 86400
+    assert s.default_grants == {k: ("*",) for k in GRANT_KINDS}
+    assert (s.history_size, s.history_ttl) == (1000, 3600)
+    assert (s.ping_interval, s.ping_timeout) == (25, 10)
+    assert (s.sse_ping_interval, s.sse_retry_ms) == (15, 2000)
+    assert (s.max_message_bytes, s.max_queue, s.max_subscriptions) == (65536, 1000, 128)
+    assert s.max_connections_per_user == 0
+    assert s.client_publish_rate == Rate(20.0, 40.0)
+    assert s.api_rate == Rate(1000.0, 2000.0)
+    assert (s.signal_rooms, s.signal_max_peers) == (("call:*",), 8)
+    assert (s.turn_ttl, s.shutdown_timeout, s.log_format, s.log_level) == (3600, 30, "text", "info")
+    # No credentials: dev mode, and then guests are allowed.
+    assert s.dev_mode and s.anonymous
+
+
+@pytest.mark.parametrize(
+    ("var", "text", "name", "expected"), ENV_CASES, ids=[c[0] for c in ENV_CASES]
+)
+def test_every_variable_is_read_from_env(var: str, text: str, name: str, expected: Any) -> None:
+    env = {var: text}
+    if var == "HUB_TURN_URLS":
+        env["HUB_TURN_SECRET"] = "x"  # TURN URLs need a secret
+    s = Settings.load(env)
+    assert getattr(s, name) == expected
+
+
+def test_env_cases_cover_protocol_table() -> None:
+    """Every HUB_ variable named in PROTOCOL.md §7 is exercised above."""
+    protocol = Path("/work/shared/PROTOCOL.md")
+    names = {c[0] for c in ENV_CASES}
+    if protocol.exists():
+        import re
+
+        table = protocol.read_text().split("## 7.", 1)[1]
+        listed = set(re.findall(r"`(HUB_[A-Z_]+)`", table))
+        assert listed <= names, listed - names
+    assert len(names) == 36
+
+
+def test_api_keys_end_dev_mode_and_anonymous_can_be_forced() -> None:
+    s = Settings.load({"HUB_API_KEYS": "k"})
+    assert not s.dev_mode and not s.anonymous
+    s = Settings.load({"HUB_JWT_SECRET": "x", "HUB_ALLOW_ANONYMOUS": "yes"})
+    assert not s.dev_mode and s.anonymous
+    s = Settings.load({"HUB_ALLOW_ANONYMOUS": "false"})
+    assert s.dev_mode and not s.anonymous
+
+
+def test_precedence_overrides_env_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(
+        'HUB_PORT = 7001\nHUB_HOST = "10.0.0.1"\nhistory_size = 11\nHUB_LOG_LEVEL = "warning"\n'
+    )
+    only_file = Settings.load({}, config_file=str(cfg))
+    assert (only_file.port, only_file.host, only_file.history_size) == (7001, "10.0.0.1", 11)
+
+    env = {"HUB_PORT": "7002", "HUB_HOST": "10.0.0.2"}
+    file_env = Settings.load(env, config_file=str(cfg))
+    assert (file_env.port, file_env.host, file_env.history_size) == (7002, "10.0.0.2", 11)
+
+    all3 = Settings.load(env, config_file=str(cfg), overrides={"port": 7003, "host": None})
+    assert all3.port == 7003  # the flag wins
+    assert all3.host == "10.0.0.2"  # an absent flag (None) does not override
+    assert all3.log_level == "warning"  # the file still fills the rest
+
+
+def test_config_file_from_env_and_hubbub_section(tmp_path: Path) -> None:
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[hubbub]\nHUB_MAX_QUEUE = 33\nsignal_rooms = ["call:*", "room:*"]\n')
+    s = Settings.load({"HUB_CONFIG": str(cfg)})
+    assert s.max_queue == 33
+    assert s.signal_rooms == ("call:*", "room:*")
+
+
+def _config_error(env: dict[str, str], *needles: str, **kw: Any) -> str:
+    with pytest.raises(ConfigError) as info:
+        Settings.load(env, **kw)
+    msg = str(info.value)
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+    return msg
+
+
+@pytest.mark.parametrize(
+    ("env", "needles"),
+    [
+        ({"HUB_PORT": "abc"}, ("HUB_PORT", "abc")),
+        ({"HUB_PORT": "70000"}, ("HUB_PORT", "70000")),
+        ({"HUB_PORT": "-1"}, ("HUB_PORT", "-1")),
+        ({"HUB_MAX_MESSAGE_BYTES": "-5"}, ("HUB_MAX_MESSAGE_BYTES", "-5")),
+        ({"HUB_MAX_QUEUE": "0"}, ("HUB_MAX_QUEUE", "0")),
+        ({"HUB_HISTORY_SIZE": "-1"}, ("HUB_HISTORY_SIZE", "-1")),
+        ({"HUB_HISTORY_TTL": "-1"}, ("HUB_HISTORY_TTL", "-1")),
+        ({"HUB_MAX_SUBSCRIPTIONS": "ten"}, ("HUB_MAX_SUBSCRIPTIONS", "ten")),
+        ({"HUB_MAX_CONNECTIONS_PER_USER": "-2"}, ("HUB_MAX_CONNECTIONS_PER_USER", "-2")),
+        ({"HUB_PING_INTERVAL": "-1"}, ("HUB_PING_INTERVAL", "-1")),
+        ({"HUB_PING_TIMEOUT": "nan"}, ("HUB_PING_TIMEOUT", "nan")),
+        ({"HUB_JWT_MAX_TTL": "inf"}, ("HUB_JWT_MAX_TTL", "inf")),
+        ({"HUB_SSE_RETRY_MS": "1.5"}, ("HUB_SSE_RETRY_MS", "1.5")),
+        ({"HUB_CLIENT_PUBLISH_RATE": "20/x"}, ("HUB_CLIENT_PUBLISH_RATE", "20/x")),
+        ({"HUB_CLIENT_PUBLISH_RATE": "abc/s"}, ("HUB_CLIENT_PUBLISH_RATE", "abc/s")),
+        ({"HUB_API_RATE": "-3/s"}, ("HUB_API_RATE", "-3/s")),
+        ({"HUB_API_RATE": "10/s:x"}, ("HUB_API_RATE", "10/s:x")),
+        ({"HUB_DEFAULT_GRANTS": "subscribe=*;admin=*"}, ("HUB_DEFAULT_GRANTS", "admin")),
+        ({"HUB_DEFAULT_GRANTS": "subscribe"}, ("HUB_DEFAULT_GRANTS", "subscribe")),
+        ({"HUB_BROKER_URL": "http://x"}, ("HUB_BROKER_URL", "http://x")),
+        ({"HUB_BROKER_URL": "redis"}, ("HUB_BROKER_URL", "redis")),
+        ({"HUB_BROKER_URL": "kafka://k:9092"}, ("HUB_BROKER_URL", "kafka://k:9092")),
+        ({"HUB_JWT_ALGORITHMS": "HS256,none"}, ("HUB_JWT_ALGORITHMS", "none")),
+        ({"HUB_JWT_ALGORITHMS": "NONE"}, ("HUB_JWT_ALGORITHMS", "NONE")),
+        ({"HUB_JWT_ALGORITHMS": "hs256"}, ("HUB_JWT_ALGORITHMS", "hs256")),
+        ({"HUB_JWT_ALGORITHMS": " , "}, ("HUB_JWT_ALGORITHMS",)),
+        ({"HUB_ALLOW_ANONYMOUS": "maybe"}, ("HUB_ALLOW_ANONYMOUS", "maybe")),
+        ({"HUB_LOG_FORMAT": "xml"}, ("HUB_LOG_FORMAT", "xml")),
+        ({"HUB_LOG_LEVEL": "loud"}, ("HUB_LOG_LEVEL", "loud")),
+        ({"HUB_TURN_URLS": "turn:t.example"}, ("HUB_TURN_SECRET",)),
+        ({"HUB_SIGNAL_MAX_PEERS": "0"}, ("HUB_SIGNAL_MAX_PEERS", "0")),
+    ],
+    ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else "",
+)
+def test_bad_env_values_name_variable_and_value(
+    env: dict[str, str], needles: tuple[str, ...]
+) -> None:
+    _config_error(env, *needles)
+
+
+def test_workers_need_redis() -> None:
+    msg = _config_error({}, "--workers 2", "memory://", overrides={"workers": 2})
+    assert "redis" in msg.lower()
+    assert Settings.load({"HUB_BROKER_URL": "redis://r/0"}, overrides={"workers": 2}).workers == 2
+
+
+def test_bad_flag_value_names_the_flag() -> None:
+    _config_error({}, "--port", "'x'", overrides={"port": "x"})
+
+
+def test_unknown_variable_in_toml_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("HUB_PORT = 8001\nHUB_NOPE = 3\n")
+    _config_error({}, "HUB_NOPE", "3", str(cfg), config_file=str(cfg))
+
+
+def test_bad_values_in_toml_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('HUB_PORT = "eighty"\n')
+    _config_error({}, "HUB_PORT", "eighty", config_file=str(cfg))
+    cfg.write_text("HUB_MAX_QUEUE = true\n")
+    _config_error({}, "HUB_MAX_QUEUE", "True", config_file=str(cfg))
+    cfg.write_text("HUB_PORT = = 1\n")  # not TOML
+    _config_error({}, str(cfg), config_file=str(cfg))
+    _config_error({}, "missing.toml", config_file=str(tmp_path / "missing.toml"))
+
+
+def test_env_value_overrides_a_bad_file_value(tmp_path: Path) -> None:
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('HUB_PORT = "eighty"\n')
+    assert Settings.load({"HUB_PORT": "81"}, config_file=str(cfg)).port == 81
+
+
+def test_unknown_env_variables_are_ignored() -> None:
+    # Other software may share the HUB_ prefix in the environment; only the file is strict.
+    assert Settings.load({"HUB_SOMETHING_ELSE": "1"}).port == 8000
+
+
+def test_rate_and_grants_parsers() -> None:
+    assert Rate.parse("0") == Rate(0.0, 0.0) and not Rate.parse("off").enabled
+    assert Rate.parse("2.5/s") == Rate(2.5, 2.5)
+    assert Rate.parse("0.5/s") == Rate(0.5, 1.0)
+    assert Rate.parse(" 20/s:40 ") == Rate(20.0, 40.0)
+    for bad in ("20/x", "20", "/s", "20/s:-1", "nan/s"):
+        with pytest.raises(ValueError):
+            Rate.parse(bad)
+    assert parse_grants("") == {k: () for k in GRANT_KINDS}
+    assert parse_grants(" subscribe = a , b ; presence=c ;")["subscribe"] == ("a", "b")
+    with pytest.raises(ValueError, match="unknown grant kind"):
+        parse_grants("publish=*;owner=*")
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+
+
+def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    base.update(env or {})
+    return subprocess.run(
+        [HUBBUB, *args], capture_output=True, text=True, timeout=30, env=base, cwd=ROOT
+    )
+
+
+def test_cli_serve_bad_port_flag() -> None:
+    proc = _run(["serve", "--port", "abc"])
+    assert proc.returncode != 0
+    assert "--port" in proc.stderr and "abc" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_serve_bad_env_value() -> None:
+    proc = _run(["serve", "--port", "0"], {"HUB_PING_INTERVAL": "-1"})
+    assert proc.returncode != 0
+    assert "HUB_PING_INTERVAL" in proc.stderr and "-1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_serve_workers_with_memory_broker() -> None:
+    proc = _run(["serve", "--port", "0", "--workers", "2"])
+    assert proc.returncode != 0
+    assert "--workers 2" in proc.stderr and "memory://" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_serve_bad_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text("HUB_BOGUS = 1\n")
+    proc = _run(["serve", "--port", "0", "--config", str(cfg)])
+    assert proc.returncode != 0
+    assert "HUB_BOGUS" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_token() -> None:
+    secret = "cli-secret-0123456789abcdef0123456789"
+    proc = _run(
+        ["token", "--sub", "alice", "--subscribe", "X", "--ttl", "120"],
+        {"HUB_JWT_SECRET": secret},
+    )
+    assert proc.returncode == 0, proc.stderr
+    tok = proc.stdout.strip()
+    claims = jwt.decode(tok, secret, algorithms=["HS256"])
+    assert claims["sub"] == "alice"
+    assert claims["hub"]["subscribe"] == ["X"]
+    assert "publish" not in claims["hub"]
+    assert 0 < claims["exp"] - claims["iat"] <= 120
+
+
+def test_cli_token_without_secret_fails() -> None:
+    proc = _run(["token", "--sub", "alice"])
+    assert proc.returncode != 0
+    assert "HUB_JWT_SECRET" in proc.stderr
+
+
+def test_default_grants_not_text_in_toml_is_config_error(tmp_path: Path) -> None:
+    # Regression: a TOML table here used to crash with AttributeError instead of ConfigError.
+    cfg = tmp_path / "grants.toml"
+    cfg.write_text('HUB_DEFAULT_GRANTS = {subscribe = ["*"]}\n')
+    _config_error({}, "HUB_DEFAULT_GRANTS", "subscribe", config_file=str(cfg))
+    cfg.write_text('HUB_DEFAULT_GRANTS = "subscribe=news;publish="\n')
+    s = Settings.load({}, config_file=str(cfg))
+    assert s.default_grants["subscribe"] == ("news",) and s.default_grants["publish"] == ()
