@@ -1,0 +1,524 @@
+"""RedisBroker (``redis://``, ``rediss://``): many processes and machines behave as one hub.
+
+Keys (``P`` = ``HUB_REDIS_PREFIX``, default ``hubbub:``; ``{…}`` is a Redis Cluster hash tag, so
+every key of one room lives in one slot and a cluster shards by room)::
+
+    P{room:NAME}:meta           hash   epoch, offset            (no history TTL; 7+ days idle)
+    P{room:NAME}:stream         stream ID <offset>-0, fields t (ms), b (body); MAXLEN, PEXPIRE
+    P{room:NAME}:idem:SHA       string fingerprint|offset|epoch  (EX 300)
+    P{room:NAME}:presence       hash   session -> member JSON
+    P{room:NAME}:presence:exp   zset   session -> expiry (ms), refreshed by the owning node
+    P{user:SUB}:conns           zset   session -> expiry (ms), refreshed by the owning node
+    P{rooms}:index|counts|nodes|node:ID   the rooms listing, per node, dead nodes forgotten
+    P{rl:KEY}                   hash   token bucket
+    channels: P{room:NAME}:ch (room traffic), Pctl (every node), Pnode:ID (one node's inbox)
+
+Room channel payloads are ``<offset>|<epoch>|<body>`` (both empty for ephemeral publications and
+room frames), so a node splits them without decoding JSON.
+
+Running against Redis Cluster or Sentinel: the key layout is cluster-ready (every script touches
+one slot), but this class speaks to one endpoint; point it at a Sentinel-managed primary through
+a proxy or a stable address. Pub/sub fan-out works on a cluster as on one server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from hub.brokers import redis_lua as lua
+from hub.brokers.base import (
+    IDEMPOTENCY_TTL,
+    HistoryPage,
+    Idempotency,
+    Member,
+    NodeListener,
+    PublishResult,
+)
+from hub.brokers.memory import new_epoch
+from hub.brokers.redis_pubsub import PubSubLink, supervise
+from hub.envelope import Publication
+from hub.errors import BrokerError, Conflict
+
+log = logging.getLogger("hubbub.redis")
+T = TypeVar("T")
+META_TTL = 7 * 86400
+
+
+class RedisBroker:
+    """Broker over one Redis server. See the module docstring for the data layout."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        history_size: int = 1000,
+        history_ttl: float = 3600.0,
+        prefix: str = "hubbub:",
+        presence_ttl: float = 30.0,
+        timeout: float = 5.0,
+        probe_interval: float | None = None,
+        probe_timeout: float | None = None,
+        max_connections: int = 64,
+        **_: Any,
+    ) -> None:
+        self.url = url
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self.prefix = prefix
+        self.presence_ttl = presence_ttl
+        self.timeout = timeout
+        self.probe_interval = probe_interval or min(1.0, timeout)
+        self.probe_timeout = probe_timeout or max(3 * self.probe_interval, timeout)
+        self.max_connections = max_connections
+        self._ttl_ms = int(history_ttl * 1000)
+        self._meta_ttl = max(META_TTL, math.ceil(history_ttl * 10))
+        self._presence_ms = max(1, int(presence_ttl * 1000))
+        self._listener: NodeListener | None = None
+        self.node = ""
+        self._redis: aioredis.Redis | None = None
+        self._link: PubSubLink | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._rooms_by_channel: dict[bytes, str] = {}
+        self._ctl = (prefix + "ctl").encode()
+        self._inbox = b""
+        # What this node asserts in Redis, refreshed every presence_ttl / 3.
+        self._members: dict[tuple[str, str], Member] = {}
+        self._conns: dict[str, set[str]] = {}
+        self._room_counts: dict[str, int] = {}
+        self._rooms_zeroed: set[str] = set()
+        pre = prefix + "{rooms}:"
+        self._rooms_keys = [pre + "index", pre + "counts", pre + "nodes"]
+        self._node_set_prefix = pre + "node:"
+
+    # ---- keys ------------------------------------------------------------------------------------
+    def _rk(self, room: str, suffix: str) -> str:
+        return f"{self.prefix}{{room:{room}}}:{suffix}"
+
+    def _channel(self, room: str) -> bytes:
+        return self._rk(room, "ch").encode()
+
+    # ---- life cycle ------------------------------------------------------------------------------
+    async def start(self, listener: NodeListener, node_id: str) -> None:
+        """Connect in the background; waits at most ``timeout`` for the first connection and
+        never raises when Redis is down (``broker_state(False)`` instead)."""
+        self._listener = listener
+        self.node = node_id
+        self._inbox = f"{self.prefix}node:{node_id}".encode()
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=self.max_connections,
+            timeout=self.timeout,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0),  # a retried script could publish twice
+            health_check_interval=0,
+        )
+        self._pool = pool
+        r = self._redis = aioredis.Redis(connection_pool=pool)
+        self._s_publish = r.register_script(lua.PUBLISH)
+        self._s_history = r.register_script(lua.HISTORY)
+        self._s_position = r.register_script(lua.POSITION)
+        self._s_presence_add = r.register_script(lua.PRESENCE_ADD)
+        self._s_presence_list = r.register_script(lua.PRESENCE_LIST)
+        self._s_conn_add = r.register_script(lua.CONN_ADD)
+        self._s_conn_count = r.register_script(lua.CONN_COUNT)
+        self._s_room_set = r.register_script(lua.ROOM_SET)
+        self._s_node_alive = r.register_script(lua.NODE_ALIVE)
+        self._s_list_rooms = r.register_script(lua.LIST_ROOMS)
+        self._s_take = r.register_script(lua.TAKE)
+
+        def connect() -> AbstractConnection:
+            # RESP2: pushed messages come back from read_response() as plain arrays (RESP3 would
+            # route them to a push handler instead).
+            kw = {**pool.connection_kwargs, "protocol": 2, "maint_notifications_config": None}
+            conn: AbstractConnection = pool.connection_class(**kw)
+            return conn
+
+        self._link = PubSubLink(
+            connect,
+            fixed=[self._ctl, self._inbox],
+            on_message=self._on_message,
+            on_state=self._on_state,
+            send_probe=self._probe,
+            timeout=self.timeout,
+            probe_interval=self.probe_interval,
+            probe_timeout=self.probe_timeout,
+        )
+        self._link.start()
+        self._tasks.append(
+            asyncio.get_running_loop().create_task(
+                supervise("redis presence refresher", self._refresh_loop), name="redis-refresh"
+            )
+        )
+        try:
+            await asyncio.wait_for(self._link.became_up.wait(), self.timeout)
+        except TimeoutError:
+            log.warning("redis at %s is not reachable yet; retrying in the background", self.url)
+            listener.broker_state(False)
+
+    async def close(self) -> None:
+        """Stop the tasks; remove what this node asserted (best effort, short timeout)."""
+        if self._closed:
+            return
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._link is not None:
+            await self._link.close()
+        if self._redis is not None:
+            with contextlib.suppress(*_ERRORS):
+                async with asyncio.timeout(min(self.timeout, 1.0)):
+                    await self._forget_self()
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+            with contextlib.suppress(Exception):
+                await self._pool.disconnect()
+        self._listener = None
+
+    async def ready(self) -> bool:
+        if self._closed or self._link is None or not self._link.up or self._redis is None:
+            return False
+        try:
+            async with asyncio.timeout(self.timeout):
+                return bool(await self._redis.ping())
+        except _ERRORS:
+            return False
+
+    @property
+    def link(self) -> PubSubLink | None:
+        """The pub/sub link (tests inspect it)."""
+        return self._link
+
+    # ---- plumbing --------------------------------------------------------------------------------
+    @property
+    def _r(self) -> aioredis.Redis:
+        if self._redis is None or self._closed:
+            raise BrokerError("broker is not running")
+        return self._redis
+
+    async def _do(self, aw: Awaitable[T]) -> T:
+        """Await a Redis call within the timeout; every failure becomes BrokerError."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await aw
+        except _ERRORS as exc:
+            raise BrokerError("broker unavailable") from exc
+
+    def _on_state(self, up: bool) -> None:
+        if self._listener is None:
+            return
+        self._listener.broker_state(up)
+        if up:
+            self._listener.resync()
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        room = self._rooms_by_channel.get(channel)
+        if room is not None:
+            off, ep, body = data.split(b"|", 2)
+            listener.deliver(
+                Publication(room, int(off) if off else None, ep.decode() if ep else None, body)
+            )
+        elif data[:1] == b"{" and (channel == self._ctl or channel == self._inbox):
+            listener.on_control(orjson.loads(data))
+
+    async def _probe(self) -> None:
+        await self._do(self._r.publish(self._inbox, b"probe"))
+
+    # ---- publish, history ------------------------------------------------------------------------
+    async def publish(
+        self,
+        room: str,
+        body: bytes,
+        *,
+        ephemeral: bool = False,
+        idempotency: Idempotency | None = None,
+    ) -> PublishResult:
+        meta = self._rk(room, "meta")
+        if idempotency is None and ephemeral:
+            await self._do(self._r.publish(self._channel(room), b"||" + body))
+            return PublishResult(room, None, None)
+        idem, fp = meta, ""
+        if idempotency is not None:
+            digest = hashlib.sha256(
+                idempotency.scope.encode() + b"\0" + idempotency.key.encode()
+            ).hexdigest()
+            idem, fp = self._rk(room, "idem:" + digest), idempotency.fingerprint
+        res = await self._do(
+            self._s_publish(
+                keys=[meta, self._rk(room, "stream"), idem],
+                args=[
+                    new_epoch(),
+                    body,
+                    self.history_size,
+                    self._ttl_ms,
+                    self._channel(room),
+                    fp,
+                    int(IDEMPOTENCY_TTL),
+                    "1" if ephemeral else "0",
+                    self._meta_ttl,
+                ],
+            )
+        )
+        status, off, ep = res
+        if status == b"conflict":
+            raise Conflict("Idempotency-Key reused with a different request")
+        return PublishResult(
+            room,
+            int(off) if off else None,
+            ep.decode() if ep else None,
+            duplicate=status == b"dup",
+        )
+
+    async def publish_frame(self, room: str, frame: bytes) -> None:
+        await self._do(self._r.publish(self._channel(room), b"||" + frame))
+
+    async def subscribe(self, room: str) -> None:
+        """Receive the room's traffic from when this returns. Raises BrokerError."""
+        if self._link is None:
+            raise BrokerError("broker is not running")
+        ch = self._channel(room)
+        self._rooms_by_channel[ch] = room
+        try:
+            await self._link.subscribe(ch)
+        except BaseException:
+            self._rooms_by_channel.pop(ch, None)
+            raise
+
+    async def unsubscribe(self, room: str) -> None:
+        ch = self._channel(room)
+        self._rooms_by_channel.pop(ch, None)
+        if self._link is not None:
+            await self._link.unsubscribe(ch)
+
+    async def history(
+        self, room: str, *, after: int | None = None, limit: int = 100
+    ) -> HistoryPage:
+        res = await self._do(
+            self._s_history(
+                keys=[self._rk(room, "meta"), self._rk(room, "stream")],
+                args=[
+                    new_epoch(),
+                    self._ttl_ms,
+                    "" if after is None else int(after),
+                    max(0, int(limit)),
+                    self._meta_ttl,
+                ],
+            )
+        )
+        epoch = res[0].decode()
+        pubs = [Publication(room, int(res[i]), epoch, res[i + 1]) for i in range(3, len(res), 2)]
+        return HistoryPage(epoch=epoch, head=int(res[1]), first=int(res[2]), publications=pubs)
+
+    async def position(self, room: str) -> tuple[str, int]:
+        res = await self._do(
+            self._s_position(
+                keys=[self._rk(room, "meta"), self._rk(room, "stream")],
+                args=[new_epoch(), self._meta_ttl],
+            )
+        )
+        return res[0].decode(), int(res[1])
+
+    # ---- presence --------------------------------------------------------------------------------
+    @staticmethod
+    def _member_json(m: Member) -> bytes:
+        return orjson.dumps(
+            {
+                "room": m.room,
+                "session": m.session,
+                "user": m.user,
+                "transport": m.transport,
+                "node": m.node,
+                "name": m.name,
+                "info": m.info,
+            }
+        )
+
+    def _presence_add_call(self, m: Member, client: Any = None) -> Any:
+        return self._s_presence_add(
+            keys=[self._rk(m.room, "presence"), self._rk(m.room, "presence:exp")],
+            args=[m.session, self._member_json(m), self._presence_ms],
+            client=client,
+        )
+
+    async def presence_add(self, member: Member) -> None:
+        key = (member.room, member.session)
+        self._members[key] = member
+        try:
+            await self._do(self._presence_add_call(member))
+        except BrokerError:
+            self._members.pop(key, None)
+            raise
+
+    async def presence_remove(self, room: str, session: str) -> None:
+        self._members.pop((room, session), None)
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hdel(self._rk(room, "presence"), session)
+        pipe.zrem(self._rk(room, "presence:exp"), session)
+        await self._do(pipe.execute())
+
+    async def presence_list(self, room: str) -> list[Member]:
+        raw = await self._do(
+            self._s_presence_list(keys=[self._rk(room, "presence"), self._rk(room, "presence:exp")])
+        )
+        out = []
+        for item in raw:
+            d = orjson.loads(item)
+            out.append(
+                Member(
+                    room=room,
+                    session=d["session"],
+                    user=d["user"],
+                    transport=d["transport"],
+                    node=d["node"],
+                    name=d.get("name"),
+                    info=d.get("info"),
+                )
+            )
+        return out
+
+    # ---- control -------------------------------------------------------------------------------
+    async def send_control(self, message: dict[str, Any], node: str | None = None) -> None:
+        channel = self._ctl if node is None else f"{self.prefix}node:{node}".encode()
+        await self._do(self._r.publish(channel, orjson.dumps(message)))
+
+    # ---- connections, rooms listing, rate limits -------------------------------------------------
+    def _conn_key(self, user: str) -> str:
+        return f"{self.prefix}{{user:{user}}}:conns"
+
+    async def connection_add(self, user: str, session: str) -> int:
+        own = self._conns.setdefault(user, set())
+        own.add(session)
+        try:
+            n = await self._do(
+                self._s_conn_add(keys=[self._conn_key(user)], args=[session, self._presence_ms])
+            )
+        except BrokerError:
+            own.discard(session)
+            if not own:
+                self._conns.pop(user, None)
+            raise
+        return int(n)
+
+    async def connection_remove(self, user: str, session: str) -> None:
+        own = self._conns.get(user)
+        if own is not None:
+            own.discard(session)
+            if not own:
+                del self._conns[user]
+        await self._do(self._r.zrem(self._conn_key(user), session))
+
+    async def connection_count(self, user: str) -> int:
+        return int(await self._do(self._s_conn_count(keys=[self._conn_key(user)])))
+
+    def _room_set_call(self, room: str, n: int, client: Any = None) -> Any:
+        return self._s_room_set(
+            keys=[*self._rooms_keys, self._node_set_prefix + self.node],
+            args=[self.node, room, n, self._presence_ms],
+            client=client,
+        )
+
+    async def room_sessions(self, room: str, delta: int) -> None:
+        n = self._room_counts.get(room, 0) + delta
+        if n > 0:
+            self._room_counts[room] = n
+            self._rooms_zeroed.discard(room)
+        else:
+            self._room_counts.pop(room, None)
+            self._rooms_zeroed.add(room)
+        try:
+            await self._do(self._room_set_call(room, max(n, 0)))
+        except BrokerError:
+            if delta > 0:  # the caller gives up on this session: undo; a decrement stands
+                self._room_counts[room] = n - delta
+                if n - delta <= 0:
+                    self._room_counts.pop(room, None)
+            raise
+        if n <= 0:
+            self._rooms_zeroed.discard(room)
+
+    async def list_rooms(
+        self, prefix: str, cursor: str | None, limit: int
+    ) -> tuple[list[tuple[str, int]], str | None]:
+        if limit <= 0:
+            return [], None
+        start = prefix
+        if cursor:
+            start = max(start, cursor + "\x01")
+        raw = await self._do(self._s_list_rooms(keys=self._rooms_keys, args=[prefix, start, limit]))
+        rooms = [(raw[i].decode(), int(raw[i + 1])) for i in range(0, len(raw), 2)]
+        page = rooms[:limit]
+        return page, (page[-1][0] if len(rooms) > limit else None)
+
+    async def take(self, key: str, rate: float, burst: float) -> tuple[bool, float, float]:
+        res = await self._do(
+            self._s_take(keys=[f"{self.prefix}{{rl:{key}}}"], args=[repr(rate), repr(burst)])
+        )
+        return bool(int(res[0])), float(res[1]), float(res[2])
+
+    # ---- refresh ---------------------------------------------------------------------------------
+    async def _refresh_once(self) -> None:
+        """Re-assert this node's presence members, connections and rooms (idempotent: also
+        rebuilds them after Redis lost its data)."""
+        pipe = self._r.pipeline(transaction=False)
+        await self._s_node_alive(
+            keys=[*self._rooms_keys, self._node_set_prefix + self.node],
+            args=[self.node, self._presence_ms, self._node_set_prefix],
+            client=pipe,
+        )
+        for m in list(self._members.values()):
+            await self._presence_add_call(m, client=pipe)
+        for user, sessions in list(self._conns.items()):
+            for s in sessions:
+                await self._s_conn_add(
+                    keys=[self._conn_key(user)], args=[s, self._presence_ms], client=pipe
+                )
+        for room, n in list(self._room_counts.items()):
+            await self._room_set_call(room, n, client=pipe)
+        zeroed = list(self._rooms_zeroed)
+        for room in zeroed:
+            await self._room_set_call(room, 0, client=pipe)
+        await self._do(pipe.execute())
+        self._rooms_zeroed.difference_update(r for r in zeroed if r not in self._room_counts)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            try:
+                await self._refresh_once()
+            except BrokerError as exc:
+                log.debug("presence refresh failed: %r", exc.__cause__)
+            await asyncio.sleep(self.presence_ttl / 3)
+
+    async def _forget_self(self) -> None:
+        assert self._redis is not None
+        pipe = self._redis.pipeline(transaction=False)
+        for room, session in list(self._members):
+            pipe.hdel(self._rk(room, "presence"), session)
+            pipe.zrem(self._rk(room, "presence:exp"), session)
+        for user, sessions in list(self._conns.items()):
+            pipe.zrem(self._conn_key(user), *sessions)
+        for room in list(self._room_counts):
+            await self._room_set_call(room, 0, client=pipe)
+        await pipe.execute()
+
+
+_ERRORS = (RedisError, OSError, TimeoutError)

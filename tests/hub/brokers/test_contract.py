@@ -1,0 +1,348 @@
+"""The broker contract (hub/brokers/base.py), run against every implementation.
+
+``memory://`` runs with an injected clock; Redis runs against a real redis-server (the session's
+``shared_redis``, on a free port) with a unique key prefix per test, and real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from hub.brokers.base import Broker, Idempotency, Member
+from hub.brokers.memory import MemoryBroker
+from hub.brokers.redis import RedisBroker
+from hub.envelope import Publication, make_body
+from hub.errors import Conflict
+
+
+@dataclass
+class Recorder:
+    """A NodeListener that records everything it is told."""
+
+    pubs: list[Publication] = field(default_factory=list)
+    controls: list[dict[str, Any]] = field(default_factory=list)
+    states: list[bool] = field(default_factory=list)
+    resyncs: int = 0
+
+    def deliver(self, pub: Publication) -> None:
+        self.pubs.append(pub)
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        self.controls.append(message)
+
+    def resync(self) -> None:
+        self.resyncs += 1
+
+    def broker_state(self, up: bool) -> None:
+        self.states.append(up)
+
+    def of(self, room: str) -> list[Publication]:
+        return [p for p in self.pubs if p.room == room]
+
+
+async def until(cond: Callable[[], bool], within: float = 3.0) -> None:
+    """Wait until ``cond()`` holds (fail after ``within`` seconds)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Env:
+    broker: Broker
+    listener: Recorder
+    node: str
+    advance: Callable[[float], Awaitable[None]]
+    kind: str
+
+    async def settle(self) -> None:
+        """Give in-flight deliveries time to arrive (Redis pub/sub is asynchronous)."""
+        await asyncio.sleep(0.15 if self.kind == "redis" else 0)
+
+
+Factory = Callable[..., Awaitable[Env]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
+    kind: str = request.param
+    started: list[Broker] = []
+
+    async def factory(**kw: Any) -> Env:
+        listener = Recorder()
+        node = secrets.token_hex(6)
+        if kind == "memory":
+            clock = FakeClock()
+
+            async def advance_clock(seconds: float) -> None:
+                clock.now += seconds
+
+            broker: Broker = MemoryBroker(clock=clock, **kw)
+            advance = advance_clock
+        else:
+            redis = request.getfixturevalue("shared_redis")
+            prefix = f"t{secrets.token_hex(4)}:"
+            broker = RedisBroker(redis.url, prefix=prefix, timeout=2.0, **kw)
+            advance = asyncio.sleep
+        await broker.start(listener, node)
+        started.append(broker)
+        return Env(broker, listener, node, advance, kind)
+
+    yield factory
+    for b in started:
+        await b.close()
+
+
+def body(room: str, n: Any) -> bytes:
+    return make_body(room, b'{"n":%d}' % n if isinstance(n, int) else n, ts=1)
+
+
+async def test_start_reports_up(make: Factory) -> None:
+    env = await make()
+    assert await env.broker.ready()
+    assert env.listener.states[-1] is True
+
+
+async def test_offsets_have_no_holes_under_concurrency(make: Factory) -> None:
+    env = await make()
+    b = env.broker
+    results = await asyncio.gather(*(b.publish("r1", body("r1", i)) for i in range(60)))
+    offsets = sorted(r.offset for r in results if r.offset is not None)
+    assert offsets == list(range(1, 61))
+    assert len({r.epoch for r in results}) == 1
+    page = await b.history("r1", after=0, limit=100)
+    assert [p.offset for p in page.publications] == list(range(1, 61))
+    assert (page.head, page.first, page.epoch) == (60, 1, results[0].epoch)
+    by_offset = {r.offset: i for i, r in enumerate(results)}
+    for p in page.publications:
+        assert p.body == body("r1", by_offset[p.offset])
+        assert p.epoch == page.epoch and p.room == "r1"
+
+
+async def test_epoch_is_random_per_room_and_stable(make: Factory) -> None:
+    env = await make()
+    b = env.broker
+    e1, h1 = await b.position("a")
+    e2, h2 = await b.position("b")
+    assert re.fullmatch(r"[A-Za-z0-9]{8}", e1) and re.fullmatch(r"[A-Za-z0-9]{8}", e2)
+    assert e1 != e2 and h1 == h2 == 0
+    r = await b.publish("a", body("a", 1))
+    assert (r.epoch, r.offset) == (e1, 1)
+    assert await b.position("a") == (e1, 1)
+    page = await b.history("c")  # creates the epoch too
+    assert (page.head, page.first, page.publications) == (0, 1, [])
+    assert (await b.position("c"))[0] == page.epoch
+
+
+async def test_history_after_limit_and_newest(make: Factory) -> None:
+    env = await make()
+    b = env.broker
+    for i in range(1, 11):
+        await b.publish("h", body("h", i))
+    newest = await b.history("h", limit=3)
+    assert [p.offset for p in newest.publications] == [8, 9, 10]
+    assert (newest.head, newest.first) == (10, 1)
+    assert newest.publications[0].body == body("h", 8)
+    assert [p.offset for p in (await b.history("h", after=4, limit=3)).publications] == [5, 6, 7]
+    assert [p.offset for p in (await b.history("h", after=0, limit=2)).publications] == [1, 2]
+    assert (await b.history("h", after=10)).publications == []
+    assert (await b.history("h", after=99)).publications == []
+    assert (await b.history("h", limit=0)).publications == []
+    assert (await b.history("h", after=3, limit=0)).publications == []
+
+
+async def test_history_is_bounded_by_size(make: Factory) -> None:
+    env = await make(history_size=5)
+    b = env.broker
+    for i in range(1, 9):
+        await b.publish("s", body("s", i))
+    page = await b.history("s", after=0, limit=100)
+    assert [p.offset for p in page.publications] == [4, 5, 6, 7, 8]
+    assert (page.head, page.first) == (8, 4)
+    assert [p.offset for p in (await b.history("s", after=1, limit=2)).publications] == [4, 5]
+    assert len((await b.history("s", limit=100)).publications) == 5
+
+
+async def test_history_is_bounded_by_age(make: Factory) -> None:
+    env = await make(history_ttl=0.4)
+    b = env.broker
+    await b.publish("t", body("t", 1))
+    await b.publish("t", body("t", 2))
+    await env.advance(0.6)
+    r = await b.publish("t", body("t", 3))
+    page = await b.history("t", after=0)
+    assert [p.offset for p in page.publications] == [3]
+    assert (page.head, page.first, page.epoch) == (3, 3, r.epoch)
+    assert [p.offset for p in (await b.history("t")).publications] == [3]
+    await env.advance(0.6)
+    page = await b.history("t", after=0)
+    assert (page.publications, page.head, page.first, page.epoch) == ([], 3, 4, r.epoch)
+    # the offset counter outlives the history
+    assert (await b.publish("t", body("t", 4))).offset == 4
+
+
+async def test_ephemeral_gets_no_offset_and_is_not_stored(make: Factory) -> None:
+    env = await make()
+    b = env.broker
+    await b.subscribe("e")
+    await b.publish("e", body("e", 1))
+    r = await b.publish("e", body("e", 2), ephemeral=True)
+    assert (r.offset, r.epoch, r.duplicate) == (None, None, False)
+    page = await b.history("e", after=0)
+    assert [p.offset for p in page.publications] == [1] and page.head == 1
+    await until(lambda: len(env.listener.of("e")) == 2)
+    live = env.listener.of("e")[1]
+    assert (live.offset, live.epoch, live.body) == (None, None, body("e", 2))
+
+
+async def test_idempotency_repeat_and_conflict(make: Factory) -> None:
+    env = await make()
+    b = env.broker
+    await b.subscribe("i")
+    idem = Idempotency(scope="key:a", key="k1", fingerprint="fp1")
+    first = await b.publish("i", body("i", 1), idempotency=idem)
+    again = await b.publish("i", body("i", 1), idempotency=idem)
+    assert (first.offset, first.duplicate) == (1, False)
+    assert (again.offset, again.epoch, again.duplicate) == (1, first.epoch, True)
+    with pytest.raises(Conflict):
+        await b.publish("i", body("i", 2), idempotency=Idempotency("key:a", "k1", "fp2"))
+    other_scope = await b.publish("i", body("i", 1), idempotency=Idempotency("key:b", "k1", "fp1"))
+    other_room = await b.publish("j", body("j", 1), idempotency=idem)
+    assert (other_scope.offset, other_scope.duplicate) == (2, False)
+    assert (other_room.offset, other_room.duplicate) == (1, False)
+    eph = Idempotency("key:a", "k2", "fp")
+    e1 = await b.publish("i", body("i", 3), ephemeral=True, idempotency=eph)
+    e2 = await b.publish("i", body("i", 3), ephemeral=True, idempotency=eph)
+    assert (e1.offset, e1.duplicate, e2.offset, e2.duplicate) == (None, False, None, True)
+    assert [p.offset for p in (await b.history("i", after=0)).publications] == [1, 2]
+    await env.settle()
+    assert [p.offset for p in env.listener.of("i")] == [1, 2, None]
+
+
+async def test_delivery_in_order_only_while_subscribed(make: Factory) -> None:
+    env = await make()
+    b = env.broker
+    await b.publish("d", body("d", 0))  # before subscribe: not delivered
+    await b.subscribe("d")
+    for i in range(1, 31):
+        await b.publish("d", body("d", i))
+    await b.publish("other", body("other", 1))  # never subscribed
+    await until(lambda: len(env.listener.of("d")) == 30)
+    got = env.listener.of("d")
+    assert [p.offset for p in got] == list(range(2, 32))
+    assert [p.body for p in got] == [body("d", i) for i in range(1, 31)]
+    assert all(p.epoch == got[0].epoch for p in got)
+    await b.unsubscribe("d")
+    await b.publish("d", body("d", 99))
+    await b.publish_frame("d", b'{"type":"join","room":"d"}')
+    await env.settle()
+    assert len(env.listener.of("d")) == 30
+    assert env.listener.of("other") == []
+    await b.subscribe("d")  # again
+    await b.publish("d", body("d", 100))
+    await until(lambda: len(env.listener.of("d")) == 31)
+    assert env.listener.of("d")[-1].offset == 33
+
+
+async def test_publish_frame_fans_out_without_storing(make: Factory) -> None:
+    env = await make()
+    b = env.broker
+    await b.subscribe("f")
+    frame = b'{"type":"join","room":"f","user":"u","session":"s|x"}'
+    await b.publish_frame("f", frame)
+    await until(lambda: len(env.listener.of("f")) == 1)
+    pub = env.listener.of("f")[0]
+    assert (pub.offset, pub.epoch, pub.body, pub.kind) == (None, None, frame, "join")
+    assert (await b.history("f", after=0)).publications == []
+    assert (await b.position("f"))[1] == 0
+
+
+async def test_presence_add_list_remove(make: Factory) -> None:
+    env = await make()
+    b = env.broker
+    m1 = Member("p", "s1", "alice", "ws", env.node, name="Alice", info={"k": [1, 2]})
+    m2 = Member("p", "s2", "bob", "sse", env.node)
+    await b.presence_add(m1)
+    await b.presence_add(m2)
+    await b.presence_add(Member("q", "s3", "carol", "ws", env.node))
+    assert sorted(await b.presence_list("p"), key=lambda m: m.session) == [m1, m2]
+    await b.presence_remove("p", "s1")
+    await b.presence_remove("p", "nope")
+    assert await b.presence_list("p") == [m2]
+    assert await b.presence_list("empty") == []
+    assert [m.user for m in await b.presence_list("q")] == ["carol"]
+
+
+async def test_control_to_all_and_to_one_node(make: Factory) -> None:
+    env = await make()
+    b = env.broker
+    await b.send_control({"t": "kick", "user": "u1"})
+    await b.send_control({"t": "direct", "to": "s"}, env.node)
+    await b.send_control({"t": "lost"}, "another-node")
+    await until(lambda: len(env.listener.controls) == 2)
+    await env.settle()
+    assert env.listener.controls == [{"t": "kick", "user": "u1"}, {"t": "direct", "to": "s"}]
+
+
+async def test_connection_counts(make: Factory) -> None:
+    env = await make()
+    b = env.broker
+    assert await b.connection_add("u", "s1") == 1
+    assert await b.connection_add("u", "s2") == 2
+    assert await b.connection_add("u", "s2") == 2
+    assert await b.connection_add("v", "s3") == 1
+    assert await b.connection_count("u") == 2
+    await b.connection_remove("u", "s1")
+    await b.connection_remove("u", "missing")
+    assert await b.connection_count("u") == 1
+    await b.connection_remove("u", "s2")
+    assert await b.connection_count("u") == 0
+    assert await b.connection_count("nobody") == 0
+
+
+async def test_list_rooms_with_pagination(make: Factory) -> None:
+    env = await make()
+    b = env.broker
+    await b.room_sessions("a:1", 1)
+    await b.room_sessions("a:2", 1)
+    await b.room_sessions("a:2", 1)
+    await b.room_sessions("b:1", 1)
+    await b.room_sessions("a:3", 1)
+    await b.room_sessions("a:3", -1)
+    assert await b.list_rooms("", None, 10) == ([("a:1", 1), ("a:2", 2), ("b:1", 1)], None)
+    page, cursor = await b.list_rooms("a:", None, 1)
+    assert (page, cursor) == ([("a:1", 1)], "a:1")
+    assert await b.list_rooms("a:", cursor, 1) == ([("a:2", 2)], None)
+    assert await b.list_rooms("a:", None, 2) == ([("a:1", 1), ("a:2", 2)], None)
+    assert await b.list_rooms("", "a:2", 10) == ([("b:1", 1)], None)
+    assert await b.list_rooms("zzz", None, 10) == ([], None)
+
+
+async def test_take_is_a_token_bucket(make: Factory) -> None:
+    env = await make()
+    b = env.broker
+    got = [await b.take("k", 10.0, 3.0) for _ in range(4)]
+    assert [g[0] for g in got] == [True, True, True, False]
+    _, remaining, reset = got[3]
+    assert 0.0 <= remaining < 1.0 and 0.1 < reset <= 0.31
+    assert (await b.take("other", 10.0, 3.0))[0] is True
+    await env.advance(0.25)
+    assert (await b.take("k", 10.0, 3.0))[0] is True
