@@ -125,7 +125,8 @@ class Hub:
             transport,
             max_queue=s.max_queue,
             max_queue_bytes=s.max_queue_bytes,
-            publish_rate=s.client_publish_rate,
+            # Backends (API keys) are limited per key over HTTP, not per session.
+            publish_rate=None if identity.api_key else s.client_publish_rate,
         )
         try:
             count = await self.broker.connection_add(identity.sub, session.id)

@@ -18,6 +18,7 @@ from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 log = logging.getLogger("hubbub.server")
 
@@ -61,6 +62,20 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
+class HandshakeGuardProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, plus: when the opening handshake is refused by
+    the parser (e.g. a 20 KB request line: 414), write the refusal and close, instead of
+    leaving the client hanging (uvicorn drops that response)."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.handshake_initiated and not self.transport.is_closing():
+            out = self.conn.data_to_send()
+            if out:
+                self.transport.write(b"".join(out))
+                self.transport.close()
+
+
 class HubServer(uvicorn.Server):
     """uvicorn.Server whose shutdown drains the hub before uvicorn closes connections
     (uvicorn itself would close WebSockets with 1012, not the protocol's 4000)."""
@@ -97,7 +112,7 @@ def server_options(settings: Any) -> dict[str, Any]:
         "host": settings.host,
         "port": settings.port,
         "http": HeaderTimeoutProtocol,
-        "ws": "websockets-sansio",
+        "ws": HandshakeGuardProtocol,
         "ws_max_size": settings.max_message_bytes + 16 * 1024,
         # Compression costs CPU per subscriber and is a decompression-bomb risk (HARDENING 17).
         "ws_per_message_deflate": False,
