@@ -261,7 +261,7 @@ def parse_since(since: Any, rooms: list[str]) -> dict[str, Position]:
             raise BadRequest("since must be >= 0")
         return {r: Position(None, since) for r in rooms}
     if isinstance(since, str):
-        if since.isdigit() and len(since) <= 18:
+        if since.isascii() and since.isdigit() and len(since) <= 18:
             return {r: Position(None, int(since)) for r in rooms}
         return parse_cursor(since, rooms)
     raise BadRequest("since must be a position object or a cursor string")
