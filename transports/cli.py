@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -30,6 +31,12 @@ def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
     except ConfigError as exc:
         print(f"hubbub: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _exit_zero(signum: int, frame: Any) -> None:
+    # uvicorn re-raises SIGTERM once its graceful shutdown is over, so that the default action
+    # would end the process with -15; a drained node exits 0 (PROTOCOL.md §7).
+    raise SystemExit(0)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -68,6 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from transports.app import create_app
 
     config = uvicorn.Config(create_app(settings), **common)
+    signal.signal(signal.SIGTERM, _exit_zero)
     HubServer(config).run()
     return 0
 

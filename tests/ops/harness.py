@@ -304,8 +304,13 @@ class Resumer:
     epoch: str | None = None
     gaps: list[dict[str, Any]] = field(default_factory=list)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
     _stop: bool = False
     _conn: Any = None
+
+    def start(self) -> Resumer:
+        self.task = asyncio.create_task(self.run())
+        return self
 
     @property
     def last(self) -> int:
@@ -331,6 +336,12 @@ class Resumer:
         async with websockets.connect(f"{self.url}?token={self.token}", open_timeout=5) as conn:
             self._conn = conn
             welcome = json.loads(await asyncio.wait_for(conn.recv(), 5))
+            if welcome["type"] == "disconnect":  # e.g. reached a draining node: go elsewhere
+                self.disconnect_frames.append(welcome)
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await conn.recv()
+                self.closes.append(conn.close_code)
+                return
             assert welcome["type"] == "welcome", welcome
             self.sessions.append(welcome["session"])
             sub: dict[str, Any] = {"type": "subscribe", "id": 1, "room": self.room}
