@@ -126,6 +126,10 @@ class RedisBroker:
             socket_connect_timeout=self.timeout,
             retry=Retry(NoBackoff(), 0),  # a retried script could publish twice
             health_check_interval=0,
+            # RESP2 without maintenance notifications: the pool then checks an idle connection
+            # before reuse, so one closed by a Redis restart is replaced, not used and failed.
+            protocol=2,
+            maint_notifications_config=None,
         )
         self._pool = pool
         r = self._redis = aioredis.Redis(connection_pool=pool)
@@ -144,8 +148,7 @@ class RedisBroker:
         def connect() -> AbstractConnection:
             # RESP2: pushed messages come back from read_response() as plain arrays (RESP3 would
             # route them to a push handler instead).
-            kw = {**pool.connection_kwargs, "protocol": 2, "maint_notifications_config": None}
-            conn: AbstractConnection = pool.connection_class(**kw)
+            conn: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
             return conn
 
         self._link = PubSubLink(

@@ -1,0 +1,288 @@
+"""RedisBroker under broker faults (HARDENING.md 33-38), each against its own redis-server.
+
+The broker runs with tiny timeouts so every fault shows within a second or two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from hub.brokers.base import Member
+from hub.brokers.redis import RedisBroker
+from hub.envelope import make_body
+from hub.errors import BrokerError
+from tests.conftest import RedisProc, need_tool
+from tests.hub.brokers.brokertools import Recorder, until
+from tests.hub.brokers.redis_proxy import TcpProxy
+
+TIMEOUT = 0.5
+Make = Callable[..., Awaitable[tuple[RedisBroker, Recorder]]]
+
+
+@pytest.fixture
+async def make(redis_proc: RedisProc) -> AsyncIterator[Make]:
+    """``await make(url=..., **options)``: a started RedisBroker and its recording listener."""
+    prefix = f"f{secrets.token_hex(3)}:"
+    started: list[RedisBroker] = []
+
+    async def factory(url: str | None = None, **kw: Any) -> tuple[RedisBroker, Recorder]:
+        opts: dict[str, Any] = {
+            "prefix": prefix,
+            "timeout": TIMEOUT,
+            "probe_interval": 0.2,
+            "probe_timeout": 0.8,
+            **kw,
+        }
+        broker = RedisBroker(url or redis_proc.url, **opts)
+        listener = Recorder()
+        await broker.start(listener, secrets.token_hex(4))
+        started.append(broker)
+        return broker, listener
+
+    yield factory
+    for b in started:
+        await b.close()
+
+
+def body(n: int) -> bytes:
+    return make_body("r", b"%d" % n, ts=1)
+
+
+def redis_cli(proc: RedisProc, *args: str) -> str:
+    exe = need_tool("redis-cli")
+    out = subprocess.run(
+        [exe, "-p", str(proc.port), *args], capture_output=True, text=True, timeout=5, check=True
+    )
+    return out.stdout
+
+
+async def test_down_at_start_then_ready_when_redis_comes_up(make: Make) -> None:
+    proc = RedisProc()  # not started yet
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    broker, listener = await make(url=proc.url)
+    assert loop.time() - t0 < TIMEOUT + 1.0  # start() gives up waiting, does not raise
+    assert listener.states == [False]
+    assert not await broker.ready()
+    with pytest.raises(BrokerError):
+        await broker.publish("r", body(1))
+    with pytest.raises(BrokerError):
+        await broker.subscribe("r")
+    try:
+        proc.start()
+        t0 = loop.time()
+        await until(lambda: broker.link is not None and broker.link.up, 5.0)
+        assert await broker.ready()
+        assert loop.time() - t0 < 5.0
+        assert listener.states[-1] is True and listener.resyncs >= 1
+        await broker.subscribe("r")
+        assert (await broker.publish("r", body(1))).offset == 1
+        await until(lambda: len(listener.of("r")) == 1)
+    finally:
+        proc.stop()
+
+
+async def test_restart_mid_traffic_reconnects_resubscribes_and_resyncs(
+    make: Make, redis_proc: RedisProc
+) -> None:
+    pub, _ = await make()
+    sub, listener = await make()
+    await sub.subscribe("r")
+    first = await pub.publish("r", body(1))
+    await until(lambda: len(listener.of("r")) == 1)
+    resyncs = listener.resyncs
+
+    redis_proc.stop()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(BrokerError):
+        await pub.publish("r", body(2))  # never a silent success
+    assert loop.time() - t0 < TIMEOUT + 0.5
+    await until(lambda: listener.states[-1] is False, 3.0)
+    assert not await sub.ready()
+
+    redis_proc.start()
+    await until(lambda: sub.link is not None and sub.link.up, 5.0)
+    await until(lambda: pub.link is not None and pub.link.up, 5.0)
+    assert await sub.ready() and await pub.ready()
+    assert listener.resyncs > resyncs
+    # Redis lost everything: a new epoch starts at 1, and it still reaches the subscriber.
+    again = await pub.publish("r", body(3))
+    assert again.offset == 1 and again.epoch != first.epoch
+    await until(lambda: len(listener.of("r")) == 2)
+    assert listener.of("r")[-1].epoch == again.epoch
+
+
+async def test_client_kill_pubsub_resubscribes(make: Make, redis_proc: RedisProc) -> None:
+    pub, _ = await make()
+    sub, listener = await make()
+    await sub.subscribe("r")
+    assert sub.link is not None
+    connects, resyncs = sub.link.connects, listener.resyncs
+    redis_cli(redis_proc, "CLIENT", "KILL", "TYPE", "pubsub")
+    await until(lambda: sub.link is not None and sub.link.connects > connects, 2.0)
+    await until(lambda: listener.resyncs > resyncs, 2.0)
+    # the room channel is subscribed again, and history holds what was published meanwhile
+    await pub.publish("r", body(1))
+    await until(lambda: len(listener.of("r")) == 1)
+    assert (await sub.history("r", after=0)).head == 1
+
+
+async def test_sigstop_makes_calls_fail_within_the_timeout(
+    make: Make, redis_proc: RedisProc
+) -> None:
+    broker, listener = await make()
+    await broker.subscribe("r")
+    assert redis_proc.proc is not None
+    pid = redis_proc.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        loop = asyncio.get_running_loop()
+        for call in (
+            broker.publish("r", body(1)),
+            broker.history("r"),
+            broker.presence_list("r"),
+            broker.take("k", 1, 1),
+        ):
+            t0 = loop.time()
+            with pytest.raises(BrokerError):
+                await call
+            assert loop.time() - t0 < TIMEOUT + 0.5
+        t0 = loop.time()
+        assert not await broker.ready()
+        assert loop.time() - t0 < TIMEOUT + 0.5
+        await until(lambda: listener.states[-1] is False, 3.0)  # the probe noticed
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await until(lambda: broker.link is not None and broker.link.up, 5.0)
+    assert await broker.ready()
+    assert (await broker.publish("r", body(2))).offset == 1
+    await until(lambda: len(listener.of("r")) == 1)
+
+
+async def test_deaf_pubsub_connection_is_detected_by_the_probe(
+    make: Make, redis_proc: RedisProc
+) -> None:
+    proxy = await TcpProxy(redis_proc.port).start()
+    try:
+        pub, _ = await make()
+        sub, listener = await make(url=proxy.url)
+        await sub.subscribe("r")
+        assert sub.link is not None
+        connects, resyncs = sub.link.connects, listener.resyncs
+        proxy.deafen()  # the sockets stay open; nothing arrives any more
+        await pub.publish("r", body(1))
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await until(lambda: listener.states[-1] is False, 3.0)
+        await until(lambda: sub.link is not None and sub.link.connects > connects, 3.0)
+        assert loop.time() - t0 < 2.5
+        assert listener.resyncs > resyncs  # the hub catches up offset 1 from history
+        assert listener.of("r") == []
+        await pub.publish("r", body(2))
+        await until(lambda: [p.offset for p in listener.of("r")] == [2])
+        assert await sub.ready()
+    finally:
+        await proxy.close()
+
+
+async def test_pubsub_output_buffer_limit_kill_is_a_reconnect(make: Make) -> None:
+    proc = RedisProc(extra=("--client-output-buffer-limit", "pubsub 1mb 512kb 1"))
+    proc.start()
+    proxy = await TcpProxy(proc.port).start()
+    try:
+        pub, _ = await make(url=proc.url)
+        sub, listener = await make(url=proxy.url, probe_interval=5.0, probe_timeout=30.0)
+        await sub.subscribe("r")
+        assert sub.link is not None
+        connects, resyncs = sub.link.connects, listener.resyncs
+        proxy.pause()  # the node stops reading its pub/sub socket
+        big = b"x" * 65536
+        for _ in range(400):  # ~26 MB: more than the socket buffers and the 1 MB limit
+            await pub.publish_frame("r", big)
+        stats = redis_cli(proc, "INFO", "stats")
+        assert "client_output_buffer_limit_disconnections:0" not in stats
+        proxy.resume()
+        await until(lambda: sub.link is not None and sub.link.connects > connects, 5.0)
+        assert listener.resyncs > resyncs
+        await pub.publish("r", body(1))
+        await until(lambda: any(p.offset == 1 for p in listener.of("r")), 3.0)
+    finally:
+        await proxy.close()
+        proc.stop()
+
+
+async def test_members_of_a_dead_node_vanish_after_the_ttl(make: Make) -> None:
+    alive, _ = await make(presence_ttl=0.6)
+    dead, _ = await make(presence_ttl=0.6)
+    await alive.presence_add(Member("p", "s1", "alice", "ws", alive.node))
+    await dead.presence_add(Member("p", "s2", "bob", "ws", dead.node))
+    await dead.connection_add("bob", "s2")
+    await alive.connection_add("bob", "s3")
+    await dead.room_sessions("p", 1)
+    await alive.room_sessions("p", 1)
+    assert {m.session for m in await alive.presence_list("p")} == {"s1", "s2"}
+    assert await alive.connection_count("bob") == 2
+    assert await alive.list_rooms("", None, 10) == ([("p", 2)], None)
+    # "SIGKILL": the dead node's tasks stop without any clean-up
+    for t in dead._tasks:
+        t.cancel()
+    assert dead.link is not None
+    await dead.link.close()
+    await asyncio.sleep(1.3)  # > ttl; the live node keeps refreshing its own
+    assert {m.session for m in await alive.presence_list("p")} == {"s1"}
+    assert await alive.connection_count("bob") == 1
+    assert await alive.list_rooms("", None, 10) == ([("p", 1)], None)
+    dead._closed = True  # nothing left to forget
+
+
+async def test_refresh_rebuilds_presence_after_redis_lost_its_data(
+    make: Make, redis_proc: RedisProc
+) -> None:
+    broker, _ = await make(presence_ttl=0.6)
+    await broker.presence_add(Member("p", "s1", "alice", "ws", broker.node))
+    await broker.connection_add("alice", "s1")
+    await broker.room_sessions("p", 1)
+    redis_proc.restart()
+    await until(lambda: broker.link is not None and broker.link.up, 5.0)
+
+    async def rebuilt() -> bool:
+        with contextlib.suppress(BrokerError):
+            return len(await broker.presence_list("p")) == 1
+        return False
+
+    for _ in range(50):
+        if await rebuilt():
+            break
+        await asyncio.sleep(0.1)
+    assert [m.session for m in await broker.presence_list("p")] == ["s1"]
+    assert await broker.connection_count("alice") == 1
+    assert await broker.list_rooms("", None, 10) == ([("p", 1)], None)
+
+
+async def test_noscript_after_script_flush_reloads(make: Make, redis_proc: RedisProc) -> None:
+    broker, _ = await make()
+    assert (await broker.publish("r", body(1))).offset == 1
+    redis_cli(redis_proc, "SCRIPT", "FLUSH")
+    assert (await broker.publish("r", body(2))).offset == 2
+    assert [p.offset for p in (await broker.history("r", after=0)).publications] == [1, 2]
+
+
+async def test_keys_carry_the_prefix_and_room_hash_tags(make: Make, redis_proc: RedisProc) -> None:
+    broker, _ = await make(prefix="pfx:")
+    await broker.publish("lobby", body(1))
+    await broker.presence_add(Member("lobby", "s1", "u", "ws", broker.node))
+    keys = set(redis_cli(redis_proc, "KEYS", "*").split())
+    assert {"pfx:{room:lobby}:meta", "pfx:{room:lobby}:stream"} <= keys
+    assert {"pfx:{room:lobby}:presence", "pfx:{room:lobby}:presence:exp"} <= keys
+    assert all(k.startswith("pfx:") for k in keys)
+    assert "1" in redis_cli(redis_proc, "PUBSUB", "NUMSUB", "pfx:ctl")
