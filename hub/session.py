@@ -97,6 +97,7 @@ class Session:
         self.subs: dict[str, Subscription] = {}
         self.queue: deque[Item] = deque()
         self.queued_bytes = 0
+        self.pushed = 0  # replayed frames in ``queue``: not counted against ``max_queue``
         self.closed: Disconnect | None = None
         self.last_seen = time.monotonic()
         self.rate = TokenBucket(publish_rate or Rate(0, 0))
@@ -115,7 +116,8 @@ class Session:
         if self.closed is not None:
             return
         size = len(item.frame) if isinstance(item, Publication) else len(item)
-        if len(self.queue) >= self.max_queue or self.queued_bytes + size > self.max_queue_bytes:
+        live = len(self.queue) - self.pushed
+        if live >= self.max_queue or self.queued_bytes + size > self.max_queue_bytes:
             self.close(CLOSE_SLOW, "slow consumer: outbound queue full")
             return
         self.queue.append(item)
@@ -132,6 +134,7 @@ class Session:
         Callers apply backpressure with :meth:`drained`."""
         if self.closed is None:
             self.queue.append(item)
+            self.pushed += 1
             self._wake.set()
 
     async def drained(self, low: int = 64) -> None:
@@ -151,6 +154,7 @@ class Session:
         items = list(self.queue)
         self.queue.clear()
         self.queued_bytes = 0
+        self.pushed = 0
         return items
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -165,6 +169,7 @@ class Session:
         self.closed = Disconnect(code, reason)
         self.queue.clear()
         self.queued_bytes = 0
+        self.pushed = 0
         self.cancel_timers()
         self._wake.set()
         for cb in self._on_close:

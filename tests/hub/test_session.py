@@ -1,0 +1,254 @@
+"""Session (PROTOCOL.md §3 heartbeat, tokens, limits): bounded queue, heartbeat, token expiry.
+
+Timers use tiny intervals; tests wait for an outcome with a generous deadline and never assert
+how long something took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from hub.auth import Identity
+from hub.envelope import Publication, make_body
+from hub.errors import CLOSE_EXPIRED, CLOSE_NO_HEARTBEAT, CLOSE_SLOW
+from hub.session import PING, Session, TokenBucket, new_session_id
+from hub.settings import Rate
+
+DEADLINE = 5.0  # generous upper bound for "eventually"; never a performance assertion
+
+
+def ident(exp: float | None = None) -> Identity:
+    return Identity(sub="alice", grants={"subscribe": ("*",)}, exp=exp)
+
+
+def pub(offset: int, size: int = 10) -> Publication:
+    return Publication("r", offset, "E", make_body("r", b'"' + b"x" * size + b'"', ts=1))
+
+
+async def until(cond: Callable[[], bool], deadline: float = DEADLINE) -> None:
+    end = time.monotonic() + deadline
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def test_session_ids() -> None:
+    ids = {new_session_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) >= 16 and re.fullmatch(r"[A-Za-z0-9_-]+", i) for i in ids)
+
+
+# ---- outbound queue ----------------------------------------------------------------------------
+
+
+async def test_offer_and_next_batch() -> None:
+    s = Session(ident(), "ws", max_queue=10)
+    s.offer("a")
+    s.send({"type": "reply", "id": 1, "result": {}})
+    s.offer(pub(1))
+    items = await s.next_batch()
+    assert items[0] == "a"
+    assert orjson.loads(items[1]) == {"type": "reply", "id": 1, "result": {}}
+    assert isinstance(items[2], Publication)
+    assert not s.queue and s.queued_bytes == 0
+
+
+async def test_next_batch_waits_for_an_offer() -> None:
+    s = Session(ident(), "ws")
+    waiter = asyncio.create_task(s.next_batch())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    s.offer("x")
+    assert await asyncio.wait_for(waiter, DEADLINE) == ["x"]
+
+
+async def test_offer_beyond_max_queue_closes_4001_and_drops_queue() -> None:
+    closes: list[int] = []
+    s = Session(ident(), "ws", max_queue=3)
+    s.on_close(lambda d: closes.append(d.code))
+    for i in range(3):
+        s.offer(pub(i + 1))
+    assert s.closed is None and len(s.queue) == 3
+    s.offer(pub(4))
+    assert s.closed is not None and s.closed.code == CLOSE_SLOW
+    assert s.closed.reconnect  # 4001: the client reconnects and resumes from history
+    assert not s.queue and s.queued_bytes == 0
+    assert closes == [CLOSE_SLOW]
+    s.offer(pub(5))  # ignored once closed
+    s.push(pub(6))
+    assert not s.queue
+    assert await s.next_batch() == []
+
+
+async def test_offer_beyond_max_queue_bytes_closes_4001() -> None:
+    s = Session(ident(), "ws", max_queue=1000, max_queue_bytes=1000)
+    frame_len = len(pub(1, size=300).frame)
+    n = 1000 // frame_len
+    for i in range(n):
+        s.offer(pub(i + 1, size=300))
+    assert s.closed is None and s.queued_bytes == n * frame_len
+    s.offer(pub(n + 1, size=300))
+    assert s.closed is not None and s.closed.code == CLOSE_SLOW
+    assert not s.queue
+
+
+async def test_draining_the_queue_resets_the_limits() -> None:
+    s = Session(ident(), "ws", max_queue=2, max_queue_bytes=10_000)
+    for round_ in range(5):
+        s.offer(f"a{round_}")
+        s.offer(f"b{round_}")
+        assert len(await s.next_batch()) == 2
+    assert s.closed is None
+
+
+async def test_push_bypasses_the_limits() -> None:
+    s = Session(ident(), "ws", max_queue=2, max_queue_bytes=100)
+    for i in range(50):
+        s.push(pub(i + 1, size=50))
+    assert s.closed is None and len(s.queue) == 50
+    # Replayed frames do not count against HUB_MAX_QUEUE (PROTOCOL.md §3): live frames still
+    # fit up to the limit after them (regression: pushed frames used to count, so the subscribe
+    # reply after a replay closed a session with a small max_queue).
+    s.offer("live-1")
+    s.offer("live-2")
+    assert s.closed is None and len(s.queue) == 52
+    s.offer("live-3")
+    assert s.closed is not None and s.closed.code == CLOSE_SLOW
+
+
+async def test_drained_waits_for_the_writer() -> None:
+    s = Session(ident(), "ws")
+    for i in range(100):
+        s.push(pub(i + 1))
+    task = asyncio.create_task(s.drained(low=10))
+    await asyncio.sleep(0.02)
+    assert not task.done()
+    await s.next_batch()
+    await asyncio.wait_for(task, DEADLINE)
+    # Closing releases a waiter too.
+    for i in range(100):
+        s.push(pub(i + 1))
+    task = asyncio.create_task(s.drained(low=10))
+    await asyncio.sleep(0.02)
+    s.close(4001, "x")
+    await asyncio.wait_for(task, DEADLINE)
+
+
+async def test_first_close_wins() -> None:
+    s = Session(ident(), "ws")
+    calls: list[tuple[int, str]] = []
+    s.on_close(lambda d: calls.append((d.code, d.reason)))
+    s.close(4002, "no heartbeat")
+    s.close(4001, "slow")
+    assert s.closed is not None and s.closed.code == 4002
+    assert calls == [(4002, "no heartbeat")]
+
+
+# ---- heartbeat ---------------------------------------------------------------------------------
+
+
+async def test_heartbeat_without_client_frames_closes_4002() -> None:
+    s = Session(ident(), "ws")
+    s.start_heartbeat(0.05, 0.05, client_pongs=True)
+    await until(lambda: s.closed is not None)
+    assert s.closed is not None and s.closed.code == CLOSE_NO_HEARTBEAT
+    assert s.closed.reconnect
+    assert not s._timers
+
+
+async def test_heartbeat_stays_open_with_touches_and_pings() -> None:
+    s = Session(ident(), "ws")
+    s.start_heartbeat(0.05, 0.05, client_pongs=True)
+    seen: list[object] = []
+    end = time.monotonic() + 0.6  # many times interval + timeout
+    while time.monotonic() < end:
+        s.touch()
+        seen.extend(s.queue)
+        s.queue.clear()
+        s.queued_bytes = 0
+        await asyncio.sleep(0.01)
+    assert s.closed is None
+    assert PING in seen  # the server pings whatever the client does
+    # Then the client goes quiet: closed.
+    await until(lambda: s.closed is not None)
+    assert s.closed is not None and s.closed.code == CLOSE_NO_HEARTBEAT
+    s.cancel_timers()
+
+
+async def test_heartbeat_without_client_pongs_only_pings() -> None:
+    s = Session(ident(), "sse")
+    s.start_heartbeat(0.02, 0.02, client_pongs=False)
+    await until(lambda: s.queue.count(PING) >= 3)
+    assert s.closed is None
+    s.close(1000, "done")
+    assert not s._timers
+
+
+# ---- token expiry ------------------------------------------------------------------------------
+
+
+async def test_expiry_warns_then_closes_4004() -> None:
+    s = Session(ident(exp=time.time() + 0.3), "ws")
+    warnings: list[float] = []
+    s.arm_expiry(warnings.append)
+    await until(lambda: s.closed is not None)
+    assert s.closed is not None and s.closed.code == CLOSE_EXPIRED
+    assert s.closed.reconnect  # 4004: refresh the token, then reconnect
+    assert len(warnings) == 1 and 0 <= warnings[0] <= 0.3
+
+
+async def test_expiry_with_custom_expire_callback() -> None:
+    s = Session(ident(exp=time.time() + 0.1), "sse")
+    events: list[str] = []
+    s.arm_expiry(lambda left: events.append("warn"), lambda: events.append("expired"))
+    await until(lambda: "expired" in events)
+    assert events == ["warn", "expired"]
+    assert s.closed is None  # the transport decides how to end (SSE: hub.expired)
+
+
+async def test_rearming_expiry_replaces_timers() -> None:
+    identity = ident(exp=time.time() + 0.1)
+    s = Session(identity, "ws")
+    s.arm_expiry(lambda left: None)
+    identity.exp = time.time() + 3600  # a refresh
+    warned: list[float] = []
+    s.arm_expiry(warned.append)
+    await asyncio.sleep(0.3)
+    assert s.closed is None
+    assert warned == []  # the warning is due 60 s before the new exp
+    s.cancel_timers()
+
+
+async def test_no_exp_no_expiry_timers() -> None:
+    s = Session(ident(exp=None), "ws")
+    s.arm_expiry(lambda left: None)
+    assert "expired" not in s._timers and "expiring" not in s._timers
+
+
+async def test_already_expired_closes_at_once() -> None:
+    s = Session(ident(exp=time.time() - 1), "ws")
+    s.arm_expiry(lambda left: None)
+    await until(lambda: s.closed is not None)
+    assert s.closed is not None and s.closed.code == CLOSE_EXPIRED
+
+
+# ---- publish rate ------------------------------------------------------------------------------
+
+
+def test_token_bucket() -> None:
+    off = TokenBucket(Rate(0, 0))
+    assert all(off.take() for _ in range(1000))
+    bucket = TokenBucket(Rate(0.001, 3))
+    assert [bucket.take() for _ in range(5)] == [True, True, True, False, False]
+
+
+@pytest.mark.parametrize("rate", [None, Rate(0, 0)])
+def test_session_without_rate_is_unlimited(rate: Rate | None) -> None:
+    s = Session(ident(), "ws", publish_rate=rate)
+    assert all(s.rate.take() for _ in range(500))
