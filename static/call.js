@@ -1,0 +1,490 @@
+// call.js: a mesh video call over Hubbub signaling (PROTOCOL.md §6). An ES module, no build step.
+//
+//   import { Call } from "/static/call.js";
+//   const call = new Call({ url: "/v1/ws", room: "call:demo", token, onPeer, onState });
+//   await call.start();            // camera + microphone, join the call room with presence
+//   call.setMuted("audio", true);  // mute (track.enabled = false: no renegotiation)
+//   call.send("hello");            // text to every peer over the data channels
+//   call.hangUp();                 // "bye" to every peer, leave the room, stop the camera
+//
+// Rules (docs/webrtc.md):
+// - one RTCPeerConnection per remote session (a mesh, at most HUB_SIGNAL_MAX_PEERS members);
+// - the new arrival offers: members listed in our subscribe reply get an offer from us; members
+//   who join later offer to us;
+// - W3C perfect negotiation: the peer whose session id sorts first (bytewise) is polite; on glare
+//   the polite peer rolls its offer back and answers, the impolite one ignores the other offer;
+// - every connection carries a negotiated data channel "hubbub" (id 0), as the Python probe;
+// - a connection whose ICE fails (or stays disconnected) restarts ICE;
+// - when the hub connection drops, hubbub.js reconnects and gets a NEW session id. Peer
+//   connections are kept: we re-offer on each of them from the new session, and the other side
+//   recognises its connection by the DTLS fingerprint in the offer and rebinds it to our new id.
+//   A peer that "leaves" while its media still flows is kept for LEAVE_GRACE_MS for that reason.
+
+import { connect } from "/static/hubbub.js";
+
+const CHANNEL = { label: "hubbub", id: 0 };
+const LEAVE_GRACE_MS = 30000; // keep a connected peer this long after its session left
+const DISCONNECTED_RESTART_MS = 2500; // ICE "disconnected" this long -> restart ICE
+
+/** The peer whose session id sorts first (bytewise; ids are ASCII base64url) is polite. */
+export function isPolite(own, remote) {
+  return own < remote;
+}
+
+/** The DTLS fingerprint(s) of an SDP: stable for the life of one RTCPeerConnection. */
+export function fingerprint(sdp) {
+  const m = /^a=fingerprint:(.+)$/m.exec(sdp || "");
+  return m ? m[1].trim().toLowerCase() : null;
+}
+
+function candidateAddress(init) {
+  const bits = String((init && init.candidate) || "").replace(/^candidate:/, "").split(/\s+/);
+  return bits.length >= 5 ? bits[4] : null;
+}
+
+class Peer {
+  constructor(call, session, member) {
+    this.call = call;
+    this.session = session; // the remote session id (changes when the remote reconnects)
+    this.member = member || { session };
+    this.polite = isPolite(call.session, session);
+    this.makingOffer = false;
+    this.ignoreOffer = false;
+    this.settingRemoteAnswer = false;
+    this.chain = Promise.resolve();
+    this.stream = new MediaStream();
+    this.leftAt = 0; // when the remote session left (kept for LEAVE_GRACE_MS)
+    this.closed = false;
+    this.restarts = 0;
+    this._disconnectTimer = null;
+    this.pc = new RTCPeerConnection({ iceServers: call.iceServers });
+    this.channel = this.pc.createDataChannel(CHANNEL.label, { negotiated: true, id: CHANNEL.id });
+    this.channel.onmessage = (ev) => call._data(this, ev.data);
+    this.channel.onopen = () => call._changed(this);
+    this.channel.onclose = () => call._changed(this);
+    const pc = this.pc;
+    pc.ontrack = ({ track, streams }) => {
+      const src = streams && streams[0];
+      for (const t of src ? src.getTracks() : [track]) {
+        if (!this.stream.getTracks().includes(t)) this.stream.addTrack(t);
+      }
+      track.onunmute = () => call._changed(this);
+      call._changed(this);
+    };
+    pc.onicecandidate = ({ candidate }) => {
+      const init = candidate ? candidate.toJSON() : null;
+      if (init && !call._candidateAllowed(init)) return;
+      if (init && !init.candidate) return; // Chrome's empty end-of-generation marker
+      this.signal({ kind: "candidate", candidate: init });
+    };
+    pc.onnegotiationneeded = () => this.negotiate();
+    pc.oniceconnectionstatechange = () => this._iceState();
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === "failed") this.restartIce("connection failed");
+      call._changed(this);
+    };
+  }
+
+  get state() {
+    return this.pc.connectionState;
+  }
+
+  signal(data) {
+    this.call._signal(this.session, data);
+  }
+
+  addLocalTracks() {
+    const local = this.call.localStream;
+    if (!local) return;
+    for (const track of local.getTracks()) {
+      if (this.pc.getSenders().some((s) => s.track === track)) continue;
+      this.pc.addTrack(track, local);
+    }
+  }
+
+  /** Make and send an offer (perfect negotiation: marks makingOffer around it). */
+  async negotiate() {
+    if (this.closed) return;
+    try {
+      this.makingOffer = true;
+      await this.pc.setLocalDescription();
+      if (this.pc.localDescription.type === "offer") {
+        this.signal({ kind: "offer", sdp: this.pc.localDescription.sdp });
+      }
+    } catch (err) {
+      this.call._log(`offer to ${this.session} failed: ${err}`);
+    } finally {
+      this.makingOffer = false;
+    }
+  }
+
+  restartIce(why) {
+    if (this.closed) return;
+    this.restarts++;
+    this.call._log(`ICE restart with ${this.session} (${why})`);
+    this.pc.restartIce(); // fires negotiationneeded -> an offer with fresh ICE credentials
+  }
+
+  _iceState() {
+    const s = this.pc.iceConnectionState;
+    clearTimeout(this._disconnectTimer);
+    if (s === "failed") {
+      this.restartIce("ICE failed");
+    } else if (s === "disconnected") {
+      this._disconnectTimer = setTimeout(() => {
+        if (this.pc.iceConnectionState === "disconnected") this.restartIce("ICE disconnected");
+      }, DISCONNECTED_RESTART_MS);
+    }
+    if ((s === "failed" || s === "closed") && this.leftAt) this.call._drop(this);
+    this.call._changed(this);
+  }
+
+  /** Handle one signal from the remote, in arrival order. */
+  receive(data) {
+    this.chain = this.chain.then(() => this._receive(data)).catch((err) => {
+      this.call._log(`signal ${data.kind} from ${this.session} failed: ${err}`);
+    });
+    return this.chain;
+  }
+
+  async _receive(data) {
+    const pc = this.pc;
+    if (this.closed) return;
+    if (data.kind === "offer" || data.kind === "answer") {
+      const description = { type: data.kind, sdp: data.sdp };
+      // W3C perfect negotiation (webrtc-pc §10.7 "Perfect negotiation example").
+      const readyForOffer =
+        !this.makingOffer && (pc.signalingState === "stable" || this.settingRemoteAnswer);
+      const collision = description.type === "offer" && !readyForOffer;
+      this.ignoreOffer = !this.polite && collision;
+      if (this.ignoreOffer) return;
+      if (description.type === "answer" && pc.signalingState !== "have-local-offer") return;
+      if (collision && pc.signalingState === "have-local-offer") {
+        await pc.setLocalDescription({ type: "rollback" }); // glare: the polite peer yields
+      }
+      this.settingRemoteAnswer = description.type === "answer";
+      try {
+        await pc.setRemoteDescription(description);
+      } finally {
+        this.settingRemoteAnswer = false;
+      }
+      if (description.type === "offer") {
+        this.addLocalTracks(); // reuses the offered transceivers: no extra m-lines
+        await pc.setLocalDescription();
+        this.signal({ kind: "answer", sdp: pc.localDescription.sdp });
+      }
+    } else if (data.kind === "candidate") {
+      const init = data.candidate;
+      if (init && !this.call._candidateAllowed(init)) return;
+      try {
+        await pc.addIceCandidate(init || null);
+      } catch (err) {
+        if (!this.ignoreOffer) throw err;
+      }
+    } else if (data.kind === "bye") {
+      this.call._drop(this);
+    }
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this._disconnectTimer);
+    try {
+      this.channel.close();
+    } catch {
+      /* already closed */
+    }
+    this.pc.close();
+    for (const t of this.stream.getTracks()) this.stream.removeTrack(t);
+  }
+}
+
+/**
+ * A call in one call room. Options:
+ *   url, token, getToken   as hubbub.js connect(); the client is created here unless `client`
+ *   room                   the call room (must match HUB_SIGNAL_ROOMS, default call:*)
+ *   media                  getUserMedia constraints ({audio: true, video: true})
+ *   localStream            use this stream instead of getUserMedia
+ *   iceHosts               only use/accept ICE candidates on these addresses (tests: 127.0.0.1)
+ *   onPeer(peer, event)    "add" | "change" | "remove"
+ *   onState(state, info)   the hub connection state (hubbub.js State)
+ *   onData(peer, text)     a data-channel message
+ *   onError(err), onLog(text)
+ */
+export class Call {
+  constructor(opts) {
+    this.opts = opts;
+    this.room = opts.room;
+    this.peers = new Map(); // remote session id -> Peer
+    this.session = null;
+    this.localStream = opts.localStream || null;
+    this.iceServers = [];
+    this.iceHosts = opts.iceHosts || [];
+    this.client = opts.client || null;
+    this.sub = null;
+    this.ended = false;
+    this.received = []; // data-channel messages, for pages and tests
+    this._timer = null;
+    this._connectedAs = null; // our session id when _connected() last ran
+  }
+
+  async start() {
+    if (!this.localStream) {
+      this.localStream = await navigator.mediaDevices.getUserMedia(
+        this.opts.media || { audio: true, video: true },
+      );
+    }
+    if (!this.client) {
+      const { url, token, getToken } = this.opts;
+      this.client = connect(url || "/v1/ws", { token, getToken, transport: "websocket" });
+    }
+    const c = this.client;
+    c.on("welcome", (w) => this._welcome(w));
+    c.on("state", (state, info) => {
+      if (state === "connected") this._connected();
+      this._call("onState", state, info);
+    });
+    c.on("signal", (f) => {
+      if (f.room === this.room) this._onSignal(f);
+    });
+    c.on("ice_servers", (f) => this._iceServers(f.ice_servers));
+    c.on("error", (err) => this._call("onError", err));
+    if (c.welcome) this._welcome(c.welcome);
+    this.sub = c.subscribe(this.room, {
+      presence: true,
+      onJoin: (m) => this._log(`${m.name || m.user} joined`),
+      onLeave: (m) => this._left(m),
+      onError: (err) => this._call("onError", err),
+    });
+    this._timer = setInterval(() => this._sweep(), 1000);
+    await this.sub.ready; // rejects with room_full, forbidden, ...
+    if (c.state === "connected") this._connected(); // the state event may come before or after
+    return this;
+  }
+
+  /** Mute or unmute our "audio" or "video" (no renegotiation: the track sends silence/black). */
+  setMuted(kind, muted) {
+    if (!this.localStream) return;
+    for (const t of this.localStream.getTracks()) if (t.kind === kind) t.enabled = !muted;
+  }
+
+  isMuted(kind) {
+    const t = this.localStream && this.localStream.getTracks().find((x) => x.kind === kind);
+    return Boolean(t && !t.enabled);
+  }
+
+  /** Send text to every peer whose data channel is open; returns how many got it. */
+  send(text) {
+    let n = 0;
+    for (const p of this.peers.values()) {
+      if (p.channel.readyState === "open") {
+        p.channel.send(text);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** Leave the call: "bye" to every peer, close every connection, leave the room. */
+  async hangUp() {
+    if (this.ended) return;
+    this.ended = true;
+    clearInterval(this._timer);
+    const byes = [];
+    for (const p of this.peers.values()) {
+      if (this.client && this.client.state === "connected") {
+        byes.push(this.client.signal(this.room, p.session, { kind: "bye" }).catch(() => {}));
+      }
+    }
+    await Promise.race([Promise.all(byes), new Promise((r) => setTimeout(r, 1000))]);
+    for (const p of [...this.peers.values()]) this._drop(p);
+    if (this.sub) await this.sub.unsubscribe().catch(() => {});
+    if (this.localStream && !this.opts.localStream) {
+      for (const t of this.localStream.getTracks()) t.stop();
+    }
+    if (this.client && !this.opts.client) this.client.close();
+  }
+
+  /** A snapshot for pages and tests. */
+  stats() {
+    return {
+      session: this.session,
+      hub: this.client ? this.client.state : null,
+      peers: [...this.peers.values()].map((p) => ({
+        session: p.session,
+        user: p.member.user,
+        polite: p.polite,
+        connection: p.pc.connectionState,
+        ice: p.pc.iceConnectionState,
+        signaling: p.pc.signalingState,
+        channel: p.channel.readyState,
+        tracks: p.stream.getTracks().map((t) => t.kind),
+        restarts: p.restarts,
+        left: Boolean(p.leftAt),
+      })),
+      received: this.received.length,
+    };
+  }
+
+  // ---- internals ----------------------------------------------------------------------------
+
+  _call(name, ...args) {
+    const fn = this.opts[name];
+    if (typeof fn !== "function") return;
+    try {
+      fn(...args);
+    } catch (e) {
+      console.error(`call.js: ${name} failed`, e);
+    }
+  }
+
+  _log(text) {
+    this._call("onLog", text);
+  }
+
+  _candidateAllowed(init) {
+    if (!this.iceHosts.length) return true;
+    return this.iceHosts.includes(candidateAddress(init));
+  }
+
+  _iceServers(list) {
+    if (!Array.isArray(list)) return;
+    this.iceServers = list;
+    for (const p of this.peers.values()) {
+      // Fresh TURN credentials for future ICE restarts (PROTOCOL §6 `ice_servers` frame).
+      try {
+        p.pc.setConfiguration({ ...p.pc.getConfiguration(), iceServers: list });
+      } catch (err) {
+        this._log(`setConfiguration failed: ${err}`);
+      }
+    }
+  }
+
+  _welcome(w) {
+    if (Array.isArray(w.ice_servers)) this.iceServers = w.ice_servers;
+    this.session = w.session;
+  }
+
+  /** Connected (first time or after a reconnect): the room is subscribed and `sub.members` is
+   * the fresh presence list. */
+  _connected() {
+    if (this.ended || !this.sub || !this.sub.active || this._connectedAs === this.session) return;
+    const members = [...this.sub.members.values()].filter((m) => m.session !== this.session);
+    const reconnect = this._connectedAs !== null;
+    this._connectedAs = this.session;
+    const present = new Set(members.map((m) => m.session));
+    if (reconnect) {
+      // Our session id changed. Keep our connections: rebind those whose remote also changed
+      // session (same user, unambiguous), then re-offer on each so the remote rebinds us.
+      const orphans = [...this.peers.values()].filter((p) => !present.has(p.session));
+      for (const p of orphans) {
+        const same = members.filter((m) => m.user === p.member.user && !this.peers.has(m.session));
+        if (same.length === 1) this._rebind(p, same[0].session, same[0]);
+        else if (!p.leftAt) p.leftAt = Date.now();
+      }
+      for (const p of this.peers.values()) {
+        p.polite = isPolite(this.session, p.session);
+        if (present.has(p.session)) p.negotiate();
+      }
+    }
+    // New arrival: offer to every member we have no connection with.
+    for (const m of members) {
+      if (this.peers.has(m.session)) continue;
+      const p = this._addPeer(m.session, m);
+      p.addLocalTracks(); // -> negotiationneeded -> offer
+    }
+  }
+
+  _addPeer(session, member) {
+    const p = new Peer(this, session, member);
+    this.peers.set(session, p);
+    this._call("onPeer", p, "add");
+    return p;
+  }
+
+  _rebind(peer, session, member) {
+    this._log(`peer ${peer.session} is now ${session}`);
+    this.peers.delete(peer.session);
+    const stale = this.peers.get(session);
+    if (stale && stale !== peer) this._drop(stale);
+    peer.session = session;
+    if (member) peer.member = member;
+    peer.polite = isPolite(this.session, session);
+    peer.leftAt = 0;
+    this.peers.set(session, peer);
+    this._changed(peer);
+  }
+
+  _onSignal(f) {
+    const from = f.from && f.from.session;
+    const data = f.data;
+    if (!from || !data || this.ended) return;
+    let peer = this.peers.get(from);
+    if (!peer && data.kind === "offer") {
+      // A renegotiation from a peer that reconnected (new session id) carries the DTLS
+      // fingerprint of a connection we already have: rebind it instead of starting over.
+      const fp = fingerprint(data.sdp);
+      for (const p of this.peers.values()) {
+        const remote = p.pc.remoteDescription;
+        if (fp && remote && fingerprint(remote.sdp) === fp) {
+          const member = (this.sub && this.sub.members.get(from)) || { session: from, user: f.from.user };
+          this._rebind(p, from, member);
+          peer = p;
+          break;
+        }
+      }
+      if (!peer) {
+        const member = (this.sub && this.sub.members.get(from)) || { session: from, user: f.from.user };
+        peer = this._addPeer(from, member); // tracks are added when answering
+      }
+    }
+    if (peer) peer.receive(data);
+  }
+
+  _left(m) {
+    const p = this.peers.get(m.session);
+    if (!p) return;
+    if (p.pc.connectionState === "connected") {
+      p.leftAt = Date.now(); // maybe a reconnect: it will re-offer from its new session
+      this._changed(p);
+    } else {
+      this._drop(p);
+    }
+  }
+
+  _sweep() {
+    const now = Date.now();
+    for (const p of [...this.peers.values()]) {
+      if (p.leftAt && now - p.leftAt > LEAVE_GRACE_MS) this._drop(p);
+    }
+  }
+
+  _drop(peer) {
+    if (this.peers.get(peer.session) === peer) this.peers.delete(peer.session);
+    if (peer.closed) return;
+    peer.close();
+    this._call("onPeer", peer, "remove");
+  }
+
+  _changed(peer) {
+    if (!peer.closed) this._call("onPeer", peer, "change");
+  }
+
+  _data(peer, text) {
+    this.received.push({ from: peer.session, text: String(text) });
+    if (this.received.length > 200) this.received.shift();
+    this._call("onData", peer, text);
+  }
+
+  _signal(to, data) {
+    // While the hub connection is down signals would leave from a session that no longer
+    // exists; the offer made after the reconnect carries every gathered candidate anyway.
+    if (!this.client || this.client.state !== "connected" || this.ended) return;
+    this.client.signal(this.room, to, data).catch((err) => {
+      if (err && err.code !== "not_found" && err.code !== "disconnected") {
+        this._log(`signal ${data.kind} to ${to}: ${err.code || err}`);
+      }
+    });
+  }
+}

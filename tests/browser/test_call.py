@@ -1,0 +1,292 @@
+"""Real WebRTC calls through the hub (PROTOCOL.md §6): headless Debian Chromium with fake media
+on ``/call`` (static/call.html + call.js) against ``hubbub probe`` (aiortc), and two Chromium
+pages calling each other through two nodes on one Redis (one node while the Redis broker is not
+there).
+
+ICE stays on loopback: the probe gathers only 127.0.0.1 (``--ice-host``), the pages run with
+``ice=loopback`` (call.js drops every other candidate, sent or received).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser.conftest import CHROMIUM_ARGS, chromium_path, eventually, watch
+from tests.conftest import token
+
+MEDIA_ARGS = [
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+HAVE_REDIS_BROKER = importlib.util.find_spec("hub.brokers.redis") is not None
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+async def media_browser() -> AsyncIterator[Any]:
+    """Chromium with fake camera/microphone and loopback ICE, fresh profile."""
+    exe = chromium_path()
+    pw_api = pytest.importorskip("playwright.async_api")
+    with tempfile.TemporaryDirectory(prefix="hubbub-chromium-") as profile:
+        async with pw_api.async_playwright() as pw:
+            ctx = await pw.chromium.launch_persistent_context(
+                profile, executable_path=exe, headless=True, args=CHROMIUM_ARGS + MEDIA_ARGS,
+                viewport={"width": 1100, "height": 700},
+            )  # fmt: skip
+            try:
+                yield ctx
+            finally:
+                await ctx.close()
+
+
+def call_url(node: Any, room: str, sub: str, **claims: Any) -> str:
+    return f"{node.url}/call?room={room}&autojoin=1&ice=loopback#token={token(sub, **claims)}"
+
+
+async def call_stats(page: Any) -> dict[str, Any]:
+    return await page.evaluate("() => window.hubbubCall ? window.hubbubCall.stats() : null")  # type: ignore[no-any-return]
+
+
+async def connected_peers(page: Any) -> list[dict[str, Any]]:
+    st = await call_stats(page)
+    if not st:
+        return []
+    return [p for p in st["peers"] if p["connection"] == "connected" and p["channel"] == "open"]
+
+
+async def remote_video_width(page: Any) -> int:
+    return await page.evaluate(  # type: ignore[no-any-return]
+        "() => Math.max(0, ...[...document.querySelectorAll('.tile:not(.me) video')]"
+        ".map(v => v.videoWidth))"
+    )
+
+
+def start_probe(node: Any, room: str, record: Path, duration: float = 60) -> subprocess.Popen[str]:
+    env = {**os.environ, "HUBBUB_TOKEN": token("probe", name="Probe")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "transports.cli", "probe", room, "--url", node.ws_url,
+         "--ice-host", "127.0.0.1", "--record", str(record), "--duration", str(duration)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    return {}
+
+
+async def test_chromium_calls_the_probe(node: Any, media_browser: Any, tmp_path: Path) -> None:
+    """The probe joins first; the page arrives and offers. ICE connects on loopback, the data
+    channel round-trips through the probe's echo, and the page's fake camera frames arrive at
+    the probe (which sends them back: the page shows them in the probe's tile)."""
+    room = "call:probe"
+    record = tmp_path / "probe.json"
+    probe = start_probe(node, room, record)
+    logs: list[str] = []
+    try:
+        await eventually(
+            lambda: asyncio.sleep(0, read_record(record).get("session")), 15, "probe joined"
+        )
+        page = watch(await media_browser.new_page(), logs, "caller")
+        await page.goto(call_url(node, room, "carol", name="Carol"))
+        peers = await eventually(lambda: connected_peers(page), 20, "ICE + data channel")
+        assert peers[0]["user"] == "probe"
+        # polite = smaller session id, bytewise
+        me = (await call_stats(page))["session"]
+        assert peers[0]["polite"] == (me.encode() < peers[0]["session"].encode())
+
+        await page.evaluate("() => window.hubbubCall.send('ping over the data channel')")
+        echoed = await eventually(
+            lambda: page.evaluate("() => window.hubbubCall.received.map(m => m.text)"), 10,
+            "data-channel echo",
+        )  # fmt: skip
+        assert "ping over the data channel" in echoed
+
+        stats = await eventually(
+            lambda: asyncio.sleep(0, (r := read_record(record)).get("video_frames", 0) >= 15 and r),
+            20, "video frames at the probe",
+        )  # fmt: skip
+        assert stats["ever_connected"] == 1 and stats["dc_messages"] >= 1
+        assert stats["frame_size"] and stats["frame_size"][0] > 0
+        assert stats["offers"] == 0 and stats["answers"] >= 1  # the new arrival offered
+
+        # The probe echoes the media back: the page's tile for the probe shows video.
+        await eventually(lambda: remote_video_width(page), 15, "echoed video in the page")
+        ARTIFACTS.mkdir(exist_ok=True)
+        await asyncio.sleep(0.5)
+        await page.screenshot(path=str(ARTIFACTS / "call.png"))
+        # Signals were never stored: the room's history is empty.
+        assert (await node.hub.broker.history(room, after=None, limit=10)).publications == []
+    except BaseException:
+        print("\n".join(logs[-60:]))
+        raise
+    finally:
+        if probe.poll() is None:
+            probe.send_signal(signal.SIGTERM)
+        try:
+            out, err = await asyncio.to_thread(probe.communicate, timeout=15)
+        except subprocess.TimeoutExpired:
+            probe.kill()
+            out, err = probe.communicate()
+        if probe.returncode != 0:
+            print(err[-4000:])
+    assert probe.returncode == 0, err[-2000:]
+    final = json.loads(out.strip().splitlines()[-1])
+    assert final["video_frames"] >= 15
+
+
+async def test_probe_arrives_and_offers(node: Any, media_browser: Any) -> None:
+    """The page is in the call first; the probe (in-process) arrives and sends the offer."""
+    from signaling.peer import Probe, restrict_ice_hosts
+
+    room = "call:arrival"
+    logs: list[str] = []
+    page = watch(await media_browser.new_page(), logs, "member")
+    await page.goto(call_url(node, room, "dave"))
+    await eventually(lambda: call_stats(page), 10, "page joined")
+    await eventually(
+        lambda: page.evaluate("() => window.hubbubCall.sub && window.hubbubCall.sub.active"), 10
+    )
+    restrict_ice_hosts(["127.0.0.1"])
+    probe = Probe(node.ws_url, room, token("bot"), ice_hosts=("127.0.0.1",))
+    task = asyncio.create_task(probe.run())
+    try:
+        assert await probe.wait_for(lambda s: s.ever_connected == 1 and s.channel_open == 1, 20)
+        assert probe.stats.offers == 1
+        await page.evaluate("() => window.hubbubCall.send('hi bot')")
+        assert await probe.wait_for(lambda s: s.dc_messages >= 1 and s.video_frames >= 10, 20)
+    except BaseException:
+        print("\n".join(logs[-60:]))
+        raise
+    finally:
+        probe.stop()
+        assert await asyncio.wait_for(task, 15) == 0
+
+
+async def two_nodes(node_factory: Any, redis_url: str | None) -> tuple[Any, Any]:
+    if redis_url is None:
+        n = await node_factory()
+        return n, n
+    prefix = f"t{os.getpid()}:"
+    a = await node_factory(broker_url=redis_url, redis_prefix=prefix)
+    b = await node_factory(broker_url=redis_url, redis_prefix=prefix)
+    return a, b
+
+
+@pytest.fixture
+def maybe_redis(request: Any) -> str | None:
+    if not HAVE_REDIS_BROKER:
+        return None
+    r = request.getfixturevalue("redis_proc")
+    return str(r.url)
+
+
+async def test_two_pages_call_each_other(
+    node_factory: Any, media_browser: Any, maybe_redis: str | None
+) -> None:
+    """Two pages, each on its own node (one Redis), call each other; then one page's hub
+    connection is dropped: it reconnects with a new session id and the media keeps flowing on
+    the same peer connection (the other page rebinds it by DTLS fingerprint); then an ICE
+    restart renegotiates without dropping the call."""
+    node_a, node_b = await two_nodes(node_factory, maybe_redis)
+    room = "call:pair"
+    logs: list[str] = []
+    a = watch(await media_browser.new_page(), logs, "A")
+    b = watch(await media_browser.new_page(), logs, "B")
+    try:
+        await a.goto(call_url(node_a, room, "alice", name="Alice"))
+        await eventually(
+            lambda: a.evaluate("() => window.hubbubCall && window.hubbubCall.sub.active"), 10
+        )
+        await b.goto(call_url(node_b, room, "bob", name="Bob"))
+        pa = await eventually(lambda: connected_peers(a), 20, "A connected")
+        pb = await eventually(lambda: connected_peers(b), 20, "B connected")
+        sa, sb = (await call_stats(a))["session"], (await call_stats(b))["session"]
+        assert pa[0]["session"] == sb and pb[0]["session"] == sa
+        assert pa[0]["polite"] != pb[0]["polite"]
+        await eventually(lambda: remote_video_width(a), 15, "video at A")
+        await eventually(lambda: remote_video_width(b), 15, "video at B")
+        await b.evaluate("() => window.hubbubCall.send('hello alice')")
+        await eventually(
+            lambda: a.evaluate("() => window.hubbubCall.received.some(m => m.text === 'hello alice')"),
+            10, "data channel B -> A",
+        )  # fmt: skip
+        ARTIFACTS.mkdir(exist_ok=True)
+        await a.screenshot(path=str(ARTIFACTS / "call-two.png"))
+
+        # Hub connection lost: new session, same media.
+        frames_before = await inbound_frames(a)
+        await b.evaluate("() => window.hubbubCall.client.reconnect()")
+        sb2 = await eventually(
+            lambda: b.evaluate(
+                f"() => {{ const s = window.hubbubCall.stats(); return s.hub === 'connected'"
+                f" && s.session !== '{sb}' && s.session; }}"
+            ),
+            15, "B reconnected",
+        )  # fmt: skip
+        await eventually(
+            lambda: a.evaluate(
+                f"() => window.hubbubCall.stats().peers.some(p => p.session === '{sb2}'"
+                " && p.connection === 'connected' && !p.left)"
+            ),
+            15, "A rebound the connection to B's new session",
+        )  # fmt: skip
+        st_a = await call_stats(a)
+        assert len(st_a["peers"]) == 1, st_a
+        await eventually(
+            lambda: more_frames(a, frames_before + 10), 10, "video keeps flowing after reconnect"
+        )
+        await b.evaluate("() => window.hubbubCall.send('still here')")
+        await eventually(
+            lambda: a.evaluate("() => window.hubbubCall.received.some(m => m.text === 'still here')"),
+            10, "data channel after reconnect",
+        )  # fmt: skip
+        # Signaling still works from the new session: an ICE restart renegotiates.
+        await b.evaluate("() => [...window.hubbubCall.peers.values()][0].restartIce('test')")
+        await eventually(
+            lambda: b.evaluate(
+                "() => { const p = window.hubbubCall.stats().peers[0];"
+                " return p.restarts === 1 && p.signaling === 'stable' && p.connection === 'connected'; }"
+            ),
+            15, "ICE restart completed",
+        )  # fmt: skip
+    except BaseException:
+        print("\n".join(logs[-80:]))
+        raise
+
+
+async def inbound_frames(page: Any) -> int:
+    return await page.evaluate(  # type: ignore[no-any-return]
+        """async () => {
+          let n = 0;
+          for (const p of window.hubbubCall.peers.values()) {
+            const report = await p.pc.getStats();
+            report.forEach(r => { if (r.type === 'inbound-rtp' && r.kind === 'video')
+                                    n += r.framesDecoded || 0; });
+          }
+          return n;
+        }"""
+    )
+
+
+async def more_frames(page: Any, n: int) -> bool:
+    return await inbound_frames(page) >= n
