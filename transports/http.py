@@ -285,13 +285,18 @@ def routes(hub: Hub) -> list[BaseRoute]:
         return Response(spec, media_type="application/json")
 
     e = api.endpoint
+    publish, history = e(api.publish), e(api.history)
+
+    async def messages(request: Request) -> Response:
+        # one route for both methods, so that a wrong method's 405 lists both in Allow
+        return await (publish if request.method == "POST" else history)(request)
+
     return [
         Route("/health/live", live),
         Route("/health/ready", ready),
         Route("/metrics", metrics),
         Route("/openapi.json", openapi_json),
-        Route("/v1/rooms/{room}/messages", e(api.publish), methods=["POST"]),
-        Route("/v1/rooms/{room}/messages", e(api.history), methods=["GET"]),
+        Route("/v1/rooms/{room}/messages", messages, methods=["GET", "POST"]),
         Route("/v1/rooms/{room}/presence", e(api.presence), methods=["GET"]),
         Route("/v1/rooms", e(api.rooms), methods=["GET"]),
         Route("/v1/publish", e(api.publish_many), methods=["POST"]),
