@@ -1,0 +1,81 @@
+"""Browser fixtures: Debian Chromium driven by Playwright (never ``playwright install``).
+
+``browser`` launches /usr/bin/chromium headless with a fresh profile per test; in CI a missing
+chromium fails the test, locally it skips (``need_tool``). ``watch(page, logs)`` collects console
+lines and page errors so a failing test can show what the page said. Screenshots go to
+``test-artifacts/`` (gitignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import need_tool
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_path() -> str:
+    """/usr/bin/chromium (Debian's), or skip/fail like every other required tool."""
+    path = need_tool("chromium")
+    return path
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """A headless Chromium; every ``new_context()`` is an isolated profile (own storage)."""
+    exe = chromium_path()
+    pw_api = pytest.importorskip("playwright.async_api")
+    async with pw_api.async_playwright() as pw:
+        # Plain launch: Playwright gives the browser a fresh temporary user-data dir and
+        # removes it on close.
+        b = await pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+def watch(page: Any, logs: list[str], name: str = "page") -> Any:
+    """Collect ``page``'s console messages and uncaught errors into ``logs``."""
+    page.on("console", lambda m: logs.append(f"{name} console.{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: logs.append(f"{name} PAGE ERROR: {e}"))
+    return page
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], timeout: float = 10.0, what: str = "condition"
+) -> Any:
+    """Poll ``check()`` until it returns something truthy; fail with the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = await check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,474 @@
+"""The chat page and hubbub.js in real Chromium.
+
+Two groups:
+
+- ``test_chat_*``: the page at ``/`` of a real node (uvicorn on a socket): two browser contexts
+  chat, presence shows both, and a node restart while one user keeps typing loses and repeats
+  nothing (Redis broker; on memory:// the old history is gone, so a gap is shown instead).
+- ``test_js_*``: hubbub.js alone against a scripted fake hub (a ``websockets`` server), to pin
+  the client's protocol behaviour: reconnect after 4000 with ``since``, no reconnect after
+  4501, dedupe by offset, gaps, heartbeat, publish queueing and resend, tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from tests.browser.conftest import eventually, watch
+from tests.conftest import make_settings, start_node, token
+
+STATIC = Path(__file__).resolve().parents[2] / "static"
+REDIS_BROKER = importlib.util.find_spec("hub.brokers.redis") is not None
+
+# ---- helpers for the chat page ------------------------------------------------------------
+
+
+async def open_chat(browser: Any, url: str, nick: str, logs: list[str]) -> Any:
+    ctx = await browser.new_context(viewport={"width": 1100, "height": 720})
+    page = watch(await ctx.new_page(), logs, nick)
+    await page.goto(url)
+    await page.fill("#nick", nick)
+    await page.dispatch_event("#nick", "change")
+    await page.wait_for_selector('#state[data-state="connected"]', timeout=10_000)
+    return page
+
+
+async def say(page: Any, text: str) -> None:
+    await page.fill("#text", text)
+    await page.press("#text", "Enter")
+
+
+async def shown(page: Any) -> list[str]:
+    """Texts of the messages the page shows as delivered (not the pending ones), in order."""
+    return await page.eval_on_selector_all(  # type: ignore[no-any-return]
+        "#messages li.msg:not(.pending) .text", "els => els.map(e => e.textContent)"
+    )
+
+
+async def online(page: Any) -> list[str]:
+    return await page.eval_on_selector_all(  # type: ignore[no-any-return]
+        "#who li", "els => els.map(e => e.dataset.user)"
+    )
+
+
+async def delivered(page: Any) -> list[dict[str, Any]]:
+    """Every stored message hubbub.js handed to the page (before the page's own cid check)."""
+    return await page.evaluate(  # type: ignore[no-any-return]
+        "window.hubbubChat.delivered.filter(d => d.offset !== undefined)"
+    )
+
+
+def dump(logs: list[str]) -> str:
+    return "\n".join(logs[-60:])
+
+
+# ---- the chat page on a real node -------------------------------------------------------------
+
+
+async def test_chat_two_users(browser: Any, artifacts: Path) -> None:
+    """Dev mode (no secret: guests, no token): what `make run` serves."""
+    settings = make_settings(jwt_secret=None, api_keys=())
+    node = await start_node(settings)
+    logs: list[str] = []
+    try:
+        alice = await open_chat(browser, node.url + "/", "alice", logs)
+        bob = await open_chat(browser, node.url + "/", "bob", logs)
+        await eventually(lambda: _both_online(alice, 2), what="alice sees 2 online")
+        await eventually(lambda: _both_online(bob, 2), what="bob sees 2 online")
+        await say(alice, "hello bob")
+        await eventually(lambda: _has(bob, ["hello bob"]), what="bob gets hello")
+        await say(bob, "hi alice <b>not bold</b>")
+        want = ["hello bob", "hi alice <b>not bold</b>"]
+        for page in (alice, bob):
+            await eventually(lambda p=page: _has(p, want), what="both messages")
+        await asyncio.sleep(0.3)  # anything extra (a duplicate) would show up now
+        assert await shown(alice) == want, dump(logs)
+        assert await shown(bob) == want, dump(logs)
+        assert await alice.locator("#messages b").count() == 0  # text, never HTML
+        # Nicknames travel in the data; the online list learns them from "nick" announcements.
+        who = await alice.inner_text("#who")
+        assert "alice" in who and "bob" in who, who
+        await alice.screenshot(path=str(artifacts / "chat.png"))
+        await bob.screenshot(path=str(artifacts / "chat-bob.png"))
+
+        # History on load: a third visitor sees both messages, once, in order.
+        carol = await open_chat(browser, node.url + "/", "carol", logs)
+        await eventually(lambda: _has(carol, want), what="carol gets the history")
+        assert await shown(carol) == want
+        await eventually(lambda: _both_online(alice, 3), what="alice sees carol join")
+        assert not [line for line in logs if "PAGE ERROR" in line], dump(logs)
+    finally:
+        await node.stop()
+
+
+async def _both_online(page: Any, n: int) -> bool:
+    return len(await online(page)) == n
+
+
+async def _has(page: Any, want: list[str]) -> bool:
+    return await shown(page) == want
+
+
+@pytest.mark.parametrize(
+    "broker",
+    [
+        "memory",
+        pytest.param(
+            "redis",
+            marks=pytest.mark.skipif(
+                not REDIS_BROKER, reason="hub/brokers/redis.py is not written yet"
+            ),
+        ),
+    ],
+)
+async def test_chat_survives_restart(
+    browser: Any, artifacts: Path, request: pytest.FixtureRequest, broker: str
+) -> None:
+    """Restart the node while alice keeps typing: both pages end with every message exactly
+    once, in order. With Redis nothing is lost; with memory:// the old history is gone (a new
+    epoch), which the pages must show as a gap, yet nobody sees anything twice."""
+    if broker == "redis":
+        redis_proc = request.getfixturevalue("redis_proc")
+        settings = make_settings(broker_url=redis_proc.url, shutdown_timeout=2)
+    else:
+        settings = make_settings(shutdown_timeout=2)
+    node = await start_node(settings)
+    port = node.port
+    logs: list[str] = []
+    try:
+        alice = await open_chat(browser, f"{node.url}/#token={token('alice')}", "alice", logs)
+        bob = await open_chat(browser, f"{node.url}/#token={token('bob')}", "bob", logs)
+        await eventually(lambda: _both_online(bob, 2), what="bob sees 2 online")
+        await say(alice, "a0")
+        await say(bob, "b0")
+        await eventually(lambda: _has(alice, ["a0", "b0"]), what="a0 b0")
+
+        typed: list[str] = []
+
+        async def keep_typing() -> None:
+            for i in range(1, 25):
+                typed.append(f"a{i}")
+                await say(alice, f"a{i}")
+                await asyncio.sleep(0.15)
+
+        typing = asyncio.create_task(keep_typing())
+        await asyncio.sleep(0.6)
+        await node.stop()
+        await eventually(
+            lambda: bob.evaluate("document.getElementById('state').dataset.state !== 'connected'"),
+            what="bob notices the restart",
+        )
+        await alice.screenshot(path=str(artifacts / f"chat-restart-{broker}-during.png"))
+        await asyncio.sleep(0.5)
+        node = await start_node(settings, port=port)
+        await typing
+        await say(bob, "b1")
+        want = ["a0", "b0", *typed, "b1"]
+        for page in (alice, bob):
+            await eventually(lambda p=page: _has(p, want), timeout=30, what=f"all of {want}")
+        await asyncio.sleep(0.5)
+        await alice.screenshot(path=str(artifacts / f"chat-restart-{broker}-alice.png"))
+        await bob.screenshot(path=str(artifacts / f"chat-restart-{broker}-bob.png"))
+        for page in (alice, bob):
+            assert await shown(page) == want, dump(logs)
+            assert await page.get_attribute("#state", "data-state") == "connected"
+        gaps = await bob.locator("#messages li.system.gap").count()
+        if broker == "redis":
+            assert gaps == 0, "Redis keeps history across a node restart: no gap expected"
+            # And at the protocol level: no message reached the page twice (by cid).
+            for page in (alice, bob):
+                cids = [d["cid"] for d in await delivered(page) if d["cid"]]
+                assert len(cids) == len(set(cids)), cids
+        else:
+            assert gaps >= 1, "memory:// loses the room's epoch on restart: a gap must be shown"
+        assert not [line for line in logs if "PAGE ERROR" in line], dump(logs)
+    finally:
+        await node.stop()
+
+
+# ---- hubbub.js against a scripted fake hub ----------------------------------------------------
+
+Script = Callable[["FakeHub", ServerConnection, int], Awaitable[None]]
+
+
+class FakeHub:
+    """A websockets server that runs ``script(hub, conn, n)`` for its n-th connection and
+    records every frame it receives, per connection."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.frames: list[list[dict[str, Any]]] = []
+        self.errors: list[BaseException] = []
+
+    async def __aenter__(self) -> FakeHub:
+        self.server = await serve(self._handle, "127.0.0.1", 0, process_request=self._http,
+                                  ping_interval=None, compression=None)  # fmt: skip
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.server.wait_closed(), 5)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/ws"
+
+    @staticmethod
+    def _http(conn: ServerConnection, request: Request) -> Response | None:
+        """Plain HTTP on the same port: a blank page and /static/* (so the page is same-origin
+        with the fake hub; Chromium blocks other origins from loopback). Anything else is 404,
+        which also makes the SSE fallback fail fast."""
+        if request.path == "/v1/ws":
+            return None
+        if request.path == "/":
+            body, ctype, status = b"<!doctype html><title>js</title>", "text/html", 200
+        elif request.path.startswith("/static/") and ".." not in request.path:
+            body, ctype, status = (STATIC / request.path[8:]).read_bytes(), "text/javascript", 200
+        else:
+            body, ctype, status = b"not found", "text/plain", 404
+        headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body))),
+                           ("Connection", "close")])  # fmt: skip
+        return Response(status, "OK" if status == 200 else "Not Found", headers, body)
+
+    async def _handle(self, conn: ServerConnection) -> None:
+        n = len(self.frames)
+        self.frames.append([])
+        try:
+            await self.script(self, conn, n)
+        except Exception as exc:  # a failed expectation inside the script
+            if (
+                not isinstance(exc, ConnectionError)
+                and "ConnectionClosed" not in type(exc).__name__
+            ):
+                self.errors.append(exc)
+
+    async def recv(self, conn: ServerConnection, n: int, want: str | None = None) -> dict[str, Any]:
+        """The next client frame (of type ``want``, skipping pongs when another is wanted)."""
+        while True:
+            f = json.loads(await asyncio.wait_for(conn.recv(), 10))
+            self.frames[n].append(f)
+            if want is None or f.get("type") == want:
+                return f  # type: ignore[no-any-return]
+            if f.get("type") != "pong":
+                raise AssertionError(f"expected {want}, got {f}")
+
+    @staticmethod
+    async def send(conn: ServerConnection, **frame: Any) -> None:
+        await conn.send(json.dumps(frame))
+
+    @staticmethod
+    async def welcome(conn: ServerConnection, n: int, **kw: Any) -> None:
+        await FakeHub.send(conn, type="welcome", session=f"session-{n:012d}", user="u",
+                           ping_interval=kw.pop("ping_interval", 25),
+                           ping_timeout=kw.pop("ping_timeout", 10), version="1", **kw)  # fmt: skip
+
+    async def idle(self, conn: ServerConnection, n: int) -> None:
+        """Keep the connection open, recording frames, until the client goes."""
+        with contextlib.suppress(Exception):
+            while True:
+                self.frames[n].append(json.loads(await conn.recv()))
+
+
+HARNESS = """
+async ([url, useToken]) => {
+  const { connect } = await import("/static/hubbub.js");
+  const T = (window.T = { msgs: [], gaps: [], states: [], errors: [], tokens: 0, results: [] });
+  window.client = connect(url, {
+    backoff: { base: 50, max: 200 },
+    getToken: useToken ? async () => `tok-${++T.tokens}` : undefined,
+    onState: (s) => T.states.push(s),
+    onError: (e) => T.errors.push({ code: e.code, closeCode: e.closeCode, message: e.message }),
+  });
+  window.sub = client.subscribe("r", {
+    onMessage: (m) => T.msgs.push([m.epoch, m.offset, m.data]),
+    onGap: (g) => T.gaps.push(g),
+  });
+}
+"""
+
+
+async def js_page(browser: Any, hub: FakeHub, logs: list[str], *, use_token: bool = False) -> Any:
+    """A blank page served by the fake hub itself that imports hubbub.js and connects."""
+    ctx = await browser.new_context()
+    page = watch(await ctx.new_page(), logs)
+    await page.goto(f"http://127.0.0.1:{hub.port}/")
+    await page.evaluate(HARNESS, [hub.url, use_token])
+    return page
+
+
+async def T(page: Any, key: str) -> Any:
+    return await page.evaluate(f"window.T.{key}")
+
+
+async def test_js_reconnect_after_4000_resumes_and_dedupes(browser: Any) -> None:
+    async def script(hub: FakeHub, conn: ServerConnection, n: int) -> None:
+        await hub.welcome(conn, n)
+        sub = await hub.recv(conn, n, "subscribe")
+        if n == 0:
+            assert "since" not in sub, sub
+            await hub.send(conn, type="reply", id=sub["id"], result={
+                "room": "r", "epoch": "e1", "offset": 0, "recovered": False, "cursor": "c0"})  # fmt: skip
+            for off in (1, 2):
+                await hub.send(
+                    conn, type="message", room="r", epoch="e1", offset=off, data=off, ts=1
+                )
+            await hub.send(conn, type="disconnect", code=4000, reason="draining", reconnect=True)
+            await conn.close(4000, "draining")
+            return
+        # Resubscribe from the last message seen (the c0 cursor is stale, so a position).
+        assert sub["since"] == {"epoch": "e1", "offset": 2}, sub
+        for off in (1, 2, 3):  # a sloppy hub repeats 1 and 2: the client must drop them
+            await hub.send(conn, type="message", room="r", epoch="e1", offset=off, data=off, ts=1)
+        await hub.send(conn, type="reply", id=sub["id"], result={
+            "room": "r", "epoch": "e1", "offset": 3, "recovered": True, "cursor": "c3"})  # fmt: skip
+        for off in (3, 4):
+            await hub.send(conn, type="message", room="r", epoch="e1", offset=off, data=off, ts=1)
+        await hub.idle(conn, n)
+
+    logs: list[str] = []
+    async with FakeHub(script) as hub:
+        page = await js_page(browser, hub, logs)
+        try:
+            await eventually(lambda: T(page, "msgs.length >= 4"), what="4 messages")
+        except AssertionError:
+            raise AssertionError(
+                f"{hub.errors} {hub.frames} {await T(page, 'msgs')} "
+                f"{await T(page, 'states')} {dump(logs)}"
+            ) from None
+        await asyncio.sleep(0.2)
+        assert [m[1] for m in await T(page, "msgs")] == [1, 2, 3, 4], dump(logs)
+        states = await T(page, "states")
+        assert states[:3] == ["connecting", "connected", "reconnecting"], states
+        assert states[-1] == "connected", states
+        assert await page.evaluate("sub.position") == {"epoch": "e1", "offset": 4}
+        assert len(hub.frames) == 2 and not hub.errors, hub.errors
+        assert await T(page, "gaps") == []
+
+
+async def test_js_no_reconnect_after_4501(browser: Any) -> None:
+    async def script(hub: FakeHub, conn: ServerConnection, n: int) -> None:
+        await conn.close(4501, "unauthorized")
+
+    logs: list[str] = []
+    async with FakeHub(script) as hub:
+        page = await js_page(browser, hub, logs)
+        await eventually(lambda: T(page, "states.includes('closed')"), what="closed")
+        await asyncio.sleep(1.0)  # backoff base is 50 ms: a retry would have happened by now
+        assert len(hub.frames) == 1, "the client reconnected after a terminal close code"
+        errors = await T(page, "errors")
+        assert errors[0]["closeCode"] == 4501 and errors[0]["code"] == "unauthorized", errors
+        assert await T(page, "states") == ["connecting", "closed"]
+        err = await page.evaluate(
+            "client.publish('r', 1).then(() => null, e => [e.code, e.temporary])"
+        )
+        assert err == ["closed", False]
+
+
+async def test_js_gap_epoch_change_and_heartbeat(browser: Any) -> None:
+    async def script(hub: FakeHub, conn: ServerConnection, n: int) -> None:
+        if n == 0:
+            await hub.welcome(conn, n, ping_interval=0.3, ping_timeout=0.3)
+            sub = await hub.recv(conn, n, "subscribe")
+            await hub.send(conn, type="reply", id=sub["id"], result={
+                "room": "r", "epoch": "e1", "offset": 5, "recovered": False, "cursor": "c5"})  # fmt: skip
+            await hub.send(conn, type="message", room="r", epoch="e1", offset=6, data=6, ts=1)
+            # The broker lost the room: a new epoch, announced by a gap.
+            await hub.send(conn, type="gap", room="r", epoch="e2", to=0, **{"from": 1})
+            await hub.send(conn, type="message", room="r", epoch="e2", offset=1, data=1, ts=1)
+            await hub.send(conn, type="message", room="r", epoch="e1", offset=7, data=7, ts=1)
+            await hub.send(conn, type="ping")
+            await hub.recv(conn, n, "pong")
+            # Now silence: after ping_interval + ping_timeout the client must give up on us.
+            await asyncio.sleep(5)
+            return
+        await hub.welcome(conn, n)
+        sub = await hub.recv(conn, n, "subscribe")
+        assert sub["since"] == {"epoch": "e1", "offset": 7}, sub
+        await hub.idle(conn, n)
+
+    logs: list[str] = []
+    async with FakeHub(script) as hub:
+        page = await js_page(browser, hub, logs)
+        await eventually(lambda: T(page, "msgs.length >= 3"), what="3 messages")
+        await eventually(lambda: asyncio.sleep(0, len(hub.frames) >= 2), timeout=5,
+                         what="reconnect after a silent server")  # fmt: skip
+        msgs = await T(page, "msgs")
+        assert [(m[0], m[1]) for m in msgs] == [("e1", 6), ("e2", 1), ("e1", 7)], msgs
+        gaps = await T(page, "gaps")
+        assert gaps == [{"room": "r", "epoch": "e2", "from": 1, "to": 0}], gaps
+        assert {"type": "pong"} in hub.frames[0]
+        await eventually(lambda: asyncio.sleep(0, len(hub.frames[1]) >= 1), what="resubscribe")
+        assert not hub.errors, hub.errors
+
+
+async def test_js_publish_queue_resend_and_tokens(browser: Any) -> None:
+    """A publish in flight when the connection drops is resent with the same key; one made
+    while reconnecting is queued and sent after the resubscribe; getToken feeds every connect,
+    every `expiring`, and the reconnect after 4004."""
+    seen: dict[str, Any] = {}
+
+    async def script(hub: FakeHub, conn: ServerConnection, n: int) -> None:
+        auth = await hub.recv(conn, n, "auth")
+        assert auth["token"] == f"tok-{[1, 2, 4][n]}", auth
+        if n == 1:
+            await asyncio.sleep(0.4)  # the page publishes "p2" meanwhile
+        await hub.welcome(conn, n)
+        sub = await hub.recv(conn, n, "subscribe")
+        await hub.send(conn, type="reply", id=sub["id"], result={
+            "room": "r", "epoch": "e", "offset": 0, "recovered": False, "cursor": "c"})  # fmt: skip
+        if n == 0:
+            p1 = await hub.recv(conn, n, "publish")
+            seen["p1"] = p1
+            await conn.close(4000)  # no reply: the outcome is unknown to the client
+            return
+        if n == 1:
+            again = await hub.recv(conn, n, "publish")
+            assert again["data"] == "p1" and again["key"] == seen["p1"]["key"], again
+            p2 = await hub.recv(conn, n, "publish")
+            assert p2["data"] == "p2", p2
+            for i, f in enumerate((again, p2), 1):
+                await hub.send(conn, type="reply", id=f["id"],
+                               result={"room": "r", "epoch": "e", "offset": i, "cursor": f"c{i}"})  # fmt: skip
+            await hub.send(conn, type="expiring", **{"in": 30})
+            ref = await hub.recv(conn, n, "refresh")
+            assert ref["token"] == "tok-3", ref
+            await hub.send(conn, type="reply", id=ref["id"], result={"expires_in": 60})
+            await hub.send(
+                conn, type="disconnect", code=4004, reason="token expired", reconnect=True
+            )
+            await conn.close(4004, "token expired")
+            return
+        await hub.idle(conn, n)
+
+    logs: list[str] = []
+    async with FakeHub(script) as hub:
+        page = await js_page(browser, hub, logs, use_token=True)
+        await page.evaluate("""() => {
+            client.publish("r", "p1").then((r) => T.results.push(["p1", r.offset]));
+            const off = client.on("state", (s) => {
+              if (s !== "reconnecting") return;
+              off();
+              client.publish("r", "p2").then((r) => T.results.push(["p2", r.offset]));
+            });
+        }""")
+        await eventually(lambda: asyncio.sleep(0, len(hub.frames) >= 3), what="3rd connection")
+        await eventually(lambda: T(page, "results.length >= 2"), what="both publishes resolved")
+        assert await T(page, "results") == [["p1", 1], ["p2", 2]]
+        types = [f["type"] for f in hub.frames[1]]
+        assert types[:4] == ["auth", "subscribe", "publish", "publish"], types
+        assert not hub.errors, hub.errors
+        assert await T(page, "tokens") == 4
+        assert await T(page, "errors") == [], dump(logs)
