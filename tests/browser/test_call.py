@@ -65,6 +65,12 @@ async def call_stats(page: Any) -> dict[str, Any]:
     return await page.evaluate("() => window.hubbubCall ? window.hubbubCall.stats() : null")  # type: ignore[no-any-return]
 
 
+async def joined(page: Any) -> bool:
+    return await page.evaluate(  # type: ignore[no-any-return]
+        "() => Boolean(window.hubbubCall && window.hubbubCall.sub && window.hubbubCall.sub.active)"
+    )
+
+
 async def connected_peers(page: Any) -> list[dict[str, Any]]:
     st = await call_stats(page)
     if not st:
@@ -162,10 +168,7 @@ async def test_probe_arrives_and_offers(node: Any, media_browser: Any) -> None:
     logs: list[str] = []
     page = watch(await media_browser.new_page(), logs, "member")
     await page.goto(call_url(node, room, "dave"))
-    await eventually(lambda: call_stats(page), 10, "page joined")
-    await eventually(
-        lambda: page.evaluate("() => window.hubbubCall.sub && window.hubbubCall.sub.active"), 10
-    )
+    await eventually(lambda: joined(page), 10, "page joined")
     restrict_ice_hosts(["127.0.0.1"])
     probe = Probe(node.ws_url, room, token("bot"), ice_hosts=("127.0.0.1",))
     task = asyncio.create_task(probe.run())
@@ -214,9 +217,7 @@ async def test_two_pages_call_each_other(
     b = watch(await media_browser.new_page(), logs, "B")
     try:
         await a.goto(call_url(node_a, room, "alice", name="Alice"))
-        await eventually(
-            lambda: a.evaluate("() => window.hubbubCall && window.hubbubCall.sub.active"), 10
-        )
+        await eventually(lambda: joined(a), 10, "A joined")
         await b.goto(call_url(node_b, room, "bob", name="Bob"))
         pa = await eventually(lambda: connected_peers(a), 20, "A connected")
         pb = await eventually(lambda: connected_peers(b), 20, "B connected")
