@@ -68,7 +68,7 @@ from hub.errors import (
 )
 from hub.hub import Hub
 from hub.session import Item, Session
-from transports.edge import credential, error_response, origin_allowed, own_origin
+from transports.edge import credential, error_response, origin_allowed
 
 log = logging.getLogger("hubbub.sse")
 
@@ -102,20 +102,6 @@ def _flag(value: str | None, name: str) -> bool:
     raise BadRequest(f"{name} must be 1 or 0")
 
 
-def _cors_headers(request: Request) -> dict[str, str]:
-    """CORS for an origin already checked by :func:`origin_allowed` (HARDENING 15): echo the
-    origin, never ``*``, because EventSource may send cookies (``withCredentials``)."""
-    origin = request.headers.get("origin")
-    if origin is None or origin.lower().rstrip("/") == own_origin(request):
-        return {}
-    return {
-        "Access-Control-Allow-Origin": origin,
-        "Access-Control-Allow-Credentials": "true",
-        "Access-Control-Expose-Headers": "Hubbub-Last-Event-ID",
-        "Vary": "Origin",
-    }
-
-
 def _retry_hint(settings_ms: int) -> int:
     """A reconnect delay with jitter, so a drained node's clients do not return all at once."""
     return settings_ms + random.randint(0, settings_ms)
@@ -137,11 +123,10 @@ def _block(*, event: str | None = None, data: str | None = None, id_: str | None
     return SEP.join(lines) + SEP + SEP
 
 
-def _ending_response(hub: Hub, closed: Disconnect, headers: dict[str, str]) -> Response:
+def _ending_response(hub: Hub, closed: Disconnect) -> Response:
     """200 with a ``retry:`` hint and nothing else: the browser comes back later (§4)."""
     body = _farewell(hub, closed)
-    return Response(body.encode(), headers={**headers, "Cache-Control": "no-cache"},
-                    media_type=MEDIA_TYPE)  # fmt: skip
+    return Response(body.encode(), headers={"Cache-Control": "no-cache"}, media_type=MEDIA_TYPE)
 
 
 def _farewell(hub: Hub, closed: Disconnect) -> str:
@@ -358,10 +343,11 @@ class _EventSourceResponse(EventSourceResponse):
 # ---- endpoint -------------------------------------------------------------------------------
 async def _serve(hub: Hub, request: Request, names: list[str]) -> Response:
     settings = hub.settings
-    cors = _cors_headers(request)
+    # CORS headers come from the app-wide middleware (transports/http_edge.py), one policy for
+    # every endpoint. A disallowed Origin is refused outright here, not merely left without
+    # CORS headers: a cross-site page must not open sessions (presence joins) with our cookie.
     try:
         if not origin_allowed(request, settings):
-            cors = {}
             raise Forbidden("origin not allowed")
         try:
             identity: Identity = hub.auth.authenticate(credential(request))
@@ -376,10 +362,10 @@ async def _serve(hub: Hub, request: Request, names: list[str]) -> Response:
             if presence and not identity.can("presence", room):
                 raise Forbidden(f"no presence grant for room {room}", details={"room": room})
     except HubError as exc:
-        return error_response(exc, cors)
+        return error_response(exc)
     # The Last-Event-ID header (the browser's automatic resume) wins over ``since=`` (§4).
     since = request.headers.get("last-event-id") or request.query_params.get("since") or None
-    headers = {**cors, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     if request.method == "HEAD":
         return Response(headers=headers, media_type=MEDIA_TYPE)
 
@@ -387,12 +373,12 @@ async def _serve(hub: Hub, request: Request, names: list[str]) -> Response:
         session = await hub.open_session(identity, "sse")
     except Disconnect as closed:
         if closed.reconnect:
-            return _ending_response(hub, closed, cors)
-        return error_response(Forbidden(closed.reason, details={"code": closed.code}), cors)
+            return _ending_response(hub, closed)
+        return error_response(Forbidden(closed.reason, details={"code": closed.code}))
     except HubError as exc:
         if exc.temporary:
-            return _ending_response(hub, Disconnect(exc.close_code, exc.message), cors)
-        return error_response(exc, cors)
+            return _ending_response(hub, Disconnect(exc.close_code, exc.message))
+        return error_response(exc)
 
     stream = EventStream(hub, session, rooms, since, presence)
     try:
@@ -403,8 +389,8 @@ async def _serve(hub: Hub, request: Request, names: list[str]) -> Response:
             await stream.close()
         if isinstance(exc, HubError):
             if exc.temporary:
-                return _ending_response(hub, Disconnect(exc.close_code, exc.message), cors)
-            return error_response(exc, cors)
+                return _ending_response(hub, Disconnect(exc.close_code, exc.message))
+            return error_response(exc)
         raise
     if since is not None and not stream.pending:
         # Mercure-style reconciliation header (HARDENING 42).

@@ -466,3 +466,55 @@ async def test_server_stop_ends_stream_promptly(node_factory: Any) -> None:
         assert rest and rest[-1].event == "hub.disconnect" and rest[-1].json["code"] == 4000
         await stop
         assert time.monotonic() - t0 < 5
+
+
+async def test_broker_down_answers_200_with_retry(node: Node, monkeypatch: Any) -> None:
+    from hub.errors import BrokerError
+
+    async def down(*_a: Any, **_k: Any) -> Any:
+        raise BrokerError("down")
+
+    monkeypatch.setattr(node.hub.broker, "subscribe", down)
+    async with sse(node, first=False) as (resp, s):
+        assert resp.status_code == 200
+        (ev,) = await s.rest()
+        assert ev.retry is not None and ev.event == "hub.disconnect"
+        assert ev.json["code"] == 4003 and ev.json["reconnect"] is True
+    monkeypatch.setattr(node.hub.broker, "connection_add", down)
+    async with sse(node, first=False) as (resp, s):
+        assert resp.status_code == 200 and (await s.rest())[0].json["code"] == 4003
+    assert not node.hub.sessions
+
+
+async def test_connection_limit_is_a_refusal(node_factory: Any) -> None:
+    node = await node_factory(max_connections_per_user=1)
+    async with sse(node), sse(node, first=False) as (resp, _):
+        assert resp.status_code == 403
+        body = json.loads(await resp.aread())
+        assert body["error"]["details"]["code"] == 4510
+
+
+async def test_kick_ends_stream_without_reconnect_hint(node: Node) -> None:
+    async with sse(node, tok=token("mallory")) as (_, s):
+        assert await node.hub.disconnect_user("mallory", "bye") == 1
+        (ev,) = await s.rest()
+        assert ev.event == "hub.disconnect" and ev.retry is None
+        assert ev.json == {"type": "disconnect", "code": 4509, "reason": "bye", "reconnect": False}
+
+
+async def test_another_apps_shutdown_leaves_streams_alone(node_factory: Any) -> None:
+    """sse-starlette's shutdown flag is process-wide; only this hub's drain ends its streams."""
+    from sse_starlette.sse import AppStatus
+
+    keep = await node_factory()
+    stop = await node_factory()
+    async with sse(keep) as (_, s):
+        try:
+            AppStatus.should_exit = True  # what a SIGTERM to any server in the process does
+            await stop.stop()
+            await asyncio.sleep(0.7)  # sse-starlette polls for shutdown every 0.5 s
+            await publish(keep, "r")
+            (ev,) = await s.events(1)
+            assert ev.json["offset"] == 1
+        finally:
+            AppStatus.should_exit = False
