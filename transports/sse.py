@@ -174,6 +174,7 @@ class EventStream:
         self.since = since
         self.presence = presence
         self.positions: dict[str, Position] = {}
+        self._parts: dict[str, str] = {}  # room -> its part of the cursor (one hash per event)
         self.buffered: list[Item] = []
         self.buffered_bytes = 0
         self.pending: list[str] = []  # resumed rooms subscribed after the first block
@@ -223,9 +224,9 @@ class EventStream:
                 if room in self.resume and self.buffered_bytes > self.session.max_queue_bytes:
                     self.pending = order[i:]
                     for late in self.pending:
-                        self.positions[late] = self._start_position(late, None)
+                        self._moved(late, self._start_position(late, None))
                     break
-                self.positions[room] = self._start_position(room, await self._subscribe_one(room))
+                self._moved(room, self._start_position(room, await self._subscribe_one(room)))
         finally:
             collector.cancel()
             await asyncio.wait([collector])
@@ -247,20 +248,25 @@ class EventStream:
                 result = await self._subscribe_one(room)
                 pos = self.positions[room]
                 if pos.epoch is None:  # nothing written for it yet: learn its epoch
-                    self.positions[room] = Position(result["epoch"], pos.offset)
+                    self._moved(room, Position(result["epoch"], pos.offset))
                 for block in self.prelude:
                     self.session.offer(block)  # pre-encoded str blocks, see _encode
                 self.prelude = []
-        except HubError as exc:
-            code = exc.close_code if not exc.temporary else 4003
-            self.session.close(code, exc.message)
+        except HubError as exc:  # the stream has started: end it with the error's close code
+            self.session.close(exc.close_code, exc.message)
         except Exception:
             log.exception("late subscribe failed")
             self.session.close(1011, "internal error")
 
     # ---- writing ----------------------------------------------------------------------------
+    def _moved(self, room: str, pos: Position) -> None:
+        self.positions[room] = pos
+        self._parts[room] = make_cursor({room: pos})
+
     def cursor(self) -> str:
-        return make_cursor(self.positions)
+        """One cursor for every room of the stream (what ``make_cursor(positions)`` gives,
+        without re-hashing the rooms that did not move)."""
+        return "~".join(self._parts[room] for room in self.positions)
 
     def first_block(self) -> str:
         return _block(retry=self.hub.settings.sse_retry_ms, id_=self.cursor())
@@ -273,7 +279,7 @@ class EventStream:
                 if item.offset is None or item.epoch is None:  # ephemeral: no position
                     out.append(_block(event=event, data=item.text))
                     continue
-                self.positions[item.room] = Position(item.epoch, item.offset)
+                self._moved(item.room, Position(item.epoch, item.offset))
                 out.append(_block(id_=self.cursor(), event=event, data=item.text))
                 continue
             if item.startswith("event: "):  # a block queued by _subscribe_late
@@ -287,7 +293,7 @@ class EventStream:
             if kind == "gap":
                 room = frame.get("room")
                 if room in self.positions:
-                    self.positions[room] = Position(str(frame["epoch"]), int(frame["to"]))
+                    self._moved(room, Position(str(frame["epoch"]), int(frame["to"])))
                 out.append(_block(id_=self.cursor(), event="hub.gap", data=item))
             elif kind in ("join", "leave"):
                 out.append(_block(event=f"hub.{kind}", data=item))
