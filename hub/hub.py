@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -72,7 +73,7 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         self.by_user: dict[str, set[Session]] = {}
         self.rooms = RoomIndex()
-        self.metrics = Metrics()
+        self.metrics = Metrics(node=self)
         self.broker_up = False
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -358,11 +359,14 @@ class Hub:
             ).hexdigest()
             idem = Idempotency(scope=ident.scope or f"sub:{ident.sub}", key=key, fingerprint=fp)
         try:
+            started = time.perf_counter()
             res = await self.broker.publish(room, body, ephemeral=ephemeral, idempotency=idem)
+            self.metrics.publish_latency.observe(time.perf_counter() - started)
         except BrokerError:
             raise Unavailable("broker unavailable", retry_after=1.0) from None
         if not res.duplicate:
             self.metrics.publications += 1
+            self.metrics.published[session.transport if session is not None else "http"] += 1
         if res.offset is None:
             return {"room": room, "ephemeral": True}
         assert res.epoch is not None
@@ -474,6 +478,7 @@ class Hub:
         kind = pub.kind
         if kind == "message":
             self.metrics.deliveries += len(room.subs)
+            self.metrics.observe_lag(pub.body)
             for session, sub in room.subs.items():
                 if sub.buffering:
                     if len(sub.buffer) >= session.max_queue:

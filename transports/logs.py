@@ -17,10 +17,13 @@ import orjson
 from transports.edge import redact
 
 _BEARER_RE = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+# uvicorn logs request headers at debug level: a Cookie header may carry ``hubbub_token``.
+_COOKIE_RE = re.compile(r"((?:^|\s)(?:set-)?cookie:\s*).*", re.IGNORECASE)
 
 
 def scrub(text: str) -> str:
-    return _BEARER_RE.sub(r"\1[redacted]", redact(text))
+    text = _COOKIE_RE.sub(r"\1[redacted]", redact(text))
+    return _BEARER_RE.sub(r"\1[redacted]", text)
 
 
 class RedactFilter(logging.Filter):

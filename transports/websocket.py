@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from typing import Any
 
 from starlette.routing import BaseRoute, WebSocketRoute
@@ -36,9 +37,10 @@ from hub.errors import (
     Unavailable,
 )
 from hub.hub import Hub
+from hub.metrics import Metrics
 from hub.session import Session
 from signaling.relay import relay_signal
-from signaling.turn import ice_servers
+from signaling.turn import arm_ice_refresh, ice_servers
 from transports.edge import credential, origin_allowed
 from transports.ws_frames import FrameHandler
 
@@ -131,8 +133,9 @@ async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
     session.send(welcome)
     session.start_heartbeat(s.ping_interval, s.ping_timeout, client_pongs=True)
     session.arm_expiry(lambda secs: session.send({"type": "expiring", "in": secs}))
+    arm_ice_refresh(session, s)  # PROTOCOL.md §6: fresh TURN credentials before they expire
     handler = FrameHandler(hub, session, relay_signal)
-    writer = asyncio.create_task(_writer(ws, session))
+    writer = asyncio.create_task(_writer(ws, session, hub.metrics))
     reader = asyncio.create_task(_reader(ws, session, handler))
     try:
         await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
@@ -151,18 +154,27 @@ async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
         await _close(ws, 1000)
 
 
-async def _writer(ws: WebSocket, session: Session) -> None:
+async def _writer(ws: WebSocket, session: Session, metrics: Metrics | None = None) -> None:
     """Drain the queue to the socket: every queued frame per wake-up, the same bytes for every
     subscriber. Ends when the session is closed."""
     send = ws.send
+    frames, sent = (metrics.frames_sent, metrics.bytes_sent) if metrics else (Counter(), Counter())
     try:
         while True:
             items = await session.next_batch()
             if not items:
                 return
+            size = 0
             for item in items:
-                text = item.text if isinstance(item, Publication) else item
+                if isinstance(item, Publication):
+                    text = item.text
+                    size += len(item.frame)
+                else:
+                    text = item
+                    size += len(item)  # control frames: ASCII JSON, chars == bytes
                 await send({"type": "websocket.send", "text": text})
+            frames["ws"] += len(items)
+            sent["ws"] += size
     except (OSError, RuntimeError, WebSocketDisconnect):
         session.close(1006, "connection lost")
 

@@ -62,6 +62,10 @@ class NodeProc:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/ws"
+
+    @property
     def log_path(self) -> Path:
         return self.tmp / f"{self.name}-{self.port}.log"
 
