@@ -518,3 +518,27 @@ async def test_another_apps_shutdown_leaves_streams_alone(node_factory: Any) -> 
             assert ev.json["offset"] == 1
         finally:
             AppStatus.should_exit = False
+
+
+@pytest.mark.parametrize("kind", ["future offset", "wrong epoch"])
+async def test_forged_positions_give_gap_from_1(node: Node, kind: str) -> None:
+    res = await publish(node, "r", 3)
+    epoch = res[0]["epoch"]
+    pos = Position(epoch, 99) if kind == "future offset" else Position("Zz9Zz9Zz", 2)
+    async with sse(node, headers={"Last-Event-ID": make_cursor({"r": pos})}) as (resp, s):
+        assert resp.headers["hubbub-last-event-id"] == "earliest"
+        gap, *rest = await s.events(4)
+        assert gap.event == "hub.gap" and gap.json["from"] == 1 and gap.json["epoch"] == epoch
+        assert offsets(rest) == [1, 2, 3]
+
+
+async def test_alg_none_token_is_refused(node: Node) -> None:
+    import base64
+
+    def b64(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    forged = b64({"alg": "none", "typ": "JWT"}) + "." + b64({"sub": "a", "exp": 2e9}) + "."
+    async with sse(node, tok=forged) as (resp, _):
+        assert resp.status_code == 401
+        assert resp.headers["www-authenticate"] == 'Bearer error="invalid_token"'
