@@ -8,12 +8,15 @@ never leaves the server: only derived, time-limited credentials are handed to cl
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import time
+from collections.abc import Callable
 from typing import Any
 
+from hub.session import Session
 from hub.settings import Settings
 
 
@@ -43,3 +46,36 @@ def ice_servers(settings: Settings, sub: str, now: float | None = None) -> dict[
             {"urls": list(settings.turn_urls), "username": username, "credential": credential}
         )
     return {"ice_servers": servers, "ttl": int(settings.turn_ttl)}
+
+
+def refresh_period(ttl: float) -> float:
+    """Seconds between ``ice_servers`` pushes: the credentials' TTL minus a lead of 20 % (at
+    most 5 minutes, at least 1 s or half the TTL), so a client always holds valid ones."""
+    lead = max(min(300.0, ttl * 0.2), min(1.0, ttl / 2))
+    return max(0.5, ttl - lead)
+
+
+def arm_ice_refresh(
+    session: Session, settings: Settings, clock: Callable[[], float] = time.time
+) -> None:
+    """Push an ``ice_servers`` frame ``{ice_servers, ttl}`` with fresh TURN credentials to
+    ``session`` every :func:`refresh_period` (PROTOCOL.md §6: "sent before the credentials
+    expire"); the first push comes one period after ``welcome``, which carried the first set.
+
+    Does nothing without TURN (STUN entries never expire). Timers are plain ``call_later``
+    handles (no task per session) and are cancelled when the session closes."""
+    if not (settings.turn_urls and settings.turn_secret):
+        return
+    loop = asyncio.get_running_loop()
+    period = refresh_period(settings.turn_ttl)
+    timer: list[asyncio.TimerHandle] = []
+
+    def push() -> None:
+        if session.closed is not None:
+            return
+        fresh = ice_servers(settings, session.identity.sub, clock())
+        session.send({"type": "ice_servers", **fresh})
+        timer[0] = loop.call_later(period, push)
+
+    timer.append(loop.call_later(period, push))
+    session.on_close(lambda _reason: timer[0].cancel())
