@@ -227,6 +227,8 @@ class Client {
     this._listeners = new Map();
     this._token = options.token || null;
     this._mode = options.transport || "auto";
+    this._tokenIn = options.tokenIn || "frame"; // "frame" (auth frame) or "query" (?token=)
+    this._authId = null;
     this._backoff = { base: 500, max: 30000, ...(options.backoff || {}) };
     this._onWake = () => this._wake();
     this._onOnline = () => this._wake(true);
@@ -372,8 +374,12 @@ class Client {
       return;
     }
     let ws;
+    let url = this.url.ws;
+    if (this._token && this._tokenIn === "query") {
+      url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(this._token);
+    }
     try {
-      ws = new WebSocket(this.url.ws);
+      ws = new WebSocket(url);
     } catch (e) {
       this._emit("error", new HubbubError("bad_request", `cannot open WebSocket: ${e}`));
       this._scheduleReconnect();
@@ -389,8 +395,14 @@ class Client {
       if (gen !== this._gen) return;
       this._opened = true;
       this._everOpened = true;
-      // Browsers cannot set headers: the token goes in the first frame, never in the URL.
-      if (this._token) ws.send(JSON.stringify({ type: "auth", token: this._token }));
+      // Browsers cannot set headers: the token goes in the first frame, not in the URL. The
+      // frame carries an id: a hub that admits guests welcomes a connection without a token
+      // at once and answers a later `auth` with an error for that id; then the token goes in
+      // the query from the next connection on (docs/PROTOCOL.md, clarifications).
+      if (this._token && this._tokenIn === "frame") {
+        this._authId = this._nextId++;
+        ws.send(JSON.stringify({ type: "auth", token: this._token, id: this._authId }));
+      }
     };
     ws.onmessage = (ev) => {
       if (gen !== this._gen) return;
@@ -502,6 +514,7 @@ class Client {
       this._sse = null;
     }
     this.welcome = null;
+    this._authId = null;
     this._disconnect = null;
     this.session = null;
   }
@@ -551,6 +564,15 @@ class Client {
         return this._welcome(f);
       case "reply":
       case "error":
+        if (f.type === "error" && f.id === this._authId && this._authId !== null) {
+          // Welcomed as a guest before our auth frame was read: reconnect with ?token=.
+          this._authId = null;
+          this._tokenIn = "query";
+          this._drop(1000);
+          this._attempt = 0;
+          this._open(State.RECONNECTING);
+          return;
+        }
         if (f.id !== null && f.id !== undefined && this._pending.has(f.id)) {
           const r = this._pending.get(f.id);
           this._pending.delete(f.id);
@@ -764,10 +786,11 @@ class Client {
     return h;
   }
 
+  /** The set of rooms changed: open a new stream (resuming with the last event id). */
   _sseRestart() {
     if (this._closedByUser || this.state === State.CLOSED) return;
     this._drop(1000);
-    this._open(this.state === State.CONNECTED ? State.RECONNECTING : this.state || State.CONNECTING);
+    this._open(this.state || State.CONNECTING);
   }
 
   _openSse(gen) {
@@ -883,7 +906,8 @@ class Client {
     if (name === "hub.gap") sub._gap(f);
     else if (name === "hub.join") sub._join(f);
     else if (name === "hub.leave") sub._leave(f);
-    else sub._message(f);
+    else if (name === "hub.presence" && Array.isArray(f.members)) sub._snapshot(f.members);
+    else if (f.type === "message" || (!name.startsWith("hub.") && f.data !== undefined)) sub._message(f);
   }
 
   async _http(method, path, body, headers = {}) {

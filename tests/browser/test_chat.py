@@ -472,3 +472,167 @@ async def test_js_publish_queue_resend_and_tokens(browser: Any) -> None:
         assert not hub.errors, hub.errors
         assert await T(page, "tokens") == 4
         assert await T(page, "errors") == [], dump(logs)
+
+
+# ---- hubbub.js against a real node: token modes and the SSE + HTTP fallback -------------------
+
+NODE_HARNESS = """
+async ([opts]) => {
+  const { connect } = await import("/static/hubbub.js");
+  const T = (window.T = { msgs: [], gaps: [], states: [], errors: [], members: [] });
+  window.client = connect("/v1/ws", {
+    ...opts,
+    backoff: { base: 100, max: 500 },
+    onState: (s) => T.states.push(s),
+    onError: (e) => T.errors.push({ code: e.code, closeCode: e.closeCode, message: e.message }),
+  });
+  window.sub = client.subscribe("room1", {
+    history: 10,
+    presence: true,
+    onMessage: (m) => T.msgs.push([m.offset, m.data]),
+    onGap: (g) => T.gaps.push(g),
+    onPresence: (members) => (T.members = members.map((m) => m.user)),
+  });
+}
+"""
+
+
+async def node_page(browser: Any, url: str, logs: list[str], **opts: Any) -> Any:
+    page = watch(await (await browser.new_context()).new_page(), logs)
+    await page.goto(url + "/static/style.css")  # any document of the hub's origin will do
+    await page.evaluate(NODE_HARNESS, [opts])
+    return page
+
+
+async def test_js_token_on_a_hub_that_admits_guests(browser: Any) -> None:
+    """With anonymous access on, the hub welcomes a token-less connection at once and refuses
+    a later auth frame; the client notices (error for its auth frame's id) and reconnects with
+    the token in the query, so it is alice, not a guest."""
+    node = await start_node(make_settings(allow_anonymous=True))
+    logs: list[str] = []
+    try:
+        page = await node_page(browser, node.url, logs, token=token("alice"))
+        await eventually(lambda: page.evaluate("client.state === 'connected'"), what="connected")
+        assert await page.evaluate("client.user") == "alice", dump(logs)
+        await eventually(lambda: T(page, "members.length === 1"), what="presence")
+        assert await T(page, "members") == ["alice"]
+        res = await page.evaluate("client.publish('room1', 'hi')")
+        assert res["offset"] == 1
+        await eventually(lambda: T(page, "msgs.length === 1"), what="own message")
+        # And without a token it is a guest.
+        guest = await node_page(browser, node.url, logs)
+        await eventually(lambda: guest.evaluate("client.state === 'connected'"), what="guest")
+        assert (await guest.evaluate("client.user")).startswith("guest-")
+        assert await T(guest, "msgs") == [[1, "hi"]]  # history: 10
+    finally:
+        await node.stop()
+
+
+async def test_js_sse_fallback_with_http_publish(
+    browser: Any, request: pytest.FixtureRequest
+) -> None:
+    """transport: "sse": the stream for the rooms, publishes over HTTP, presence from the
+    stream, and resume with the last event id across a node restart."""
+    if REDIS_BROKER:
+        redis_proc = request.getfixturevalue("redis_proc")
+        settings = make_settings(broker_url=redis_proc.url, shutdown_timeout=2)
+    else:
+        settings = make_settings(shutdown_timeout=2)
+    node = await start_node(settings)
+    port = node.port
+    logs: list[str] = []
+    try:
+        a = await node_page(browser, node.url, logs, token=token("alice"), transport="sse")
+        b = await node_page(browser, node.url, logs, token=token("bob"), transport="sse")
+        for page in (a, b):
+            await eventually(lambda p=page: p.evaluate("client.state === 'connected'"), what="up")
+            assert await page.evaluate("client.transport") == "sse"
+        await eventually(lambda: T(a, "members.length === 2"), what="presence of both")
+        r1 = await a.evaluate("client.publish('room1', 'one')")
+        assert r1["offset"] == 1 and r1["cursor"]
+        await eventually(lambda: T(b, "msgs.length === 1"), what="bob gets one")
+        await node.stop()
+        await eventually(lambda: b.evaluate("client.state !== 'connected'"), what="b notices")
+        await eventually(lambda: a.evaluate("client.state !== 'connected'"), what="a notices")
+        pending = asyncio.ensure_future(
+            a.evaluate("client.publish('room1', 'two').then(r => r.offset)")  # queued
+        )
+        await asyncio.sleep(0.3)
+        assert not pending.done()
+        node = await start_node(settings, port=port)
+        assert await pending == (2 if REDIS_BROKER else 1)
+        await a.evaluate("client.publish('room1', 'three')")
+        want = ["one", "two", "three"]
+        for page in (a, b):
+            await eventually(lambda p=page: T(p, "msgs.length >= 3"), timeout=20, what="3 msgs")
+            await asyncio.sleep(0.2)
+            assert [m[1] for m in await T(page, "msgs")] == want, dump(logs)
+            assert bool(await T(page, "gaps.length")) is not REDIS_BROKER
+        assert not [line for line in logs if "PAGE ERROR" in line], dump(logs)
+    finally:
+        await node.stop()
+
+
+class NoWebSocketProxy:
+    """A TCP proxy in front of a node that refuses WebSocket upgrades (403), like some
+    corporate proxies do, and passes everything else through."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.refused = 0
+
+    async def __aenter__(self) -> NoWebSocketProxy:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if b"upgrade: websocket" in head.lower():
+                self.refused += 1
+                writer.write(
+                    b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                await writer.drain()
+                return
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+            up_writer.write(head)
+
+            async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(Exception):
+                    while chunk := await r.read(65536):
+                        w.write(chunk)
+                        await w.drain()
+                with contextlib.suppress(Exception):
+                    w.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+
+async def test_js_auto_falls_back_to_sse_behind_a_proxy(browser: Any) -> None:
+    """transport "auto" (the default): when the WebSocket never opens, the client switches to
+    SSE + HTTP and the app does not notice."""
+    node = await start_node(make_settings())
+    logs: list[str] = []
+    try:
+        async with NoWebSocketProxy(node.port) as proxy:
+            url = f"http://127.0.0.1:{proxy.port}"
+            a = await node_page(browser, url, logs, token=token("alice"))
+            await eventually(lambda: a.evaluate("client.state === 'connected'"), what="up")
+            assert await a.evaluate("client.transport") == "sse"
+            assert proxy.refused >= 3
+            res = await a.evaluate("client.publish('room1', 'via http')")
+            assert res["offset"] == 1
+            await eventually(lambda: T(a, "msgs.length === 1"), what="own message via SSE")
+            assert await T(a, "msgs") == [[1, "via http"]]
+    finally:
+        await node.stop()
