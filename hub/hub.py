@@ -479,11 +479,16 @@ class Hub:
         if kind == "message":
             self.metrics.deliveries += len(room.subs)
             self.metrics.observe_lag(pub.body)
+            off = pub.offset
             for session, sub in room.subs.items():
                 if sub.buffering:
                     if len(sub.buffer) >= session.max_queue:
                         session.close(4001, "slow consumer: too much to buffer during recovery")
                     sub.buffer.append(pub)
+                elif off is not None and off <= sub.offset and pub.epoch == sub.epoch:
+                    # The node's view lagged behind this session's seam (a catch-up released
+                    # held publications after go_live): the replay already sent it.
+                    continue
                 else:
                     session.offer(pub)
         elif kind in ("join", "leave"):
