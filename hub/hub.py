@@ -501,7 +501,14 @@ class Hub:
     def _send_gap(self, room: RoomState, gap: dict[str, Any]) -> None:
         self.metrics.recoveries["gap"] += 1
         for session, sub in room.subs.items():
-            if not sub.buffering:
+            if sub.buffering:
+                continue
+            if sub.epoch == gap["epoch"] and sub.offset >= gap["from"]:
+                # Part or all of the range precedes this session's seam: not lost to it.
+                if sub.offset >= gap["to"]:
+                    continue
+                session.send({**gap, "from": sub.offset + 1})
+            else:
                 session.send(gap)
 
     def _start_catch_up(self, room: RoomState) -> None:

@@ -807,6 +807,28 @@ async def test_catch_up_gap_when_the_hole_was_trimmed(make_hub: HubFactory) -> N
     assert offsets(frames) == [8, 9, 10]
 
 
+async def test_catch_up_gap_only_to_sessions_that_lost_something(make_hub: HubFactory) -> None:
+    """A node-level gap before a session's seam is not a loss for that session."""
+    hub = await make_hub(history_size=3)
+    a = await hub.open_session(user("a"), "ws")
+    await sub(hub, a, "r")
+    take(a)
+    await hub.broker.unsubscribe("r")  # the node misses 1..10; history keeps 8..10
+    for i in range(1, 11):
+        await hub.broker.publish("r", make_body("r", orjson.dumps(i)))
+    await hub.broker.subscribe("r")
+    b = await hub.open_session(user("b"), "ws")
+    assert (await sub(hub, b, "r"))["offset"] == 10
+    take(b)
+    epoch, _ = await hub.broker.position("r")
+    await fill(hub, "r", 1)  # 11: the node catches up, finds 1..8 trimmed
+    await until(lambda: not hub.rooms.get("r").catching_up)  # type: ignore[union-attr]
+    fa = take(a)
+    assert fa[0] == {"type": "gap", "room": "r", "epoch": epoch, "from": 1, "to": 8}
+    assert offsets(fa) == [9, 10, 11]
+    assert take(b) == [d for d in fa if d.get("offset") == 11]  # no gap, no duplicate
+
+
 async def test_epoch_change_under_live_subscription(hub: Hub) -> None:
     s = await hub.open_session(user(), "ws")
     await sub(hub, s, "r")
