@@ -77,6 +77,7 @@ SEP = "\n"
 MEDIA_TYPE = "text/event-stream"
 SEND_TIMEOUT = 30.0  # a client that reads nothing for this long is dropped
 CLOSE_TIMEOUT = 5.0  # bound on close_session when the response ends
+FAREWELL_GRACE = 3.0  # after the session closed, time to write the last events
 
 
 # ---- request parsing ------------------------------------------------------------------------
@@ -328,13 +329,36 @@ class EventStream:
 
 
 class _EventSourceResponse(EventSourceResponse):
-    """EventSourceResponse that always closes its stream's session, whatever ends it."""
+    """EventSourceResponse that always closes its stream's session, whatever ends it, and that
+    gives up on the client ``FAREWELL_GRACE`` seconds after the session closed: a client that
+    stopped reading (slow consumer, 4001) or a drain must not keep the response (and uvicorn's
+    shutdown) waiting on a blocked write for the whole send timeout."""
 
     def __init__(self, stream: EventStream, **kw: Any) -> None:
         super().__init__(stream.events(), **kw)
         self.stream = stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        timer: list[asyncio.TimerHandle] = []
+        with anyio.CancelScope() as give_up:
+
+            def closed(_why: Disconnect | None = None) -> None:
+                if not timer:
+                    timer.append(loop.call_later(FAREWELL_GRACE, give_up.cancel))
+
+            self.stream.session.on_close(closed)
+            if self.stream.session.closed is not None:
+                closed()
+            try:
+                await self._respond(scope, receive, send)
+            finally:
+                for t in timer:
+                    t.cancel()
+        if give_up.cancelled_caught:
+            log.info("sse client did not take its last events in time; stream dropped")
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         except SendTimeoutError:

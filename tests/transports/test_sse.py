@@ -542,3 +542,46 @@ async def test_alg_none_token_is_refused(node: Node) -> None:
     async with sse(node, tok=forged) as (resp, _):
         assert resp.status_code == 401
         assert resp.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+
+
+async def test_client_that_stops_reading_is_cut_off_others_get_everything(
+    node_factory: Any,
+) -> None:
+    """HARDENING 27 for SSE: the stuck stream is closed (4001) and let go of within the farewell
+    grace; a healthy stream of the same room receives every message."""
+    node = await node_factory(max_queue_bytes=256 * 1024)
+    _, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    writer.transport.set_write_buffer_limits(0)
+    writer.write(
+        f"GET /v1/rooms/r/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
+        .encode()
+    )  # fmt: skip
+    await writer.drain()
+    await wait_sessions(node, 1)
+    stuck = next(iter(node.hub.sessions.values()))
+    # Stop reading: pause the transport so the kernel buffers fill and the server blocks.
+    writer.transport.pause_reading()
+    blob = "x" * 6_000
+    n = 3000  # ~18 MB: more than the loopback socket buffers hold
+    try:
+        async with sse(node) as (_, s):
+            got = 0
+
+            async def consume() -> None:
+                nonlocal got
+                while got < n:
+                    ev = await s.event(within=10)
+                    assert ev is not None and ev.event == "message", ev
+                    assert ev.json["offset"] == got + 1
+                    got += 1
+
+            task = asyncio.create_task(consume())
+            for i in range(n):
+                await node.hub.publish(BACKEND, "r", blob)
+                while got < i - 20:  # pace the publisher to the healthy reader, not the stuck one
+                    await asyncio.sleep(0.001)
+            await asyncio.wait_for(task, 30)
+            assert stuck.closed is not None and stuck.closed.code == 4001
+            await wait_sessions(node, 1, within=6)  # the stuck one is gone, the reader stays
+    finally:
+        writer.close()
