@@ -1,0 +1,424 @@
+"""Several nodes on one Redis behave as one hub (issue #6).
+
+Nodes are real uvicorn servers in this process (``node_factory``) or ``hubbub serve`` in a
+subprocess (for SIGKILL). Clients are real WebSocket connections where the wire matters, and
+hub sessions driven directly where a test counts every frame under a fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hub.auth import Identity
+from hub.envelope import Publication
+from hub.errors import Unavailable
+from hub.session import Session
+from tests.conftest import API_KEY, Node, RedisProc, need_tool, token
+from tests.hub.brokers.brokertools import until
+from tests.transports.wsclient import WS
+
+SVC = Identity("svc", api_key=True, scope="test")
+Factory = Callable[..., Any]
+
+
+def cluster(redis: RedisProc, **kw: Any) -> dict[str, Any]:
+    """Settings of a node on ``redis`` (one prefix per test: pass the same dict to each node)."""
+    return {"broker_url": redis.url, "broker_timeout": 0.5, "shutdown_timeout": 1.0, **kw}
+
+
+def prefixed(redis: RedisProc, **kw: Any) -> dict[str, Any]:
+    return cluster(redis, redis_prefix=f"c{secrets.token_hex(3)}:", **kw)
+
+
+def frames(session: Session) -> list[dict[str, Any]]:
+    """Take every queued frame of a hub session, decoded."""
+    out = []
+    while session.queue:
+        item = session.queue.popleft()
+        raw = item.frame if isinstance(item, Publication) else item
+        out.append(json.loads(raw))
+    session.queued_bytes = 0
+    return out
+
+
+def redis_cli(proc: RedisProc, *args: str) -> str:
+    exe = need_tool("redis-cli")
+    return subprocess.run(
+        [exe, "-p", str(proc.port), *args], capture_output=True, text=True, timeout=5, check=True
+    ).stdout
+
+
+# ---- fan-out, offsets, presence, recovery -------------------------------------------------------
+async def test_fanout_and_shared_offsets_across_two_nodes(
+    node_factory: Factory, shared_redis: RedisProc
+) -> None:
+    settings = prefixed(shared_redis)
+    a: Node = await node_factory(**settings)
+    b: Node = await node_factory(**settings)
+    wa = await WS.connect(a.ws_url, token("alice"))
+    wb = await WS.connect(b.ws_url, token("bob"))
+    ra = await wa.result({"type": "subscribe", "room": "lobby"})
+    rb = await wb.result({"type": "subscribe", "room": "lobby"})
+    assert ra["epoch"] == rb["epoch"] and ra["offset"] == rb["offset"] == 0
+    offsets = []
+    for i in range(10):
+        ws = wa if i % 2 == 0 else wb
+        res = await ws.result({"type": "publish", "room": "lobby", "data": {"i": i}})
+        offsets.append(res["offset"])
+    assert offsets == list(range(1, 11))
+    for ws in (wa, wb):
+        msgs = await ws.messages(10)
+        assert [m["offset"] for m in msgs] == list(range(1, 11))
+        assert [m["data"]["i"] for m in msgs] == list(range(10))
+        assert {m["epoch"] for m in msgs} == {ra["epoch"]}
+    await wa.close()
+    await wb.close()
+
+
+async def test_a_node_without_members_gets_no_room_traffic(
+    node_factory: Factory, shared_redis: RedisProc
+) -> None:
+    settings = prefixed(shared_redis)
+    a, b, c = [await node_factory(**settings) for _ in range(3)]
+    seen: dict[str, list[str]] = {"a": [], "b": [], "c": []}
+    for name, n in (("a", a), ("b", b), ("c", c)):
+        original = n.hub.deliver
+
+        def spy(pub: Publication, name: str = name, original: Any = original) -> None:
+            seen[name].append(pub.room)
+            original(pub)
+
+        n.hub.deliver = spy  # type: ignore[method-assign]
+    sa = await a.hub.open_session(SVC, "ws")
+    sb = await b.hub.open_session(SVC, "ws")
+    await a.hub.subscribe(sa, "quiet")
+    await b.hub.subscribe(sb, "quiet")
+    channel = settings["redis_prefix"] + "{room:quiet}:ch"
+    assert redis_cli(shared_redis, "PUBSUB", "NUMSUB", channel).split()[-1] == "2"
+    for i in range(5):
+        await c.hub.publish(SVC, "quiet", i)
+    await until(lambda: len(seen["a"]) == 5 and len(seen["b"]) == 5)
+    await b.hub.unsubscribe(sb, "quiet")  # b's last member leaves: b unsubscribes
+    assert redis_cli(shared_redis, "PUBSUB", "NUMSUB", channel).split()[-1] == "1"
+    for i in range(5):
+        await c.hub.publish(SVC, "quiet", i)
+    await until(lambda: len(seen["a"]) == 10)
+    await asyncio.sleep(0.2)
+    assert (len(seen["b"]), seen["c"]) == (5, [])
+    assert [f["offset"] for f in frames(sa) if f["type"] == "message"] == list(range(1, 11))
+
+
+async def test_presence_across_nodes(node_factory: Factory, shared_redis: RedisProc) -> None:
+    settings = prefixed(shared_redis)
+    a, b, c = [await node_factory(**settings) for _ in range(3)]
+    wa = await WS.connect(a.ws_url, token("alice", name="Alice"))
+    wb = await WS.connect(b.ws_url, token("bob"))
+    await wa.result({"type": "subscribe", "room": "team", "presence": True})
+    rb = await wb.result({"type": "subscribe", "room": "team", "presence": True})
+    assert sorted(m["user"] for m in rb["presence"]) == ["alice", "bob"]
+    join = await wa.next("join")
+    assert (join["user"], join["session"]) == ("bob", wb.welcome["session"])
+    body = await c.hub.presence(SVC, "team")
+    assert (body["users"], body["sessions"]) == (2, 2)
+    await wb.close()
+    leave = await wa.next("leave")
+    assert leave["user"] == "bob"
+    await until(lambda: True)
+    for _ in range(50):
+        if (await c.hub.presence(SVC, "team"))["sessions"] == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert [m["user"] for m in (await c.hub.presence(SVC, "team"))["members"]] == ["alice"]
+    await wa.close()
+
+
+async def test_recovery_across_nodes(node_factory: Factory, shared_redis: RedisProc) -> None:
+    settings = prefixed(shared_redis)
+    a: Node = await node_factory(**settings)
+    b: Node = await node_factory(**settings)
+    wa = await WS.connect(a.ws_url, token("alice"))
+    await wa.result({"type": "subscribe", "room": "news"})
+    await b.hub.publish(SVC, "news", "one")
+    first = (await wa.messages(1))[0]
+    cursor = first["offset"], first["epoch"]
+    await wa.close()
+    for text in ("two", "three", "four"):
+        await a.hub.publish(SVC, "news", text)
+    wb = await WS.connect(b.ws_url, token("alice"))
+    since = {"epoch": cursor[1], "offset": cursor[0]}
+    res = await wb.result({"type": "subscribe", "room": "news", "since": since})
+    assert res["recovered"] is True and res["offset"] == 4
+    msgs = await wb.messages(3)
+    assert [m["data"] for m in msgs] == ["two", "three", "four"]
+    await a.hub.publish(SVC, "news", "five")
+    assert (await wb.messages(1))[0]["offset"] == 5
+    await wb.close()
+
+
+async def test_kick_and_direct_frames_reach_other_nodes(
+    node_factory: Factory, shared_redis: RedisProc
+) -> None:
+    settings = prefixed(shared_redis)
+    a: Node = await node_factory(**settings)
+    b: Node = await node_factory(**settings)
+    alice = Identity("alice", grants={k: ("*",) for k in ("subscribe", "presence", "signal")})
+    sa = await a.hub.open_session(alice, "ws")
+    sb = await b.hub.open_session(Identity("bob", api_key=True), "ws")
+    await a.hub.subscribe(sa, "call:1", presence=True)
+    await b.hub.subscribe(sb, "call:1", presence=True)
+    await a.hub.direct(sa, "call:1", sb.id, {"type": "signal", "data": "offer"})
+    await until(lambda: any(json.loads(str(f)).get("data") == "offer" for f in sb.queue))
+    assert await b.hub.disconnect_user("alice") == 1
+    await until(lambda: sa.closed is not None, 1.0)
+    assert sa.closed is not None and sa.closed.code == 4509
+
+
+async def test_connection_limit_is_cluster_wide(
+    node_factory: Factory, shared_redis: RedisProc
+) -> None:
+    settings = prefixed(shared_redis, max_connections_per_user=2)
+    a: Node = await node_factory(**settings)
+    b: Node = await node_factory(**settings)
+    w1 = await WS.connect(a.ws_url, token("carol"))
+    w2 = await WS.connect(b.ws_url, token("carol"))
+    w3 = await WS.connect(b.ws_url, token("carol"), welcome=False)
+    code, _ = await w3.closed()
+    assert code == 4510
+    await w1.close()
+    for _ in range(50):
+        if await b.hub.broker.connection_count("carol") == 1:
+            break
+        await asyncio.sleep(0.05)
+    w4 = await WS.connect(a.ws_url, token("carol"))
+    await w4.close()
+    await w2.close()
+
+
+# ---- faults ------------------------------------------------------------------------------------
+def check_delivery(
+    got: list[dict[str, Any]], acked: list[tuple[str, int]], room: str
+) -> tuple[int, int]:
+    """Every acked publication arrived exactly once, in order, or a gap covers it.
+    Returns (messages, gaps)."""
+    seen: set[tuple[str, int]] = set()
+    gaps: list[dict[str, Any]] = []
+    last: dict[str, int] = {}
+    epoch_changes: list[str] = []
+    for f in got:
+        if f["type"] == "gap" and f["room"] == room:
+            gaps.append(f)
+            if not epoch_changes or epoch_changes[-1] != f["epoch"]:
+                epoch_changes.append(f["epoch"])
+        elif f["type"] == "message" and f["room"] == room:
+            key = (f["epoch"], f["offset"])
+            assert key not in seen, f"duplicate {key}"
+            seen.add(key)
+            assert f["offset"] > last.get(f["epoch"], 0), f"out of order {key}"
+            last[f["epoch"]] = f["offset"]
+    for epoch, offset in acked:
+        if (epoch, offset) in seen:
+            continue
+        covered = any(g["epoch"] == epoch and g["from"] <= offset <= g["to"] for g in gaps)
+        # a gap into another epoch says: the rest of this epoch is lost to you
+        moved_on = any(g["epoch"] != epoch for g in gaps)
+        assert covered or moved_on, f"silently lost {(epoch, offset)}"
+    return len(seen), len(gaps)
+
+
+async def test_redis_restart_mid_traffic(node_factory: Factory, redis_proc: RedisProc) -> None:
+    settings = prefixed(redis_proc)
+    a: Node = await node_factory(**settings)
+    b: Node = await node_factory(**settings)
+    subs: list[Session] = []
+    got: dict[Session, list[dict[str, Any]]] = {}
+    for n in (a, b, a, b):
+        s = await n.hub.open_session(SVC, "ws")
+        await n.hub.subscribe(s, "live")
+        subs.append(s)
+        got[s] = []
+    acked: list[tuple[str, int]] = []
+    failed = 0
+    stop = asyncio.Event()
+
+    async def publisher() -> None:
+        nonlocal failed
+        i = 0
+        while not stop.is_set():
+            i += 1
+            node = a if i % 2 else b
+            try:
+                res = await node.hub.publish(SVC, "live", i)
+                acked.append((res["epoch"], res["offset"]))
+            except Unavailable:
+                failed += 1
+            await asyncio.sleep(0.01)
+
+    async def reader() -> None:
+        while not stop.is_set():
+            for s in subs:
+                got[s].extend(frames(s))
+            await asyncio.sleep(0.01)
+
+    tasks = [asyncio.create_task(publisher()), asyncio.create_task(reader())]
+    await asyncio.sleep(0.5)
+    redis_proc.stop()
+    await asyncio.sleep(0.3)
+    assert not await a.hub.ready()
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(b.url + "/health/ready")).status_code == 503
+        assert (await http.get(b.url + "/health/live")).status_code == 200
+        r = await http.post(
+            a.url + "/v1/rooms/live/messages",
+            json={"data": 1},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+    await asyncio.sleep(0.3)
+    redis_proc.start()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for n in (a, b):
+        for _ in range(100):
+            if await n.hub.ready():
+                break
+            await asyncio.sleep(0.05)
+        assert await n.hub.ready()
+    assert loop.time() - t0 < 5.0
+    await asyncio.sleep(0.5)
+    stop.set()
+    for t in tasks:
+        await t
+    assert failed > 0 and len(acked) > 20
+    last = acked[-1]
+
+    def caught_up() -> bool:
+        for s in subs:
+            got[s].extend(frames(s))
+        return all(
+            any(f.get("epoch") == last[0] and f.get("offset") == last[1] for f in got[s])
+            for s in subs
+        )
+
+    await until(caught_up, 5.0)
+    epochs = {e for e, _ in acked}
+    assert len(epochs) == 2  # Redis lost its data: a new epoch
+    for s in subs:
+        n_msgs, n_gaps = check_delivery(got[s], acked, "live")
+        assert n_gaps >= 1  # told about the loss, never silent
+        assert n_msgs >= len({k for k in acked if k[0] == last[0]})
+
+
+async def test_client_kill_pubsub_loses_nothing(
+    node_factory: Factory, redis_proc: RedisProc
+) -> None:
+    settings = prefixed(redis_proc)
+    a: Node = await node_factory(**settings)
+    b: Node = await node_factory(**settings)
+    s = await b.hub.open_session(SVC, "ws")
+    await b.hub.subscribe(s, "steady")
+    got: list[dict[str, Any]] = []
+    acked: list[tuple[str, int]] = []
+    for i in range(60):
+        res = await a.hub.publish(SVC, "steady", i)
+        acked.append((res["epoch"], res["offset"]))
+        if i in (20, 40):
+            redis_cli(redis_proc, "CLIENT", "KILL", "TYPE", "pubsub")
+        got.extend(frames(s))
+        await asyncio.sleep(0.005)
+
+    def caught_up() -> bool:
+        got.extend(frames(s))
+        return any(f.get("offset") == 60 for f in got)
+
+    await until(caught_up, 5.0)
+    n_msgs, n_gaps = check_delivery(got, acked, "steady")
+    assert (n_msgs, n_gaps) == (60, 0)
+    assert b.hub.metrics.resyncs >= 2
+
+
+async def test_node_started_before_redis_becomes_ready(node_factory: Factory) -> None:
+    proc = RedisProc()
+    try:
+        t0 = asyncio.get_running_loop().time()
+        node: Node = await node_factory(**prefixed(proc))
+        assert asyncio.get_running_loop().time() - t0 < 3.0
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(node.url + "/health/ready")).status_code == 503
+            assert (await http.get(node.url + "/health/live")).status_code == 200
+            proc.start()
+            for _ in range(100):
+                if (await http.get(node.url + "/health/ready")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await http.get(node.url + "/health/ready")).status_code == 200
+        res = await node.hub.publish(SVC, "late", 1)
+        assert res["offset"] == 1
+    finally:
+        proc.stop()
+
+
+async def test_sigkilled_node_leaves_no_member_behind(
+    node_factory: Factory, shared_redis: RedisProc, tmp_path: Path
+) -> None:
+    from tests.ops.harness import NodeProc
+
+    settings = prefixed(shared_redis, presence_ttl=1.5)
+    local: Node = await node_factory(**settings)
+    env = {"HUB_REDIS_PREFIX": settings["redis_prefix"], "HUB_PRESENCE_TTL": "1.5"}
+    victim = NodeProc(tmp=tmp_path, broker=shared_redis.url, env=env, name="victim").start()
+    try:
+        await victim.wait_live()
+        ws = await WS.connect(f"ws://127.0.0.1:{victim.port}/v1/ws", token("dave"))
+        await ws.result({"type": "subscribe", "room": "wake", "presence": True})
+        body = await local.hub.presence(SVC, "wake")
+        assert [m["user"] for m in body["members"]] == ["dave"]
+        assert await local.hub.broker.connection_count("dave") == 1
+        assert (await local.hub.broker.list_rooms("wake", None, 10))[0] == [("wake", 1)]
+        victim.signal(signal.SIGKILL)
+        await victim.wait_exit(5)
+        with contextlib.suppress(Exception):
+            await ws.close()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while (await local.hub.presence(SVC, "wake"))["sessions"]:
+            assert loop.time() - t0 < 4.0, "a dead node's member outlived the presence TTL"
+            await asyncio.sleep(0.1)
+        assert await local.hub.broker.connection_count("dave") == 0
+        assert (await local.hub.broker.list_rooms("wake", None, 10))[0] == []
+    finally:
+        victim.stop()
+
+
+@pytest.mark.parametrize("nodes", [3])
+async def test_three_nodes_share_one_room(
+    node_factory: Factory, shared_redis: RedisProc, nodes: int
+) -> None:
+    settings = prefixed(shared_redis)
+    ns = [await node_factory(**settings) for _ in range(nodes)]
+    sessions = []
+    for n in ns:
+        s = await n.hub.open_session(SVC, "ws")
+        await n.hub.subscribe(s, "trio")
+        sessions.append(s)
+    results = await asyncio.gather(*(ns[i % nodes].hub.publish(SVC, "trio", i) for i in range(30)))
+    assert sorted(r["offset"] for r in results) == list(range(1, 31))
+    for s in sessions:
+        got: list[dict[str, Any]] = []
+
+        def done(s: Session = s, got: list[dict[str, Any]] = got) -> bool:
+            got.extend(frames(s))
+            return len([f for f in got if f["type"] == "message"]) >= 30
+
+        await until(done)
+        assert [f["offset"] for f in got if f["type"] == "message"] == list(range(1, 31))
