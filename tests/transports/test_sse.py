@@ -551,7 +551,6 @@ async def test_client_that_stops_reading_is_cut_off_others_get_everything(
     grace; a healthy stream of the same room receives every message."""
     node = await node_factory(max_queue_bytes=256 * 1024)
     _, writer = await asyncio.open_connection("127.0.0.1", node.port)
-    writer.transport.set_write_buffer_limits(0)
     writer.write(
         f"GET /v1/rooms/r/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
         .encode()
@@ -560,7 +559,9 @@ async def test_client_that_stops_reading_is_cut_off_others_get_everything(
     await wait_sessions(node, 1)
     stuck = next(iter(node.hub.sessions.values()))
     # Stop reading: pause the transport so the kernel buffers fill and the server blocks.
-    writer.transport.pause_reading()
+    transport = writer.transport
+    assert isinstance(transport, asyncio.Transport)
+    transport.pause_reading()
     blob = "x" * 6_000
     n = 3000  # ~18 MB: more than the loopback socket buffers hold
     try:
