@@ -586,3 +586,33 @@ async def test_client_that_stops_reading_is_cut_off_others_get_everything(
             await wait_sessions(node, 1, within=6)  # the stuck one is gone, the reader stays
     finally:
         writer.close()
+
+
+async def test_resume_on_another_node_and_epoch_change_on_redis(
+    node_factory: Any, redis_proc: Any
+) -> None:
+    import redis.asyncio as aioredis
+
+    a = await node_factory(broker_url=redis_proc.url)
+    b = await node_factory(broker_url=redis_proc.url)
+    async with sse(a) as (_, s):
+        await publish(a, "r", 5)
+        got = await s.events(5)
+        last = got[-1].id
+    assert last is not None
+    await publish(b, "r", 3)
+    async with sse(b, headers={"Last-Event-ID": last}) as (_, s):
+        got = await s.events(3)
+        assert offsets(got) == [6, 7, 8]
+        old_epoch = got[0].json["epoch"]
+        client = aioredis.Redis.from_url(redis_proc.url)
+        try:
+            await client.flushall()  # Redis lost everything: the room starts a new epoch
+        finally:
+            await client.aclose()
+        await publish(a, "r")
+        gap, msg = await s.events(2)
+        assert gap.event == "hub.gap" and gap.json["epoch"] != old_epoch
+        assert gap.json["from"] == 1
+        assert msg.json["epoch"] == gap.json["epoch"] and msg.json["offset"] == 1
+        assert msg.id == make_cursor({"r": Position(gap.json["epoch"], 1)})
