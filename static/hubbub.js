@@ -472,7 +472,8 @@ class Client {
     this._drop(code);
     if (TERMINAL(code)) {
       const why = (disc && disc.reason) || reason || `closed with ${code}`;
-      const err = new HubbubError(code === 4501 ? "unauthorized" : "closed", why, { closeCode: code });
+      const kind = { 4501: "unauthorized", 4503: "forbidden" }[code] || "closed";
+      const err = new HubbubError(kind, why, { closeCode: code });
       this._terminal(err, code);
       return;
     }
@@ -497,6 +498,7 @@ class Client {
 
   _teardown() {
     clearTimeout(this._deadTimer);
+    clearTimeout(this._refreshTimer);
     clearTimeout(this._timer);
     this._gen++;
     const ws = this._ws;
@@ -604,7 +606,7 @@ class Client {
         return;
       case "expiring":
         this._emit("expiring", f);
-        this._refresh();
+        this._expiring(f);
         return;
       case "disconnect":
         this._disconnect = f;
@@ -705,9 +707,23 @@ class Client {
     });
   }
 
-  _refresh() {
-    if (typeof this.options.getToken !== "function" || !this._canSend()) return;
+  /** `expiring {in}`: get a token and send `refresh`. The hub announces expiry
+   * min(60, remaining) s ahead, so a token living under a minute is "expiring" again at once:
+   * one refresh at a time, and a refresh within 5 s of the last one waits for half of `in`. */
+  _expiring(f) {
+    if (typeof this.options.getToken !== "function" || this._refreshing) return;
+    const since = Date.now() - (this._lastRefresh || 0);
+    const wait = since < 5000 ? Math.max(0, (Number(f.in) || 0) * 500) : 0;
+    clearTimeout(this._refreshTimer);
     const gen = this._gen;
+    this._refreshTimer = setTimeout(() => gen === this._gen && this._refresh(), wait);
+  }
+
+  _refresh() {
+    if (typeof this.options.getToken !== "function" || !this._canSend() || this._refreshing) return;
+    const gen = this._gen;
+    this._refreshing = true;
+    this._lastRefresh = Date.now();
     Promise.resolve()
       .then(() => this.options.getToken())
       .then((token) => {
@@ -715,7 +731,13 @@ class Client {
         this._token = token;
         return new Promise((resolve, reject) => this._sendNow({ type: "refresh", token }, { resolve, reject }));
       })
-      .catch((e) => this._emit("error", e instanceof HubbubError ? e : new HubbubError("unauthorized", String(e), { temporary: true })));
+      .catch((e) => {
+        if (gen !== this._gen) return; // the connection went; the next one gets a token anyway
+        this._emit("error", e instanceof HubbubError ? e : new HubbubError("unauthorized", String(e), { temporary: true }));
+      })
+      .finally(() => {
+        this._refreshing = false;
+      });
   }
 
   /** A request that waits for a connection (queued) and survives reconnects when `resend`. */

@@ -636,3 +636,41 @@ async def test_js_auto_falls_back_to_sse_behind_a_proxy(browser: Any) -> None:
             assert await T(a, "msgs") == [[1, "via http"]]
     finally:
         await node.stop()
+
+
+async def test_js_token_refresh_on_a_real_node(browser: Any) -> None:
+    """Short-lived tokens from getToken: the hub sends `expiring`, the client refreshes, and the
+    session outlives the first token. With a static token the hub closes with 4004 at `exp`;
+    the reconnect presents the same, now expired token: 4501, terminal."""
+    node = await start_node(make_settings())
+    logs: list[str] = []
+    try:
+        page = watch(await (await browser.new_context()).new_page(), logs)
+        await page.goto(node.url + "/static/style.css")
+        issued: list[float] = []
+
+        def fresh_token() -> str:
+            issued.append(asyncio.get_running_loop().time())
+            return token("alice", ttl=3)
+
+        await page.expose_function("freshToken", fresh_token)
+        await page.evaluate(
+            NODE_HARNESS.replace("...opts,", "...opts, getToken: () => window.freshToken(),"), [{}]
+        )
+        await eventually(lambda: page.evaluate("client.state === 'connected'"), what="up")
+        session = await page.evaluate("client.session")
+        await asyncio.sleep(4.5)  # longer than the first token lived
+        assert await page.evaluate("[client.state, client.session]") == ["connected", session]
+        assert await T(page, "errors") == [], dump(logs)
+        # The hub says "expiring" at once for tokens living < 60 s; no refresh storm.
+        assert len(issued) <= 8, [round(t - issued[0], 2) for t in issued]
+
+        static = await node_page(browser, node.url, logs, token=token("bob", ttl=2))
+        await eventually(
+            lambda: static.evaluate("client.state === 'closed'"), timeout=8, what="4501"
+        )
+        errors = await T(static, "errors")
+        assert errors[-1]["closeCode"] == 4501, errors
+        assert "reconnecting" in await T(static, "states")
+    finally:
+        await node.stop()
