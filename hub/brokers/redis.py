@@ -49,6 +49,7 @@ from hub.brokers.base import (
 )
 from hub.brokers.memory import new_epoch
 from hub.brokers.redis_pubsub import PubSubLink, supervise
+from hub.brokers.redis_state import NodeState
 from hub.envelope import Publication
 from hub.errors import BrokerError, Conflict
 
@@ -95,18 +96,11 @@ class RedisBroker:
         self._rooms_by_channel: dict[bytes, str] = {}
         self._ctl = (prefix + "ctl").encode()
         self._inbox = b""
-        # What this node asserts in Redis, refreshed every presence_ttl / 3.
-        self._members: dict[tuple[str, str], Member] = {}
-        self._conns: dict[str, set[str]] = {}
-        self._room_counts: dict[str, int] = {}
-        self._rooms_zeroed: set[str] = set()
-        pre = prefix + "{rooms}:"
-        self._rooms_keys = [pre + "index", pre + "counts", pre + "nodes"]
-        self._node_set_prefix = pre + "node:"
+        self._state: NodeState | None = None
 
     # ---- keys ------------------------------------------------------------------------------------
     def _rk(self, room: str, suffix: str) -> str:
-        return f"{self.prefix}{{room:{room}}}:{suffix}"
+        return lua.room_key(self.prefix, room, suffix)
 
     def _channel(self, room: str) -> bytes:
         return self._rk(room, "ch").encode()
@@ -136,14 +130,10 @@ class RedisBroker:
         self._s_publish = r.register_script(lua.PUBLISH)
         self._s_history = r.register_script(lua.HISTORY)
         self._s_position = r.register_script(lua.POSITION)
-        self._s_presence_add = r.register_script(lua.PRESENCE_ADD)
-        self._s_presence_list = r.register_script(lua.PRESENCE_LIST)
-        self._s_conn_add = r.register_script(lua.CONN_ADD)
-        self._s_conn_count = r.register_script(lua.CONN_COUNT)
-        self._s_room_set = r.register_script(lua.ROOM_SET)
-        self._s_node_alive = r.register_script(lua.NODE_ALIVE)
-        self._s_list_rooms = r.register_script(lua.LIST_ROOMS)
-        self._s_take = r.register_script(lua.TAKE)
+        self._state = NodeState(
+            r, lambda: self._r, self._do, prefix=self.prefix, node=node_id,
+            presence_ttl=self.presence_ttl,
+        )  # fmt: skip
 
         def connect() -> AbstractConnection:
             # RESP2: pushed messages come back from read_response() as plain arrays (RESP3 would
@@ -164,7 +154,8 @@ class RedisBroker:
         self._link.start()
         self._tasks.append(
             asyncio.get_running_loop().create_task(
-                supervise("redis presence refresher", self._refresh_loop), name="redis-refresh"
+                supervise("redis presence refresher", self._state.refresh_loop),
+                name="redis-refresh",
             )
         )
         try:
@@ -185,10 +176,10 @@ class RedisBroker:
                 await t
         if self._link is not None:
             await self._link.close()
-        if self._redis is not None:
+        if self._redis is not None and self._state is not None:
             with contextlib.suppress(*_ERRORS):
                 async with asyncio.timeout(min(self.timeout, 1.0)):
-                    await self._forget_self()
+                    await self._state.forget(self._redis)
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
             with contextlib.suppress(Exception):
@@ -341,187 +332,46 @@ class RedisBroker:
         )
         return res[0].decode(), int(res[1])
 
-    # ---- presence --------------------------------------------------------------------------------
-    @staticmethod
-    def _member_json(m: Member) -> bytes:
-        return orjson.dumps(
-            {
-                "room": m.room,
-                "session": m.session,
-                "user": m.user,
-                "transport": m.transport,
-                "node": m.node,
-                "name": m.name,
-                "info": m.info,
-            }
-        )
-
-    def _presence_add_call(self, m: Member, client: Any = None) -> Any:
-        return self._s_presence_add(
-            keys=[self._rk(m.room, "presence"), self._rk(m.room, "presence:exp")],
-            args=[m.session, self._member_json(m), self._presence_ms],
-            client=client,
-        )
-
-    async def presence_add(self, member: Member) -> None:
-        key = (member.room, member.session)
-        self._members[key] = member
-        try:
-            await self._do(self._presence_add_call(member))
-        except BrokerError:
-            self._members.pop(key, None)
-            raise
-
-    async def presence_remove(self, room: str, session: str) -> None:
-        self._members.pop((room, session), None)
-        pipe = self._r.pipeline(transaction=True)
-        pipe.hdel(self._rk(room, "presence"), session)
-        pipe.zrem(self._rk(room, "presence:exp"), session)
-        await self._do(pipe.execute())
-
-    async def presence_list(self, room: str) -> list[Member]:
-        raw = await self._do(
-            self._s_presence_list(keys=[self._rk(room, "presence"), self._rk(room, "presence:exp")])
-        )
-        out = []
-        for item in raw:
-            d = orjson.loads(item)
-            out.append(
-                Member(
-                    room=room,
-                    session=d["session"],
-                    user=d["user"],
-                    transport=d["transport"],
-                    node=d["node"],
-                    name=d.get("name"),
-                    info=d.get("info"),
-                )
-            )
-        return out
-
     # ---- control -------------------------------------------------------------------------------
     async def send_control(self, message: dict[str, Any], node: str | None = None) -> None:
         channel = self._ctl if node is None else f"{self.prefix}node:{node}".encode()
         await self._do(self._r.publish(channel, orjson.dumps(message)))
 
-    # ---- connections, rooms listing, rate limits -------------------------------------------------
-    def _conn_key(self, user: str) -> str:
-        return f"{self.prefix}{{user:{user}}}:conns"
+    # ---- presence, connections, rooms listing, rate limits: see redis_state.py -------------------
+    @property
+    def state(self) -> NodeState:
+        if self._state is None:
+            raise BrokerError("broker is not running")
+        return self._state
+
+    async def presence_add(self, member: Member) -> None:
+        await self.state.presence_add(member)
+
+    async def presence_remove(self, room: str, session: str) -> None:
+        await self.state.presence_remove(room, session)
+
+    async def presence_list(self, room: str) -> list[Member]:
+        return await self.state.presence_list(room)
 
     async def connection_add(self, user: str, session: str) -> int:
-        own = self._conns.setdefault(user, set())
-        own.add(session)
-        try:
-            n = await self._do(
-                self._s_conn_add(keys=[self._conn_key(user)], args=[session, self._presence_ms])
-            )
-        except BrokerError:
-            own.discard(session)
-            if not own:
-                self._conns.pop(user, None)
-            raise
-        return int(n)
+        return await self.state.connection_add(user, session)
 
     async def connection_remove(self, user: str, session: str) -> None:
-        own = self._conns.get(user)
-        if own is not None:
-            own.discard(session)
-            if not own:
-                del self._conns[user]
-        await self._do(self._r.zrem(self._conn_key(user), session))
+        await self.state.connection_remove(user, session)
 
     async def connection_count(self, user: str) -> int:
-        return int(await self._do(self._s_conn_count(keys=[self._conn_key(user)])))
-
-    def _room_set_call(self, room: str, n: int, client: Any = None) -> Any:
-        return self._s_room_set(
-            keys=[*self._rooms_keys, self._node_set_prefix + self.node],
-            args=[self.node, room, n, self._presence_ms],
-            client=client,
-        )
+        return await self.state.connection_count(user)
 
     async def room_sessions(self, room: str, delta: int) -> None:
-        n = self._room_counts.get(room, 0) + delta
-        if n > 0:
-            self._room_counts[room] = n
-            self._rooms_zeroed.discard(room)
-        else:
-            self._room_counts.pop(room, None)
-            self._rooms_zeroed.add(room)
-        try:
-            await self._do(self._room_set_call(room, max(n, 0)))
-        except BrokerError:
-            if delta > 0:  # the caller gives up on this session: undo; a decrement stands
-                self._room_counts[room] = n - delta
-                if n - delta <= 0:
-                    self._room_counts.pop(room, None)
-            raise
-        if n <= 0:
-            self._rooms_zeroed.discard(room)
+        await self.state.room_sessions(room, delta)
 
     async def list_rooms(
         self, prefix: str, cursor: str | None, limit: int
     ) -> tuple[list[tuple[str, int]], str | None]:
-        if limit <= 0:
-            return [], None
-        start = prefix
-        if cursor:
-            start = max(start, cursor + "\x01")
-        raw = await self._do(self._s_list_rooms(keys=self._rooms_keys, args=[prefix, start, limit]))
-        rooms = [(raw[i].decode(), int(raw[i + 1])) for i in range(0, len(raw), 2)]
-        page = rooms[:limit]
-        return page, (page[-1][0] if len(rooms) > limit else None)
+        return await self.state.list_rooms(prefix, cursor, limit)
 
     async def take(self, key: str, rate: float, burst: float) -> tuple[bool, float, float]:
-        res = await self._do(
-            self._s_take(keys=[f"{self.prefix}{{rl:{key}}}"], args=[repr(rate), repr(burst)])
-        )
-        return bool(int(res[0])), float(res[1]), float(res[2])
-
-    # ---- refresh ---------------------------------------------------------------------------------
-    async def _refresh_once(self) -> None:
-        """Re-assert this node's presence members, connections and rooms (idempotent: also
-        rebuilds them after Redis lost its data)."""
-        pipe = self._r.pipeline(transaction=False)
-        await self._s_node_alive(
-            keys=[*self._rooms_keys, self._node_set_prefix + self.node],
-            args=[self.node, self._presence_ms, self._node_set_prefix],
-            client=pipe,
-        )
-        for m in list(self._members.values()):
-            await self._presence_add_call(m, client=pipe)
-        for user, sessions in list(self._conns.items()):
-            for s in sessions:
-                await self._s_conn_add(
-                    keys=[self._conn_key(user)], args=[s, self._presence_ms], client=pipe
-                )
-        for room, n in list(self._room_counts.items()):
-            await self._room_set_call(room, n, client=pipe)
-        zeroed = list(self._rooms_zeroed)
-        for room in zeroed:
-            await self._room_set_call(room, 0, client=pipe)
-        await self._do(pipe.execute())
-        self._rooms_zeroed.difference_update(r for r in zeroed if r not in self._room_counts)
-
-    async def _refresh_loop(self) -> None:
-        while True:
-            try:
-                await self._refresh_once()
-            except BrokerError as exc:
-                log.debug("presence refresh failed: %r", exc.__cause__)
-            await asyncio.sleep(self.presence_ttl / 3)
-
-    async def _forget_self(self) -> None:
-        assert self._redis is not None
-        pipe = self._redis.pipeline(transaction=False)
-        for room, session in list(self._members):
-            pipe.hdel(self._rk(room, "presence"), session)
-            pipe.zrem(self._rk(room, "presence:exp"), session)
-        for user, sessions in list(self._conns.items()):
-            pipe.zrem(self._conn_key(user), *sessions)
-        for room in list(self._room_counts):
-            await self._room_set_call(room, 0, client=pipe)
-        await pipe.execute()
+        return await self.state.take(key, rate, burst)
 
 
 _ERRORS = (RedisError, OSError, TimeoutError)

@@ -11,6 +11,12 @@ prefix), which lets the history script find the first unexpired entry by binary 
 
 from __future__ import annotations
 
+
+def room_key(prefix: str, room: str, suffix: str) -> str:
+    """``<prefix>{room:<name>}:<suffix>``: one hash tag per room, so a cluster shards by room."""
+    return f"{prefix}{{room:{room}}}:{suffix}"
+
+
 # Milliseconds since the epoch from the server clock.
 _NOW_MS = """
 local _t = redis.call('TIME')

@@ -1,0 +1,244 @@
+"""What one node asserts in Redis, refreshed by the node itself: presence members, live
+connections per user, session counts per room; plus the cluster-wide token bucket.
+
+Each entry carries an expiry (a zset score, server time) that the owning node pushes forward
+every ``presence_ttl / 3`` seconds, so a node that dies without cleaning up (SIGKILL) leaves
+nothing behind after ``presence_ttl``. Refreshing re-writes every entry in full, so the state is
+rebuilt after Redis lost its data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from hub.brokers import redis_lua as lua
+from hub.brokers.base import Member
+from hub.errors import BrokerError
+
+log = logging.getLogger("hubbub.redis")
+
+
+class NodeState:
+    """Presence, connections, rooms listing and rate limits of one node (see the module doc).
+
+    ``client()`` returns the Redis client or raises BrokerError; ``do(awaitable)`` awaits a
+    Redis call within the broker timeout and turns every failure into BrokerError.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        client: Callable[[], aioredis.Redis],
+        do: Callable[[Awaitable[Any]], Awaitable[Any]],
+        *,
+        prefix: str,
+        node: str,
+        presence_ttl: float,
+    ) -> None:
+        self._client = client
+        self._do = do
+        self.prefix = prefix
+        self.node = node
+        self.presence_ttl = presence_ttl
+        self._presence_ms = max(1, int(presence_ttl * 1000))
+        self._members: dict[tuple[str, str], Member] = {}
+        self._conns: dict[str, set[str]] = {}
+        self._room_counts: dict[str, int] = {}
+        self._rooms_zeroed: set[str] = set()
+        pre = prefix + "{rooms}:"
+        self._rooms_keys = [pre + "index", pre + "counts", pre + "nodes"]
+        self._node_set_prefix = pre + "node:"
+        self._s_presence_add = redis.register_script(lua.PRESENCE_ADD)
+        self._s_presence_list = redis.register_script(lua.PRESENCE_LIST)
+        self._s_conn_add = redis.register_script(lua.CONN_ADD)
+        self._s_conn_count = redis.register_script(lua.CONN_COUNT)
+        self._s_room_set = redis.register_script(lua.ROOM_SET)
+        self._s_node_alive = redis.register_script(lua.NODE_ALIVE)
+        self._s_list_rooms = redis.register_script(lua.LIST_ROOMS)
+        self._s_take = redis.register_script(lua.TAKE)
+
+    def _rk(self, room: str, suffix: str) -> str:
+        return lua.room_key(self.prefix, room, suffix)
+
+    # ---- presence --------------------------------------------------------------------------------
+    @staticmethod
+    def _member_json(m: Member) -> bytes:
+        return orjson.dumps(
+            {
+                "room": m.room,
+                "session": m.session,
+                "user": m.user,
+                "transport": m.transport,
+                "node": m.node,
+                "name": m.name,
+                "info": m.info,
+            }
+        )
+
+    def _presence_add_call(self, m: Member, client: Any = None) -> Any:
+        return self._s_presence_add(
+            keys=[self._rk(m.room, "presence"), self._rk(m.room, "presence:exp")],
+            args=[m.session, self._member_json(m), self._presence_ms],
+            client=client,
+        )
+
+    async def presence_add(self, member: Member) -> None:
+        key = (member.room, member.session)
+        self._members[key] = member
+        try:
+            await self._do(self._presence_add_call(member))
+        except BrokerError:
+            self._members.pop(key, None)
+            raise
+
+    async def presence_remove(self, room: str, session: str) -> None:
+        self._members.pop((room, session), None)
+        pipe = self._client().pipeline(transaction=True)
+        pipe.hdel(self._rk(room, "presence"), session)
+        pipe.zrem(self._rk(room, "presence:exp"), session)
+        await self._do(pipe.execute())
+
+    async def presence_list(self, room: str) -> list[Member]:
+        raw = await self._do(
+            self._s_presence_list(keys=[self._rk(room, "presence"), self._rk(room, "presence:exp")])
+        )
+        out = []
+        for item in raw:
+            d = orjson.loads(item)
+            out.append(
+                Member(
+                    room=room,
+                    session=d["session"],
+                    user=d["user"],
+                    transport=d["transport"],
+                    node=d["node"],
+                    name=d.get("name"),
+                    info=d.get("info"),
+                )
+            )
+        return out
+
+    # ---- connections, rooms listing, rate limits -------------------------------------------------
+    def _conn_key(self, user: str) -> str:
+        return f"{self.prefix}{{user:{user}}}:conns"
+
+    async def connection_add(self, user: str, session: str) -> int:
+        own = self._conns.setdefault(user, set())
+        own.add(session)
+        try:
+            n = await self._do(
+                self._s_conn_add(keys=[self._conn_key(user)], args=[session, self._presence_ms])
+            )
+        except BrokerError:
+            own.discard(session)
+            if not own:
+                self._conns.pop(user, None)
+            raise
+        return int(n)
+
+    async def connection_remove(self, user: str, session: str) -> None:
+        own = self._conns.get(user)
+        if own is not None:
+            own.discard(session)
+            if not own:
+                del self._conns[user]
+        await self._do(self._client().zrem(self._conn_key(user), session))
+
+    async def connection_count(self, user: str) -> int:
+        return int(await self._do(self._s_conn_count(keys=[self._conn_key(user)])))
+
+    def _room_set_call(self, room: str, n: int, client: Any = None) -> Any:
+        return self._s_room_set(
+            keys=[*self._rooms_keys, self._node_set_prefix + self.node],
+            args=[self.node, room, n, self._presence_ms],
+            client=client,
+        )
+
+    async def room_sessions(self, room: str, delta: int) -> None:
+        n = self._room_counts.get(room, 0) + delta
+        if n > 0:
+            self._room_counts[room] = n
+            self._rooms_zeroed.discard(room)
+        else:
+            self._room_counts.pop(room, None)
+            self._rooms_zeroed.add(room)
+        try:
+            await self._do(self._room_set_call(room, max(n, 0)))
+        except BrokerError:
+            if delta > 0:  # the caller gives up on this session: undo; a decrement stands
+                self._room_counts[room] = n - delta
+                if n - delta <= 0:
+                    self._room_counts.pop(room, None)
+            raise
+        if n <= 0:
+            self._rooms_zeroed.discard(room)
+
+    async def list_rooms(
+        self, prefix: str, cursor: str | None, limit: int
+    ) -> tuple[list[tuple[str, int]], str | None]:
+        if limit <= 0:
+            return [], None
+        start = prefix
+        if cursor:
+            start = max(start, cursor + "\x01")
+        raw = await self._do(self._s_list_rooms(keys=self._rooms_keys, args=[prefix, start, limit]))
+        rooms = [(raw[i].decode(), int(raw[i + 1])) for i in range(0, len(raw), 2)]
+        page = rooms[:limit]
+        return page, (page[-1][0] if len(rooms) > limit else None)
+
+    async def take(self, key: str, rate: float, burst: float) -> tuple[bool, float, float]:
+        res = await self._do(
+            self._s_take(keys=[f"{self.prefix}{{rl:{key}}}"], args=[repr(rate), repr(burst)])
+        )
+        return bool(int(res[0])), float(res[1]), float(res[2])
+
+    # ---- refresh ---------------------------------------------------------------------------------
+    async def refresh_once(self) -> None:
+        """Re-assert this node's presence members, connections and rooms (idempotent: also
+        rebuilds them after Redis lost its data)."""
+        pipe = self._client().pipeline(transaction=False)
+        await self._s_node_alive(
+            keys=[*self._rooms_keys, self._node_set_prefix + self.node],
+            args=[self.node, self._presence_ms, self._node_set_prefix],
+            client=pipe,
+        )
+        for m in list(self._members.values()):
+            await self._presence_add_call(m, client=pipe)
+        for user, sessions in list(self._conns.items()):
+            for s in sessions:
+                await self._s_conn_add(
+                    keys=[self._conn_key(user)], args=[s, self._presence_ms], client=pipe
+                )
+        for room, n in list(self._room_counts.items()):
+            await self._room_set_call(room, n, client=pipe)
+        zeroed = list(self._rooms_zeroed)
+        for room in zeroed:
+            await self._room_set_call(room, 0, client=pipe)
+        await self._do(pipe.execute())
+        self._rooms_zeroed.difference_update(r for r in zeroed if r not in self._room_counts)
+
+    async def refresh_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh_once()
+            except BrokerError as exc:
+                log.debug("presence refresh failed: %r", exc.__cause__)
+            await asyncio.sleep(self.presence_ttl / 3)
+
+    async def forget(self, redis: aioredis.Redis) -> None:
+        """Remove everything this node asserted (a graceful stop)."""
+        pipe = redis.pipeline(transaction=False)
+        for room, session in list(self._members):
+            pipe.hdel(self._rk(room, "presence"), session)
+            pipe.zrem(self._rk(room, "presence:exp"), session)
+        for user, sessions in list(self._conns.items()):
+            pipe.zrem(self._conn_key(user), *sessions)
+        for room in list(self._room_counts):
+            await self._room_set_call(room, 0, client=pipe)
+        await pipe.execute()
