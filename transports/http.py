@@ -190,7 +190,7 @@ class Api:
 
     async def history(self, request: Request, call: Call) -> tuple[Any, int]:
         limit = int_param(request, "limit", DEFAULT_LIMIT)
-        since = request.query_params.get("since")
+        since = request.query_params.get("since") or None
         result = await self.hub.history(
             call.identity, request.path_params["room"], since=since, limit=limit
         )

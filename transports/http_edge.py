@@ -4,6 +4,7 @@ unexpected exceptions (500 ``internal``, never a traceback)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -29,6 +30,7 @@ log = logging.getLogger("hubbub.http")
 
 MAX_LIMIT = 1000
 MAX_BODY = 1024 * 1024  # PROTOCOL.md §5: request bodies of at most 1 MiB
+BODY_TIMEOUT = 30.0
 _DRAIN_LIMIT = 16 * MAX_BODY  # read (and drop) this much of an oversize body before answering
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
 _CORS_EXPOSE_HEADERS = (
@@ -87,12 +89,18 @@ async def read_json(request: Request, *, optional: bool = False) -> Any:
 async def _read_body(request: Request) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            await _drain(request, size)
-            raise TooLarge(f"request body over {MAX_BODY} bytes", details={"limit": MAX_BODY})
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):  # a trickled body must not hold a task forever
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY:
+                    break
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BadRequest(f"request body not received within {BODY_TIMEOUT:g} s") from None
+    if size > MAX_BODY:
+        await _drain(request, size)
+        raise TooLarge(f"request body over {MAX_BODY} bytes", details={"limit": MAX_BODY})
     return b"".join(chunks)
 
 
@@ -100,11 +108,12 @@ async def _drain(request: Request, seen: int = 0) -> None:
     """Read and drop the rest of a refused body (bounded), so that the client, still sending,
     gets to read our 413 instead of a connection reset."""
     try:
-        async for chunk in request.stream():
-            seen += len(chunk)
-            if seen > _DRAIN_LIMIT:
-                return
-    except Exception:  # the stream may already be consumed or the client gone
+        async with asyncio.timeout(5.0):
+            async for chunk in request.stream():
+                seen += len(chunk)
+                if seen > _DRAIN_LIMIT:
+                    return
+    except Exception:  # timed out, the client is gone, or the stream was consumed
         return
 
 

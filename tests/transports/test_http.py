@@ -701,3 +701,50 @@ async def test_key_confusion_hs256_with_public_key(node_factory: Any) -> None:
         forged = _forge({"alg": "HS256", "typ": "JWT"}, claims, pem)
         r = await c.get("/v1/rooms/a/messages", headers=bearer(forged))
         assert_error(r, 401, "unauthorized")
+
+
+# ---- cluster: two nodes on one Redis -----------------------------------------------------------
+def _need_redis_broker() -> None:
+    if importlib.util.find_spec("hub.brokers.redis") is None:
+        pytest.skip("hub/brokers/redis.py (module hub.brokers.redis) does not exist yet")
+
+
+async def test_disconnect_is_cluster_wide(node_factory: Any, redis_proc: Any) -> None:
+    _need_redis_broker()
+    websockets = pytest.importorskip("websockets")
+    kw = {"broker_url": redis_proc.url, "redis_prefix": "hubbub-test-kick:"}
+    a = await node_factory(**kw)
+    b = await node_factory(**kw)
+    ws_url = b.ws_url
+    async with websockets.connect(ws_url, additional_headers=bearer(token("ivan"))) as ws:
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "welcome"
+        async with httpx.AsyncClient() as c:
+            r = await c.post(
+                f"{a.url}/v1/users/ivan/disconnect", json={"reason": "banned"}, headers=KEY
+            )
+        assert r.status_code == 200 and r.json() == {"sessions": 1}
+        t = time.monotonic()
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 4509
+        assert time.monotonic() - t < 1.0  # HARDENING 12: within 1 s on every node
+
+
+async def test_redis_down_publish_is_503_with_retry_after(
+    node_factory: Any, redis_proc: Any
+) -> None:
+    _need_redis_broker()
+    node = await node_factory(broker_url=redis_proc.url, redis_prefix="hubbub-test-down:",
+                              broker_timeout=1.0)  # fmt: skip
+    async with httpx.AsyncClient(base_url=node.url, timeout=10) as c:
+        r = await c.post("/v1/rooms/a/messages", json={"data": 1}, headers=KEY)
+        assert r.status_code == 201
+        redis_proc.stop()
+        t = time.monotonic()
+        r = await c.post("/v1/rooms/a/messages", json={"data": 2}, headers=KEY)
+        assert_error(r, 503, "unavailable")
+        assert int(r.headers["retry-after"]) >= 1
+        assert time.monotonic() - t < 5  # no hang
+        assert (await c.get("/health/ready")).status_code == 503
+        assert (await c.get("/health/live")).status_code == 200
