@@ -1,0 +1,376 @@
+// Hubbub admin page: the HTTP API of PROTOCOL.md §5 with an API key, and /metrics.
+// No build step, no CDN. Everything shown comes from the server and is written with
+// textContent, never as HTML.
+"use strict";
+
+(() => {
+  const KEY_STORE = "hubbub-admin-key";
+  const POINTS = 120; // 2 minutes at one sample per second
+  const NODE_STALE_MS = 15000;
+  const $ = (id) => document.getElementById(id);
+
+  let apiKey = null;
+  const nodes = new Map(); // node id -> {cur, prev, pubRate, delRate, seen}
+  const series = { pub: [], del: [], conn: [] };
+
+  // ---- API key --------------------------------------------------------------------------
+  function keyFromFragment() {
+    const params = new URLSearchParams(location.hash.replace(/^#/, ""));
+    const key = params.get("key");
+    if (key) {
+      // Drop the key from the address bar (history, screenshots, shoulder surfing).
+      history.replaceState(null, "", location.pathname + location.search);
+    }
+    return key;
+  }
+
+  async function api(method, path, body) {
+    const opts = { method, headers: { Authorization: "Bearer " + apiKey }, cache: "no-store" };
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    const r = await fetch(path, opts);
+    let data = null;
+    try { data = await r.json(); } catch (_) { data = null; }
+    if (r.status === 401) { showLogin("That API key was refused."); }
+    if (!r.ok) {
+      const err = (data && data.error) || { code: String(r.status), message: r.statusText };
+      throw new Error(`${r.status} ${err.code}: ${err.message}`);
+    }
+    return data;
+  }
+
+  function showLogin(message) {
+    apiKey = null;
+    sessionStorage.removeItem(KEY_STORE);
+    $("app").hidden = true;
+    $("login").hidden = false;
+    setOut("login-out", message || "", message ? "err" : "");
+    $("login-key").focus();
+  }
+
+  async function open(key) {
+    apiKey = key;
+    try {
+      await api("GET", "/v1/rooms?limit=1");
+    } catch (e) {
+      if (apiKey !== null) showLogin(String(e.message || e));
+      return;
+    }
+    sessionStorage.setItem(KEY_STORE, key);
+    $("login").hidden = true;
+    $("app").hidden = false;
+    start();
+  }
+
+  function setOut(id, text, kind) {
+    const el = $(id);
+    el.textContent = text;
+    el.className = "out" + (kind ? " " + kind : "");
+  }
+
+  // ---- metrics --------------------------------------------------------------------------
+  function parseMetrics(text) {
+    const out = {};
+    for (const line of text.split("\n")) {
+      if (!line || line[0] === "#") continue;
+      const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+(\S+)/.exec(line);
+      if (!m) continue;
+      const labels = {};
+      if (m[3]) {
+        for (const part of m[3].matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) {
+          labels[part[1]] = part[2];
+        }
+      }
+      (out[m[1]] = out[m[1]] || []).push({ labels, value: Number(m[4]) });
+    }
+    return out;
+  }
+
+  const sum = (m, name, filter) =>
+    (m[name] || []).filter((s) => !filter || filter(s.labels)).reduce((a, s) => a + s.value, 0);
+
+  async function scrapeOnce() {
+    const r = await fetch("/metrics", { cache: "no-store" });
+    if (!r.ok) throw new Error("/metrics " + r.status);
+    const m = parseMetrics(await r.text());
+    const info = (m.hubbub_node_info || [])[0];
+    const id = info ? info.labels.node : "node";
+    const cur = {
+      t: performance.now(),
+      pubs: sum(m, "hubbub_publications_total"),
+      dels: sum(m, "hubbub_deliveries_total"),
+      ws: sum(m, "hubbub_connections", (l) => l.transport === "ws"),
+      sse: sum(m, "hubbub_connections", (l) => l.transport === "sse"),
+      subs: sum(m, "hubbub_subscriptions"),
+      brokerUp: m.hubbub_broker_up ? sum(m, "hubbub_broker_up") === 1 : true,
+      draining: sum(m, "hubbub_draining") === 1,
+    };
+    const n = nodes.get(id) || { pubRate: 0, delRate: 0 };
+    if (n.cur) {
+      const dt = (cur.t - n.cur.t) / 1000;
+      if (dt > 0.3) {
+        n.pubRate = Math.max(0, (cur.pubs - n.cur.pubs) / dt);
+        n.delRate = Math.max(0, (cur.dels - n.cur.dels) / dt);
+      }
+    }
+    n.cur = cur;
+    n.seen = Date.now();
+    nodes.set(id, n);
+  }
+
+  async function tick() {
+    // Two scrapes per tick: behind a balancer they often reach different nodes.
+    const results = await Promise.allSettled([scrapeOnce(), scrapeOnce()]);
+    const ok = results.some((r) => r.status === "fulfilled");
+    $("conn-dot").className = "dot " + (ok ? "ok" : "bad");
+    $("conn-text").textContent = ok ? "live" : "metrics unreachable";
+    const now = Date.now();
+    let pub = 0, del = 0, ws = 0, sse = 0, subs = 0, live = 0;
+    for (const n of nodes.values()) {
+      if (now - n.seen > NODE_STALE_MS) continue;
+      live += 1;
+      pub += n.pubRate; del += n.delRate;
+      ws += n.cur.ws; sse += n.cur.sse; subs += n.cur.subs;
+    }
+    $("s-nodes").textContent = String(live);
+    $("s-ws").textContent = String(ws);
+    $("s-sse").textContent = String(sse);
+    $("s-subs").textContent = String(subs);
+    $("s-pub").textContent = pub.toFixed(pub < 10 ? 1 : 0);
+    $("s-del").textContent = del.toFixed(del < 10 ? 1 : 0);
+    $("nodes-count").textContent = `${live} node${live === 1 ? "" : "s"}`;
+    push(series.pub, pub); push(series.del, del); push(series.conn, ws + sse);
+    renderNodes(now);
+    drawChart();
+  }
+
+  function push(arr, v) {
+    arr.push(v);
+    if (arr.length > POINTS) arr.shift();
+  }
+
+  function cell(tr, text, cls) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (cls) td.className = cls;
+    tr.appendChild(td);
+    return td;
+  }
+
+  function renderNodes(now) {
+    const body = $("nodes");
+    body.replaceChildren();
+    const ids = [...nodes.keys()].sort();
+    for (const id of ids) {
+      const n = nodes.get(id);
+      const tr = document.createElement("tr");
+      cell(tr, id);
+      cell(tr, String(n.cur.ws), "num");
+      cell(tr, String(n.cur.sse), "num");
+      cell(tr, n.pubRate.toFixed(1), "num");
+      const b = cell(tr, "");
+      const dot = document.createElement("span");
+      dot.className = "dot " + (n.cur.brokerUp ? "ok" : "bad");
+      b.appendChild(dot);
+      b.appendChild(document.createTextNode(n.cur.brokerUp ? "up" : "down"));
+      const stale = now - n.seen > NODE_STALE_MS;
+      cell(tr, stale ? "gone?" : n.cur.draining ? "draining" : "serving");
+      cell(tr, Math.round((now - n.seen) / 1000) + "s", "num");
+      body.appendChild(tr);
+    }
+    if (!ids.length) emptyRow(body, 7, "no node answered yet");
+  }
+
+  function emptyRow(body, span, text) {
+    const tr = document.createElement("tr");
+    const td = cell(tr, text, "empty");
+    td.colSpan = span;
+    body.appendChild(tr);
+  }
+
+  // ---- chart (canvas, no library) -------------------------------------------------------
+  function niceMax(v) {
+    if (v <= 1) return 1;
+    const p = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const f of [1, 2, 2.5, 5, 10]) if (f * p >= v) return f * p;
+    return 10 * p;
+  }
+
+  function drawChart() {
+    const canvas = $("chart");
+    const dpr = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth, h = canvas.clientHeight;
+    if (!w || !h) return;
+    if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+      canvas.width = Math.round(w * dpr);
+      canvas.height = Math.round(h * dpr);
+    }
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    const css = getComputedStyle(document.documentElement);
+    const color = (name) => css.getPropertyValue(name).trim();
+    const pad = { l: 46, r: 46, t: 10, b: 22 };
+    const pw = w - pad.l - pad.r, ph = h - pad.t - pad.b;
+    const rateMax = niceMax(Math.max(...series.pub, ...series.del, 0));
+    // Connections are whole numbers: four whole steps.
+    const connMax = 4 * Math.max(1, Math.ceil(niceMax(Math.max(...series.conn, 0)) / 4));
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.lineWidth = 1;
+    for (let i = 0; i <= 4; i++) {
+      const y = pad.t + ph - (ph * i) / 4;
+      ctx.strokeStyle = color("--line");
+      ctx.beginPath(); ctx.moveTo(pad.l, y + 0.5); ctx.lineTo(pad.l + pw, y + 0.5); ctx.stroke();
+      ctx.fillStyle = color("--dim");
+      ctx.textAlign = "right";
+      ctx.fillText(fmt((rateMax * i) / 4), pad.l - 6, y + 4);
+      ctx.textAlign = "left";
+      ctx.fillStyle = color("--orange");
+      ctx.fillText(fmt((connMax * i) / 4), pad.l + pw + 6, y + 4);
+    }
+    ctx.fillStyle = color("--dim");
+    ctx.textAlign = "center";
+    for (const [frac, label] of [[0, "-2 min"], [0.5, "-1 min"], [1, "now"]]) {
+      ctx.fillText(label, pad.l + pw * frac, h - 6);
+    }
+    const line = (data, max, stroke, fill) => {
+      if (data.length < 2) return;
+      const x = (i) => pad.l + pw * ((POINTS - data.length + i) / (POINTS - 1));
+      const y = (v) => pad.t + ph - (ph * v) / max;
+      ctx.beginPath();
+      data.forEach((v, i) => (i ? ctx.lineTo(x(i), y(v)) : ctx.moveTo(x(i), y(v))));
+      if (fill) {
+        ctx.save();
+        ctx.lineTo(x(data.length - 1), pad.t + ph);
+        ctx.lineTo(x(0), pad.t + ph);
+        ctx.closePath();
+        ctx.globalAlpha = 0.15;
+        ctx.fillStyle = stroke;
+        ctx.fill();
+        ctx.restore();
+        ctx.beginPath();
+        data.forEach((v, i) => (i ? ctx.lineTo(x(i), y(v)) : ctx.moveTo(x(i), y(v))));
+      }
+      ctx.strokeStyle = stroke;
+      ctx.lineWidth = 2;
+      ctx.stroke();
+      ctx.lineWidth = 1;
+    };
+    line(series.conn, connMax, color("--orange"), false);
+    line(series.del, rateMax, color("--green"), true);
+    line(series.pub, rateMax, color("--accent"), true);
+  }
+
+  function fmt(v) {
+    if (v >= 1000) return (v / 1000).toFixed(v >= 10000 ? 0 : 1) + "k";
+    return Number.isInteger(v) ? String(v) : v.toFixed(1);
+  }
+
+  // ---- rooms, presence, publish, disconnect ---------------------------------------------
+  async function loadRooms() {
+    const prefix = $("rooms-prefix").value.trim();
+    const q = new URLSearchParams({ limit: "100" });
+    if (prefix) q.set("prefix", prefix);
+    try {
+      const res = await api("GET", "/v1/rooms?" + q);
+      const body = $("rooms");
+      body.replaceChildren();
+      for (const r of res.rooms) {
+        const tr = document.createElement("tr");
+        tr.className = "clickable";
+        tr.title = "show presence, publish here";
+        cell(tr, r.room);
+        cell(tr, String(r.sessions), "num");
+        tr.addEventListener("click", () => {
+          $("presence-room").value = r.room;
+          $("publish-room").value = r.room;
+          loadPresence();
+        });
+        body.appendChild(tr);
+      }
+      if (!res.rooms.length) emptyRow(body, 2, "no rooms with sessions");
+      setOut("rooms-out", res.cursor ? "more rooms: narrow with a prefix" : "");
+    } catch (e) {
+      setOut("rooms-out", String(e.message || e), "err");
+    }
+  }
+
+  async function loadPresence() {
+    const room = $("presence-room").value.trim();
+    if (!room) return;
+    try {
+      const res = await api("GET", `/v1/rooms/${encodeURIComponent(room)}/presence`);
+      const body = $("presence");
+      body.replaceChildren();
+      for (const m of res.members) {
+        const tr = document.createElement("tr");
+        cell(tr, m.user);
+        cell(tr, m.name || "");
+        cell(tr, m.session);
+        cell(tr, m.transport);
+        body.appendChild(tr);
+      }
+      if (!res.members.length) emptyRow(body, 4, "nobody present");
+      setOut("presence-out", `${room}: ${res.users} user(s), ${res.sessions} session(s)`, "ok");
+    } catch (e) {
+      setOut("presence-out", String(e.message || e), "err");
+    }
+  }
+
+  async function publish() {
+    const room = $("publish-room").value.trim();
+    let data;
+    try {
+      data = JSON.parse($("publish-data").value);
+    } catch (e) {
+      setOut("publish-out", "data is not valid JSON: " + e.message, "err");
+      return;
+    }
+    const body = { data };
+    const event = $("publish-event").value.trim();
+    if (event) body.event = event;
+    try {
+      const res = await api("POST", `/v1/rooms/${encodeURIComponent(room)}/messages`, body);
+      setOut("publish-out", `published to ${res.room} at offset ${res.offset} (epoch ${res.epoch})`,
+             "ok");
+    } catch (e) {
+      setOut("publish-out", String(e.message || e), "err");
+    }
+  }
+
+  async function kick() {
+    const user = $("kick-user").value.trim();
+    const reason = $("kick-reason").value.trim();
+    try {
+      const res = await api("POST", `/v1/users/${encodeURIComponent(user)}/disconnect`,
+                            reason ? { reason } : {});
+      setOut("kick-out", `${user}: ${res.sessions} session(s) closed (4509)`, "ok");
+    } catch (e) {
+      setOut("kick-out", String(e.message || e), "err");
+    }
+  }
+
+  // ---- wiring ---------------------------------------------------------------------------
+  let started = false;
+  function start() {
+    if (started) return;
+    started = true;
+    tick();
+    loadRooms();
+    setInterval(tick, 1000);
+    setInterval(loadRooms, 5000);
+    window.addEventListener("resize", drawChart);
+  }
+
+  const onSubmit = (id, fn) => $(id).addEventListener("submit", (ev) => { ev.preventDefault(); fn(); });
+  onSubmit("login-form", () => open($("login-key").value.trim()));
+  onSubmit("rooms-form", loadRooms);
+  onSubmit("presence-form", loadPresence);
+  onSubmit("publish-form", publish);
+  onSubmit("kick-form", kick);
+
+  const key = keyFromFragment() || sessionStorage.getItem(KEY_STORE);
+  if (key) open(key); else showLogin("");
+})();
