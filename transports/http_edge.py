@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -36,6 +37,7 @@ _CORS_ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-
 _CORS_EXPOSE_HEADERS = (
     "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, Retry-After, WWW-Authenticate"
 )
+_EMPTY_NAME = re.compile(r"^/v1/(rooms//(messages|presence|events)|users//disconnect)/?$")
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  409: "conflict", 413: "too_large", 415: "unsupported_media_type",
                  429: "rate_limited", 503: "unavailable"}  # fmt: skip
@@ -147,6 +149,9 @@ def json_object(body: Any, what: str = "request body") -> dict[str, Any]:
 def http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers or {})
+    if exc.status_code == 404 and _EMPTY_NAME.match(request.url.path):
+        # `/v1/rooms//messages`: the route exists, the room name is missing (HARDENING 23)
+        return error_response(BadRequest("the room or user name is missing"), headers)
     if exc.status_code == 404:
         return error_response(NotFound(f"no such endpoint: {request.url.path[:200]}"), headers)
     if exc.status_code == 405:

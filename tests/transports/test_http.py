@@ -391,6 +391,10 @@ async def test_bodies_415_413_400(node: Any, client: httpx.AsyncClient) -> None:
         assert_error(
             await client.get(f"/v1/rooms/{room}/messages", headers=KEY), 400, "bad_request"
         )
+    r = await client.post("/v1/rooms//messages", json={"data": 1}, headers=KEY)
+    assert_error(r, 400, "bad_request")  # a missing room
+    assert_error(await client.get("/v1/rooms//presence", headers=KEY), 400, "bad_request")
+    assert_error(await client.post("/v1/users//disconnect", headers=KEY), 400, "bad_request")
     r = await client.post("/v1/rooms/lobby/messages", json={"data": 1},
                           headers={**KEY, "Idempotency-Key": "k" * 300})  # fmt: skip
     assert_error(r, 400, "bad_request")
