@@ -132,7 +132,7 @@ class Authenticator:
     # ---- API keys ---------------------------------------------------------------------------
     def api_key_identity(self, bearer: str) -> Identity | None:
         """The API-key identity when ``bearer`` equals a configured key (constant-time)."""
-        raw = bearer.encode()
+        raw = bearer.encode("utf-8", "surrogatepass")  # a lone surrogate is just a wrong key
         for i, key in enumerate(self._api_keys):
             if hmac.compare_digest(raw, key):
                 scope = "key:" + hashlib.sha256(key).hexdigest()[:16]

@@ -295,6 +295,9 @@ REFUSALS: dict[str, Callable[[], str]] = {
     "1 MB token": lambda: hs(claims(pad="x" * 1_000_000)),
     "8 KiB token": lambda: hs(claims(pad="x" * 8192)),
     "random words": lambda: "Bearer something",
+    "lone surrogate": lambda: "\ud800",  # regression: UnicodeEncodeError escaped
+    "lone surrogate in a JWT": lambda: hs(claims())[:-3] + "\udfff",
+    "NUL": lambda: "\x00",
     "refresh typ claim": lambda: hs(claims(typ="refresh")),
     "token_type refresh_token": lambda: hs(claims(token_type="refresh_token")),
     "token_use id": lambda: hs(claims(token_use="id")),
