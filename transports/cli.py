@@ -1,4 +1,4 @@
-"""``hubbub serve | token`` (PROTOCOL.md §7)."""
+"""``hubbub serve | token | probe | bench`` (PROTOCOL.md §7)."""
 
 from __future__ import annotations
 
@@ -106,6 +106,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return run_probe(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from transports.bench import cmd_bench as run_bench
+
+    return run_bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hubbub", description="Hubbub real-time messaging hub")
     sub = p.add_subparsers(dest="command", required=True)
@@ -134,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (0: run)")
     pr.add_argument("--ice-host", action="append", help="restrict ICE host candidates")
     pr.set_defaults(func=cmd_probe)
+    from transports.bench import add_arguments as bench_arguments
+
+    b = sub.add_parser("bench", help="measure fan-out: deliveries/s, latency, loss, server cost")
+    bench_arguments(b)
+    b.set_defaults(func=cmd_bench)
     return p
 
 
