@@ -186,6 +186,15 @@ async def test_sigkill_mid_stream_resumes_and_presence_expires(
             assert time.monotonic() - killed_at < PRESENCE_TTL + 2.0, (sessions, dead)
             await asyncio.sleep(0.1)
         assert sessions == live, (sessions, live)
+        # So do its room session counts (GET /v1/rooms): only the live sessions are counted.
+        while True:
+            r = await h.get(f"{survivor.url}/v1/rooms", params={"prefix": "chat:kill"},
+                            headers=auth_headers())  # fmt: skip
+            counts = {x["room"]: x["sessions"] for x in r.json()["rooms"]}
+            if counts.get("chat:kill") == CLIENTS:
+                break
+            assert time.monotonic() - killed_at < PRESENCE_TTL + 2.0, counts
+            await asyncio.sleep(0.1)
     await _stop_clients(clients)
     for c in clients:
         check_exactly_once(c, pub.acked)
