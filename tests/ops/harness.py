@@ -385,7 +385,84 @@ class Resumer:
                 await self._conn.close()
 
 
-def check_exactly_once(c: Resumer, acked: dict[int, int]) -> None:
+@dataclass
+class SseFollower:
+    """An EventSource-like SSE client through the balancer: when a stream ends it reconnects
+    (after the server's ``retry:`` hint, shortened) with ``Last-Event-ID``, like a browser.
+    ``received`` holds (offset, n) of every message event, duplicates kept."""
+
+    base: str
+    token: str
+    room: str
+    received: list[tuple[int, int]] = field(default_factory=list)
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    ends: int = 0
+    refused: list[int] = field(default_factory=list)
+    last_id: str | None = None
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    _stop: bool = False
+
+    @property
+    def last(self) -> int:
+        return self.received[-1][0] if self.received else 0
+
+    def start(self) -> SseFollower:
+        self.task = asyncio.create_task(self.run())
+        return self
+
+    async def run(self) -> None:
+        url = f"{self.base}/v1/rooms/{self.room}/events"
+        async with httpx.AsyncClient(timeout=httpx.Timeout(5, read=30)) as h:
+            while not self._stop:
+                headers = {"Authorization": f"Bearer {self.token}"}
+                if self.last_id is not None:
+                    headers["Last-Event-ID"] = self.last_id
+                try:
+                    async with h.stream("GET", url, headers=headers) as resp:
+                        if resp.status_code != 200:
+                            self.refused.append(resp.status_code)
+                        else:
+                            await self._read(resp)
+                            self.ends += 1
+                except httpx.HTTPError:
+                    self.refused.append(0)
+                self.connected.clear()
+                await asyncio.sleep(0.05 + 0.1 * random.random())
+
+    async def _read(self, resp: httpx.Response) -> None:
+        block: dict[str, str] = {}
+        async for line in resp.aiter_lines():
+            if self._stop:
+                return
+            if line == "":
+                self._event(block)
+                block = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                block[name] = block[name] + "\n" + value if name in block else value
+
+    def _event(self, block: dict[str, str]) -> None:
+        if "id" in block:
+            self.last_id = block["id"]
+            self.connected.set()
+        event = block.get("event", "message")
+        if event == "message" and "data" in block:
+            frame = json.loads(block["data"])
+            self.received.append((frame["offset"], frame["data"]["n"]))
+        elif event == "hub.gap":
+            self.gaps.append(json.loads(block["data"]))
+
+    async def stop(self) -> None:
+        self._stop = True
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+def check_exactly_once(c: Resumer | SseFollower, acked: dict[int, int]) -> None:
     """Every acked publication arrived once, in offset order, with the right payload."""
     offsets = [o for o, _ in c.received]
     assert offsets == sorted(set(offsets)), f"duplicates or disorder: {offsets}"

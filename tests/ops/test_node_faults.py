@@ -23,6 +23,7 @@ from tests.ops.harness import (
     NodeProc,
     Publisher,
     Resumer,
+    SseFollower,
     auth_headers,
     check_exactly_once,
     metric,
@@ -70,7 +71,7 @@ async def _connect_clients(nginx: Nginx, room: str, presence: bool) -> list[Resu
     return clients
 
 
-async def _settle(clients: list[Resumer], pub: Publisher, within: float = 15) -> None:
+async def _settle(clients: list[Resumer | SseFollower], pub: Publisher, within: float = 15) -> None:
     """Wait until every client has seen the last acked offset."""
     head = max(pub.acked)
     deadline = time.monotonic() + within
@@ -94,8 +95,13 @@ async def test_sigterm_drains_mid_traffic_without_loss(
     nginx, nodes = cluster
     victim, survivor = nodes
     clients = await _connect_clients(nginx, "drain", presence=False)
+    # Two EventSource-like followers too: their streams end on the drain and they resume
+    # with Last-Event-ID through nginx.
+    followers = [SseFollower(nginx.url, token(f"reader{i}"), "drain").start() for i in range(2)]
+    await asyncio.wait_for(asyncio.gather(*(f.connected.wait() for f in followers)), 10)
     async with httpx.AsyncClient(timeout=5) as h:
         on_victim = await metric(h, victim.url, 'hubbub_connections{transport="ws"}')
+        sse_on_victim = await metric(h, victim.url, 'hubbub_connections{transport="sse"}')
         assert on_victim >= 2, "least_conn should put clients on both nodes"
 
     pub = Publisher(nginx.url, "drain", interval=0.01)
@@ -131,8 +137,12 @@ async def test_sigterm_drains_mid_traffic_without_loss(
     assert 503 in statuses, f"ready never turned 503 during the drain: {statuses}"
 
     await publishing
-    await _settle(clients, pub)
+    await _settle([*clients, *followers], pub)
     await _stop_clients(clients)
+    for f in followers:
+        await f.stop()
+        check_exactly_once(f, pub.acked)
+    assert sum(f.ends for f in followers) >= sse_on_victim  # the drained node ended its streams
 
     moved = [c for c in clients if 4000 in c.closes]
     assert len(moved) == on_victim, [c.closes for c in clients]
