@@ -388,6 +388,60 @@ async def test_concurrent_subscribers_and_publisher_many_rooms(
             assert got == list(range(10 * (i + 1) + 1, total + 1)), (i, room)
 
 
+def _check_accounted(frames: list[dict[str, Any]], first: int, last: int) -> int:
+    """Every offset first..last arrives exactly once, in order, or is covered by a gap frame
+    sent in its place. Returns how many offsets were reported lost."""
+    expected, lost = first, 0
+    for f in frames:
+        if f["type"] == "gap":
+            assert f["from"] == expected and f["to"] >= f["from"], (f, expected)
+            lost += f["to"] - f["from"] + 1
+            expected = f["to"] + 1
+        elif f["type"] == "message" and "offset" in f:
+            assert f["offset"] == expected, (f["offset"], expected)
+            expected += 1
+    assert expected == last + 1
+    return lost
+
+
+@pytest.mark.parametrize("yielding", [False, True], ids=["memory", "yielding"])
+async def test_history_trimmed_while_replaying(make_hub: HubFactory, yielding: bool) -> None:
+    """History is trimmed between two replay pages (700 publications while the reader takes
+    the first page): what is delivered is in order without duplicates, and whatever is missing
+    is announced by gap frames in place."""
+    hub = await make_hub(history_size=600, yielding=yielding)
+    key = api(hub)
+    await fill(hub, "r", 700)  # history holds 101..700
+    s = await hub.open_session(user(), "ws")
+    frames: list[dict[str, Any]] = []
+
+    async def reader() -> None:
+        burst = True
+        while True:
+            batch = await s.next_batch()
+            if not batch:
+                return
+            frames.extend(decode(i) for i in batch)
+            if burst:  # while the replay waits for this reader, the room moves on
+                burst = False
+                for i in range(700):
+                    await hub.publish(key, "r", i)
+
+    task = asyncio.create_task(reader())
+    result = await sub(hub, s, "r", since=5)
+    await until(lambda: "reply" in kinds(frames) and offsets(frames)[-1] == 1400)
+    s.close(1000, "done")
+    await task
+    lost = _check_accounted(frames, 6, 1400)
+    gaps = [(f["from"], f["to"]) for f in frames if f["type"] == "gap"]
+    if not yielding:
+        assert gaps == [(6, 100), (601, 800)]
+    assert len(gaps) >= 2 and lost >= 295
+    assert result["recovered"] is False
+    reply_at = kinds(frames).index("reply")
+    assert result["offset"] == offsets(frames[:reply_at])[-1]
+
+
 async def test_trimmed_history_gives_one_gap(make_hub: HubFactory) -> None:
     hub = await make_hub(history_size=5)
     results = await fill(hub, "r", 10)
