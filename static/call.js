@@ -56,6 +56,8 @@ class Peer {
     this.leftAt = 0; // when the remote session left (kept for LEAVE_GRACE_MS)
     this.closed = false;
     this.restarts = 0;
+    this.rollbacks = 0; // glare resolved by yielding (polite side)
+    this.ignored = 0; // colliding offers ignored (impolite side)
     this._disconnectTimer = null;
     this.pc = new RTCPeerConnection({ iceServers: call.iceServers });
     this.channel = this.pc.createDataChannel(CHANNEL.label, { negotiated: true, id: CHANNEL.id });
@@ -102,24 +104,30 @@ class Peer {
     }
   }
 
-  /** Make and send an offer (perfect negotiation: marks makingOffer around it). */
-  async negotiate() {
-    if (this.closed) return;
+  /** Make and send an offer. Runs on the same queue as incoming signals, so an offer is never
+   * made while a remote description is being applied (and vice versa); perfect negotiation's
+   * collision check then only needs `makingOffer` and the signaling state. */
+  negotiate() {
+    this.chain = this.chain.then(() => this._negotiate()).catch((err) => {
+      this.call._log(`offer to ${this.session} failed: ${err}`);
+    });
+    return this.chain;
+  }
+
+  async _negotiate() {
+    if (this.closed || this.pc.signalingState !== "stable") return;
     try {
       this.makingOffer = true;
       await this.pc.setLocalDescription();
-      if (this.pc.localDescription.type === "offer") {
-        this.signal({ kind: "offer", sdp: this.pc.localDescription.sdp });
-      }
-    } catch (err) {
-      this.call._log(`offer to ${this.session} failed: ${err}`);
+      const desc = this.pc.localDescription;
+      if (desc.type === "offer") this.signal({ kind: "offer", sdp: desc.sdp });
     } finally {
       this.makingOffer = false;
     }
   }
 
   restartIce(why) {
-    if (this.closed) return;
+    if (this.closed || this.leftAt) return; // a peer that left is dropped, not restarted
     this.restarts++;
     this.call._log(`ICE restart with ${this.session} (${why})`);
     this.pc.restartIce(); // fires negotiationneeded -> an offer with fresh ICE credentials
@@ -128,6 +136,10 @@ class Peer {
   _iceState() {
     const s = this.pc.iceConnectionState;
     clearTimeout(this._disconnectTimer);
+    if (this.leftAt && s !== "connected" && s !== "completed" && s !== "checking") {
+      this.call._drop(this); // its session left and now its media stopped: it is gone
+      return;
+    }
     if (s === "failed") {
       this.restartIce("ICE failed");
     } else if (s === "disconnected") {
@@ -135,7 +147,6 @@ class Peer {
         if (this.pc.iceConnectionState === "disconnected") this.restartIce("ICE disconnected");
       }, DISCONNECTED_RESTART_MS);
     }
-    if ((s === "failed" || s === "closed") && this.leftAt) this.call._drop(this);
     this.call._changed(this);
   }
 
@@ -157,11 +168,15 @@ class Peer {
         !this.makingOffer && (pc.signalingState === "stable" || this.settingRemoteAnswer);
       const collision = description.type === "offer" && !readyForOffer;
       this.ignoreOffer = !this.polite && collision;
-      if (this.ignoreOffer) return;
+      if (this.ignoreOffer) {
+        this.ignored++;
+        return;
+      }
       if (description.type === "answer" && pc.signalingState !== "have-local-offer") return;
       if (collision && pc.signalingState === "have-local-offer") {
         await pc.setLocalDescription({ type: "rollback" }); // glare: the polite peer yields
       }
+      if (collision) this.rollbacks++;
       this.settingRemoteAnswer = description.type === "answer";
       try {
         await pc.setRemoteDescription(description);
@@ -171,7 +186,8 @@ class Peer {
       if (description.type === "offer") {
         this.addLocalTracks(); // reuses the offered transceivers: no extra m-lines
         await pc.setLocalDescription();
-        this.signal({ kind: "answer", sdp: pc.localDescription.sdp });
+        const desc = pc.localDescription;
+        if (desc.type === "answer") this.signal({ kind: "answer", sdp: desc.sdp });
       }
     } else if (data.kind === "candidate") {
       const init = data.candidate;
@@ -321,6 +337,8 @@ export class Call {
         channel: p.channel.readyState,
         tracks: p.stream.getTracks().map((t) => t.kind),
         restarts: p.restarts,
+        rollbacks: p.rollbacks,
+        ignored: p.ignored,
         left: Boolean(p.leftAt),
       })),
       received: this.received.length,

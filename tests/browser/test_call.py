@@ -160,31 +160,6 @@ async def test_chromium_calls_the_probe(node: Any, media_browser: Any, tmp_path:
     assert final["video_frames"] >= 15
 
 
-async def test_probe_arrives_and_offers(node: Any, media_browser: Any) -> None:
-    """The page is in the call first; the probe (in-process) arrives and sends the offer."""
-    from signaling.peer import Probe, restrict_ice_hosts
-
-    room = "call:arrival"
-    logs: list[str] = []
-    page = watch(await media_browser.new_page(), logs, "member")
-    await page.goto(call_url(node, room, "dave"))
-    await eventually(lambda: joined(page), 10, "page joined")
-    restrict_ice_hosts(["127.0.0.1"])
-    probe = Probe(node.ws_url, room, token("bot"), ice_hosts=("127.0.0.1",))
-    task = asyncio.create_task(probe.run())
-    try:
-        assert await probe.wait_for(lambda s: s.ever_connected == 1 and s.channel_open == 1, 20)
-        assert probe.stats.offers == 1
-        await page.evaluate("() => window.hubbubCall.send('hi bot')")
-        assert await probe.wait_for(lambda s: s.dc_messages >= 1 and s.video_frames >= 10, 20)
-    except BaseException:
-        print("\n".join(logs[-60:]))
-        raise
-    finally:
-        probe.stop()
-        assert await asyncio.wait_for(task, 15) == 0
-
-
 async def two_nodes(node_factory: Any, redis_url: str | None) -> tuple[Any, Any]:
     if redis_url is None:
         n = await node_factory()
@@ -291,3 +266,92 @@ async def inbound_frames(page: Any) -> int:
 
 async def more_frames(page: Any, n: int) -> bool:
     return await inbound_frames(page) >= n
+
+
+async def test_mesh_glare_mute_hang_up_and_room_full(node_factory: Any, media_browser: Any) -> None:
+    """Three peers in a mesh (two pages, then the probe, which arrives last and so sends the
+    offers) up to HUB_SIGNAL_MAX_PEERS=3; a fourth
+    page gets room_full. Both pages renegotiate at once: perfect negotiation resolves the glare
+    (the polite page rolls back). Mute keeps the call up; hang up removes the tile at once
+    ("bye"), well before the leave grace period."""
+    from signaling.peer import Probe, restrict_ice_hosts
+
+    node = await node_factory(signal_max_peers=3)
+    room = "call:mesh"
+    logs: list[str] = []
+    a = watch(await media_browser.new_page(), logs, "A")
+    b = watch(await media_browser.new_page(), logs, "B")
+    restrict_ice_hosts(["127.0.0.1"])
+    probe = Probe(node.ws_url, room, token("bot"), ice_hosts=("127.0.0.1",))
+    task: asyncio.Task[int] | None = None
+    try:
+        await a.goto(call_url(node, room, "alice", name="Alice"))
+        await eventually(lambda: joined(a), 10, "A joined")
+        await b.goto(call_url(node, room, "bob", name="Bob"))
+        await eventually(lambda: has_n(connected_peers(a), 1), 20, "A and B connected")
+        # The probe arrives last: it offers to both pages (new arrivals offer).
+        task = asyncio.create_task(probe.run())
+        assert await probe.wait_for(lambda s: s.connected == 2 and s.video_frames > 10, 20)
+        assert probe.stats.offers == 2 and probe.stats.answers == 0
+        await eventually(lambda: has_n(connected_peers(a), 2), 20, "A meshed")
+        await eventually(lambda: has_n(connected_peers(b), 2), 20, "B meshed")
+        await a.evaluate("() => window.hubbubCall.send('hi bot')")
+        assert await probe.wait_for(lambda s: s.dc_messages >= 1, 10)
+        tiles = await a.evaluate("() => document.querySelectorAll('.tile').length")
+        assert tiles == 3
+
+        full = watch(await media_browser.new_page(), logs, "D")
+        await full.goto(call_url(node, room, "dora"))
+        await eventually(lambda: full.evaluate("() => window.hubbubJoinError"), 10, "room_full")
+        assert await full.evaluate("() => window.hubbubJoinError") == "room_full"
+        assert "full" in (await full.inner_text("#notice"))
+        await full.close()
+
+        # Glare: both pages offer to each other at the same moment.
+        sa = (await call_stats(a))["session"]
+        sb = (await call_stats(b))["session"]
+        renegotiate = "(to) => window.hubbubCall.peers.get(to).negotiate()"
+        for _ in range(2):
+            await asyncio.gather(a.evaluate(renegotiate, sb), b.evaluate(renegotiate, sa))
+        polite, impolite = (a, b) if sa.encode() < sb.encode() else (b, a)
+        other = sb if polite is a else sa
+
+        async def settled(page: Any, to: str) -> Any:
+            peers = (await call_stats(page))["peers"]
+            p = next(x for x in peers if x["session"] == to)
+            return p["signaling"] == "stable" and p["connection"] == "connected" and p
+
+        p_pol = await eventually(lambda: settled(polite, other), 15, "glare resolved")
+        p_imp = await eventually(
+            lambda: settled(impolite, sb if impolite is a else sa), 15, "glare resolved"
+        )
+        assert p_pol["polite"] and not p_imp["polite"]
+        assert p_pol["rollbacks"] + p_imp["ignored"] >= 1, (p_pol, p_imp)
+
+        # Mute: the track is disabled, nothing is renegotiated, the call stays up.
+        await a.click("#mic")
+        assert await a.evaluate("() => window.hubbubCall.isMuted('audio')")
+        assert await a.get_attribute("#mic", "aria-pressed") == "true"
+        assert len(await connected_peers(a)) == 2
+
+        # Hang up: "bye" removes B everywhere at once.
+        await b.click("#hangup")
+        await eventually(lambda: has_n(peer_list(a), 1), 5, "A dropped B")
+        assert await probe.wait_for(lambda s: s.peers == 1, 5)
+        assert await a.evaluate("() => document.querySelectorAll('.tile').length") == 2
+    except BaseException:
+        print("\n".join(logs[-80:]))
+        raise
+    finally:
+        probe.stop()
+        if task is not None:
+            assert await asyncio.wait_for(task, 15) == 0
+
+
+async def peer_list(page: Any) -> list[dict[str, Any]]:
+    st = await call_stats(page)
+    return st["peers"] if st else []
+
+
+async def has_n(items: Any, n: int) -> bool:
+    return len(await items) == n
