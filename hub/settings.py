@@ -178,6 +178,11 @@ class Settings:
             values[name] = _convert(name, source, value)
         settings = cls(**values)
         settings.validate()
+        # Key material too (a missing PEM file, a broken JWKS file): start-up stops with a
+        # ConfigError naming the setting, not a traceback from deep inside the app factory.
+        from hub.auth import Authenticator
+
+        Authenticator(settings)
         return settings
 
     def validate(self) -> None:

@@ -24,8 +24,8 @@ ENV_CASES: list[tuple[str, str, str, Any]] = [
     ("HUB_BROKER_URL", "redis://example:6379/2", "broker_url", "redis://example:6379/2"),
     ("HUB_REDIS_PREFIX", "other:", "redis_prefix", "other:"),
     ("HUB_JWT_SECRET", "s3cret", "jwt_secret", "s3cret"),
-    ("HUB_JWT_PUBLIC_KEY", "/etc/hub/key.pem", "jwt_public_key", "/etc/hub/key.pem"),
-    ("HUB_JWT_JWKS_FILE", "/etc/hub/jwks.json", "jwt_jwks_file", "/etc/hub/jwks.json"),
+    ("HUB_JWT_PUBLIC_KEY", "{pem}", "jwt_public_key", "{pem}"),
+    ("HUB_JWT_JWKS_FILE", "{jwks}", "jwt_jwks_file", "{jwks}"),
     ("HUB_JWT_ALGORITHMS", "HS256, RS256,EdDSA", "jwt_algorithms", ("HS256", "RS256", "EdDSA")),
     ("HUB_JWT_AUDIENCE", "hub-aud", "jwt_audience", "hub-aud"),
     ("HUB_JWT_ISSUER", "https://issuer.example", "jwt_issuer", "https://issuer.example"),
@@ -95,12 +95,33 @@ def test_defaults_match_protocol() -> None:
 @pytest.mark.parametrize(
     ("var", "text", "name", "expected"), ENV_CASES, ids=[c[0] for c in ENV_CASES]
 )
-def test_every_variable_is_read_from_env(var: str, text: str, name: str, expected: Any) -> None:
+def test_every_variable_is_read_from_env(
+    var: str, text: str, name: str, expected: Any, tmp_path: Path
+) -> None:
+    if text in ("{pem}", "{jwks}"):  # key files are read at load: give real ones
+        text = expected = _key_file(tmp_path, jwks=text == "{jwks}")
     env = {var: text}
     if var == "HUB_TURN_URLS":
         env["HUB_TURN_SECRET"] = "x"  # TURN URLs need a secret
     s = Settings.load(env)
     assert getattr(s, name) == expected
+
+
+def _key_file(tmp_path: Path, *, jwks: bool) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    if jwks:
+        path = tmp_path / "jwks.json"
+        path.write_text('{"keys": [' + jwt.algorithms.ECAlgorithm.to_jwk(public) + "]}")
+    else:
+        path = tmp_path / "key.pem"
+        pem = public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        path.write_bytes(pem)
+    return str(path)
 
 
 def test_env_cases_cover_protocol_table() -> None:
@@ -325,3 +346,28 @@ def test_default_grants_not_text_in_toml_is_config_error(tmp_path: Path) -> None
     cfg.write_text('HUB_DEFAULT_GRANTS = "subscribe=news;publish="\n')
     s = Settings.load({}, config_file=str(cfg))
     assert s.default_grants["subscribe"] == ("news",) and s.default_grants["publish"] == ()
+
+
+def test_bad_key_files_are_config_errors_at_load(tmp_path: Path) -> None:
+    _config_error(
+        {"HUB_JWT_PUBLIC_KEY": str(tmp_path / "missing.pem"), "HUB_JWT_ALGORITHMS": "RS256"},
+        "HUB_JWT_PUBLIC_KEY",
+        "missing.pem",
+    )
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text("{broken")
+    _config_error(
+        {"HUB_JWT_JWKS_FILE": str(jwks), "HUB_JWT_ALGORITHMS": "RS256"},
+        "HUB_JWT_JWKS_FILE",
+        "jwks.json",
+    )
+
+
+def test_cli_serve_missing_public_key_file(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pem")
+    proc = _run(
+        ["serve", "--port", "0"], {"HUB_JWT_PUBLIC_KEY": missing, "HUB_JWT_ALGORITHMS": "RS256"}
+    )
+    assert proc.returncode != 0
+    assert "HUB_JWT_PUBLIC_KEY" in proc.stderr and missing in proc.stderr
+    assert "Traceback" not in proc.stderr
