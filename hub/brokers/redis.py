@@ -48,7 +48,7 @@ from hub.brokers.base import (
     PublishResult,
 )
 from hub.brokers.memory import new_epoch
-from hub.brokers.redis_pubsub import PubSubLink, supervise
+from hub.brokers.redis_pubsub import PubSubLink, stop_tasks, supervise
 from hub.brokers.redis_state import NodeState
 from hub.envelope import Publication
 from hub.errors import BrokerError, Conflict
@@ -154,7 +154,9 @@ class RedisBroker:
         self._link.start()
         self._tasks.append(
             asyncio.get_running_loop().create_task(
-                supervise("redis presence refresher", self._state.refresh_loop),
+                supervise(
+                    "redis presence refresher", self._state.refresh_loop, lambda: not self._closed
+                ),
                 name="redis-refresh",
             )
         )
@@ -169,11 +171,9 @@ class RedisBroker:
         if self._closed:
             return
         self._closed = True
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        if self._state is not None:
+            self._state.stopped = True
+        await stop_tasks(self._tasks)
         if self._link is not None:
             await self._link.close()
         if self._redis is not None and self._state is not None:

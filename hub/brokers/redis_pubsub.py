@@ -33,10 +33,13 @@ log = logging.getLogger("hubbub.redis")
 _ERRORS = (RedisError, OSError, TimeoutError)
 
 
-async def supervise(name: str, fn: Callable[[], Awaitable[None]]) -> None:
-    """Run ``fn`` for ever: log a crash, back off (0.1 s doubling to 5 s) and run it again."""
+async def supervise(
+    name: str, fn: Callable[[], Awaitable[None]], running: Callable[[], bool]
+) -> None:
+    """Run ``fn`` while ``running()``: log a crash, back off (0.1 s doubling to 5 s) and run
+    it again."""
     delay = 0.1
-    while True:
+    while running():
         try:
             await fn()
             delay = 0.1
@@ -46,6 +49,22 @@ async def supervise(name: str, fn: Callable[[], Awaitable[None]]) -> None:
             log.exception("%s crashed; restarting in %.1f s", name, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 5.0)
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them. Python 3.11's ``asyncio.timeout`` can swallow a
+    cancellation that races with its deadline, so the loops also check a flag, and a task that
+    survives is cancelled again."""
+    for _ in range(5):
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            break
+        for t in pending:
+            t.cancel()
+        await asyncio.wait(pending, timeout=1.0)
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            log.debug("task %s ended with %r", t.get_name(), t.exception())
 
 
 class PubSubLink:
@@ -84,21 +103,26 @@ class PubSubLink:
         self.up = False
         self.connects = 0  # successful (re)connections, for tests and metrics
         self.became_up = asyncio.Event()
+        self._closing = False
 
     # ---- life cycle ----------------------------------------------------------------------------
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(supervise("redis pub/sub reader", self._run), name="pubsub-reader"),
-            loop.create_task(supervise("redis pub/sub probe", self._probe), name="pubsub-probe"),
+            loop.create_task(
+                supervise("redis pub/sub reader", self._run, self._running), name="pubsub-reader"
+            ),
+            loop.create_task(
+                supervise("redis pub/sub probe", self._probe, self._running), name="pubsub-probe"
+            ),
         ]
 
+    def _running(self) -> bool:
+        return not self._closing
+
     async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        self._closing = True
+        await stop_tasks(self._tasks)
         self._tasks = []
         self._fail_waiters()
 
@@ -179,7 +203,7 @@ class PubSubLink:
 
     async def _read_loop(self, conn: AbstractConnection) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._closing:
             msg = await conn.read_response(timeout=math.inf, disconnect_on_error=True)
             self._last_rx = loop.time()
             self._handle(msg)
@@ -187,7 +211,7 @@ class PubSubLink:
     async def _run(self) -> None:
         delay = 0.05
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._closing:
             conn = self._connect()
             try:
                 async with asyncio.timeout(self.timeout):
@@ -228,7 +252,7 @@ class PubSubLink:
 
     async def _probe(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.probe_interval)
             if not self.up or self._reading is None:
                 continue

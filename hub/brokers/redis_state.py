@@ -42,6 +42,7 @@ class NodeState:
         presence_ttl: float,
     ) -> None:
         self._client = client
+        self.stopped = False
         self._do = do
         self.prefix = prefix
         self.node = node
@@ -224,7 +225,7 @@ class NodeState:
         self._rooms_zeroed.difference_update(r for r in zeroed if r not in self._room_counts)
 
     async def refresh_loop(self) -> None:
-        while True:
+        while not self.stopped:
             try:
                 await self.refresh_once()
             except BrokerError as exc:
