@@ -86,6 +86,28 @@ class Identity:
         return max(0.0, self.exp - (time.time() if now is None else now))
 
 
+def _is_pem_key(text: str) -> bool:
+    """Whether ``text`` is key material PyJWT can load (PEM public or private key, OpenSSH)."""
+    from cryptography.hazmat.primitives import serialization
+
+    data = text.encode("utf-8", "replace")
+    try:
+        serialization.load_pem_public_key(data)
+        return True
+    except Exception:
+        pass
+    try:
+        serialization.load_pem_private_key(data, None)
+        return True
+    except Exception:
+        pass
+    try:  # PyJWT also takes OpenSSH public keys for RS*/ES*/EdDSA
+        serialization.load_ssh_public_key(data.strip())
+        return True
+    except Exception:
+        return False
+
+
 def _parse_hub_claim(claim: Any) -> dict[str, tuple[str, ...]]:
     if not isinstance(claim, dict):
         raise ValueError("hub claim must be an object")
@@ -116,6 +138,9 @@ class Authenticator:
                     text = Path(text).read_text()
                 except OSError as exc:
                     raise ConfigError(f"HUB_JWT_PUBLIC_KEY={text!r}: {exc}") from None
+            if not _is_pem_key(text):  # else every token would be refused, silently
+                shown = settings.jwt_public_key[:64]
+                raise ConfigError(f"HUB_JWT_PUBLIC_KEY={shown!r}: not a PEM key")
             self._public_key = text
         if settings.jwt_jwks_file:
             path = settings.jwt_jwks_file

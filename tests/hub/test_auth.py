@@ -153,6 +153,18 @@ def test_rs256_with_pem_text_and_path(keys: Keys, tmp_path: Path) -> None:
     refused(authn, jwt.encode(claims(), keys.rsa_other, algorithm="RS256"))
 
 
+def test_openssh_public_key_file(keys: Keys, tmp_path: Path) -> None:
+    ssh = keys.rsa_private.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    path = tmp_path / "id_rsa.pub"
+    path.write_bytes(ssh + b"\n")
+    authn = Authenticator(settings(jwt_public_key=str(path), jwt_algorithms=("RS256",)))
+    assert (
+        authn.authenticate(jwt.encode(claims(), keys.rsa_private, algorithm="RS256")).sub == "alice"
+    )
+
+
 def test_es256(keys: Keys) -> None:
     authn = Authenticator(settings(jwt_public_key=keys.ec_public_pem, jwt_algorithms=("ES256",)))
     assert (
@@ -223,6 +235,13 @@ def test_bad_key_configuration_is_config_error(tmp_path: Path) -> None:
         Authenticator(
             settings(jwt_public_key=str(tmp_path / "nope.pem"), jwt_algorithms=("RS256",))
         )
+    for garbage in ("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", "-----BEGIN x"):
+        with pytest.raises(ConfigError, match="HUB_JWT_PUBLIC_KEY"):
+            Authenticator(settings(jwt_public_key=garbage, jwt_algorithms=("RS256",)))
+    not_a_key = tmp_path / "notakey.pem"
+    not_a_key.write_text("hello")
+    with pytest.raises(ConfigError, match="HUB_JWT_PUBLIC_KEY"):
+        Authenticator(settings(jwt_public_key=str(not_a_key), jwt_algorithms=("RS256",)))
     bad = tmp_path / "jwks.json"
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="HUB_JWT_JWKS_FILE"):
