@@ -78,6 +78,24 @@ async def test_publish_reaches_a_websocket_subscriber(node: Any, hub: HubClient)
     assert "from" not in frame  # published by a backend
 
 
+async def test_websocket_subscriber_raises_when_kicked(node: Any, hub: HubClient) -> None:
+    async with HubClient(node.url, token=token("kicked")) as user:
+        frames = user.subscribe_ws("k")
+
+        async def read() -> None:
+            async for _ in frames:
+                pass
+
+        task = asyncio.create_task(read())
+        for _ in range(100):
+            if await hub.disconnect("kicked", reason="bye") == 1:
+                break
+            await asyncio.sleep(0.05)
+        with pytest.raises(HubClientError) as info:
+            await asyncio.wait_for(task, 5)
+        assert info.value.code == "closed 4509" and info.value.message == "bye"
+
+
 async def test_every_call(node: Any, hub: HubClient) -> None:
     results = await hub.publish_many(
         [{"room": "a", "data": 1}, {"room": "bad room", "data": 2}, {"room": "b", "data": 3}]

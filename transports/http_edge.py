@@ -79,7 +79,8 @@ async def read_json(request: Request, *, optional: bool = False) -> Any:
     if not _is_json_type(ctype):
         raise UnsupportedMediaType("request bodies must be application/json")
     if length is not None and int(length) > MAX_BODY:
-        await _drain(request)
+        if "100-continue" not in request.headers.get("expect", "").lower():
+            await _drain(request)  # with 100-continue the client has not sent it: don't ask
         raise TooLarge(f"request body over {MAX_BODY} bytes", details={"limit": MAX_BODY})
     body = await _read_body(request)
     try:

@@ -752,3 +752,17 @@ async def test_redis_down_publish_is_503_with_retry_after(
         assert time.monotonic() - t < 5  # no hang
         assert (await c.get("/health/ready")).status_code == 503
         assert (await c.get("/health/live")).status_code == 200
+
+
+async def test_oversize_content_length_is_refused_before_the_body(node: Any) -> None:
+    """A client announcing 10 GB with ``Expect: 100-continue`` gets 413 without sending it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    writer.write(
+        b"POST /v1/rooms/a/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
+        b"Content-Length: 10000000000\r\nExpect: 100-continue\r\n\r\n"
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 413"), head
+    writer.close()
