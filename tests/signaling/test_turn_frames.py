@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from signaling.turn import ice_servers, refresh_period, turn_credentials
-from tests.conftest import make_settings, token
+from tests.conftest import API_KEY, make_settings, token
 from tests.signaling.wspeer import Client
 
 TURN_SECRET = "turn-shared-secret-DO-NOT-LEAK-4f1c9a"
@@ -106,6 +106,9 @@ async def test_http_ice_servers_needs_a_client_token(node_factory: Any) -> None:
         assert TURN_SECRET not in r.text
         r = await http.get("/v1/ice-servers")
         assert r.status_code == 401
+        assert TURN_SECRET not in r.text
+        r = await http.get("/v1/ice-servers", headers={"Authorization": f"Bearer {API_KEY}"})
+        assert r.status_code == 403  # backends do not need TURN credentials
         assert TURN_SECRET not in r.text
 
 
