@@ -616,3 +616,12 @@ async def test_resume_on_another_node_and_epoch_change_on_redis(
         assert gap.json["from"] == 1
         assert msg.json["epoch"] == gap.json["epoch"] and msg.json["offset"] == 1
         assert msg.id == make_cursor({"r": Position(gap.json["epoch"], 1)})
+
+
+async def test_dev_mode_guest_without_token(node_factory: Any) -> None:
+    node = await node_factory(jwt_secret=None, api_keys=())
+    async with sse(node, tok="") as (resp, s):
+        assert resp.status_code == 200
+        assert next(iter(node.hub.sessions.values())).identity.guest
+        await publish(node, "r")
+        assert offsets(await s.events(1)) == [1]
