@@ -287,6 +287,17 @@ def test_cursor_round_trip_32_long_rooms_fits_1024() -> None:
     assert parse_cursor(cursor, ["other"]) == {}
 
 
+def test_cursor_worst_case_fits_1024() -> None:
+    """32 rooms, broker epochs (8 characters) and 13-digit offsets still fit in 1024."""
+    from hub.brokers.memory import new_epoch
+
+    rooms = [f"{i:02d}" + "z" * 126 for i in range(32)]
+    positions = {r: Position(new_epoch(), 10**13 - 1) for r in rooms}
+    cursor = make_cursor(positions)
+    assert len(cursor) <= 1024
+    assert parse_cursor(cursor, rooms) == positions
+
+
 @pytest.mark.parametrize(
     "cursor",
     [
