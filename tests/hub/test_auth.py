@@ -20,7 +20,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from hub import auth as auth_mod
 from hub.auth import Authenticator, Identity, grant_matches, mint_token
 from hub.errors import ConfigError, Unauthorized
 from hub.settings import GRANT_KINDS, Settings
@@ -524,7 +523,7 @@ def test_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(auth_mod.hmac, "compare_digest", spy)
+    monkeypatch.setattr("hub.auth.hmac.compare_digest", spy)
     one = authn.authenticate("key-one")
     two = authn.authenticate("key-two-rotated")
     assert one.api_key and two.api_key

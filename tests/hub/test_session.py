@@ -54,6 +54,7 @@ async def test_offer_and_next_batch() -> None:
     s.offer(pub(1))
     items = await s.next_batch()
     assert items[0] == "a"
+    assert isinstance(items[1], str)
     assert orjson.loads(items[1]) == {"type": "reply", "id": 1, "result": {}}
     assert isinstance(items[2], Publication)
     assert not s.queue and s.queued_bytes == 0
