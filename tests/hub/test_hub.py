@@ -842,6 +842,36 @@ async def test_catch_up_does_not_resend_what_a_new_session_already_has(hub: Hub)
     assert offsets(take(c)) == [1, 2, 3, 4]
 
 
+async def test_resync_catches_up_every_room(hub: Hub) -> None:
+    """After a broker reconnect (resync) the node reads what it missed from history; with
+    nothing missed it sends nothing."""
+    s = await hub.open_session(user(), "ws")
+    await sub(hub, s, "a")
+    await sub(hub, s, "b")
+    await fill(hub, "a", 1)
+    take(s)
+    hub.resync()
+    await until(lambda: not any(r.catching_up for r in hub.rooms))
+    assert take(s) == []
+    await hub.broker.unsubscribe("a")
+    await hub.broker.unsubscribe("b")
+    await fill(hub, "a", 2)
+    await fill(hub, "b", 3)
+    await hub.broker.subscribe("a")
+    await hub.broker.subscribe("b")
+    hub.resync()
+    await until(lambda: not any(r.catching_up for r in hub.rooms))
+    frames = take(s)
+    assert [(f["room"], f["offset"]) for f in frames] == [
+        ("a", 2),
+        ("a", 3),
+        ("b", 1),
+        ("b", 2),
+        ("b", 3),
+    ]
+    assert hub.metrics.resyncs == 2
+
+
 async def test_catch_up_gap_when_the_hole_was_trimmed(make_hub: HubFactory) -> None:
     hub = await make_hub(history_size=3)
     s = await hub.open_session(user(), "ws")
