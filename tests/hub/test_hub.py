@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from hub.auth import Identity
-from hub.brokers.base import HistoryPage
+from hub.brokers.base import HistoryPage, Member
 from hub.brokers.memory import MemoryBroker
 from hub.envelope import Publication, make_body, parse_cursor
 from hub.errors import (
@@ -703,6 +703,26 @@ async def test_grants_enforced(hub: Hub) -> None:
     # An explicit user: grant works.
     dave = Identity(sub="dave", grants={"publish": ("user:*",)}, scope="sub:dave")
     assert (await hub.publish(dave, "user:alice", 1))["offset"] == 2
+
+
+@pytest.mark.parametrize("room", ["Chat:1", "chat", "chatroom", "news:1", "user:bob"])
+async def test_refused_subscribe_leaks_nothing(hub: Hub, room: str) -> None:
+    await fill(hub, room, 3)
+    await hub.broker.presence_add(
+        Member(room=room, session="S" * 22, user="bob", transport="ws", node=hub.node_id)
+    )
+    alice = Identity(
+        sub="alice", grants={"subscribe": ("chat:*",), "presence": ("chat:*",)}, scope="sub:alice"
+    )
+    s = await hub.open_session(alice, "ws")
+    for kw in ({"history": 3}, {"since": 0}, {"presence": True}):
+        with pytest.raises(Forbidden):
+            await sub(hub, s, room, **kw)
+    assert take(s) == [] and s.subs == {} and hub.rooms.get(room) is None
+    with pytest.raises(Forbidden):
+        await hub.history(alice, room)
+    with pytest.raises(Forbidden):
+        await hub.presence(alice, room)
 
 
 # ---- presence --------------------------------------------------------------------------------------
