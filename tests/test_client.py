@@ -105,7 +105,9 @@ async def test_every_call(node: Any, hub: HubClient) -> None:
     assert (await hub.publish("a", "eph", ephemeral=True)) == {"room": "a", "ephemeral": True}
     page = await hub.history("a", since=0, limit=10)
     assert [m["data"] for m in page["messages"]] == [1] and page["complete"] is True
-    minted = await hub.token("carol", 120, grants={"subscribe": ["*"], "presence": ["*"]}, name="C")
+    minted = await hub.token(
+        "carol", 120, grants={"subscribe": ["*"], "presence": ["*"], "signal": ["call:*"]}, name="C"
+    )
     assert minted["expires_at"] > time.time()
     assert (await hub.presence("a")) == {"members": [], "users": 0, "sessions": 0}
     assert (await hub.rooms())["cursor"] is None

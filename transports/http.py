@@ -219,8 +219,9 @@ class Api:
             raise BadRequest("user must be 1 to 256 characters")
         body = json_object(await read_json(request, optional=True))
         reason = body.get("reason", "disconnected by the server")
-        if not isinstance(reason, str) or len(reason) > 120:
-            raise BadRequest("reason must be a string of at most 120 characters")
+        # it becomes a WebSocket close reason: at most 123 bytes of UTF-8 (RFC 6455 §5.5)
+        if not isinstance(reason, str) or len(reason.encode("utf-8", "replace")) > 120:
+            raise BadRequest("reason must be a string of at most 120 bytes (UTF-8)")
         n = await self.hub.disconnect_user(user, reason or "disconnected by the server")
         return {"sessions": n}, 200
 
@@ -262,9 +263,13 @@ class Api:
         return {"token": token, "expires_at": expires_at}, 200
 
     async def ice(self, request: Request, call: Call) -> tuple[Any, int]:
-        if call.identity.api_key:
+        ident = call.identity
+        if ident.api_key:
             raise Forbidden("ICE servers are issued to client tokens only, not to API keys")
-        return ice_servers(self.settings, call.identity.sub), 200
+        if not ident.grants.get("signal"):
+            # TURN relays media for calls: a token that may join no call gets no credentials
+            raise Forbidden("ICE servers need a signal grant")
+        return ice_servers(self.settings, ident.sub), 200
 
 
 def routes(hub: Hub) -> list[BaseRoute]:

@@ -242,6 +242,8 @@ async def test_disconnect_user(open_session: Any, client: httpx.AsyncClient) -> 
     assert_error(r, 415, "unsupported_media_type")
     r = await client.post("/v1/users/x/disconnect", json={"reason": 5}, headers=KEY)
     assert_error(r, 400, "bad_request")
+    r = await client.post("/v1/users/x/disconnect", json={"reason": "é" * 61}, headers=KEY)
+    assert_error(r, 400, "bad_request")  # 122 bytes: too long for a close reason
     r = await client.post("/v1/users/x/disconnect", json={}, headers=bearer(token("x")))
     assert_error(r, 403, "forbidden")
 
@@ -328,6 +330,8 @@ async def test_ice_servers(node_factory: Any) -> None:
         assert turn["credential"] == base64.b64encode(mac).decode()
         assert len(turn["urls"]) == 2
         assert_error(await c.get("/v1/ice-servers", headers=KEY), 403, "forbidden")
+        no_calls = token("bob", hub={"subscribe": ["*"], "signal": []})
+        assert_error(await c.get("/v1/ice-servers", headers=bearer(no_calls)), 403, "forbidden")
         assert_error(await c.get("/v1/ice-servers"), 401, "unauthorized")
         assert "ratelimit-limit" in r.headers  # HARDENING 45: the credential endpoint is limited
 

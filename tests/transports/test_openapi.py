@@ -212,7 +212,15 @@ async def test_real_responses_match_the_document(node_factory: Any, monkeypatch:
         served = (await c.get("/openapi.json")).json()
         assert served == openapi.spec()
         doc = served
-        user = token("alice", hub={"subscribe": ["*"], "publish": ["chat:*"], "presence": ["*"]})
+        user = token(
+            "alice",
+            hub={
+                "subscribe": ["*"],
+                "publish": ["chat:*"],
+                "presence": ["*"],
+                "signal": ["call:*"],
+            },
+        )
         ident_guest = {"Authorization": f"Bearer {user}"}
         session = await node.hub.open_session(
             Identity(
