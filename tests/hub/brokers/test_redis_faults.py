@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from hub.brokers.base import Member
+from hub.brokers.base import Idempotency, Member
 from hub.brokers.redis import RedisBroker
 from hub.envelope import make_body
 from hub.errors import BrokerError
@@ -286,3 +286,37 @@ async def test_keys_carry_the_prefix_and_room_hash_tags(make: Make, redis_proc: 
     assert {"pfx:{room:lobby}:presence", "pfx:{room:lobby}:presence:exp"} <= keys
     assert all(k.startswith("pfx:") for k in keys)
     assert "1" in redis_cli(redis_proc, "PUBSUB", "NUMSUB", "pfx:ctl")
+
+
+async def test_every_script_touches_one_cluster_slot(make: Make) -> None:
+    """Redis Cluster readiness: the keys of each script call share one hash slot, and rooms
+    spread over slots."""
+    from redis.crc import key_slot
+
+    broker, _ = await make()
+    assert broker._redis is not None
+    calls: list[list[bytes]] = []
+    original = broker._redis.evalsha
+
+    def spy(sha: str, numkeys: int, *args: Any) -> Any:
+        calls.append([str(k).encode() for k in args[:numkeys]])
+        return original(sha, numkeys, *args)
+
+    broker._redis.evalsha = spy  # type: ignore[method-assign]
+    for room in ("a", "b:c", "lobby.1"):
+        await broker.publish(room, body(1))
+        await broker.publish(room, body(2), idempotency=Idempotency("s", "k", "f"))
+        await broker.history(room, after=0)
+        await broker.position(room)
+        await broker.presence_add(Member(room, "s1", "u", "ws", broker.node))
+        await broker.presence_list(room)
+        await broker.room_sessions(room, 1)
+    await broker.list_rooms("", None, 10)
+    await broker.connection_add("u", "s1")
+    await broker.connection_count("u")
+    await broker.take("k", 1.0, 1.0)
+    assert len(calls) >= 25
+    for keys in calls:
+        assert len({key_slot(k) for k in keys}) == 1, keys
+    slots = {key_slot(f"x{{room:{r}}}:meta".encode()) for r in ("a", "b:c", "lobby.1")}
+    assert len(slots) == 3
