@@ -66,6 +66,56 @@ async def test_publish_reaches_an_sse_subscriber(node: Any, hub: HubClient) -> N
     assert ev.data["data"] == {"n": 1} and ev.data["room"] == "feed" and ev.id
 
 
+async def test_sse_subscriber_resumes_after_the_stream_ends(node_factory: Any) -> None:
+    node = await node_factory(sse_retry_ms=100)
+    async with (
+        HubClient(node.url, api_key=API_KEY) as hub,
+        HubClient(node.url, token=token("follower")) as follower,
+    ):
+        await hub.publish("story", 0)
+        start = (await hub.history("story"))["cursor"]
+        got: list[Any] = []
+
+        async def follow() -> None:
+            async for ev in follower.subscribe_sse("story", since=start):
+                if ev.event == "message":
+                    got.append(ev.data["data"])
+                    if len(got) == 4:
+                        return
+
+        task = asyncio.create_task(follow())
+        await hub.publish("story", 1)
+        while not got:
+            await asyncio.sleep(0.02)
+        # the server ends the stream (slow consumer: reconnect); meanwhile 2 and 3 are published
+        sse = [s for s in node.hub.sessions.values() if s.transport == "sse"]
+        assert len(sse) == 1
+        sse[0].close(4001, "slow consumer")
+        await hub.publish("story", 2)
+        await hub.publish("story", 3)
+        await asyncio.sleep(0.3)
+        await hub.publish("story", 4)
+        await asyncio.wait_for(task, 10)
+        assert got == [1, 2, 3, 4]  # resumed with Last-Event-ID: no loss, no duplicate
+
+
+async def test_sse_subscriber_raises_when_kicked(node: Any, hub: HubClient) -> None:
+    async with HubClient(node.url, token=token("gone")) as user:
+
+        async def read() -> None:
+            async for _ in user.subscribe_sse(["x"]):
+                pass
+
+        task = asyncio.create_task(read())
+        for _ in range(100):
+            if await hub.disconnect("gone", reason="bye") == 1:
+                break
+            await asyncio.sleep(0.05)
+        with pytest.raises(HubClientError) as info:
+            await asyncio.wait_for(task, 5)
+        assert info.value.code == "closed 4509"
+
+
 async def test_publish_reaches_a_websocket_subscriber(node: Any, hub: HubClient) -> None:
     start = (await hub.history("live"))["cursor"]
     async with HubClient(node.url, token=token("viewer")) as viewer:

@@ -283,8 +283,10 @@ class HubClient(_Api):
 
         When the stream ends (the server drains, the broker is down, a network error) it
         reconnects after the server's ``retry:`` hint with ``Last-Event-ID``, so nothing stored
-        is lost. ``hub.expired`` ends the iteration (get a new token). Pass
-        ``reconnect=False`` to stop at the first end of stream instead.
+        is lost. ``hub.expired`` is yielded and ends the iteration (get a new token); a
+        ``hub.disconnect`` that says not to reconnect (kicked: 4509) raises
+        :class:`HubClientError` with code ``"closed <code>"``. Pass ``reconnect=False`` to stop
+        at the first end of stream instead.
         """
         names = [rooms] if isinstance(rooms, str) else list(rooms)
         last_id = since
@@ -309,8 +311,16 @@ class HubClient(_Api):
                             retry_ms = ev.retry
                         if ev.id is not None:
                             last_id = ev.id
-                        if ev.event == "message" and ev.data == "" and ev.retry is not None:
-                            continue  # the opening `retry:` block carries no event
+                        if ev.event == "message" and ev.data == "":
+                            continue  # a block without data (the opening `retry:`/`id:`)
+                        if ev.event == "hub.disconnect":
+                            info = ev.data if isinstance(ev.data, dict) else {}
+                            if not info.get("reconnect", True):
+                                code = info.get("code", 0)
+                                raise HubClientError(
+                                    0, f"closed {code}", str(info.get("reason", ""))
+                                )
+                            continue  # the stream ends; reconnect below with Last-Event-ID
                         yield ev
                         if ev.event == "hub.expired":
                             return
