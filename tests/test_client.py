@@ -231,6 +231,25 @@ async def test_retry_after_a_network_error_never_publishes_twice(node: Any, hub:
     assert [m["data"] for m in page["messages"]] == [{"n": 1}, 2, 3]
 
 
+async def test_batch_items_failing_temporarily_are_retried(
+    node: Any, hub: HubClient, monkeypatch: Any
+) -> None:
+    real = node.hub.publish
+    failed: list[Any] = []
+
+    async def flaky(ident: Any, room: str, data: Any, **kw: Any) -> Any:
+        if data == "odd" and not failed:  # the broker hiccups once, on one item
+            failed.append(data)
+            raise Unavailable("broker unavailable")
+        return await real(ident, room, data, **kw)
+
+    monkeypatch.setattr(node.hub, "publish", flaky)
+    results = await hub.publish_many([{"room": "bt", "data": d} for d in ("a", "odd", "b")])
+    assert failed == ["odd"] and all("offset" in r for r in results)
+    page = await hub.history("bt")
+    assert sorted(m["data"] for m in page["messages"]) == ["a", "b", "odd"]
+
+
 async def test_429_retry_honours_retry_after(node_factory: Any) -> None:
     node = await node_factory(api_rate=Rate(1, 1))
     async with HubClient(node.url, api_key=API_KEY) as c:

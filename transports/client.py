@@ -80,6 +80,19 @@ def _retry_delay(response: httpx.Response | None, attempt: int, max_delay: float
     return min(max_delay, 0.1 * 2.0**attempt) * (0.5 + random.random() / 2)
 
 
+def _temporary_failures(results: list[dict[str, Any]]) -> list[int]:
+    """Indexes of batch items that failed for a passing reason (broker down, rate limit)."""
+    codes = ("unavailable", "rate_limited")
+    return [i for i, r in enumerate(results) if r.get("error", {}).get("code") in codes]
+
+
+def _retry_items(req: _Req, indexes: list[int]) -> _Req:
+    """The same batch request restricted to ``indexes``; the items keep their keys."""
+    items = req.body["messages"]
+    return _Req(req.method, req.path, body={"messages": [items[i] for i in indexes]},
+                has_body=True)  # fmt: skip
+
+
 def _result(response: httpx.Response) -> Any:
     if response.status_code < 400:
         return response.json()
@@ -232,9 +245,20 @@ class HubClient(_Api):
 
     async def publish_many(self, messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Publish ``[{room, data, event?, key?}, …]`` (≤ 1000); per-item results in order,
-        each a publish result or ``{"error": {...}}``."""
-        out: list[dict[str, Any]] = (await self._call(self._publish_many(messages)))["results"]
-        return out
+        each a publish result or ``{"error": {...}}``. Items that failed for a passing reason
+        (``unavailable``, ``rate_limited``) are sent again, with the same keys, so they may land
+        after items that followed them in the list."""
+        req = self._publish_many(messages)
+        results: list[dict[str, Any]] = (await self._call(req))["results"]
+        for attempt in range(self.retries):
+            todo = _temporary_failures(results)
+            if not todo:
+                break
+            await asyncio.sleep(_retry_delay(None, attempt, self.max_delay))
+            again = await self._call(_retry_items(req, todo))
+            for i, res in zip(todo, again["results"], strict=True):
+                results[i] = res
+        return results
 
     async def history(
         self, room: str, *, since: Any = None, limit: int | None = None
@@ -476,8 +500,17 @@ class SyncHubClient(_Api):
         return out
 
     def publish_many(self, messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = self._call(self._publish_many(messages))["results"]
-        return out
+        req = self._publish_many(messages)
+        results: list[dict[str, Any]] = self._call(req)["results"]
+        for attempt in range(self.retries):
+            todo = _temporary_failures(results)
+            if not todo:
+                break
+            time.sleep(_retry_delay(None, attempt, self.max_delay))
+            again = self._call(_retry_items(req, todo))
+            for i, res in zip(todo, again["results"], strict=True):
+                results[i] = res
+        return results
 
     def history(self, room: str, *, since: Any = None, limit: int | None = None) -> dict[str, Any]:
         out: dict[str, Any] = self._call(self._history(room, since, limit))
