@@ -144,6 +144,8 @@ class Hub:
         self.sessions[session.id] = session
         self.by_user.setdefault(identity.sub, set()).add(session)
         self.metrics.connections[transport] += 1
+        log.info("session %s opened: user %s via %s", session.id, identity.sub, transport,
+                 extra=_log_context(session))  # fmt: skip
         return session
 
     async def close_session(self, session: Session) -> None:
@@ -159,6 +161,9 @@ class Hub:
             if not users:
                 del self.by_user[session.identity.sub]
         self.metrics.connections[session.transport] -= 1
+        closed = session.closed
+        log.info("session %s closed: %s %s", session.id, closed and closed.code,
+                 closed and closed.reason, extra=_log_context(session))  # fmt: skip
         for room in list(session.subs):
             with contextlib.suppress(Exception):
                 await self.unsubscribe(session, room)
@@ -553,3 +558,12 @@ class Hub:
         if up != self.broker_up:
             log.log(logging.INFO if up else logging.WARNING, "broker %s", "up" if up else "down")
         self.broker_up = up
+
+
+def _log_context(session: Session) -> dict[str, Any]:
+    """Fields for structured (``HUB_LOG_FORMAT=json``) log lines about a session."""
+    return {
+        "session": session.id,
+        "user": session.identity.sub,
+        "transport": session.transport,
+    }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -67,6 +68,16 @@ async def test_websocket_through_nginx_reaches_both_nodes(
         assert [m["data"]["i"] for m in msgs] == [0, 1, 2]
         assert [m["offset"] for m in msgs] == [1, 2, 3]
         await c.close()
+    # /metrics through the balancer reaches one node per request; the admin page tells them
+    # apart by hubbub_node_info: both show up after a few scrapes.
+    seen: set[str] = set()
+    async with httpx.AsyncClient(timeout=5) as h:
+        for _ in range(20):
+            text = (await h.get(f"{nginx.url}/metrics")).text
+            seen |= set(re.findall(r'hubbub_node_info\{node="([^"]+)"\}', text))
+            if len(seen) == 2:
+                break
+    assert len(seen) == 2, seen
     # The query string (and so ?token=…) never reaches nginx's access log.
     log = nginx.access_log()
     assert "/v1/ws" in log and "token=" not in log, log[-2000:]
