@@ -770,3 +770,65 @@ async def test_oversize_content_length_is_refused_before_the_body(node: Any) -> 
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert head.startswith(b"HTTP/1.1 413"), head
     writer.close()
+
+
+async def test_fuzzed_requests_never_500(client: httpx.AsyncClient) -> None:
+    """Random bodies, parameters and headers on every endpoint: always a JSON error body with a
+    §3 status, never a 500, and the node stays ready."""
+    import random
+
+    rnd = random.Random(7)
+    pieces = [b"{", b"}", b"[", b"]", b'"', b"data", b":", b",", b"1e999", b"-0", b"null",
+              b"\\u0000", b"\\ud800", b"\xff", b"\x00", b"true", b'"room"', b'"messages"',
+              b"9" * 30, b" ", b"{\"data\":"]  # fmt: skip
+    paths = ["/v1/rooms/r/messages", "/v1/publish", "/v1/tokens", "/v1/users/u/disconnect",
+             "/v1/rooms/r/presence", "/v1/rooms", "/v1/ice-servers", "/v1/rooms/%ff/messages",
+             "/v1/rooms/a%2Fb/messages", "/v1/users/%00/disconnect"]  # fmt: skip
+    ctypes = ["application/json", "text/plain", "", "application/json; charset=utf-16",
+              "APPLICATION/JSON", "application/vnd.x+json", "multipart/form-data; boundary=x"]  # fmt: skip
+    values: list[Any] = [None, 0, -1, 2**70, 1.5, "", "x" * 300, [], {}, True, {"a": [1]}]
+    allowed = {200, 201, 400, 401, 403, 404, 405, 409, 413, 415}
+    for i in range(300):
+        path = rnd.choice(paths)
+        method = rnd.choice(["GET", "POST", "POST", "PUT"])
+        headers = (
+            {**KEY}
+            if rnd.random() < 0.8
+            else {"Authorization": "Bearer " + "x" * rnd.randint(0, 50)}
+        )
+        ct = rnd.choice(ctypes)
+        if ct:
+            headers["content-type"] = ct
+        if rnd.random() < 0.5:
+            body = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 12)))
+        else:
+            keys = [
+                "data",
+                "room",
+                "event",
+                "ephemeral",
+                "messages",
+                "sub",
+                "ttl",
+                "hub",
+                "reason",
+                "key",
+            ]
+            obj = {k: rnd.choice(values) for k in rnd.sample(keys, rnd.randint(0, 5))}
+            if "messages" in obj and rnd.random() < 0.5:
+                obj["messages"] = [
+                    {"room": rnd.choice(["a", "", 5, None]), "data": rnd.choice(values)}
+                ]
+            body = json.dumps(obj).encode()
+        params = {
+            rnd.choice(["limit", "since", "prefix", "cursor"]): rnd.choice(
+                ["1", "-5", "x", "0", "~", "9" * 40]
+            )
+        }
+        if rnd.random() < 0.2:
+            headers["Idempotency-Key"] = rnd.choice(["k", "k" * 257, "\\u00e9"])
+        r = await client.request(method, path, content=body, headers=headers, params=params)
+        assert r.status_code in allowed, (i, method, path, body, r.status_code, r.text)
+        if r.status_code >= 400:
+            assert_error(r, r.status_code, r.json()["error"]["code"])
+    assert (await client.get("/health/ready")).status_code == 200
