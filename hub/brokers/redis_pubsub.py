@@ -143,9 +143,10 @@ class PubSubLink:
                 await conn.send_command("SUBSCRIBE", channel, check_health=False)
                 await fut
         except (*_ERRORS, BrokerError) as exc:
-            self._channels.discard(channel)
             with contextlib.suppress(ValueError):
                 waiters.remove(fut)
+            # A reconnection may have subscribed it meanwhile: take it back (best effort).
+            await self.unsubscribe(channel)
             raise BrokerError("pub/sub subscribe failed") from exc
 
     async def unsubscribe(self, channel: bytes) -> None:
