@@ -9,6 +9,8 @@ import base64
 import hashlib
 import hmac
 import json
+import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -468,6 +470,45 @@ def test_kid_path_traversal_with_public_key_makes_no_file_lookup(
 )
 def test_grant_matches(pattern: str, room: str, ok: bool) -> None:
     assert grant_matches(pattern, room) is ok
+
+
+def _reference_glob(pattern: str, room: str) -> bool:
+    """The straightforward (backtracking) definition, for small inputs only."""
+    if room.startswith("user:") and not pattern.startswith("user:"):
+        return False
+    rx = "".join("[A-Za-z0-9_.:-]*" if c == "*" else re.escape(c) for c in pattern)
+    return re.fullmatch(rx, room) is not None
+
+
+def test_grant_matches_agrees_with_the_glob_definition() -> None:
+    rng = random.Random(1234)
+    for _ in range(20_000):
+        pattern = "".join(rng.choice("ab:.**") for _ in range(rng.randint(0, 8)))
+        room = "".join(rng.choice("ab:.") for _ in range(rng.randint(1, 10)))
+        assert grant_matches(pattern, room) is _reference_glob(pattern, room), (pattern, room)
+    for pattern, room in (
+        ("**", "x"),
+        ("a**b", "ab"),
+        ("*a*", "a"),
+        ("a*a", "a"),
+        ("ab*ba", "aba"),
+    ):
+        assert grant_matches(pattern, room) is _reference_glob(pattern, room), (pattern, room)
+
+
+def test_grant_matches_hostile_pattern_is_not_exponential() -> None:
+    """Regression: a token pattern like ``*a*a*…*b`` against a long room made the regex
+    backtrack exponentially and stalled the event loop (no timing asserted: this returns)."""
+    assert grant_matches("*a" * 60 + "*b", "a" * 128) is False
+    assert grant_matches("*a" * 60 + "*", "a" * 128) is True
+    ident = Identity(sub="x", grants={"subscribe": ("*a" * 100 + "*b",)})
+    assert not ident.can("subscribe", "a" * 128)
+
+
+def test_grant_matches_non_room_text() -> None:
+    assert grant_matches("a b", "a b")  # no star: plain equality
+    assert not grant_matches("a b*", "a bc")  # not a room name: no glob matches it
+    assert not grant_matches("*", "a\x00")
 
 
 def test_identity_can() -> None:
