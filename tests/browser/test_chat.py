@@ -107,6 +107,25 @@ async def test_chat_two_users(browser: Any, artifacts: Path) -> None:
         await eventually(lambda: _has(carol, want), what="carol gets the history")
         assert await shown(carol) == want
         await eventually(lambda: _both_online(alice, 3), what="alice sees carol join")
+
+        # Another room: bob joins #dev and writes; alice (not in #dev) sees nothing of it.
+        await bob.fill("#new-room", "dev")
+        await bob.press("#new-room", "Enter")
+        await eventually(lambda: bob.inner_text("#room-title"), what="title")
+        assert await bob.inner_text("#room-title") == "#dev"
+        await eventually(lambda: _both_online(bob, 1), what="bob alone in #dev")
+        await say(bob, "anyone in dev?")
+        await eventually(lambda: _has(bob, ["anyone in dev?"]), what="dev message")
+        await bob.click('#rooms button[data-room="lobby"]')
+        assert await shown(bob) == want
+        assert await shown(alice) == want
+        # The nickname and the joined rooms survive a reload (localStorage).
+        await bob.reload()
+        await bob.wait_for_selector('#state[data-state="connected"]')
+        assert await bob.input_value("#nick") == "bob"
+        assert await bob.eval_on_selector_all(
+            "#rooms button", "bs => bs.map(b => b.dataset.room)"
+        ) == ["lobby", "dev"]
         assert not [line for line in logs if "PAGE ERROR" in line], dump(logs)
     finally:
         await node.stop()
@@ -380,7 +399,7 @@ async def test_js_no_reconnect_after_4501(browser: Any) -> None:
 async def test_js_gap_epoch_change_and_heartbeat(browser: Any) -> None:
     async def script(hub: FakeHub, conn: ServerConnection, n: int) -> None:
         if n == 0:
-            await hub.welcome(conn, n, ping_interval=0.3, ping_timeout=0.3)
+            await hub.welcome(conn, n, ping_interval=1, ping_timeout=1)
             sub = await hub.recv(conn, n, "subscribe")
             await hub.send(conn, type="reply", id=sub["id"], result={
                 "room": "r", "epoch": "e1", "offset": 5, "recovered": False, "cursor": "c5"})  # fmt: skip
@@ -388,27 +407,33 @@ async def test_js_gap_epoch_change_and_heartbeat(browser: Any) -> None:
             # The broker lost the room: a new epoch, announced by a gap.
             await hub.send(conn, type="gap", room="r", epoch="e2", to=0, **{"from": 1})
             await hub.send(conn, type="message", room="r", epoch="e2", offset=1, data=1, ts=1)
-            await hub.send(conn, type="message", room="r", epoch="e1", offset=7, data=7, ts=1)
+            for off in (1, 3):  # a repeat (dropped), then a hole (reported, never hidden)
+                await hub.send(
+                    conn, type="message", room="r", epoch="e2", offset=off, data=off, ts=1
+                )
             await hub.send(conn, type="ping")
             await hub.recv(conn, n, "pong")
             # Now silence: after ping_interval + ping_timeout the client must give up on us.
-            await asyncio.sleep(5)
+            await hub.idle(conn, n)
             return
         await hub.welcome(conn, n)
         sub = await hub.recv(conn, n, "subscribe")
-        assert sub["since"] == {"epoch": "e1", "offset": 7}, sub
+        assert sub["since"] == {"epoch": "e2", "offset": 3}, sub
         await hub.idle(conn, n)
 
     logs: list[str] = []
     async with FakeHub(script) as hub:
         page = await js_page(browser, hub, logs)
         await eventually(lambda: T(page, "msgs.length >= 3"), what="3 messages")
-        await eventually(lambda: asyncio.sleep(0, len(hub.frames) >= 2), timeout=5,
+        await eventually(lambda: asyncio.sleep(0, len(hub.frames) >= 2), timeout=8,
                          what="reconnect after a silent server")  # fmt: skip
         msgs = await T(page, "msgs")
-        assert [(m[0], m[1]) for m in msgs] == [("e1", 6), ("e2", 1), ("e1", 7)], msgs
+        assert [(m[0], m[1]) for m in msgs] == [("e1", 6), ("e2", 1), ("e2", 3)], msgs
         gaps = await T(page, "gaps")
-        assert gaps == [{"room": "r", "epoch": "e2", "from": 1, "to": 0}], gaps
+        assert gaps == [
+            {"room": "r", "epoch": "e2", "from": 1, "to": 0},
+            {"room": "r", "epoch": "e2", "from": 2, "to": 2, "synthetic": True},
+        ], gaps
         assert {"type": "pong"} in hub.frames[0]
         await eventually(lambda: asyncio.sleep(0, len(hub.frames[1]) >= 1), what="resubscribe")
         assert not hub.errors, hub.errors
@@ -524,6 +549,21 @@ async def test_js_token_on_a_hub_that_admits_guests(browser: Any) -> None:
         await eventually(lambda: guest.evaluate("client.state === 'connected'"), what="guest")
         assert (await guest.evaluate("client.user")).startswith("guest-")
         assert await T(guest, "msgs") == [[1, "hi"]]  # history: 10
+        # history, presence, unsubscribe over the WebSocket
+        hist = await guest.evaluate("client.history('room1', {limit: 5})")
+        assert [m["data"] for m in hist["messages"]] == ["hi"] and hist["complete"] is True
+        pres = await guest.evaluate("client.presence('room1')")
+        assert pres["sessions"] == 2, pres
+        await guest.evaluate("sub.unsubscribe()")
+        await eventually(lambda: T(page, "members.length === 1"), what="guest left")
+        await page.evaluate("client.publish('room1', 'after')")
+        await eventually(lambda: T(page, "msgs.length === 2"), what="alice gets 'after'")
+        await asyncio.sleep(0.3)
+        assert await T(guest, "msgs") == [[1, "hi"]]
+        err = await page.evaluate(
+            "client.publish('bad room!', 1).then(() => null, e => [e.code, e.temporary])"
+        )
+        assert err == ["bad_request", False]
     finally:
         await node.stop()
 
