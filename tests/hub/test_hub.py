@@ -25,12 +25,14 @@ from hub.errors import (
     CLOSE_SHUTDOWN,
     CLOSE_SLOW,
     BadRequest,
+    BrokerError,
     Conflict,
     Disconnect,
     Forbidden,
     NotFound,
     RoomFull,
     TooLarge,
+    Unavailable,
 )
 from hub.hub import Hub
 from hub.session import Item, Session
@@ -947,6 +949,87 @@ async def test_epoch_change_under_live_subscription(hub: Hub) -> None:
         frames[0]["type"] == "gap" and frames[0]["epoch"] == new["epoch"] and frames[0]["from"] == 1
     )
     assert offsets(frames) == [1, 2] and all(f["epoch"] == new["epoch"] for f in frames)
+
+
+class DownBroker(MemoryBroker):
+    """The memory broker with a switch that makes every call fail like an unreachable backend."""
+
+    down = False
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = super().__getattribute__(name)
+        if name in _BROKER_CALLS and object.__getattribute__(self, "down"):
+
+            async def fail(*a: Any, **k: Any) -> Any:
+                raise BrokerError("backend unreachable")
+
+            return fail
+        return attr
+
+
+_BROKER_CALLS = {
+    "ready", "publish", "publish_frame", "subscribe", "history", "position", "presence_add",
+    "presence_remove", "presence_list", "send_control", "connection_add", "connection_count",
+    "room_sessions",
+}  # fmt: skip
+
+
+async def test_broker_down_maps_to_unavailable() -> None:
+    broker = DownBroker()
+    hub = Hub(make_settings(), broker)
+    await hub.start()
+    try:
+        s = await hub.open_session(user(), "ws")
+        await sub(hub, s, "live")
+        take(s)
+        broker.down = True
+        assert not await hub.ready()
+        with pytest.raises(Unavailable) as info:
+            await hub.publish(user(), "r", 1)
+        assert info.value.temporary and info.value.status == 503 and info.value.retry_after
+        with pytest.raises(Unavailable):
+            await hub.open_session(user("bob"), "ws")
+        with pytest.raises(Unavailable):
+            await sub(hub, s, "r")
+        assert "r" not in s.subs and hub.rooms.get("r") is None
+        with pytest.raises(Unavailable):
+            await hub.history(user(), "r")
+        with pytest.raises(Unavailable):
+            await hub.presence(user(), "r")
+        with pytest.raises(Unavailable):
+            await hub.disconnect_user("alice")
+        await hub.close_session(s)  # never raises, even with the broker down
+        assert hub.sessions == {}
+        broker.down = False
+        assert await hub.ready()
+        again = await hub.open_session(user(), "ws")
+        await sub(hub, again, "r", presence=True)
+        assert (await hub.publish(user(), "r", 1))["offset"] == 1
+    finally:
+        await hub.stop()
+
+
+async def test_presence_subscribe_when_the_broker_fails_midway(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broker = DownBroker()
+    hub = Hub(make_settings(), broker)
+    await hub.start()
+    try:
+        s = await hub.open_session(user(), "ws")
+
+        async def failing(member: Member) -> None:
+            broker.down = True
+            raise BrokerError("lost")
+
+        monkeypatch.setattr(broker, "presence_add", failing)
+        with pytest.raises(Unavailable):
+            await sub(hub, s, "r", presence=True)
+        broker.down = False
+        assert "r" not in s.subs and hub.rooms.get("r") is None
+        assert take(s) == []  # no reply for a failed subscribe
+    finally:
+        await hub.stop()
 
 
 # ---- slow consumers, kicks, drain, limits -----------------------------------------------------------
