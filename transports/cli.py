@@ -69,8 +69,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 os.environ[f"HUB_{name.upper()}"] = str(value)
         if args.config:
             os.environ["HUB_CONFIG"] = args.config
-        uvicorn.run("transports.app:app_from_env", factory=True, workers=settings.workers,
-                    **common)  # fmt: skip
+        from transports.workers import run_workers
+
+        config = uvicorn.Config("transports.app:app_from_env", factory=True,
+                                workers=settings.workers, **common)  # fmt: skip
+        signal.signal(signal.SIGTERM, _exit_zero)
+        run_workers(config)
         return 0
     from transports.app import create_app
 

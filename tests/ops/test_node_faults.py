@@ -30,6 +30,7 @@ from tests.ops.harness import (
     need_redis_broker,
     start_nodes,
 )
+from tests.transports.wsclient import WS
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -208,3 +209,27 @@ async def test_sigkill_mid_stream_resumes_and_presence_expires(
     await _stop_clients(clients)
     for c in clients:
         check_exactly_once(c, pub.acked)
+
+
+async def test_sigterm_drains_every_worker(redis_proc: RedisProc, tmp_path: Path) -> None:
+    """``hubbub serve --workers 2``: each worker drains like a single node (4000, not 1012)."""
+    need_redis_broker()
+    node = NodeProc(tmp_path, redis_proc.url,
+                    {"HUB_WORKERS": "2", "HUB_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT)})  # fmt: skip
+    node.start()
+    try:
+        await node.wait_live()
+        clients = [await WS.connect(node.ws_url, token(f"w{i}")) for i in range(6)]
+        for c in clients:
+            await c.result({"type": "subscribe", "room": "workers"})
+        sent = time.monotonic()
+        node.signal(signal.SIGTERM)
+        for c in clients:
+            code, frames = await c.closed(SHUTDOWN_TIMEOUT + 2)
+            assert code == 4000, (code, frames)
+            assert frames[-1]["type"] == "disconnect" and frames[-1]["reconnect"] is True
+        rc = await node.wait_exit(SHUTDOWN_TIMEOUT + 5)
+        assert rc == 0, node.logs()[-3000:]
+        assert time.monotonic() - sent <= SHUTDOWN_TIMEOUT + 1.0
+    finally:
+        node.stop()
