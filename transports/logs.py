@@ -43,7 +43,11 @@ class RedactFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, and any ``extra`` context."""
 
-    _skip = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+    # ``color_message``: uvicorn's ANSI-coloured copy of the format string, noise in JSON.
+    _skip = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+        "message",
+        "color_message",
+    }
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {

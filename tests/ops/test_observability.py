@@ -188,6 +188,7 @@ async def test_logs_never_show_tokens_or_keys(tmp_path: Path, fmt: str) -> None:
         for ln in lines:
             obj = json.loads(ln)  # one JSON object per line, nothing else on stderr
             assert {"ts", "level", "logger", "msg"} <= set(obj), obj
+            assert "color_message" not in obj  # uvicorn's ANSI copy stays out
         # Session lines carry the context as fields: session id, user, transport.
         opened = [json.loads(ln) for ln in lines if '"session' in ln and "opened" in ln]
         assert any(o.get("user") == "a" and o.get("transport") == "ws" for o in opened), opened
