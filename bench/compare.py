@@ -34,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 SERVERS = ("websockets", "socketio", "hubbub", "hubbub-sse")
+BASELINE = [""]  # --baseline: a checkout of an older Hubbub, run as "hubbub-before[-sse]"
 
 
 def free_port() -> int:
@@ -63,13 +64,16 @@ def start(server: str, port: int, key: str, pin: bool) -> subprocess.Popen[bytes
     elif server == "socketio":
         cmd = [PY, str(ROOT / "bench" / "sio_server.py"), str(port)]
     else:
+        if server.startswith("hubbub-before"):
+            env["PYTHONPATH"] = BASELINE[0]
         env.update(HUB_API_KEYS=key, HUB_API_RATE="0", HUB_LOG_LEVEL="warning",
                    HUB_BROKER_URL="memory://")  # fmt: skip
         env.pop("HUB_JWT_SECRET", None)
         cmd = [PY, "-m", "transports.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     if pin:
         cmd = ["taskset", "-c", "0", *cmd]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+    cwd = BASELINE[0] if server.startswith("hubbub-before") else ROOT
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL)  # fmt: skip
     wait_port(port, proc)
     return proc
@@ -93,7 +97,7 @@ def measure(server: str, n: int, args: argparse.Namespace, rate: float = 0.0) ->
         dialect = {"websockets": "plain", "socketio": "socketio"}.get(server, "hubbub")
         cmd = [PY, "-m", "transports.cli", "bench", "--url", f"http://127.0.0.1:{port}",
                "--server-pid", str(proc.pid), "--dialect", dialect, "--publish", "ws",
-               "--transport", "sse" if server == "hubbub-sse" else "ws",
+               "--transport", "sse" if server.endswith("-sse") else "ws",
                "--subscribers", str(n), "--duration", str(args.duration),
                "--size", str(args.size), "--rate", str(rate), "--json"]  # fmt: skip
         if dialect == "hubbub":
@@ -161,9 +165,12 @@ def main() -> int:
     p.add_argument("--pin", action="store_true")
     p.add_argument("--latency", action="store_true",
                    help="also: p99 at half of the websockets server's maximum rate")  # fmt: skip
+    p.add_argument("--baseline", help="path of an older Hubbub checkout (servers hubbub-before…)")
     p.add_argument("--out", default=str(ROOT / "bench" / "compare-latest.md"))
     args = p.parse_args()
     ns = [int(x) for x in args.subscribers.split(",")]
+    if args.baseline:
+        BASELINE[0] = str(Path(args.baseline).resolve())
     servers = [s for s in args.servers.split(",") if s]
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     lat: dict[tuple[str, int], list[dict[str, Any]]] = {}

@@ -104,6 +104,9 @@ class Session:
         self.rate_strikes = 0
         self.bad_frames = 0
         self._wake = asyncio.Event()
+        # Set by a transport that can write a frame synchronously; returns False to make the
+        # session queue the frame instead (socket not writable, writer busy, closing…).
+        self.direct: Callable[[Item], bool] | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._on_close: list[Callable[[Disconnect], None]] = []
 
@@ -112,8 +115,15 @@ class Session:
 
     # ---- outbound ----------------------------------------------------------------------------
     def offer(self, item: Item) -> None:
-        """Queue one frame for the transport. Never blocks; a full queue closes with 4001."""
+        """Hand one frame to the transport. Never blocks; a full queue closes with 4001.
+
+        When nothing is queued and the transport installed a :attr:`direct` writer that accepts
+        the frame (its socket is open and writable), the frame is written at once: no queue, no
+        task wake-up. Otherwise it is queued for the transport's writer, which keeps the order:
+        ``direct`` must refuse while the writer still holds frames it took from the queue."""
         if self.closed is not None:
+            return
+        if not self.queue and self.direct is not None and self.direct(item):
             return
         size = len(item.frame) if isinstance(item, Publication) else len(item)
         live = len(self.queue) - self.pushed

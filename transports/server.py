@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 log = logging.getLogger("hubbub.server")
 
@@ -62,10 +63,55 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
+def text_frame_header(length: int) -> bytes:
+    """Header of one unmasked, final text frame of ``length`` payload bytes (RFC 6455 §5.2:
+    servers never mask). Without extensions it is the same for every subscriber."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return b"\x81\x7e" + length.to_bytes(2, "big")
+    return b"\x81\x7f" + length.to_bytes(8, "big")
+
+
 class HandshakeGuardProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, plus: when the opening handshake is refused by
-    the parser (e.g. a 20 KB request line: 414), write the refusal and close, instead of
-    leaving the client hanging (uvicorn drops that response)."""
+    """uvicorn's sans-I/O WebSocket protocol, plus:
+
+    * when the opening handshake is refused by the parser (e.g. a 20 KB request line: 414),
+      write the refusal and close, instead of leaving the client hanging (uvicorn drops that
+      response);
+    * a synchronous write path for the fan-out (:meth:`write_now`), reachable by the app through
+      ``scope["extensions"]["hubbub.ws"]`` (Starlette wraps the ASGI ``send``, so the protocol
+      is not reachable through it).
+    """
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"]["hubbub.ws"] = self
+
+    def can_write_now(self) -> bool:
+        """True when pre-built frames may go straight to the transport: the handshake is done,
+        no close was sent or received, no extension (per-message deflate) rewrites frames, and
+        the transport is below its high-water mark (asyncio flow control)."""
+        return (
+            self.writable.is_set()
+            and self.handshake_complete
+            and not self.close_sent
+            and not self.disconnected
+            and self.conn.state is State.OPEN
+            and not self.conn.extensions
+            and not self.transport.is_closing()
+        )
+
+    def write_now(self, frames: bytes) -> bool:
+        """Write already-framed server frames (see :func:`text_frame_header`) at once, bypassing
+        the ASGI ``send`` coroutine. Returns False, writing nothing, when :meth:`can_write_now`
+        is False; the caller then falls back to the queue and ``send``."""
+        if not self.can_write_now():
+            return False
+        self.transport.write(frames)
+        return True
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -38,10 +38,11 @@ from hub.errors import (
 )
 from hub.hub import Hub
 from hub.metrics import Metrics
-from hub.session import Session
+from hub.session import Item, Session
 from signaling.relay import relay_signal
 from signaling.turn import arm_ice_refresh, ice_servers
 from transports.edge import credential, origin_allowed
+from transports.server import HandshakeGuardProtocol, text_frame_header
 from transports.ws_frames import FrameHandler
 
 log = logging.getLogger("hubbub.ws")
@@ -154,29 +155,161 @@ async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
         await _close(ws, 1000)
 
 
+class _FrameCache:
+    """The wire frame of the item being fanned out, built once for every subscriber (the fan-out
+    offers one publication to all its sessions in a row, so one entry is enough)."""
+
+    __slots__ = ("frame", "item", "size")
+
+    def __init__(self) -> None:
+        self.item: Item | None = None
+        self.frame = b""
+        self.size = 0
+
+    def get(self, item: Item) -> bytes:
+        if item is not self.item:
+            payload = item.frame if isinstance(item, Publication) else item.encode()
+            self.item, self.size = item, len(payload)
+            self.frame = text_frame_header(len(payload)) + payload
+        return self.frame
+
+
+_frames = _FrameCache()
+
+
+class _DirectWriter:
+    """``Session.direct`` for a WebSocket: take a frame without waking the writer task.
+
+    Accepted frames are collected per connection and written by one ``flush_all`` callback
+    scheduled on the loop (``call_soon``): every publication fanned out in the same loop
+    iteration leaves with one ``transport.write`` (one syscall) per subscriber, instead of
+    one per frame. Under light load that is one frame per write, as soon as the fan-out
+    returns; under heavy load frames coalesce. A frame is refused (the session queues it
+    for the writer task) while the writer holds frames or the socket is not writable
+    (asyncio flow control), so the order holds and a slow consumer still fills its queue."""
+
+    __slots__ = ("busy", "bytes_sent", "frames_sent", "pending", "proto", "size")
+
+    MAX_PENDING = 64  # frames per connection before writing without waiting for the flush
+
+    def __init__(self, proto: HandshakeGuardProtocol, frames: Counter[str], sent: Counter[str]):
+        self.proto = proto
+        self.busy = False  # the writer holds frames taken from the queue: keep the order
+        self.pending: list[bytes] = []
+        self.size = 0
+        self.frames_sent = frames
+        self.bytes_sent = sent
+
+    def __call__(self, item: Item) -> bool:
+        if self.busy or not self.proto.can_write_now():
+            return False
+        pending = self.pending
+        pending.append(_frames.get(item))
+        self.size += _frames.size
+        if len(pending) == 1:
+            _flusher.add(self)
+        elif len(pending) >= self.MAX_PENDING:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Write what was accepted (dropped if the connection went away meanwhile)."""
+        pending = self.pending
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        self.frames_sent["ws"] += len(pending)
+        self.bytes_sent["ws"] += self.size
+        pending.clear()
+        self.size = 0
+        self.proto.write_now(data)
+
+
+class _Flusher:
+    """One ``call_soon`` per loop iteration that flushes every connection with pending frames."""
+
+    def __init__(self) -> None:
+        self.dirty: list[_DirectWriter] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.scheduled = False
+
+    def add(self, writer: _DirectWriter) -> None:
+        self.dirty.append(writer)
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:  # a new loop (tests run several): a pending flush is void
+            self.loop, self.scheduled = loop, False
+            self.dirty = [writer]
+        if not self.scheduled:
+            self.scheduled = True
+            loop.call_soon(self.flush_all)
+
+    def flush_all(self) -> None:
+        self.scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for w in dirty:
+            w.flush()
+
+
+_flusher = _Flusher()
+
+
+def _protocol(ws: WebSocket) -> HandshakeGuardProtocol | None:
+    proto = ws.scope.get("extensions", {}).get("hubbub.ws")
+    return proto if isinstance(proto, HandshakeGuardProtocol) else None
+
+
 async def _writer(ws: WebSocket, session: Session, metrics: Metrics | None = None) -> None:
     """Drain the queue to the socket: every queued frame per wake-up, the same bytes for every
-    subscriber. Ends when the session is closed."""
+    subscriber. Ends when the session is closed.
+
+    On Hubbub's own uvicorn protocol, the fan-out writes most frames without this task
+    (:class:`_DirectWriter`); what got queued meanwhile is joined and written with one
+    ``transport.write`` per wake-up once the socket is writable. Elsewhere (another server),
+    frames go one by one through the ASGI ``send``."""
     send = ws.send
     frames, sent = (metrics.frames_sent, metrics.bytes_sent) if metrics else (Counter(), Counter())
+    proto = _protocol(ws)
+    direct = _DirectWriter(proto, frames, sent) if proto is not None else None
+    session.direct = direct
     try:
         while True:
             items = await session.next_batch()
             if not items:
                 return
             size = 0
-            for item in items:
-                if isinstance(item, Publication):
-                    text = item.text
-                    size += len(item.frame)
-                else:
-                    text = item
-                    size += len(item)  # control frames: ASCII JSON, chars == bytes
-                await send({"type": "websocket.send", "text": text})
+            if direct is not None:
+                direct.flush()  # older than anything in the queue
+                direct.busy = True
+            try:
+                written = False
+                if proto is not None:
+                    await proto.writable.wait()
+                    chunks = []
+                    for item in items:
+                        chunks.append(_frames.get(item))
+                        size += _frames.size
+                    written = proto.write_now(b"".join(chunks))
+                if not written:
+                    size = 0
+                    for item in items:
+                        if isinstance(item, Publication):
+                            text = item.text
+                            size += len(item.frame)
+                        else:
+                            text = item
+                            size += len(item)  # control frames: ASCII JSON, chars == bytes
+                        await send({"type": "websocket.send", "text": text})
+            finally:
+                if direct is not None:
+                    direct.busy = False
             frames["ws"] += len(items)
             sent["ws"] += size
     except (OSError, RuntimeError, WebSocketDisconnect):
         session.close(1006, "connection lost")
+    finally:
+        session.direct = None
+        if direct is not None:
+            direct.flush()
 
 
 async def _reader(ws: WebSocket, session: Session, handler: FrameHandler) -> None:
