@@ -61,3 +61,13 @@ def is_loopback_candidate(candidate: dict[str, Any] | None, hosts: tuple[str, ..
         return True
     bits = candidate_line(candidate).split()
     return len(bits) >= 5 and bits[4] in hosts
+
+
+def sdp_fingerprint(sdp: str) -> str | None:
+    """The first ``a=fingerprint`` of an SDP, lower-cased: it names the DTLS certificate of one
+    RTCPeerConnection for its whole life, so an offer from a new session id carrying a known
+    fingerprint comes from a connection we already have (the remote reconnected to the hub)."""
+    for line in sdp.splitlines():
+        if line.startswith("a=fingerprint:"):
+            return line[len("a=fingerprint:") :].strip().lower()
+    return None

@@ -48,12 +48,19 @@ from aiortc.sdp import candidate_from_sdp
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from signaling.negotiation import Negotiator, candidate_line, is_loopback_candidate, is_polite
+from signaling.negotiation import (
+    Negotiator,
+    candidate_line,
+    is_loopback_candidate,
+    is_polite,
+    sdp_fingerprint,
+)
 
 log = logging.getLogger("hubbub.peer")
 
 CHANNEL_LABEL = "hubbub"  # negotiated data channel id 0 on every peer connection (call.js too)
 CHANNEL_ID = 0
+LEAVE_GRACE = 30.0  # seconds a connected peer is kept after its session left
 
 
 def restrict_ice_hosts(hosts: Iterable[str]) -> None:
@@ -111,6 +118,7 @@ class RemotePeer:
         self.neg = Negotiator(polite=is_polite(probe.session, session))
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=512)
         self.closed = False
+        self.left_at = 0.0  # its session left while media flowed: maybe a hub reconnect
         self._connected = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._new_tracks: list[Any] = []
@@ -156,11 +164,18 @@ class RemotePeer:
             elif state != "connected" and self._connected:
                 self._connected = False
                 stats.connected -= 1
+            if self.left_at and state in ("failed", "closed", "disconnected"):
+                self.probe.drop_peer(self.session)  # it left and its media stopped: gone
+                return
             if state == "failed" and not self.closed:
                 # aiortc has no restartIce(): start over with a fresh connection and offer.
                 self.post({"kind": "_restart"})
 
         return pc
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
 
     def _take_tracks(self) -> None:
         """Handle tracks announced by the last setRemoteDescription: count, echo, record."""
@@ -333,9 +348,21 @@ class Probe:
 
     # ---- life cycle ---------------------------------------------------------------------------
     def stop(self) -> None:
+        """Hang up: ``bye`` to every peer, then close the hub connection; ``run`` returns."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
-        if self._ws is not None:
-            asyncio.get_running_loop().create_task(self._ws.close())
+        ws = self._ws
+        if ws is not None:
+            for session in list(self.peers):
+                self._send({"type": "signal", "room": self.room, "to": session,
+                            "data": {"kind": "bye"}})  # fmt: skip
+            asyncio.get_running_loop().create_task(self._close_soon(ws))
+
+    @staticmethod
+    async def _close_soon(ws: ClientConnection) -> None:
+        await asyncio.sleep(0.05)  # let the byes go out first (writes are tasks)
+        await ws.close()
 
     async def run(self, duration: float = 0.0) -> int:
         loop = asyncio.get_running_loop()
@@ -493,11 +520,11 @@ class Probe:
         elif kind == "ping" and self._ws is not None:
             asyncio.get_running_loop().create_task(self._write(self._ws, '{"type":"pong"}'))
         elif kind == "join" and f.get("room") == self.room:
-            other = f.get("session")
-            if isinstance(other, str) and other != self.session and other not in self.peers:
-                self._add_peer(other, f.get("user"))  # it offers to us (new arrivals offer)
+            # Nothing to do yet: the new arrival offers, and its offer creates the connection
+            # (or rebinds one we have, when it is a known peer back with a new session id).
+            log.info("%s joined (session %s)", f.get("user"), f.get("session"))
         elif kind == "leave" and f.get("room") == self.room:
-            self.drop_peer(str(f.get("session")))
+            self._left(str(f.get("session")))
         elif kind == "signal" and f.get("room") == self.room:
             sender = f.get("from") or {}
             data = f.get("data")
@@ -505,6 +532,8 @@ class Probe:
             if not isinstance(other, str) or not isinstance(data, dict):
                 return
             peer = self.peers.get(other)
+            if peer is None and data.get("kind") == "offer":
+                peer = self._rebind(other, str(data.get("sdp") or ""))
             if peer is None and data.get("kind") == "offer":
                 peer = self._add_peer(other, sender.get("user"))
             if peer is not None:
@@ -520,6 +549,43 @@ class Probe:
         self.peers[session] = peer
         self.stats.peers = len(self.peers)
         return peer
+
+    def _left(self, session: str) -> None:
+        """A member left. A connection still carrying media is kept for LEAVE_GRACE seconds:
+        the remote may only have lost its hub connection and will re-offer from a new session
+        (docs/webrtc.md "Failures and reconnection")."""
+        peer = self.peers.get(session)
+        if peer is None:
+            return
+        if not peer.connected:
+            self.drop_peer(session)
+            return
+        peer.left_at = time.monotonic()
+
+        def expire() -> None:
+            if peer.left_at and self.peers.get(peer.session) is peer:
+                self.drop_peer(peer.session)
+
+        asyncio.get_running_loop().call_later(LEAVE_GRACE, expire)
+
+    def _rebind(self, session: str, sdp: str) -> RemotePeer | None:
+        """An offer from an unknown session whose DTLS fingerprint is that of one of our
+        connections: the remote reconnected to the hub. Move the connection to its new id."""
+        fp = sdp_fingerprint(sdp)
+        if fp is None:
+            return None
+        for old, peer in list(self.peers.items()):
+            remote = peer.pc.remoteDescription
+            if remote is not None and sdp_fingerprint(remote.sdp) == fp:
+                log.info("peer %s is now %s", old, session)
+                del self.peers[old]
+                peer.session = session
+                peer.left_at = 0.0
+                assert self.session is not None
+                peer.neg.polite = is_polite(self.session, session)
+                self.peers[session] = peer
+                return peer
+        return None
 
     def drop_peer(self, session: str) -> None:
         peer = self.peers.pop(session, None)

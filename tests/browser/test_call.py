@@ -140,6 +140,28 @@ async def test_chromium_calls_the_probe(node: Any, media_browser: Any, tmp_path:
         ARTIFACTS.mkdir(exist_ok=True)
         await asyncio.sleep(0.5)
         await page.screenshot(path=str(ARTIFACTS / "call.png"))
+        # The page loses its hub connection: new session, the probe rebinds the same connection
+        # (DTLS fingerprint) and the media keeps flowing.
+        frames = read_record(record)["video_frames"]
+        old = me
+        await page.evaluate("() => window.hubbubCall.client.reconnect()")
+        await eventually(
+            lambda: page.evaluate(
+                f"() => {{ const s = window.hubbubCall.stats(); return s.hub === 'connected'"
+                f" && s.session !== '{old}' && s.peers.length === 1"
+                " && s.peers[0].connection === 'connected' && s.peers[0].signaling === 'stable'; }"
+            ),
+            15, "page reconnected",
+        )  # fmt: skip
+        after = await eventually(
+            lambda: asyncio.sleep(0, (r := read_record(record))["answers"] >= 2 and r), 15,
+            "the probe answered the re-offer",
+        )  # fmt: skip
+        assert after["ever_connected"] == 1 and after["peers"] == 1, after
+        await eventually(
+            lambda: asyncio.sleep(0, read_record(record)["video_frames"] > frames + 15), 15,
+            "video still flowing",
+        )  # fmt: skip
         # Signals were never stored: the room's history is empty.
         assert (await node.hub.broker.history(room, after=None, limit=10)).publications == []
     except BaseException:
@@ -153,8 +175,8 @@ async def test_chromium_calls_the_probe(node: Any, media_browser: Any, tmp_path:
         except subprocess.TimeoutExpired:
             probe.kill()
             out, err = probe.communicate()
-        if probe.returncode != 0:
-            print(err[-4000:])
+        if probe.returncode != 0 or os.environ.get("HUBBUB_DEBUG"):
+            print(err[-6000:])
     assert probe.returncode == 0, err[-2000:]
     final = json.loads(out.strip().splitlines()[-1])
     assert final["video_frames"] >= 15
