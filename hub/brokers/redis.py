@@ -86,7 +86,6 @@ class RedisBroker:
         self.max_connections = max_connections
         self._ttl_ms = int(history_ttl * 1000)
         self._meta_ttl = max(META_TTL, math.ceil(history_ttl * 10))
-        self._presence_ms = max(1, int(presence_ttl * 1000))
         self._listener: NodeListener | None = None
         self.node = ""
         self._redis: aioredis.Redis | None = None
@@ -107,8 +106,8 @@ class RedisBroker:
 
     # ---- life cycle ------------------------------------------------------------------------------
     async def start(self, listener: NodeListener, node_id: str) -> None:
-        """Connect in the background; waits at most ``timeout`` for the first connection and
-        never raises when Redis is down (``broker_state(False)`` instead)."""
+        """Connect in the background; waits at most ``min(timeout, 2)`` seconds for the first
+        connection and never raises when Redis is down (``broker_state(False)`` instead)."""
         self._listener = listener
         self.node = node_id
         self._inbox = f"{self.prefix}node:{node_id}".encode()
@@ -161,7 +160,7 @@ class RedisBroker:
             )
         )
         try:
-            await asyncio.wait_for(self._link.became_up.wait(), self.timeout)
+            await asyncio.wait_for(self._link.became_up.wait(), min(self.timeout, 2.0))
         except TimeoutError:
             log.warning("redis at %s is not reachable yet; retrying in the background", self.url)
             listener.broker_state(False)
