@@ -357,6 +357,10 @@ class Client {
     if (this._closedByUser) return;
     const gen = ++this._gen;
     clearTimeout(this._timer);
+    // Still offline: keep saying so while trying anyway (navigator.onLine can be wrong).
+    if (state === State.RECONNECTING && this.state === State.OFFLINE && this._browserOffline()) {
+      state = State.OFFLINE;
+    }
     this._setState(state);
     if (typeof this.options.getToken === "function") {
       try {
@@ -416,7 +420,8 @@ class Client {
     };
     ws.onclose = (ev) => {
       if (gen !== this._gen) return;
-      if (!this._opened) this._wsFailures++;
+      // A WebSocket that never opened counts towards the SSE fallback, unless we are offline.
+      if (!this._opened && !this._browserOffline()) this._wsFailures++;
       this._lost(ev.code || 1006, ev.reason || "");
     };
     ws.onerror = () => {}; // always followed by close
@@ -436,6 +441,10 @@ class Client {
     } else if (this.state === State.RECONNECTING && this._retryAt && Date.now() >= this._retryAt) {
       this._open(State.RECONNECTING); // the backoff timer was throttled in the background
     }
+  }
+
+  _browserOffline() {
+    return typeof navigator !== "undefined" && navigator.onLine === false;
   }
 
   _armDeadTimer(ms) {
@@ -544,8 +553,7 @@ class Client {
     const delay = Math.random() * ceiling; // full jitter
     this._attempt++;
     this._retryAt = Date.now() + delay;
-    const offline = typeof navigator !== "undefined" && navigator.onLine === false;
-    this._setState(offline ? State.OFFLINE : State.RECONNECTING, { code, reason, delay });
+    this._setState(this._browserOffline() ? State.OFFLINE : State.RECONNECTING, { code, reason, delay });
     this._timer = setTimeout(() => this._open(State.RECONNECTING), delay);
   }
 

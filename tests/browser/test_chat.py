@@ -714,3 +714,46 @@ async def test_js_token_refresh_on_a_real_node(browser: Any) -> None:
         assert "reconnecting" in await T(static, "states")
     finally:
         await node.stop()
+
+
+async def test_js_offline_and_back(browser: Any) -> None:
+    """The network goes away (DevTools offline): the heartbeat notices, the state says
+    offline, a publish waits in the queue; back online, the client reconnects at once and
+    catches up with what others published meanwhile, once and in order."""
+    import httpx
+
+    from tests.conftest import API_KEY
+
+    node = await start_node(make_settings(ping_interval=1, ping_timeout=1))
+    logs: list[str] = []
+    try:
+        ctx = await browser.new_context()
+        page = watch(await ctx.new_page(), logs)
+        await page.goto(node.url + "/static/style.css")
+        await page.evaluate(NODE_HARNESS, [{"token": token("alice")}])
+        await eventually(lambda: page.evaluate("client.state === 'connected'"), what="up")
+        await page.evaluate("client.publish('room1', 'before')")
+        await ctx.set_offline(True)
+        await eventually(lambda: page.evaluate("client.state === 'offline'"), what="offline")
+        queued = asyncio.ensure_future(page.evaluate("client.publish('room1', 'mine')"))
+        async with httpx.AsyncClient(base_url=node.url) as http:
+            for text in ("x", "y"):
+                r = await http.post(
+                    "/v1/rooms/room1/messages",
+                    json={"data": text},
+                    headers={"Authorization": f"Bearer {API_KEY}"},
+                )
+                assert r.status_code == 201, r.text
+        await asyncio.sleep(1.5)
+        assert await page.evaluate("client.state") == "offline"
+        assert not queued.done()
+        await ctx.set_offline(False)
+        assert (await queued)["offset"] == 4
+        await eventually(lambda: T(page, "msgs.length >= 4"), what="caught up")
+        await asyncio.sleep(0.3)
+        assert await T(page, "msgs") == [[1, "before"], [2, "x"], [3, "y"], [4, "mine"]]
+        assert await T(page, "gaps") == []
+        states = await T(page, "states")
+        assert states[-3:] == ["offline", "reconnecting", "connected"], states
+    finally:
+        await node.stop()
