@@ -35,6 +35,7 @@ MEDIA_ARGS = [
 ]
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
+PREFIX = "calltest:"
 HAVE_REDIS_BROKER = importlib.util.find_spec("hub.brokers.redis") is not None
 
 pytestmark = pytest.mark.timeout(90)
@@ -186,9 +187,8 @@ async def two_nodes(node_factory: Any, redis_url: str | None) -> tuple[Any, Any]
     if redis_url is None:
         n = await node_factory()
         return n, n
-    prefix = f"t{os.getpid()}:"
-    a = await node_factory(broker_url=redis_url, redis_prefix=prefix)
-    b = await node_factory(broker_url=redis_url, redis_prefix=prefix)
+    a = await node_factory(broker_url=redis_url, redis_prefix=PREFIX)
+    b = await node_factory(broker_url=redis_url, redis_prefix=PREFIX)
     return a, b
 
 
@@ -206,7 +206,8 @@ async def test_two_pages_call_each_other(
     """Two pages, each on its own node (one Redis), call each other; then one page's hub
     connection is dropped: it reconnects with a new session id and the media keeps flowing on
     the same peer connection (the other page rebinds it by DTLS fingerprint); then an ICE
-    restart renegotiates without dropping the call."""
+    restart renegotiates without dropping the call; then that page's node is stopped and
+    started again, and the call survives that too."""
     node_a, node_b = await two_nodes(node_factory, maybe_redis)
     room = "call:pair"
     logs: list[str] = []
@@ -267,6 +268,29 @@ async def test_two_pages_call_each_other(
             ),
             15, "ICE restart completed",
         )  # fmt: skip
+        if maybe_redis is not None:
+            # B's node goes away for real (drain: close 4000) and comes back on the same port:
+            # B reconnects to it, A rebinds once more, the call never drops.
+            frames_before = await inbound_frames(a)
+            port = node_b.port
+            await node_b.stop()
+            await node_factory(port=port, broker_url=maybe_redis, redis_prefix=PREFIX)
+            sb3 = await eventually(
+                lambda: b.evaluate(
+                    f"() => {{ const s = window.hubbubCall.stats(); return s.hub === 'connected'"
+                    f" && s.session !== '{sb2}' && s.session; }}"
+                ),
+                20, "B back on the restarted node",
+            )  # fmt: skip
+            await eventually(
+                lambda: a.evaluate(
+                    f"() => window.hubbubCall.stats().peers.some(p => p.session === '{sb3}'"
+                    " && p.connection === 'connected' && !p.left)"
+                ),
+                15, "A rebound to B's session on the restarted node",
+            )  # fmt: skip
+            assert len((await call_stats(a))["peers"]) == 1
+            await eventually(lambda: more_frames(a, frames_before + 10), 10, "video after restart")
     except BaseException:
         print("\n".join(logs[-80:]))
         raise
@@ -321,6 +345,9 @@ async def test_mesh_glare_mute_hang_up_and_room_full(node_factory: Any, media_br
         assert await probe.wait_for(lambda s: s.dc_messages >= 1, 10)
         tiles = await a.evaluate("() => document.querySelectorAll('.tile').length")
         assert tiles == 3
+        await eventually(lambda: remote_video_width(a), 10, "video tiles")
+        ARTIFACTS.mkdir(exist_ok=True)
+        await a.screenshot(path=str(ARTIFACTS / "call-mesh.png"))
 
         full = watch(await media_browser.new_page(), logs, "D")
         await full.goto(call_url(node, room, "dora"))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import secrets
 from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from hub.settings import Rate
 from signaling.negotiation import Negotiator, candidate_line, is_loopback_candidate, is_polite
@@ -278,3 +280,47 @@ def test_roles_and_helpers() -> None:
     assert not is_loopback_candidate({**CAND, "candidate": CAND["candidate"].replace(
         "127.0.0.1", "192.0.2.2")}, ("127.0.0.1",))  # fmt: skip
     assert is_loopback_candidate(None, ("127.0.0.1",))
+
+
+async def test_huge_sdp_and_candidate_flood_close_the_sender_only(node: Any) -> None:
+    """HARDENING 44: a 1 MB SDP closes with 1009; a candidate flood gets rate_limited errors
+    and then close 4005; the target and the node are unharmed."""
+    a, b = await pair(node.ws_url)
+    await a.conn.send(
+        json.dumps({"type": "signal", "room": ROOM, "to": b.session,
+                    "data": {"kind": "offer", "sdp": "v" * 1_000_000}})
+    )  # fmt: skip
+    with pytest.raises(websockets.ConnectionClosed) as exc:
+        while True:
+            await a.recv()
+    assert exc.value.rcvd is not None and exc.value.rcvd.code == 1009
+    flooder = await Client.open(node.ws_url, "flood")
+    await flooder.join(ROOM)
+    frame = json.dumps({"type": "signal", "room": ROOM, "to": b.session,
+                        "data": {"kind": "candidate", "candidate": CAND}})  # fmt: skip
+    for _ in range(200):
+        try:
+            await flooder.conn.send(frame)
+        except websockets.ConnectionClosed:
+            break
+    codes: list[str] = []
+    with pytest.raises(websockets.ConnectionClosed) as exc:
+        while True:
+            f = await flooder.recv()
+            if f["type"] == "error":
+                codes.append(f["code"])
+    assert exc.value.rcvd is not None and exc.value.rcvd.code == 4005
+    assert "rate_limited" in codes
+    got = 0
+    while True:
+        try:
+            f = await b.recv(0.5)
+        except TimeoutError:
+            break
+        got += f["type"] == "signal"
+    assert 0 < got < 200  # the burst went through, the rest was refused
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        assert (await http.get("/health/ready")).status_code == 200
+    c = await Client.open(node.ws_url, "canary")
+    await c.join(ROOM)
+    assert (await c.signal(ROOM, b.session, {"kind": "bye"}))["type"] == "reply"
