@@ -265,7 +265,7 @@
 
   function fmt(v) {
     if (v >= 1000) return (v / 1000).toFixed(v >= 10000 ? 0 : 1) + "k";
-    return Number.isInteger(v) ? String(v) : v.toFixed(1);
+    return String(Number(v.toFixed(2))); // 0.25, 12.5, 3
   }
 
   // ---- rooms, presence, publish, disconnect ---------------------------------------------
