@@ -188,12 +188,13 @@ class _DirectWriter:
     for the writer task) while the writer holds frames or the socket is not writable
     (asyncio flow control), so the order holds and a slow consumer still fills its queue."""
 
-    __slots__ = ("busy", "bytes_sent", "frames_sent", "pending", "proto", "size")
+    __slots__ = ("busy", "bytes_sent", "frames_sent", "pending", "proto", "size", "writable")
 
     MAX_PENDING = 64  # frames per connection before writing without waiting for the flush
 
     def __init__(self, proto: HandshakeGuardProtocol, frames: Counter[str], sent: Counter[str]):
         self.proto = proto
+        self.writable = proto.writable  # set unless the transport is over its high-water mark
         self.busy = False  # the writer holds frames taken from the queue: keep the order
         self.pending: list[bytes] = []
         self.size = 0
@@ -201,11 +202,17 @@ class _DirectWriter:
         self.bytes_sent = sent
 
     def __call__(self, item: Item) -> bool:
-        if self.busy or not self.proto.can_write_now():
+        # Per subscriber and frame: keep this short. Only flow control is checked here; the
+        # connection state (open, no close sent, no extension) is checked once per flush by
+        # write_now, which drops what a connection that went away meanwhile cannot take.
+        if self.busy or not self.writable.is_set():
             return False
+        cache = _frames
+        if item is not cache.item:
+            cache.get(item)
         pending = self.pending
-        pending.append(_frames.get(item))
-        self.size += _frames.size
+        pending.append(cache.frame)
+        self.size += cache.size
         if len(pending) == 1:
             _flusher.add(self)
         elif len(pending) >= self.MAX_PENDING:
@@ -269,7 +276,8 @@ async def _writer(ws: WebSocket, session: Session, metrics: Metrics | None = Non
     send = ws.send
     frames, sent = (metrics.frames_sent, metrics.bytes_sent) if metrics else (Counter(), Counter())
     proto = _protocol(ws)
-    direct = _DirectWriter(proto, frames, sent) if proto is not None else None
+    # No direct path when an extension (per-message deflate) must rewrite every frame.
+    direct = _DirectWriter(proto, frames, sent) if proto and not proto.conn.extensions else None
     session.direct = direct
     try:
         while True:
