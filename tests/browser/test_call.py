@@ -36,6 +36,15 @@ MEDIA_ARGS = [
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 PREFIX = "calltest:"
+TURN = {"turn_urls": ("turn:127.0.0.1:9?transport=udp",), "turn_secret": "t" * 32, "turn_ttl": 2.0}
+# true once a connection's configuration carries TURN credentials newer than the welcome's
+FRESHER_TURN = """() => {
+  const expiry = (list) => Math.max(0, ...(list || []).filter(s => s.username)
+                                     .map(s => parseInt(s.username.split(':')[0], 10)));
+  const first = expiry(window.hubbubCall.client.welcome.ice_servers);
+  const peers = [...window.hubbubCall.peers.values()];
+  return peers.length > 0 && peers.every(p => expiry(p.pc.getConfiguration().iceServers) > first);
+}"""
 HAVE_REDIS_BROKER = importlib.util.find_spec("hub.brokers.redis") is not None
 
 pytestmark = pytest.mark.timeout(90)
@@ -183,12 +192,12 @@ async def test_chromium_calls_the_probe(node: Any, media_browser: Any, tmp_path:
     assert final["video_frames"] >= 15
 
 
-async def two_nodes(node_factory: Any, redis_url: str | None) -> tuple[Any, Any]:
+async def two_nodes(node_factory: Any, redis_url: str | None, **kw: Any) -> tuple[Any, Any]:
     if redis_url is None:
-        n = await node_factory()
+        n = await node_factory(**kw)
         return n, n
-    a = await node_factory(broker_url=redis_url, redis_prefix=PREFIX)
-    b = await node_factory(broker_url=redis_url, redis_prefix=PREFIX)
+    a = await node_factory(broker_url=redis_url, redis_prefix=PREFIX, **kw)
+    b = await node_factory(broker_url=redis_url, redis_prefix=PREFIX, **kw)
     return a, b
 
 
@@ -208,7 +217,10 @@ async def test_two_pages_call_each_other(
     the same peer connection (the other page rebinds it by DTLS fingerprint); then an ICE
     restart renegotiates without dropping the call; then that page's node is stopped and
     started again, and the call survives that too."""
-    node_a, node_b = await two_nodes(node_factory, maybe_redis)
+    # TURN credentials valid for 2 s: the pages get ice_servers frames every second and apply
+    # them to their connections. (Port 9 has no TURN server: allocations fail at once, and
+    # ice=loopback drops relay candidates anyway.)
+    node_a, node_b = await two_nodes(node_factory, maybe_redis, **TURN)
     room = "call:pair"
     logs: list[str] = []
     a = watch(await media_browser.new_page(), logs, "A")
@@ -231,6 +243,7 @@ async def test_two_pages_call_each_other(
         )  # fmt: skip
         ARTIFACTS.mkdir(exist_ok=True)
         await a.screenshot(path=str(ARTIFACTS / "call-two.png"))
+        await eventually(lambda: a.evaluate(FRESHER_TURN), 5, "pushed TURN credentials applied")
 
         # Hub connection lost: new session, same media.
         frames_before = await inbound_frames(a)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import secrets
@@ -324,3 +325,21 @@ async def test_huge_sdp_and_candidate_flood_close_the_sender_only(node: Any) -> 
     c = await Client.open(node.ws_url, "canary")
     await c.join(ROOM)
     assert (await c.signal(ROOM, b.session, {"kind": "bye"}))["type"] == "reply"
+
+
+@pytest.mark.skipif(not HAVE_REDIS_BROKER, reason="hub/brokers/redis.py is missing")
+@pytest.mark.xfail(
+    strict=True,
+    reason="hub.Hub.subscribe checks the member count, then adds the member (not atomic): "
+    "concurrent joins on two nodes overfill a call room. Fix: an atomic capped presence_add "
+    "in the broker (Lua on Redis).",
+)
+async def test_room_full_holds_under_concurrent_joins(node_factory: Any, redis_proc: Any) -> None:
+    kw = {"broker_url": redis_proc.url, "redis_prefix": "race:", "signal_max_peers": 2}
+    n1 = await node_factory(**kw)
+    n2 = await node_factory(**kw)
+    clients = [await Client.open((n1, n2)[i % 2].ws_url, f"u{i}") for i in range(6)]
+    frames = await asyncio.gather(
+        *(c.call({"type": "subscribe", "room": "call:race", "presence": True}) for c in clients)
+    )
+    assert sum(f["type"] == "reply" for f in frames) == 2
