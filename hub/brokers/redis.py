@@ -16,9 +16,12 @@ every key of one room lives in one slot and a cluster shards by room)::
 Room channel payloads are ``<offset>|<epoch>|<body>`` (both empty for ephemeral publications and
 room frames), so a node splits them without decoding JSON.
 
-Running against Redis Cluster or Sentinel: the key layout is cluster-ready (every script touches
-one slot), but this class speaks to one endpoint; point it at a Sentinel-managed primary through
-a proxy or a stable address. Pub/sub fan-out works on a cluster as on one server.
+Redis Cluster: add ``cluster=true`` to the URL (``redis://node1:7000/0?cluster=true``). Commands
+then go through redis-py's ``RedisCluster`` (every script touches one slot, so rooms spread over
+the shards); the pub/sub connection goes to the node named in the URL (a cluster forwards every
+PUBLISH to every node), and reconnects there. Sentinel: point the URL at a stable address of the
+current primary (a TCP proxy or a VIP that follows failover); a failover then looks like a Redis
+restart: resync, and a ``gap`` if the new primary lost data.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ import logging
 import math
 from collections.abc import Awaitable
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from hub.brokers import redis_lua as lua
@@ -54,6 +59,19 @@ from hub.envelope import Publication
 from hub.errors import BrokerError, Conflict
 
 log = logging.getLogger("hubbub.redis")
+_TRUE = ("1", "true", "yes", "on")
+
+
+def split_cluster_flag(url: str) -> tuple[str, bool]:
+    """Remove ``cluster=…`` from the URL's query; True when it asks for Redis Cluster."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    flags = [v for k, v in query if k == "cluster"]
+    rest = [(k, v) for k, v in query if k != "cluster"]
+    cluster = bool(flags) and flags[-1].lower() in _TRUE
+    return urlunsplit(parts._replace(query=urlencode(rest))), cluster
+
+
 T = TypeVar("T")
 META_TTL = 7 * 86400
 
@@ -88,7 +106,7 @@ class RedisBroker:
         self._meta_ttl = max(META_TTL, math.ceil(history_ttl * 10))
         self._listener: NodeListener | None = None
         self.node = ""
-        self._redis: aioredis.Redis | None = None
+        self._redis: Any = None  # redis.asyncio.Redis or RedisCluster
         self._link: PubSubLink | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -111,32 +129,42 @@ class RedisBroker:
         self._listener = listener
         self.node = node_id
         self._inbox = f"{self.prefix}node:{node_id}".encode()
+        url, cluster = split_cluster_flag(self.url)
+        common: dict[str, Any] = {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+            "retry": Retry(NoBackoff(), 0),  # a retried script could publish twice
+            # RESP2: pub/sub pushes come back from read_response() as plain arrays; and without
+            # maintenance notifications the pool checks an idle connection before reuse, so one
+            # closed by a Redis restart is replaced, not used and failed.
+            "protocol": 2,
+        }
+        # The pool always makes the pub/sub connection (on a cluster: to the node in the URL;
+        # PUBLISH reaches every node of a cluster).
         pool = aioredis.BlockingConnectionPool.from_url(
-            self.url,
+            url,
             max_connections=self.max_connections,
             timeout=self.timeout,
-            socket_timeout=self.timeout,
-            socket_connect_timeout=self.timeout,
-            retry=Retry(NoBackoff(), 0),  # a retried script could publish twice
             health_check_interval=0,
-            # RESP2 without maintenance notifications: the pool then checks an idle connection
-            # before reuse, so one closed by a Redis restart is replaced, not used and failed.
-            protocol=2,
             maint_notifications_config=None,
+            **common,
         )
         self._pool = pool
-        r = self._redis = aioredis.Redis(connection_pool=pool)
+        r: Any
+        if cluster:
+            r = RedisCluster.from_url(url, max_connections=self.max_connections, **common)
+        else:
+            r = aioredis.Redis(connection_pool=pool)
+        self._redis = r
         self._s_publish = r.register_script(lua.PUBLISH)
         self._s_history = r.register_script(lua.HISTORY)
         self._s_position = r.register_script(lua.POSITION)
         self._state = NodeState(
             r, lambda: self._r, self._do, prefix=self.prefix, node=node_id,
-            presence_ttl=self.presence_ttl,
+            presence_ttl=self.presence_ttl, cluster=cluster,
         )  # fmt: skip
 
         def connect() -> AbstractConnection:
-            # RESP2: pushed messages come back from read_response() as plain arrays (RESP3 would
-            # route them to a push handler instead).
             conn: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
             return conn
 
@@ -201,7 +229,7 @@ class RedisBroker:
 
     # ---- plumbing --------------------------------------------------------------------------------
     @property
-    def _r(self) -> aioredis.Redis:
+    def _r(self) -> Any:
         if self._redis is None or self._closed:
             raise BrokerError("broker is not running")
         return self._redis
@@ -373,4 +401,4 @@ class RedisBroker:
         return await self.state.take(key, rate, burst)
 
 
-_ERRORS = (RedisError, OSError, TimeoutError)
+_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)

@@ -159,6 +159,12 @@ return 1
 """
 )
 
+PRESENCE_REMOVE = """
+-- KEYS: hash, zset; ARGV: session
+redis.call('HDEL', KEYS[1], ARGV[1])
+return redis.call('ZREM', KEYS[2], ARGV[1])
+"""
+
 PRESENCE_LIST = (
     _NOW_MS
     + """
@@ -186,6 +192,11 @@ redis.call('PEXPIRE', KEYS[1], ttl)
 return redis.call('ZCARD', KEYS[1])
 """
 )
+
+CONN_REMOVE = """
+-- KEYS: zset; ARGV: sessions
+return redis.call('ZREM', KEYS[1], unpack(ARGV))
+"""
 
 CONN_COUNT = (
     _NOW_MS

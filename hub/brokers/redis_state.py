@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript as Script
 
 from hub.brokers import redis_lua as lua
 from hub.brokers.base import Member
@@ -33,15 +33,17 @@ class NodeState:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
-        client: Callable[[], aioredis.Redis],
+        redis: Any,
+        client: Callable[[], Any],
         do: Callable[[Awaitable[Any]], Awaitable[Any]],
         *,
         prefix: str,
         node: str,
         presence_ttl: float,
+        cluster: bool = False,
     ) -> None:
         self._client = client
+        self.cluster = cluster
         self.stopped = False
         self._do = do
         self.prefix = prefix
@@ -57,6 +59,8 @@ class NodeState:
         self._node_set_prefix = pre + "node:"
         self._s_presence_add = redis.register_script(lua.PRESENCE_ADD)
         self._s_presence_list = redis.register_script(lua.PRESENCE_LIST)
+        self._s_presence_remove = redis.register_script(lua.PRESENCE_REMOVE)
+        self._s_conn_remove = redis.register_script(lua.CONN_REMOVE)
         self._s_conn_add = redis.register_script(lua.CONN_ADD)
         self._s_conn_count = redis.register_script(lua.CONN_COUNT)
         self._s_room_set = redis.register_script(lua.ROOM_SET)
@@ -82,28 +86,25 @@ class NodeState:
             }
         )
 
-    def _presence_add_call(self, m: Member, client: Any = None) -> Any:
-        return self._s_presence_add(
-            keys=[self._rk(m.room, "presence"), self._rk(m.room, "presence:exp")],
-            args=[m.session, self._member_json(m), self._presence_ms],
-            client=client,
-        )
+    def _presence_add_args(self, m: Member) -> tuple[list[Any], list[Any]]:
+        keys = [self._rk(m.room, "presence"), self._rk(m.room, "presence:exp")]
+        return keys, [m.session, self._member_json(m), self._presence_ms]
 
     async def presence_add(self, member: Member) -> None:
         key = (member.room, member.session)
         self._members[key] = member
         try:
-            await self._do(self._presence_add_call(member))
+            await self._do(self._s_presence_add(*self._presence_add_args(member)))
         except BrokerError:
             self._members.pop(key, None)
             raise
 
     async def presence_remove(self, room: str, session: str) -> None:
         self._members.pop((room, session), None)
-        pipe = self._client().pipeline(transaction=True)
-        pipe.hdel(self._rk(room, "presence"), session)
-        pipe.zrem(self._rk(room, "presence:exp"), session)
-        await self._do(pipe.execute())
+        await self._do(self._s_presence_remove(*self._presence_remove_call(room, session)))
+
+    def _presence_remove_call(self, room: str, session: str) -> tuple[list[str], list[str]]:
+        return [self._rk(room, "presence"), self._rk(room, "presence:exp")], [session]
 
     async def presence_list(self, room: str) -> list[Member]:
         raw = await self._do(
@@ -149,17 +150,14 @@ class NodeState:
             own.discard(session)
             if not own:
                 del self._conns[user]
-        await self._do(self._client().zrem(self._conn_key(user), session))
+        await self._do(self._s_conn_remove(keys=[self._conn_key(user)], args=[session]))
 
     async def connection_count(self, user: str) -> int:
         return int(await self._do(self._s_conn_count(keys=[self._conn_key(user)])))
 
-    def _room_set_call(self, room: str, n: int, client: Any = None) -> Any:
-        return self._s_room_set(
-            keys=[*self._rooms_keys, self._node_set_prefix + self.node],
-            args=[self.node, room, n, self._presence_ms],
-            client=client,
-        )
+    def _room_set_args(self, room: str, n: int) -> tuple[list[Any], list[Any]]:
+        keys = [*self._rooms_keys, self._node_set_prefix + self.node]
+        return keys, [self.node, room, n, self._presence_ms]
 
     async def room_sessions(self, room: str, delta: int) -> None:
         n = self._room_counts.get(room, 0) + delta
@@ -170,7 +168,7 @@ class NodeState:
             self._room_counts.pop(room, None)
             self._rooms_zeroed.add(room)
         try:
-            await self._do(self._room_set_call(room, max(n, 0)))
+            await self._do(self._s_room_set(*self._room_set_args(room, max(n, 0))))
         except BrokerError:
             if delta > 0:  # the caller gives up on this session: undo; a decrement stands
                 self._room_counts[room] = n - delta
@@ -200,28 +198,43 @@ class NodeState:
         return bool(int(res[0])), float(res[1]), float(res[2])
 
     # ---- refresh ---------------------------------------------------------------------------------
+    async def _batch(self, redis: Any, calls: list[tuple[Script, list[Any], list[Any]]]) -> None:
+        """Run script calls in one pipeline; on a cluster (no scripts in cluster pipelines),
+        as concurrent calls, 100 at a time."""
+        if not calls:
+            return
+        if not self.cluster:
+            pipe = redis.pipeline(transaction=False)
+            for script, keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            await pipe.execute()
+            return
+        for i in range(0, len(calls), 100):
+            await asyncio.gather(
+                *(script(keys=keys, args=args) for script, keys, args in calls[i : i + 100])
+            )
+
     async def refresh_once(self) -> None:
         """Re-assert this node's presence members, connections and rooms (idempotent: also
         rebuilds them after Redis lost its data)."""
-        pipe = self._client().pipeline(transaction=False)
-        await self._s_node_alive(
-            keys=[*self._rooms_keys, self._node_set_prefix + self.node],
-            args=[self.node, self._presence_ms, self._node_set_prefix],
-            client=pipe,
-        )
+        ttl = self._presence_ms
+        calls: list[tuple[Script, list[Any], list[Any]]] = [
+            (
+                self._s_node_alive,
+                [*self._rooms_keys, self._node_set_prefix + self.node],
+                [self.node, ttl, self._node_set_prefix],
+            )
+        ]
         for m in list(self._members.values()):
-            await self._presence_add_call(m, client=pipe)
+            calls.append((self._s_presence_add, *self._presence_add_args(m)))
         for user, sessions in list(self._conns.items()):
-            for s in sessions:
-                await self._s_conn_add(
-                    keys=[self._conn_key(user)], args=[s, self._presence_ms], client=pipe
-                )
+            calls.extend((self._s_conn_add, [self._conn_key(user)], [s, ttl]) for s in sessions)
         for room, n in list(self._room_counts.items()):
-            await self._room_set_call(room, n, client=pipe)
+            calls.append((self._s_room_set, *self._room_set_args(room, n)))
         zeroed = list(self._rooms_zeroed)
         for room in zeroed:
-            await self._room_set_call(room, 0, client=pipe)
-        await self._do(pipe.execute())
+            calls.append((self._s_room_set, *self._room_set_args(room, 0)))
+        await self._do(self._batch(self._client(), calls))
         self._rooms_zeroed.difference_update(r for r in zeroed if r not in self._room_counts)
 
     async def refresh_loop(self) -> None:
@@ -232,14 +245,13 @@ class NodeState:
                 log.debug("presence refresh failed: %r", exc.__cause__)
             await asyncio.sleep(self.presence_ttl / 3)
 
-    async def forget(self, redis: aioredis.Redis) -> None:
+    async def forget(self, redis: Any) -> None:
         """Remove everything this node asserted (a graceful stop)."""
-        pipe = redis.pipeline(transaction=False)
+        calls: list[tuple[Script, list[Any], list[Any]]] = []
         for room, session in list(self._members):
-            pipe.hdel(self._rk(room, "presence"), session)
-            pipe.zrem(self._rk(room, "presence:exp"), session)
+            calls.append((self._s_presence_remove, *self._presence_remove_call(room, session)))
         for user, sessions in list(self._conns.items()):
-            pipe.zrem(self._conn_key(user), *sessions)
+            calls.append((self._s_conn_remove, [self._conn_key(user)], list(sessions)))
         for room in list(self._room_counts):
-            await self._room_set_call(room, 0, client=pipe)
-        await pipe.execute()
+            calls.append((self._s_room_set, *self._room_set_args(room, 0)))
+        await self._batch(redis, calls)

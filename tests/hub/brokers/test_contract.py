@@ -41,13 +41,13 @@ class Env:
 
     async def settle(self) -> None:
         """Give in-flight deliveries time to arrive (Redis pub/sub is asynchronous)."""
-        await asyncio.sleep(0.15 if self.kind == "redis" else 0)
+        await asyncio.sleep(0 if self.kind == "memory" else 0.15)
 
 
 Factory = Callable[..., Awaitable[Env]]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def make(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
     kind: str = request.param
     started: list[Broker] = []
@@ -64,7 +64,7 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
             broker: Broker = MemoryBroker(clock=clock, **kw)
             advance = advance_clock
         else:
-            redis = request.getfixturevalue("shared_redis")
+            redis = request.getfixturevalue("shared_redis" if kind == "redis" else "redis_cluster")
             prefix = f"t{secrets.token_hex(4)}:"
             broker = RedisBroker(redis.url, prefix=prefix, timeout=2.0, **kw)
             advance = asyncio.sleep

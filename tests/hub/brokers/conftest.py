@@ -1,0 +1,76 @@
+"""Fixtures of the broker tests: a real three-shard Redis Cluster for the contract suite."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.conftest import RedisProc, free_port, need_tool
+
+
+@dataclass
+class RedisClusterProcs:
+    nodes: list[RedisProc]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0?cluster=true"
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterProcs]:
+    """Three redis-server processes in cluster mode, no replicas, all slots assigned."""
+    cli = need_tool("redis-cli")
+    tmp = tempfile.mkdtemp(prefix="hubbub-cluster-")
+    nodes = []
+    for _ in range(3):
+        port = cluster_port()
+        extra = ("--cluster-enabled", "yes", "--cluster-config-file", f"{tmp}/nodes-{port}.conf",
+                 "--cluster-node-timeout", "2000")  # fmt: skip
+        nodes.append(RedisProc(port=port, extra=extra).start())
+    try:
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            states = [
+                subprocess.run(
+                    [cli, "-p", str(n.port), "CLUSTER", "INFO"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                ).stdout
+                for n in nodes
+            ]
+            if all("cluster_state:ok" in s for s in states):
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("redis cluster did not become ready")
+        yield RedisClusterProcs(nodes)
+    finally:
+        for n in nodes:
+            n.stop()
