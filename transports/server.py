@@ -133,10 +133,17 @@ class HubServer(uvicorn.Server):
             for server in self.servers:
                 server.close()
             timeout = hub.settings.shutdown_timeout
-            deadline = time.monotonic() + timeout
+            # Part of the budget stays for uvicorn's own steps, the lifespan shutdown and the
+            # interpreter's exit (about a second together).
+            deadline = time.monotonic() + timeout - min(2.0, timeout / 4)
+            log.info("draining %d sessions (HUB_SHUTDOWN_TIMEOUT=%gs)", len(hub.sessions), timeout)
             await hub.drain(window=min(2.0, timeout / 3))
             while hub.sessions and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
+            # uvicorn then waits for the remaining requests and connections (a client that
+            # stopped reading blocks its close frame) with what is left of the budget, not a
+            # second full HUB_SHUTDOWN_TIMEOUT: the node exits within it (PROTOCOL.md §7).
+            self.config.timeout_graceful_shutdown = max(0.1, deadline - time.monotonic())
         await super().shutdown(sockets)
 
 

@@ -9,6 +9,7 @@ deploy/nginx.conf file), WebSocket clients that reconnect through nginx and resu
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 
 from tests.conftest import RedisProc, token
 from tests.ops.harness import (
@@ -231,5 +233,39 @@ async def test_sigterm_drains_every_worker(redis_proc: RedisProc, tmp_path: Path
         rc = await node.wait_exit(SHUTDOWN_TIMEOUT + 5)
         assert rc == 0, node.logs()[-3000:]
         assert time.monotonic() - sent <= SHUTDOWN_TIMEOUT + 1.0
+    finally:
+        node.stop()
+
+
+async def test_sigterm_with_a_client_that_stopped_reading(tmp_path: Path) -> None:
+    """A client that stopped reading (its close frame stuck behind megabytes of backlog) does
+    not stretch the drain: the node still exits 0 within HUB_SHUTDOWN_TIMEOUT."""
+    timeout = 3.0
+    node = NodeProc(tmp_path, env={"HUB_SHUTDOWN_TIMEOUT": str(timeout),
+                                   "HUB_MAX_QUEUE": "100000",
+                                   "HUB_MAX_QUEUE_BYTES": "500000000"})  # fmt: skip
+    node.start()
+    try:
+        await node.wait_live()
+        stuck = await websockets.connect(f"{node.ws_url}?token={token('stuck')}", max_queue=1)
+        await stuck.recv()
+        await stuck.send(json.dumps({"type": "subscribe", "room": "big", "id": 1}))
+        await stuck.recv()
+        fine = await WS.connect(node.ws_url, token("fine"))
+        big = "x" * 60_000
+        async with httpx.AsyncClient(timeout=5) as h:
+            for _ in range(200):  # ~12 MB for a client that reads nothing more
+                r = await h.post(f"{node.url}/v1/rooms/big/messages", json={"data": big},
+                                 headers=auth_headers())  # fmt: skip
+                assert r.status_code == 201
+        sent = time.monotonic()
+        node.signal(signal.SIGTERM)
+        code, _ = await fine.closed(timeout + 2)
+        assert code == 4000
+        rc = await node.wait_exit(2 * timeout + 5)
+        took = time.monotonic() - sent
+        assert rc == 0, node.logs()[-3000:]
+        assert took <= timeout + 0.5, f"drain took {took:.2f}s with HUB_SHUTDOWN_TIMEOUT={timeout}"
+        stuck.transport.abort()
     finally:
         node.stop()
