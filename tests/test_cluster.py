@@ -511,3 +511,77 @@ async def test_redis_paused_then_resumed_loses_nothing(
     # after a timeout means "unknown", which is why clients retry with an Idempotency-Key.
     assert n_gaps == 0 and n_msgs in (len(acked), len(acked) + 1)
     assert [f["offset"] for f in got if f["type"] == "message"] == list(range(1, n_msgs + 1))
+
+
+async def test_deaf_pubsub_on_one_node_is_detected_and_back_filled(
+    node_factory: Factory, redis_proc: RedisProc
+) -> None:
+    """HARDENING 37: node b's pub/sub socket stays open but hears nothing (a proxy blackholes
+    it): the probe notices, ready is false meanwhile, and b's subscriber still gets every
+    message, from history, with no gap."""
+    from tests.hub.brokers.redis_proxy import TcpProxy
+
+    proxy = await TcpProxy(redis_proc.port).start()
+    try:
+        settings = prefixed(redis_proc)
+        a: Node = await node_factory(**settings)
+        b: Node = await node_factory(**{**settings, "broker_url": proxy.url})
+        s = await b.hub.open_session(SVC, "ws")
+        await b.hub.subscribe(s, "muted")
+        got: list[dict[str, Any]] = []
+        acked = []
+        proxy.deafen()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for i in range(10):
+            res = await a.hub.publish(SVC, "muted", i)
+            acked.append((res["epoch"], res["offset"]))
+            await asyncio.sleep(0.05)
+        while b.hub.broker_up:
+            assert loop.time() - t0 < 4.0, "a deaf pub/sub connection went unnoticed"
+            await asyncio.sleep(0.05)
+        assert not await b.hub.ready()
+        for _ in range(100):
+            if await b.hub.ready():
+                break
+            await asyncio.sleep(0.05)
+        assert await b.hub.ready()
+
+        def caught_up() -> bool:
+            got.extend(frames(s))
+            return any(f.get("offset") == 10 for f in got)
+
+        await until(caught_up, 5.0)
+        assert check_delivery(got, acked, "muted") == (10, 0)
+    finally:
+        await proxy.close()
+
+
+async def test_serve_with_workers_runs_nodes_on_one_port(
+    shared_redis: RedisProc, tmp_path: Path
+) -> None:
+    """``hubbub serve --workers 2`` with Redis: two nodes behind one port share rooms."""
+    from tests.ops.harness import NodeProc
+
+    prefix = f"w{secrets.token_hex(3)}:"
+    env = {"HUB_REDIS_PREFIX": prefix, "HUB_WORKERS": "2"}
+    proc = NodeProc(tmp=tmp_path, broker=shared_redis.url, env=env, name="workers").start()
+    try:
+        await proc.wait_live()
+        url = f"ws://127.0.0.1:{proc.port}/v1/ws"
+        clients = [await WS.connect(url, token(f"u{i}")) for i in range(8)]
+        for c in clients:
+            await c.result({"type": "subscribe", "room": "shared"})
+        for _ in range(50):
+            nodes = redis_cli(shared_redis, "ZRANGE", prefix + "{rooms}:nodes", "0", "-1").split()
+            if len(nodes) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert len(nodes) == 2  # both workers registered in Redis
+        await clients[0].result({"type": "publish", "room": "shared", "data": "hello"})
+        for c in clients:
+            msg = (await c.messages(1))[0]
+            assert (msg["offset"], msg["data"]) == (1, "hello")
+            await c.close()
+    finally:
+        proc.stop()
