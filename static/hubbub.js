@@ -247,8 +247,9 @@ class Client {
 
   // ---- public API -----------------------------------------------------------------------
 
-  /** Listen to "state" (state, info), "error" (err), "welcome" (frame), "signal" (frame),
-   * "ice_servers" (frame), "expiring" (frame). Returns a function that removes the listener. */
+  /** Listen to "state" (state, info), "error" (err), "welcome" (frame), "retry" ({attempt,
+   * delay, code, reason}: a reconnect is scheduled), "signal" (frame), "ice_servers" (frame),
+   * "expiring" (frame). Returns a function that removes the listener. */
   on(event, fn) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
     this._listeners.get(event).add(fn);
@@ -554,6 +555,7 @@ class Client {
     this._attempt++;
     this._retryAt = Date.now() + delay;
     this._setState(this._browserOffline() ? State.OFFLINE : State.RECONNECTING, { code, reason, delay });
+    this._emit("retry", { attempt: this._attempt, delay, code, reason });
     this._timer = setTimeout(() => this._open(State.RECONNECTING), delay);
   }
 

@@ -304,13 +304,15 @@ class FakeHub:
 HARNESS = """
 async ([url, useToken]) => {
   const { connect } = await import("/static/hubbub.js");
-  const T = (window.T = { msgs: [], gaps: [], states: [], errors: [], tokens: 0, results: [] });
+  const T = (window.T = { msgs: [], gaps: [], states: [], errors: [], tokens: 0, results: [],
+                          delays: [] });
   window.client = connect(url, {
     backoff: { base: 50, max: 200 },
     getToken: useToken ? async () => `tok-${++T.tokens}` : undefined,
     onState: (s) => T.states.push(s),
     onError: (e) => T.errors.push({ code: e.code, closeCode: e.closeCode, message: e.message }),
   });
+  client.on("retry", (r) => T.delays.push(r.delay));
   window.sub = client.subscribe("r", {
     onMessage: (m) => T.msgs.push([m.epoch, m.offset, m.data]),
     onGap: (g) => T.gaps.push(g),
@@ -394,6 +396,28 @@ async def test_js_no_reconnect_after_4501(browser: Any) -> None:
             "client.publish('r', 1).then(() => null, e => [e.code, e.temporary])"
         )
         assert err == ["closed", False]
+
+
+async def test_js_backoff_is_exponential_with_full_jitter(browser: Any) -> None:
+    """A hub that drops every connection with 4000 before `welcome`: the attempts go on, each
+    delay drawn from [0, min(max, base * 2^attempt)) (base 50 ms, max 200 ms here)."""
+
+    async def script(hub: FakeHub, conn: ServerConnection, n: int) -> None:
+        await conn.close(4000, "draining")
+
+    logs: list[str] = []
+    async with FakeHub(script) as hub:
+        page = await js_page(browser, hub, logs)
+        await eventually(lambda: T(page, "delays.length >= 12"), what="12 attempts")
+        await page.evaluate("client.close()")
+        delays = await T(page, "delays")
+        for i, d in enumerate(delays[:12]):
+            assert 0 <= d < min(200, 50 * 2**i), (i, delays)
+        assert len({round(d) for d in delays[4:12]}) > 1, delays  # jittered, not constant
+        assert await T(page, "states.at(-1)") == "closed"
+        n = len(hub.frames)
+        await asyncio.sleep(0.5)
+        assert len(hub.frames) == n, "close() must stop reconnecting"
 
 
 async def test_js_gap_epoch_change_and_heartbeat(browser: Any) -> None:
