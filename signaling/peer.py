@@ -189,7 +189,7 @@ class RemotePeer:
                         t.sender.replaceTrack(relay.subscribe(track, buffered=False))
                         if t.direction == "recvonly":
                             t.direction = "sendrecv"
-            self.probe.record_track(track)
+            self.probe.record_track(track, self)
 
     async def _count(self, track: Any, kind: str) -> None:
         stats = self.probe.stats
@@ -298,6 +298,8 @@ class RemotePeer:
                 raise
 
     async def close(self) -> None:
+        if self.probe.recording is self:
+            await self.probe.stop_recording()  # finalise the file while the tracks still live
         self.closed = True
         self.worker.cancel()
         for task in list(self._tasks):
@@ -345,6 +347,8 @@ class Probe:
         self._stopping = asyncio.Event()
         self._recorder: Any = None
         self._recorder_started = False
+        self._recorder_task: asyncio.Task[None] | None = None
+        self._recording: RemotePeer | None = None
 
     # ---- life cycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -391,10 +395,8 @@ class Probe:
         finally:
             if timer is not None:
                 timer.cancel()
+            await self.stop_recording()
             await self._drop_all()
-            if self._recorder is not None and self._recorder_started:
-                with contextlib.suppress(Exception):
-                    await self._recorder.stop()
             if writer is not None:
                 writer.cancel()
                 await asyncio.gather(writer, return_exceptions=True)
@@ -604,9 +606,10 @@ class Probe:
     def _json_record(self) -> bool:
         return bool(self.record) and str(self.record).endswith(".json")
 
-    def record_track(self, track: Any) -> None:
-        """Record the first video (and audio) track received when ``record`` names a media
-        file; the recorder starts with the first video track."""
+    def record_track(self, track: Any, peer: RemotePeer) -> None:
+        """Record the media of the first peer that sends video, when ``record`` names a media
+        file: its audio and video tracks, from its first video track until it goes away (or the
+        probe stops), when the file is finalised."""
         if not self.record or self._json_record or self._recorder_started:
             return
         if self._recorder is None:
@@ -614,7 +617,33 @@ class Probe:
         self._recorder.addTrack(self.relay.subscribe(track, buffered=False))
         if track.kind == "video":
             self._recorder_started = True
-            asyncio.get_running_loop().create_task(self._recorder.start())
+            self._recording = peer
+            self._recorder_task = asyncio.get_running_loop().create_task(self._recorder.start())
+
+    @property
+    def recording(self) -> RemotePeer | None:
+        """The peer whose media is being recorded, if any."""
+        return self._recording
+
+    async def stop_recording(self) -> None:
+        """Finalise the media file (idempotent)."""
+        recorder, self._recorder = self._recorder, None
+        self._recording = None
+        if recorder is None or not self._recorder_started:
+            return
+        try:
+            if self._recorder_task is not None:
+                await self._recorder_task
+            await recorder.stop()
+        except Exception as exc:
+            # aiortc's MediaRecorder.stop() flushes the encoders into the muxer and leaves the
+            # container open when that raises (e.g. EINVAL for a non-monotonic timestamp after
+            # a renegotiation): close it anyway so the file gets its index and stays playable.
+            log.warning("recording to %s: flushing failed (%s); closing the file", self.record, exc)
+            container = getattr(recorder, "_MediaRecorder__container", None)
+            if container is not None:
+                with contextlib.suppress(Exception):
+                    container.close()
 
     def _dump_stats(self) -> None:
         if not self.record:

@@ -327,7 +327,9 @@ async def more_frames(page: Any, n: int) -> bool:
     return await inbound_frames(page) >= n
 
 
-async def test_mesh_glare_mute_hang_up_and_room_full(node_factory: Any, media_browser: Any) -> None:
+async def test_mesh_glare_mute_hang_up_and_room_full(
+    node_factory: Any, media_browser: Any, tmp_path: Path
+) -> None:
     """Three peers in a mesh (two pages, then the probe, which arrives last and so sends the
     offers) up to HUB_SIGNAL_MAX_PEERS=3; a fourth
     page gets room_full. Both pages renegotiate at once: perfect negotiation resolves the glare
@@ -341,7 +343,8 @@ async def test_mesh_glare_mute_hang_up_and_room_full(node_factory: Any, media_br
     a = watch(await media_browser.new_page(), logs, "A")
     b = watch(await media_browser.new_page(), logs, "B")
     restrict_ice_hosts(["127.0.0.1"])
-    probe = Probe(node.ws_url, room, token("bot"), ice_hosts=("127.0.0.1",))
+    recording = tmp_path / "mesh.mp4"  # the probe records the first video it receives
+    probe = Probe(node.ws_url, room, token("bot"), ice_hosts=("127.0.0.1",), record=str(recording))
     task: asyncio.Task[int] | None = None
     try:
         await a.goto(call_url(node, room, "alice", name="Alice"))
@@ -408,6 +411,10 @@ async def test_mesh_glare_mute_hang_up_and_room_full(node_factory: Any, media_br
         probe.stop()
         if task is not None:
             assert await asyncio.wait_for(task, 15) == 0
+    av = pytest.importorskip("av")
+    with av.open(str(recording)) as container:
+        video = [s for s in container.streams if s.type == "video"]
+        assert video and sum(1 for _ in container.decode(video[0])) > 10
 
 
 async def peer_list(page: Any) -> list[dict[str, Any]]:
