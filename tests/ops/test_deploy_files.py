@@ -114,8 +114,21 @@ def test_dockerfile_structure() -> None:
     assert user and user[-1] not in ("USER root", "USER 0")
     for ln in lines:
         if ln.startswith("COPY ") and "--from" not in ln:
-            src = ln.split()[1]
-            assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
+            for src in ln.split()[1:-1]:
+                assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
+
+
+def test_dockerignore_keeps_what_the_image_copies() -> None:
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    kept = {ln[1:].split("/")[0] for ln in ignore if ln.startswith("!")}
+    copied = {
+        src.rstrip("/")
+        for ln in (DEPLOY / "Dockerfile").read_text().splitlines()
+        if ln.startswith("COPY ") and "--from" not in ln
+        for src in ln.split()[1:-1]
+    }
+    assert "**" in ignore  # everything else (.venv, .git, tests) stays out of the context
+    assert copied <= kept, copied - kept
 
 
 def test_dockerfile_passes_hadolint() -> None:
