@@ -97,10 +97,15 @@ class Peer {
 
   addLocalTracks() {
     const local = this.call.localStream;
-    if (!local) return;
-    for (const track of local.getTracks()) {
+    for (const track of local ? local.getTracks() : []) {
       if (this.pc.getSenders().some((s) => s.track === track)) continue;
       this.pc.addTrack(track, local);
+    }
+    // No camera (or microphone): still receive that kind from the others.
+    for (const kind of ["audio", "video"]) {
+      if (!this.pc.getTransceivers().some((t) => t.receiver.track.kind === kind)) {
+        this.pc.addTransceiver(kind, { direction: "recvonly" });
+      }
     }
   }
 
@@ -246,11 +251,7 @@ export class Call {
   }
 
   async start() {
-    if (!this.localStream) {
-      this.localStream = await navigator.mediaDevices.getUserMedia(
-        this.opts.media || { audio: true, video: true },
-      );
-    }
+    if (!this.localStream) this.localStream = await this._getMedia();
     if (!this.client) {
       const { url, token, getToken } = this.opts;
       this.client = connect(url || "/v1/ws", { token, getToken, transport: "websocket" });
@@ -277,6 +278,24 @@ export class Call {
     await this.sub.ready; // rejects with room_full, forbidden, ...
     if (c.state === "connected") this._connected(); // the state event may come before or after
     return this;
+  }
+
+  /** Camera and microphone; without a camera, microphone only; without either, receive only.
+   * A refused permission (NotAllowedError) is not papered over: it rejects. */
+  async _getMedia() {
+    const want = this.opts.media || { audio: true, video: true };
+    const attempts = [want, { audio: want.audio, video: false }, null];
+    for (const constraints of attempts) {
+      if (!constraints) break;
+      if (!constraints.audio && !constraints.video) continue;
+      try {
+        return await navigator.mediaDevices.getUserMedia(constraints);
+      } catch (err) {
+        if (err && err.name === "NotAllowedError") throw err;
+        this._log(`getUserMedia(${JSON.stringify(constraints)}) failed: ${err && err.name}`);
+      }
+    }
+    return new MediaStream(); // receive only
   }
 
   /** Mute or unmute our "audio" or "video" (no renegotiation: the track sends silence/black). */
