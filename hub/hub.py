@@ -162,6 +162,8 @@ class Hub:
                 del self.by_user[session.identity.sub]
         self.metrics.connections[session.transport] -= 1
         closed = session.closed
+        if closed is not None:  # every transport: slow consumer 4001, heartbeat 4002, drain…
+            self.metrics.disconnects[closed.code] += 1
         log.info("session %s closed: %s %s", session.id, closed and closed.code,
                  closed and closed.reason, extra=_log_context(session))  # fmt: skip
         for room in list(session.subs):

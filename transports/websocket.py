@@ -145,8 +145,7 @@ async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
             t.cancel()
         await asyncio.gather(reader, writer, return_exceptions=True)
     closed = session.closed
-    if closed is not None:
-        hub.metrics.disconnects[closed.code] += 1
+    if closed is not None:  # counted in hubbub_disconnects_total by Hub.close_session
         if closed.code >= 4000:
             await _send_json(ws, {"type": "disconnect", "code": closed.code,
                                   "reason": closed.reason, "reconnect": closed.reconnect})  # fmt: skip

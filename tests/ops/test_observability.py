@@ -95,7 +95,18 @@ async def test_metrics_after_real_traffic(node_factory: Any) -> None:
 async def test_readiness_during_drain(node_factory: Any) -> None:
     node = await node_factory()
     c = await WS.connect(node.ws_url, token("alice"))
-    async with httpx.AsyncClient(base_url=node.url) as h:
+    async with httpx.AsyncClient(base_url=node.url, timeout=5) as h:
+        sse_lines: list[str] = []
+
+        async def follow() -> None:
+            headers = {"Authorization": f"Bearer {token('bob')}"}
+            async with h.stream("GET", "/v1/rooms/r/events", headers=headers) as resp:
+                async for line in resp.aiter_lines():
+                    sse_lines.append(line)
+
+        sse = asyncio.create_task(follow())
+        while not sse_lines:
+            await asyncio.sleep(0.01)
         assert (await h.get("/health/ready")).status_code == 200
         drain = asyncio.create_task(node.hub.drain(window=0.2))
         await asyncio.sleep(0)
@@ -105,8 +116,11 @@ async def test_readiness_during_drain(node_factory: Any) -> None:
         code, frames = await c.closed()
         assert code == 4000
         assert frames[-1]["type"] == "disconnect" and frames[-1]["reconnect"] is True
+        await asyncio.wait_for(sse, 5)  # the SSE stream ended too
         await drain
-        assert (await scrape(node.url))["hubbub_draining"] == 1
+        m = await scrape(node.url)
+        assert m["hubbub_draining"] == 1
+        assert m['hubbub_disconnects_total{code="4000"}'] == 2  # one WebSocket, one SSE
         # No new sessions while draining: the newcomer is told to go elsewhere.
         late = await WS.connect(node.ws_url, token("bob"), welcome=False)
         code, frames = await late.closed()
