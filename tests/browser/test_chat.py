@@ -139,6 +139,34 @@ async def _has(page: Any, want: list[str]) -> bool:
     return await shown(page) == want
 
 
+async def test_chat_asks_for_a_token(browser: Any, artifacts: Path) -> None:
+    """A hub that needs a token: without one the page shows the refusal (4501, no retry loop)
+    and a token box; a pasted token connects. The #token=… fragment leaves the address bar."""
+    node = await start_node(make_settings())
+    logs: list[str] = []
+    try:
+        ctx = await browser.new_context(viewport={"width": 1100, "height": 720})
+        page = watch(await ctx.new_page(), logs)
+        await page.goto(node.url + "/")
+        await page.wait_for_selector('#state[data-state="closed"]')
+        assert await page.is_visible("#token-box")
+        assert "unauthorized" in await page.inner_text("#state")
+        await page.screenshot(path=str(artifacts / "chat-token.png"))
+        await page.fill("#token", token("dora", name="Dora"))
+        await page.click("#token-box button")
+        await page.wait_for_selector('#state[data-state="connected"]')
+        assert not await page.is_visible("#token-box")
+        await eventually(lambda: online(page), what="presence")
+        assert (await page.inner_text("#who li")).split() == ["Dora", "(you)"]  # public name
+
+        other = watch(await ctx.new_page(), logs)
+        await other.goto(f"{node.url}/#token={token('erin')}")
+        await other.wait_for_selector('#state[data-state="connected"]')
+        assert "token" not in other.url
+    finally:
+        await node.stop()
+
+
 @pytest.mark.parametrize(
     "broker",
     [
