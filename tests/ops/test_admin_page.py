@@ -203,6 +203,15 @@ async def test_admin_page_behind_nginx_shows_both_nodes(
         assert len(rows) == 2, rows
         await eventually(lambda: _text_if(page, "#s-ws", "5"), "connections summed over nodes")
         await eventually(lambda: _text_if(page, "#rooms", "team:"), "rooms from both nodes")
+        # A POST from the page carries Origin: nginx forwards Host with its port, so the hub
+        # sees its own origin.
+        await page.fill("#publish-room", "team:0")
+        await page.click("#publish-form button")
+        await eventually(lambda: _text_if(page, "#publish-out", "offset 1"), "publish via nginx")
+        for i, c in enumerate(clients):
+            if i % 2 == 0:
+                m = await c.next("message")
+                assert m["data"] == {"text": "hello from the admin page"}
         await asyncio.sleep(2)
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "admin-cluster.png"), full_page=True)
