@@ -139,6 +139,30 @@ async def _has(page: Any, want: list[str]) -> bool:
     return await shown(page) == want
 
 
+@pytest.mark.skipif(not REDIS_BROKER, reason="hub/brokers/redis.py is not written yet")
+async def test_chat_across_two_nodes(browser: Any, redis_proc: Any) -> None:
+    """Alice on node 1, bob on node 2, one Redis: messages and presence cross nodes."""
+    settings = make_settings(broker_url=redis_proc.url)
+    n1, n2 = await start_node(settings), await start_node(settings)
+    logs: list[str] = []
+    try:
+        alice = await open_chat(browser, f"{n1.url}/#token={token('alice')}", "alice", logs)
+        bob = await open_chat(browser, f"{n2.url}/#token={token('bob')}", "bob", logs)
+        await eventually(lambda: _both_online(alice, 2), what="alice sees bob (other node)")
+        await eventually(lambda: _both_online(bob, 2), what="bob sees alice (other node)")
+        await say(alice, "from node 1")
+        await eventually(lambda: _has(bob, ["from node 1"]), what="bob gets it")
+        await say(bob, "from node 2")
+        want = ["from node 1", "from node 2"]
+        for page in (alice, bob):
+            await eventually(lambda p=page: _has(p, want), what="both")
+        await asyncio.sleep(0.3)
+        assert await shown(alice) == await shown(bob) == want, dump(logs)
+    finally:
+        await n1.stop()
+        await n2.stop()
+
+
 async def test_chat_asks_for_a_token(browser: Any, artifacts: Path) -> None:
     """A hub that needs a token: without one the page shows the refusal (4501, no retry loop)
     and a token box; a pasted token connects. The #token=… fragment leaves the address bar."""
