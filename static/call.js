@@ -270,7 +270,7 @@ export class Call {
     if (c.welcome) this._welcome(c.welcome);
     this.sub = c.subscribe(this.room, {
       presence: true,
-      onJoin: (m) => this._log(`${m.name || m.user} joined`),
+      onJoin: (m) => m.session !== this.session && this._log(`${m.name || m.user} joined`),
       onLeave: (m) => this._left(m),
       onError: (err) => this._call("onError", err),
     });
