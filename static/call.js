@@ -82,7 +82,12 @@ class Peer {
     pc.onnegotiationneeded = () => this.negotiate();
     pc.oniceconnectionstatechange = () => this._iceState();
     pc.onconnectionstatechange = () => {
-      if (pc.connectionState === "failed") this.restartIce("connection failed");
+      const s = pc.connectionState;
+      if (this.leftAt && (s === "failed" || s === "closed" || s === "disconnected")) {
+        call._drop(this); // its session left and its media stopped: it is gone
+        return;
+      }
+      if (s === "failed") this.restartIce("connection failed");
       call._changed(this);
     };
   }

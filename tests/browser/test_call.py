@@ -304,6 +304,19 @@ async def test_two_pages_call_each_other(
             )  # fmt: skip
             assert len((await call_stats(a))["peers"]) == 1
             await eventually(lambda: more_frames(a, frames_before + 10), 10, "video after restart")
+        # B vanishes without a bye: first its hub connection (A keeps the connection, media
+        # still flows), then its peer connection (A drops B long before the 30 s grace).
+        await b.evaluate("() => window.hubbubCall.client.close()")
+        await eventually(
+            lambda: a.evaluate("() => window.hubbubCall.stats().peers.some(p => p.left)"), 10,
+            "A saw B leave",
+        )  # fmt: skip
+        assert (await call_stats(a))["peers"][0]["connection"] == "connected"
+        await b.evaluate(
+            "() => { for (const p of window.hubbubCall.peers.values()) p.pc.close(); }"
+        )
+        await eventually(lambda: has_n(peer_list(a), 0), 15, "A dropped the vanished peer")
+        assert await a.evaluate("() => document.querySelectorAll('.tile').length") == 1
     except BaseException:
         print("\n".join(logs[-80:]))
         raise
