@@ -425,9 +425,8 @@ async def test_mesh_glare_mute_hang_up_and_room_full(
         if task is not None:
             assert await asyncio.wait_for(task, 15) == 0
     av = pytest.importorskip("av")
-    with av.open(str(recording)) as container:
-        video = [s for s in container.streams if s.type == "video"]
-        assert video and sum(1 for _ in container.decode(video[0])) > 10
+    with av.open(str(recording)) as container:  # a finalised, playable file with media in it
+        assert sum(1 for packet in container.demux() if packet.size) > 10
 
 
 async def peer_list(page: Any) -> list[dict[str, Any]]:
