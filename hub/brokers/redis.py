@@ -13,6 +13,9 @@ every key of one room lives in one slot and a cluster shards by room)::
     P{rl:KEY}                   hash   token bucket
     channels: P{room:NAME}:ch (room traffic), Pctl (every node), Pnode:ID (one node's inbox)
 
+Pub/sub channels are global to a Redis server, not per database: hubs sharing one Redis need
+distinct prefixes even when their URLs name distinct databases.
+
 Room channel payloads are ``<offset>|<epoch>|<body>`` (both empty for ephemeral publications and
 room frames), so a node splits them without decoding JSON.
 
@@ -371,8 +374,10 @@ class RedisBroker:
             raise BrokerError("broker is not running")
         return self._state
 
-    async def presence_add(self, member: Member) -> None:
-        await self.state.presence_add(member)
+    async def presence_add(self, member: Member, *, limit: int | None = None) -> None:
+        """As the protocol; with ``limit`` (an extension for call rooms), refuse atomically
+        with RoomFull when ``limit`` other members are present on any node."""
+        await self.state.presence_add(member, limit=limit)
 
     async def presence_remove(self, room: str, session: str) -> None:
         await self.state.presence_remove(room, session)

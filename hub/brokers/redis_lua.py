@@ -149,8 +149,13 @@ return {m[1], m[2] or '0'}
 PRESENCE_ADD = (
     _NOW_MS
     + """
--- KEYS: hash, zset; ARGV: session, member_json, ttl_ms
+-- KEYS: hash, zset; ARGV: session, member_json, ttl_ms[, limit]
+-- With a limit > 0: refuse (return 0) when the room already has limit other live members.
 local ttl = tonumber(ARGV[3])
+local limit = tonumber(ARGV[4] or '0')
+if limit > 0 and redis.call('ZSCORE', KEYS[2], ARGV[1]) == false then
+  if redis.call('ZCOUNT', KEYS[2], now, '+inf') >= limit then return 0 end
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ttl)

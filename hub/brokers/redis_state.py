@@ -19,7 +19,7 @@ from redis.commands.core import AsyncScript as Script
 
 from hub.brokers import redis_lua as lua
 from hub.brokers.base import Member
-from hub.errors import BrokerError
+from hub.errors import BrokerError, RoomFull
 
 log = logging.getLogger("hubbub.redis")
 
@@ -90,14 +90,25 @@ class NodeState:
         keys = [self._rk(m.room, "presence"), self._rk(m.room, "presence:exp")]
         return keys, [m.session, self._member_json(m), self._presence_ms]
 
-    async def presence_add(self, member: Member) -> None:
+    async def presence_add(self, member: Member, *, limit: int | None = None) -> None:
+        """Add (or refresh) a member. With ``limit``, atomically refuse a new member when the
+        room already has ``limit`` live ones: raises RoomFull."""
         key = (member.room, member.session)
         self._members[key] = member
+        keys, args = self._presence_add_args(member)
+        if limit:
+            args.append(int(limit))
         try:
-            await self._do(self._s_presence_add(*self._presence_add_args(member)))
+            added = await self._do(self._s_presence_add(keys, args))
         except BrokerError:
             self._members.pop(key, None)
             raise
+        if not added:
+            self._members.pop(key, None)
+            raise RoomFull(
+                f"room {member.room} is full ({limit} members)",
+                details={"room": member.room, "limit": limit},
+            )
 
     async def presence_remove(self, room: str, session: str) -> None:
         self._members.pop((room, session), None)

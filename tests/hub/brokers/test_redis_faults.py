@@ -321,3 +321,25 @@ async def test_every_script_touches_one_cluster_slot(make: Make) -> None:
         assert len({key_slot(k) for k in keys}) == 1, keys
     slots = {key_slot(f"x{{room:{r}}}:meta".encode()) for r in ("a", "b:c", "lobby.1")}
     assert len(slots) == 3
+
+
+async def test_capped_presence_add_is_atomic_across_nodes(make: Make) -> None:
+    """The primitive for call rooms: of many concurrent joins on two nodes, exactly ``limit``
+    get in; a member already present may refresh."""
+    from hub.errors import RoomFull
+
+    one, _ = await make()
+    two, _ = await make()
+    joins = [
+        (one if i % 2 else two).presence_add(Member("call:x", f"s{i}", f"u{i}", "ws", "n"), limit=2)
+        for i in range(8)
+    ]
+    results = await asyncio.gather(*joins, return_exceptions=True)
+    assert sum(r is None for r in results) == 2
+    assert all(isinstance(r, RoomFull) for r in results if r is not None)
+    present = await one.presence_list("call:x")
+    assert len(present) == 2
+    again = present[0]
+    owner = one if (again.room, again.session) in one.state._members else two
+    await owner.presence_add(again, limit=2)  # already in: not refused
+    assert len(await two.presence_list("call:x")) == 2
