@@ -481,6 +481,18 @@ export class Call {
         peer = this._addPeer(from, member); // tracks are added when answering
       }
     }
+    if (peer && data.kind === "offer") {
+      // An offer with another DTLS fingerprint comes from a NEW connection of that peer (the
+      // Python probe replaces its connection instead of restarting ICE): start over too.
+      const remote = peer.pc.remoteDescription;
+      const fp = fingerprint(data.sdp);
+      if (remote && fp && fingerprint(remote.sdp) && fingerprint(remote.sdp) !== fp) {
+        this._log(`peer ${from} replaced its connection`);
+        const member = peer.member;
+        this._drop(peer);
+        peer = this._addPeer(from, member);
+      }
+    }
     if (peer) peer.receive(data);
   }
 
