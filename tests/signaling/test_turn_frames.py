@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from hub.settings import Rate
 from signaling.turn import ice_servers, refresh_period, turn_credentials
 from tests.conftest import API_KEY, make_settings, token
 from tests.signaling.wspeer import Client
@@ -129,3 +130,15 @@ async def test_the_secret_never_appears_in_any_frame(node_factory: Any) -> None:
     for text in frames:
         assert TURN_SECRET not in text
         assert base64.b64encode(TURN_SECRET.encode()).decode() not in text
+
+
+async def test_ice_servers_endpoint_is_rate_limited(node_factory: Any) -> None:
+    """HARDENING 45: the credential endpoint is rate-limited like the rest of the API."""
+    node = await node_factory(**TURN, api_rate=Rate.parse("1/s:3"))
+    auth = {"Authorization": f"Bearer {token('zoe')}"}
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        codes = [(await http.get("/v1/ice-servers", headers=auth)).status_code for _ in range(5)]
+        assert codes[:3] == [200, 200, 200] and codes[-1] == 429
+        r = await http.get("/v1/ice-servers", headers=auth)
+        assert r.status_code == 429 and "Retry-After" in r.headers
+        assert TURN_SECRET not in r.text
