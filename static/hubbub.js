@@ -591,9 +591,9 @@ class Client {
           clearTimeout(r.timer);
           if (f.type === "reply") r.resolve(f.result);
           else r.reject(new HubbubError(f.code, f.message, { temporary: Boolean(f.temporary), details: f.details }));
-        } else if (f.type === "error") {
+        } else if (f.type === "error" && (f.id === null || f.id === undefined)) {
           this._unsolicitedError(f);
-        }
+        } // else: the answer to a request that already timed out
         return;
       case "message": {
         const sub = this._subs.get(f.room);
