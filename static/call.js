@@ -52,6 +52,7 @@ class Peer {
     this.ignoreOffer = false;
     this.settingRemoteAnswer = false;
     this.chain = Promise.resolve();
+    this.early = []; // candidates that arrived before any remote description
     this.stream = new MediaStream();
     this.leftAt = 0; // when the remote session left (kept for LEAVE_GRACE_MS)
     this.closed = false;
@@ -193,6 +194,9 @@ class Peer {
       } finally {
         this.settingRemoteAnswer = false;
       }
+      for (const init of this.early.splice(0)) {
+        await this._addCandidate(init).catch((err) => this.call._log(`early candidate: ${err}`));
+      }
       if (description.type === "offer") {
         this.addLocalTracks(); // reuses the offered transceivers: no extra m-lines
         await pc.setLocalDescription();
@@ -202,13 +206,22 @@ class Peer {
     } else if (data.kind === "candidate") {
       const init = data.candidate;
       if (init && !this.call._candidateAllowed(init)) return;
-      try {
-        await pc.addIceCandidate(init || null);
-      } catch (err) {
-        if (!this.ignoreOffer) throw err;
+      if (!pc.remoteDescription) {
+        // Ahead of its description (a signal resent after rate_limited): apply it after.
+        if (this.early.length < 100) this.early.push(init);
+        return;
       }
+      await this._addCandidate(init);
     } else if (data.kind === "bye") {
       this.call._drop(this);
+    }
+  }
+
+  async _addCandidate(init) {
+    try {
+      await this.pc.addIceCandidate(init || null);
+    } catch (err) {
+      if (!this.ignoreOffer) throw err;
     }
   }
 
@@ -233,6 +246,7 @@ class Peer {
  *   media                  getUserMedia constraints ({audio: true, video: true})
  *   localStream            use this stream instead of getUserMedia
  *   iceHosts               only use/accept ICE candidates on these addresses (tests: 127.0.0.1)
+ *   signalRate             {rate, burst} pacing of outgoing signals (default 10/s, burst 20)
  *   onPeer(peer, event)    "add" | "change" | "remove"
  *   onState(state, info)   the hub connection state (hubbub.js State)
  *   onData(peer, text)     a data-channel message
@@ -253,6 +267,13 @@ export class Call {
     this.received = []; // data-channel messages, for pages and tests
     this._timer = null;
     this._connectedAs = null; // our session id when _connected() last ran
+    this._outbox = []; // signals waiting for the pacer
+    this._rate = { rate: 10, burst: 20, ...(opts.signalRate || {}) };
+    this._tokens = this._rate.burst;
+    this._tokensAt = performance.now();
+    this._pumpTimer = null;
+    this._seq = 0;
+    this.signalRetries = 0; // signals resent after rate_limited
   }
 
   async start() {
@@ -366,6 +387,7 @@ export class Call {
         left: Boolean(p.leftAt),
       })),
       received: this.received.length,
+      signalRetries: this.signalRetries,
     };
   }
 
@@ -531,14 +553,44 @@ export class Call {
     this._call("onData", peer, text);
   }
 
+  /** Queue a signal. Signals count against the hub's publish rate (HUB_CLIENT_PUBLISH_RATE,
+   * default 20/s, burst 40) and a mesh's first seconds trickle many ICE candidates, so they
+   * are paced here (token bucket, `signalRate`, default 10/s burst 20) and a `rate_limited`
+   * refusal is retried a few times after a pause instead of losing the candidate. */
   _signal(to, data) {
     // While the hub connection is down signals would leave from a session that no longer
     // exists; the offer made after the reconnect carries every gathered candidate anyway.
     if (!this.client || this.client.state !== "connected" || this.ended) return;
-    this.client.signal(this.room, to, data).catch((err) => {
-      if (err && err.code !== "not_found" && err.code !== "disconnected") {
-        this._log(`signal ${data.kind} to ${to}: ${err.code || err}`);
+    this._outbox.push({ to, data, tries: 0, seq: this._seq++ });
+    this._pump();
+  }
+
+  _pump() {
+    clearTimeout(this._pumpTimer);
+    const { rate, burst } = this._rate;
+    while (this._outbox.length) {
+      const now = performance.now();
+      this._tokens = Math.min(burst, this._tokens + ((now - this._tokensAt) / 1000) * rate);
+      this._tokensAt = now;
+      if (this._tokens < 1) {
+        this._pumpTimer = setTimeout(() => this._pump(), Math.ceil(((1 - this._tokens) / rate) * 1000));
+        return;
       }
-    });
+      this._tokens -= 1;
+      const item = this._outbox.shift();
+      if (!this.client || this.client.state !== "connected" || this.ended) continue;
+      this.client.signal(this.room, item.to, item.data).catch((err) => {
+        if (err && err.code === "rate_limited" && item.tries++ < 5 && !this.ended) {
+          this._tokens = 0; // the hub's budget is spent: back off, then resend in order
+          this.signalRetries++;
+          const at = this._outbox.findIndex((x) => x.seq > item.seq); // keep the order
+          this._outbox.splice(at < 0 ? this._outbox.length : at, 0, item);
+          clearTimeout(this._pumpTimer);
+          this._pumpTimer = setTimeout(() => this._pump(), 1000);
+        } else if (err && err.code !== "not_found" && err.code !== "disconnected") {
+          this._log(`signal ${item.data.kind} to ${item.to}: ${err.code || err}`);
+        }
+      });
+    }
   }
 }

@@ -442,3 +442,25 @@ async def peer_list(page: Any) -> list[dict[str, Any]]:
 
 async def has_n(items: Any, n: int) -> bool:
     return len(await items) == n
+
+
+async def test_tight_publish_rate_still_connects(node_factory: Any, media_browser: Any) -> None:
+    """Signals count against HUB_CLIENT_PUBLISH_RATE: with a budget far below a mesh's candidate
+    trickle, call.js paces and resends refused signals, so the call still connects."""
+    from hub.settings import Rate
+
+    node = await node_factory(client_publish_rate=Rate.parse("2/s:2"))
+    logs: list[str] = []
+    a = watch(await media_browser.new_page(), logs, "A")
+    b = watch(await media_browser.new_page(), logs, "B")
+    try:
+        await a.goto(call_url(node, "call:slow", "alice"))
+        await eventually(lambda: joined(a), 10, "A joined")
+        await b.goto(call_url(node, "call:slow", "bob"))
+        await eventually(lambda: connected_peers(a), 30, "A connected")
+        await eventually(lambda: connected_peers(b), 30, "B connected")
+        retries = sum([(await call_stats(p))["signalRetries"] for p in (a, b)])
+        assert retries >= 1  # the hub did refuse some, and they were resent
+    except BaseException:
+        print("\n".join(logs[-60:]))
+        raise
