@@ -63,11 +63,23 @@ def is_loopback_candidate(candidate: dict[str, Any] | None, hosts: tuple[str, ..
     return len(bits) >= 5 and bits[4] in hosts
 
 
-def sdp_fingerprint(sdp: str) -> str | None:
-    """The first ``a=fingerprint`` of an SDP, lower-cased: it names the DTLS certificate of one
-    RTCPeerConnection for its whole life, so an offer from a new session id carrying a known
-    fingerprint comes from a connection we already have (the remote reconnected to the hub)."""
+def sdp_fingerprints(sdp: str) -> set[str]:
+    """The ``a=fingerprint`` values of an SDP (``"sha-256 ab:cd:…"``, lower case). They name
+    the DTLS certificate of one RTCPeerConnection for its whole life. An SDP may list several
+    (aiortc: sha-256, sha-384, sha-512) and browsers re-order them, so compare them as sets."""
+    out: set[str] = set()
     for line in sdp.splitlines():
         if line.startswith("a=fingerprint:"):
-            return line[len("a=fingerprint:") :].strip().lower()
-    return None
+            out.add(" ".join(line[len("a=fingerprint:") :].split()).lower())
+    return out
+
+
+def same_certificate(sdp_a: str, sdp_b: str) -> bool | None:
+    """True: both SDPs come from the same certificate (one shared fingerprint), False: from
+    different ones; None: one of them has no fingerprint. An offer from an unknown session id
+    with a known certificate comes from a connection we already have (the remote reconnected
+    to the hub); a known session with another certificate has replaced its connection."""
+    a, b = sdp_fingerprints(sdp_a), sdp_fingerprints(sdp_b)
+    if not a or not b:
+        return None
+    return bool(a & b)

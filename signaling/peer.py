@@ -53,7 +53,7 @@ from signaling.negotiation import (
     candidate_line,
     is_loopback_candidate,
     is_polite,
-    sdp_fingerprint,
+    same_certificate,
 )
 
 log = logging.getLogger("hubbub.peer")
@@ -262,9 +262,7 @@ class RemotePeer:
             action = self.neg.on_description(kind, pc.signalingState)
             if action == "ignore":
                 return
-            if action == "rollback" or (
-                kind == "offer" and pc.connectionState in ("failed", "closed")
-            ):
+            if action == "rollback" or (kind == "offer" and self._needs_fresh_pc(data["sdp"])):
                 await self._reset()  # aiortc cannot roll back: a fresh connection instead
             pc = self.pc
             await pc.setRemoteDescription(RTCSessionDescription(sdp=data["sdp"], type=kind))
@@ -277,6 +275,15 @@ class RemotePeer:
             await self._candidate(data.get("candidate"))
         elif kind == "bye":
             self.probe.drop_peer(self.session)
+
+    def _needs_fresh_pc(self, sdp: str) -> bool:
+        """An offer on a failed connection, or from a new connection of the remote (another
+        DTLS fingerprint than the one we know), is answered on a fresh connection."""
+        pc = self.pc
+        if pc.connectionState in ("failed", "closed"):
+            return True
+        remote = pc.remoteDescription
+        return remote is not None and same_certificate(remote.sdp, sdp) is False
 
     async def _candidate(self, cand: Any) -> None:
         try:
@@ -573,12 +580,9 @@ class Probe:
     def _rebind(self, session: str, sdp: str) -> RemotePeer | None:
         """An offer from an unknown session whose DTLS fingerprint is that of one of our
         connections: the remote reconnected to the hub. Move the connection to its new id."""
-        fp = sdp_fingerprint(sdp)
-        if fp is None:
-            return None
         for old, peer in list(self.peers.items()):
             remote = peer.pc.remoteDescription
-            if remote is not None and sdp_fingerprint(remote.sdp) == fp:
+            if remote is not None and same_certificate(remote.sdp, sdp):
                 log.info("peer %s is now %s", old, session)
                 del self.peers[old]
                 peer.session = session

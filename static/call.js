@@ -31,10 +31,25 @@ export function isPolite(own, remote) {
   return own < remote;
 }
 
-/** The DTLS fingerprint(s) of an SDP: stable for the life of one RTCPeerConnection. */
-export function fingerprint(sdp) {
-  const m = /^a=fingerprint:(.+)$/m.exec(sdp || "");
-  return m ? m[1].trim().toLowerCase() : null;
+/** The DTLS certificate fingerprints of an SDP ("sha-256 ab:cd:…", lower case): they name the
+ * certificate of one RTCPeerConnection for its whole life. An SDP may list several (aiortc
+ * offers sha-256, sha-384 and sha-512) and Chrome re-orders them in remoteDescription, so
+ * compare them as sets (see sameCertificate). */
+export function fingerprints(sdp) {
+  const out = new Set();
+  for (const m of String(sdp || "").matchAll(/^a=fingerprint:(.+)$/gm)) {
+    out.add(m[1].trim().replace(/\s+/g, " ").toLowerCase());
+  }
+  return out;
+}
+
+/** true: same certificate; false: another one; null: cannot tell (no fingerprint). */
+export function sameCertificate(sdpA, sdpB) {
+  const a = fingerprints(sdpA);
+  const b = fingerprints(sdpB);
+  if (!a.size || !b.size) return null;
+  for (const f of a) if (b.has(f)) return true;
+  return false;
 }
 
 function candidateAddress(init) {
@@ -488,10 +503,9 @@ export class Call {
     if (!peer && data.kind === "offer") {
       // A renegotiation from a peer that reconnected (new session id) carries the DTLS
       // fingerprint of a connection we already have: rebind it instead of starting over.
-      const fp = fingerprint(data.sdp);
       for (const p of this.peers.values()) {
         const remote = p.pc.remoteDescription;
-        if (fp && remote && fingerprint(remote.sdp) === fp) {
+        if (remote && sameCertificate(remote.sdp, data.sdp)) {
           const member = (this.sub && this.sub.members.get(from)) || { session: from, user: f.from.user };
           this._rebind(p, from, member);
           peer = p;
@@ -503,16 +517,22 @@ export class Call {
         peer = this._addPeer(from, member); // tracks are added when answering
       }
     }
-    if (peer && data.kind === "offer") {
-      // An offer with another DTLS fingerprint comes from a NEW connection of that peer (the
-      // Python probe replaces its connection instead of restarting ICE): start over too.
+    if (peer && (data.kind === "offer" || data.kind === "answer")) {
+      // A description with another DTLS fingerprint comes from a NEW connection of that peer
+      // (the Python probe replaces its connection instead of restarting ICE, also when it
+      // answers our ICE restart). Chrome cannot apply a new fingerprint to an existing
+      // connection: start over too. An offer is answered on the new connection; after an
+      // answer we offer afresh from the new connection.
       const remote = peer.pc.remoteDescription;
-      const fp = fingerprint(data.sdp);
-      if (remote && fp && fingerprint(remote.sdp) && fingerprint(remote.sdp) !== fp) {
+      if (remote && sameCertificate(remote.sdp, data.sdp) === false) {
         this._log(`peer ${from} replaced its connection`);
         const member = peer.member;
         this._drop(peer);
         peer = this._addPeer(from, member);
+        if (data.kind === "answer") {
+          peer.addLocalTracks(); // -> negotiationneeded -> a fresh offer
+          return;
+        }
       }
     }
     if (peer) peer.receive(data);

@@ -172,6 +172,21 @@ async def test_chromium_calls_the_probe(node: Any, media_browser: Any, tmp_path:
             lambda: asyncio.sleep(0, read_record(record)["video_frames"] > frames + 15), 15,
             "video still flowing",
         )  # fmt: skip
+        # An ICE restart from the page: aiortc cannot restart ICE, so the probe ends up on a
+        # fresh connection (new DTLS fingerprint) and the page follows it; media resumes.
+        frames = read_record(record)["video_frames"]
+        await page.evaluate("() => [...window.hubbubCall.peers.values()][0].restartIce('test')")
+        await eventually(
+            lambda: asyncio.sleep(0, read_record(record)["video_frames"] > frames + 30), 20,
+            "video after the ICE restart",
+        )  # fmt: skip
+        await eventually(
+            lambda: page.evaluate(
+                "() => { const s = window.hubbubCall.stats(); return s.peers.length === 1"
+                " && s.peers[0].connection === 'connected' && s.peers[0].signaling === 'stable'; }"
+            ),
+            15, "page settled after the ICE restart",
+        )  # fmt: skip
         # Signals were never stored: the room's history is empty.
         assert (await node.hub.broker.history(room, after=None, limit=10)).publications == []
     except BaseException:

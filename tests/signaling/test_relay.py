@@ -13,7 +13,13 @@ import pytest
 import websockets
 
 from hub.settings import Rate
-from signaling.negotiation import Negotiator, candidate_line, is_loopback_candidate, is_polite
+from signaling.negotiation import (
+    Negotiator,
+    candidate_line,
+    is_loopback_candidate,
+    is_polite,
+    same_certificate,
+)
 from tests.conftest import API_KEY
 from tests.signaling.wspeer import Client
 
@@ -343,3 +349,12 @@ async def test_room_full_holds_under_concurrent_joins(node_factory: Any, redis_p
         *(c.call({"type": "subscribe", "room": "call:race", "presence": True}) for c in clients)
     )
     assert sum(f["type"] == "reply" for f in frames) == 2
+
+
+def test_same_certificate_compares_fingerprint_sets() -> None:
+    aiortc = "v=0\r\na=fingerprint:sha-256 AA:BB\r\na=fingerprint:sha-384 CC:DD\r\n"
+    chrome_view = "v=0\r\na=fingerprint:sha-384 cc:dd\r\na=fingerprint:sha-256 aa:bb\r\n"
+    other = "v=0\r\na=fingerprint:sha-256 EE:FF\r\n"
+    assert same_certificate(aiortc, chrome_view) is True  # re-ordered, other case
+    assert same_certificate(aiortc, other) is False
+    assert same_certificate(aiortc, "v=0\r\n") is None
