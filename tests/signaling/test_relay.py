@@ -222,7 +222,7 @@ async def test_signals_are_never_stored(node: Any) -> None:
 
 
 async def test_signals_count_against_the_publish_rate(node_factory: Any) -> None:
-    node = await node_factory(client_publish_rate=Rate.parse("1/s:3"))
+    node = await node_factory(client_publish_rate=Rate.parse("0.2/s:3"))
     a, b = await pair(node.ws_url)
     codes = [
         (await a.signal(ROOM, b.session, {"kind": "candidate", "candidate": CAND}))["type"]
