@@ -134,7 +134,7 @@ async def test_the_secret_never_appears_in_any_frame(node_factory: Any) -> None:
 
 async def test_ice_servers_endpoint_is_rate_limited(node_factory: Any) -> None:
     """HARDENING 45: the credential endpoint is rate-limited like the rest of the API."""
-    node = await node_factory(**TURN, api_rate=Rate.parse("1/s:3"))
+    node = await node_factory(**TURN, api_rate=Rate.parse("0.2/s:3"))
     auth = {"Authorization": f"Bearer {token('zoe')}"}
     async with httpx.AsyncClient(base_url=node.url) as http:
         codes = [(await http.get("/v1/ice-servers", headers=auth)).status_code for _ in range(5)]
