@@ -66,7 +66,7 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
         else:
             redis = request.getfixturevalue("shared_redis" if kind == "redis" else "redis_cluster")
             prefix = f"t{secrets.token_hex(4)}:"
-            broker = RedisBroker(redis.url, prefix=prefix, timeout=2.0, **kw)
+            broker = RedisBroker(redis.url, prefix=prefix, timeout=5.0, **kw)
             advance = asyncio.sleep
         await broker.start(listener, node)
         started.append(broker)
