@@ -858,7 +858,10 @@ class Client {
         }
         // Connected once the stream's first block (retry + id) arrives.
         await this._readSse(resp.body, gen, () => this._sseConnected(gen, rooms));
-        if (gen === this._gen) this._lost(1006, "stream ended");
+        if (gen !== this._gen) return;
+        // The hub says why a stream ends (an extension: event hub.disconnect {code, reason}).
+        const d = this._disconnect;
+        this._lost((d && d.code) || 1006, (d && d.reason) || "stream ended");
       })
       .catch(() => {
         if (gen === this._gen) this._lost(1006, "stream failed");
@@ -932,6 +935,10 @@ class Client {
     const sub = this._subs.get(f.room);
     if (name === "hub.expired") {
       this._lost(CLOSE_TOKEN_EXPIRED, "token expired");
+      return;
+    }
+    if (name === "hub.disconnect") {
+      this._disconnect = f; // acted upon when the stream ends
       return;
     }
     if (!sub || sub.closed) return;

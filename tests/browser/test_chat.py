@@ -684,6 +684,19 @@ async def test_js_sse_fallback_with_http_publish(
             await asyncio.sleep(0.2)
             assert [m[1] for m in await T(page, "msgs")] == want, dump(logs)
             assert bool(await T(page, "gaps.length")) is not REDIS_BROKER
+        # Kicked by the server API (4509): terminal on SSE too.
+        import httpx
+
+        from tests.conftest import API_KEY
+
+        async with httpx.AsyncClient(base_url=node.url) as http:
+            r = await http.post(
+                "/v1/users/bob/disconnect", json={}, headers={"Authorization": f"Bearer {API_KEY}"}
+            )
+            assert r.status_code == 200, r.text
+        await eventually(lambda: b.evaluate("client.state === 'closed'"), what="bob kicked")
+        assert (await T(b, "errors"))[-1]["closeCode"] == 4509
+        assert await a.evaluate("client.state") == "connected"
         assert not [line for line in logs if "PAGE ERROR" in line], dump(logs)
     finally:
         await node.stop()
