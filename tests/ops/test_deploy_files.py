@@ -4,8 +4,8 @@ compose spec, kubernetes-validate). nginx is also exercised for real in test_ngi
 
 from __future__ import annotations
 
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
