@@ -22,7 +22,8 @@ room frames), so a node splits them without decoding JSON.
 Redis Cluster: add ``cluster=true`` to the URL (``redis://node1:7000/0?cluster=true``). Commands
 then go through redis-py's ``RedisCluster`` (every script touches one slot, so rooms spread over
 the shards); the pub/sub connection goes to the node named in the URL (a cluster forwards every
-PUBLISH to every node), and reconnects there. Sentinel: point the URL at a stable address of the
+PUBLISH to every node, asynchronously: a publication made just before ``subscribe`` returned may
+still arrive after it; the hub drops it by offset), and reconnects there. Sentinel: point the URL at a stable address of the
 current primary (a TCP proxy or a VIP that follows failover); a failover then looks like a Redis
 restart: resync, and a ``gap`` if the new primary lost data.
 """

@@ -207,6 +207,8 @@ async def test_delivery_in_order_only_while_subscribed(make: Factory) -> None:
     env = await make()
     b = env.broker
     await b.publish("d", body("d", 0))  # before subscribe: not delivered
+    # (a cluster forwards PUBLISH between shards asynchronously: let it land first)
+    await env.settle()
     await b.subscribe("d")
     for i in range(1, 31):
         await b.publish("d", body("d", i))
