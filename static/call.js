@@ -25,6 +25,7 @@ import { connect } from "/static/hubbub.js";
 const CHANNEL = { label: "hubbub", id: 0 };
 const LEAVE_GRACE_MS = 30000; // keep a connected peer this long after its session left
 const DISCONNECTED_RESTART_MS = 2500; // ICE "disconnected" this long -> restart ICE
+const ANSWER_TIMEOUT_MS = 10000; // an offer unanswered this long is made again
 
 /** The peer whose session id sorts first (bytewise; ids are ASCII base64url) is polite. */
 export function isPolite(own, remote) {
@@ -75,6 +76,7 @@ class Peer {
     this.rollbacks = 0; // glare resolved by yielding (polite side)
     this.ignored = 0; // colliding offers ignored (impolite side)
     this._disconnectTimer = null;
+    this._answerTimer = null;
     this.pc = new RTCPeerConnection({ iceServers: call.iceServers });
     this.channel = this.pc.createDataChannel(CHANNEL.label, { negotiated: true, id: CHANNEL.id });
     this.channel.onmessage = (ev) => call._data(this, ev.data);
@@ -113,7 +115,7 @@ class Peer {
   }
 
   signal(data) {
-    this.call._signal(this.session, data);
+    this.call._signal(this.session, data, this);
   }
 
   addLocalTracks() {
@@ -133,23 +135,62 @@ class Peer {
   /** Make and send an offer. Runs on the same queue as incoming signals, so an offer is never
    * made while a remote description is being applied (and vice versa); perfect negotiation's
    * collision check then only needs `makingOffer` and the signaling state. */
-  negotiate() {
-    this.chain = this.chain.then(() => this._negotiate()).catch((err) => {
+  negotiate({ force = false } = {}) {
+    this.chain = this.chain.then(() => this._negotiate(force)).catch((err) => {
       this.call._log(`offer to ${this.session} failed: ${err}`);
     });
     return this.chain;
   }
 
-  async _negotiate() {
-    if (this.closed || this.pc.signalingState !== "stable") return;
+  /** `force`: an offer of ours still unanswered is stale (it went to a session that is gone,
+   * or was lost with the hub connection): roll it back and offer again. */
+  async _negotiate(force = false) {
+    if (this.closed) return;
+    if (force && this.pc.signalingState === "have-local-offer") {
+      await this.pc.setLocalDescription({ type: "rollback" });
+    }
+    if (this.pc.signalingState !== "stable") return;
     try {
       this.makingOffer = true;
       await this.pc.setLocalDescription();
       const desc = this.pc.localDescription;
-      if (desc.type === "offer") this.signal({ kind: "offer", sdp: desc.sdp });
+      if (desc.type === "offer") {
+        this.signal({ kind: "offer", sdp: desc.sdp });
+        this._armAnswerTimer(desc.sdp);
+      }
     } finally {
       this.makingOffer = false;
     }
+  }
+
+  /** An offer that gets no answer (lost with a hub connection, sent to a session that just
+   * left, ignored by an impolite peer that then lost its own offer) would block this
+   * connection's negotiation for good: after ANSWER_TIMEOUT_MS offer again. */
+  _armAnswerTimer(sdp) {
+    clearTimeout(this._answerTimer);
+    this._answerTimer = setTimeout(() => {
+      const local = this.pc.localDescription;
+      if (this.closed || this.pc.signalingState !== "have-local-offer" || !local) return;
+      if (local.sdp !== sdp) return;
+      this.call._log(`no answer from ${this.session}; offering again`);
+      this.negotiate({ force: true });
+    }, ANSWER_TIMEOUT_MS);
+  }
+
+  /** Roll back an unanswered offer of ours (queued like every other step). */
+  dropStaleOffer() {
+    this.chain = this.chain.then(async () => {
+      if (!this.closed && this.pc.signalingState === "have-local-offer") {
+        await this.pc.setLocalDescription({ type: "rollback" });
+      }
+    }).catch((err) => this.call._log(`rollback failed: ${err}`));
+  }
+
+  /** Our offer to session `to` was refused (`not_found`): if this connection has been rebound
+   * to a new session meanwhile, offer to that one at once. */
+  offerLost(to) {
+    if (this.closed || this.session === to) return;
+    this.negotiate({ force: true });
   }
 
   restartIce(why) {
@@ -244,6 +285,7 @@ class Peer {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this._disconnectTimer);
+    clearTimeout(this._answerTimer);
     try {
       this.channel.close();
     } catch {
@@ -464,7 +506,7 @@ export class Call {
       }
       for (const p of this.peers.values()) {
         p.polite = isPolite(this.session, p.session);
-        if (present.has(p.session)) p.negotiate();
+        if (present.has(p.session)) p.negotiate({ force: true });
       }
     }
     // New arrival: offer to every member we have no connection with.
@@ -508,6 +550,7 @@ export class Call {
         if (remote && sameCertificate(remote.sdp, data.sdp)) {
           const member = (this.sub && this.sub.members.get(from)) || { session: from, user: f.from.user };
           this._rebind(p, from, member);
+          p.dropStaleOffer(); // an offer of ours to its old session will never be answered
           peer = p;
           break;
         }
@@ -577,11 +620,11 @@ export class Call {
    * default 20/s, burst 40) and a mesh's first seconds trickle many ICE candidates, so they
    * are paced here (token bucket, `signalRate`, default 10/s burst 20) and a `rate_limited`
    * refusal is retried a few times after a pause instead of losing the candidate. */
-  _signal(to, data) {
+  _signal(to, data, peer = null) {
     // While the hub connection is down signals would leave from a session that no longer
     // exists; the offer made after the reconnect carries every gathered candidate anyway.
     if (!this.client || this.client.state !== "connected" || this.ended) return;
-    this._outbox.push({ to, data, tries: 0, seq: this._seq++ });
+    this._outbox.push({ to, data, peer, tries: 0, seq: this._seq++ });
     this._pump();
   }
 
@@ -607,7 +650,9 @@ export class Call {
           this._outbox.splice(at < 0 ? this._outbox.length : at, 0, item);
           clearTimeout(this._pumpTimer);
           this._pumpTimer = setTimeout(() => this._pump(), 1000);
-        } else if (err && err.code !== "not_found" && err.code !== "disconnected") {
+        } else if (err && err.code === "not_found") {
+          if (item.data.kind === "offer" && item.peer) item.peer.offerLost(item.to);
+        } else if (err && err.code !== "disconnected") {
           this._log(`signal ${item.data.kind} to ${item.to}: ${err.code || err}`);
         }
       });

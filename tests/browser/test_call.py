@@ -296,6 +296,26 @@ async def test_two_pages_call_each_other(
             ),
             15, "ICE restart completed",
         )  # fmt: skip
+        # Both lose the hub at once: each rebinds the other's kept connection to its new
+        # session (same user), they re-offer (glare resolved by the new roles), media goes on.
+        frames_before = await inbound_frames(a)
+        old = {(await call_stats(p))["session"] for p in (a, b)}
+        await asyncio.gather(
+            *(p.evaluate("() => window.hubbubCall.client.reconnect()") for p in (a, b))
+        )
+
+        async def rebound(page: Any, other: Any) -> bool:
+            me, them = await call_stats(page), await call_stats(other)
+            return (
+                me["hub"] == "connected" and me["session"] not in old
+                and len(me["peers"]) == 1 and me["peers"][0]["session"] == them["session"]
+                and me["peers"][0]["connection"] == "connected" and not me["peers"][0]["left"]
+            )  # fmt: skip
+
+        await eventually(lambda: rebound(a, b), 20, "A rebound after both reconnected")
+        await eventually(lambda: rebound(b, a), 20, "B rebound after both reconnected")
+        await eventually(lambda: more_frames(a, frames_before + 10), 10, "video after both")
+        sb2 = (await call_stats(b))["session"]
         if maybe_redis is not None:
             # B's node goes away for real (drain: close 4000) and comes back on the same port:
             # B reconnects to it, A rebinds once more, the call never drops.
