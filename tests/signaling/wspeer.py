@@ -11,6 +11,15 @@ import websockets
 
 from tests.conftest import token as make_token
 
+OPEN: list[Client] = []  # closed by tests/signaling/conftest.py before the nodes stop
+
+
+async def close_all() -> None:
+    """Close every client still open (a node with no sessions stops without a drain wait)."""
+    clients = OPEN[:]
+    OPEN.clear()
+    await asyncio.gather(*(c.conn.close() for c in clients), return_exceptions=True)
+
 
 class Client:
     """One hub session. ``call`` sends a frame with an id and returns its reply or error;
@@ -35,7 +44,9 @@ class Client:
         text = await asyncio.wait_for(conn.recv(), 5)
         welcome = json.loads(text)
         assert welcome["type"] == "welcome", welcome
-        return cls(conn, welcome, [str(text)])
+        client = cls(conn, welcome, [str(text)])
+        OPEN.append(client)
+        return client
 
     async def recv(self, within: float = 5.0) -> dict[str, Any]:
         text = await asyncio.wait_for(self.conn.recv(), within)
