@@ -181,11 +181,16 @@ class Hub:
         if room is None:
             room = self.rooms.create(name)
             room.ready = asyncio.get_running_loop().create_future()
+            subscribed = False
             try:
                 await self.broker.subscribe(name)
+                subscribed = True
                 room.epoch, room.offset = await self.broker.position(name)
             except BaseException as exc:
                 self.rooms.drop(name)
+                if subscribed:  # do not stay on the room's channel with no room behind it
+                    with contextlib.suppress(BrokerError):
+                        await self.broker.unsubscribe(name)
                 room.ready.set_exception(Unavailable("broker unavailable"))
                 room.ready.exception()  # mark retrieved
                 if isinstance(exc, BrokerError):
@@ -261,10 +266,17 @@ class Hub:
         result: dict[str, Any] = {"room": name}
         if presence:
             member = self._member(session, name)
+            # Call rooms: the cap is enforced atomically by the broker (the check above only
+            # saves a replay); concurrent joins on several nodes cannot overfill the room.
+            cap = self.settings.signal_max_peers if self.is_call_room(name) else None
             try:
-                await self.broker.presence_add(member)
+                await self.broker.presence_add(member, limit=cap)
                 await self.broker.publish_frame(name, self._presence_frame("join", member))
                 result["presence"] = [m.public() for m in await self._presence_members(name)]
+            except RoomFull:
+                sub.presence = False  # never announced: leave without a leave frame
+                await self.unsubscribe(session, name)
+                raise
             except BrokerError:
                 await self.unsubscribe(session, name)
                 raise Unavailable("broker unavailable") from None

@@ -139,7 +139,9 @@ class Broker(Protocol):
     async def position(self, room: str) -> tuple[str, int]:
         """(epoch, head offset) of the room, creating the epoch if needed."""
 
-    async def presence_add(self, member: Member) -> None: ...
+    async def presence_add(self, member: Member, *, limit: int | None = None) -> None:
+        """Add (or refresh) a member. With ``limit``, refuse atomically with RoomFull when the
+        room already holds ``limit`` other live members (call rooms, PROTOCOL.md §6)."""
 
     async def presence_remove(self, room: str, session: str) -> None: ...
 

@@ -23,7 +23,7 @@ from hub.brokers.base import (
     PublishResult,
 )
 from hub.envelope import Publication
-from hub.errors import Conflict
+from hub.errors import Conflict, RoomFull
 
 _ALNUM = string.ascii_letters + string.digits
 
@@ -161,8 +161,14 @@ class MemoryBroker:
         return r.epoch, r.offset
 
     # ---- presence --------------------------------------------------------------------------
-    async def presence_add(self, member: Member) -> None:
-        self._room(member.room).presence[member.session] = member
+    async def presence_add(self, member: Member, *, limit: int | None = None) -> None:
+        presence = self._room(member.room).presence
+        if limit and member.session not in presence and len(presence) >= limit:
+            raise RoomFull(
+                f"call room {member.room} is full ({limit} peers)",
+                details={"room": member.room, "limit": limit},
+            )
+        presence[member.session] = member
 
     async def presence_remove(self, room: str, session: str) -> None:
         r = self._rooms.get(room)

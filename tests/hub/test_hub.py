@@ -1018,7 +1018,7 @@ async def test_presence_subscribe_when_the_broker_fails_midway(
     try:
         s = await hub.open_session(user(), "ws")
 
-        async def failing(member: Member) -> None:
+        async def failing(member: Member, **_: Any) -> None:
             broker.down = True
             raise BrokerError("lost")
 
