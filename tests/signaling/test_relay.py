@@ -344,6 +344,8 @@ async def test_huge_sdp_and_candidate_flood_close_the_sender_only(node: Any) -> 
 
 @pytest.mark.skipif(not HAVE_REDIS_BROKER, reason="hub/brokers/redis.py is missing")
 async def test_room_full_holds_under_concurrent_joins(node_factory: Any, redis_proc: Any) -> None:
+    """Concurrent joins on two nodes never overfill a call room (the member count is checked
+    and the member added in one atomic broker step)."""
     kw = {"broker_url": redis_proc.url, "redis_prefix": "race:", "signal_max_peers": 2}
     n1 = await node_factory(**kw)
     n2 = await node_factory(**kw)
