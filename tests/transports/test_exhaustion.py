@@ -45,8 +45,8 @@ async def test_slowloris_and_half_sent_headers_are_cut(node_factory: Any) -> Non
     ws = await WS.connect(n.ws_url, token())
     assert await ws.result({"type": "ping"}) == {}
     results = await asyncio.gather(
-        *(_closed_by_server(r, 10) for r, _ in idle),
-        *(_closed_by_server(r, 10) for r, _ in half),
+        *(_closed_by_server(r, 30) for r, _ in idle),
+        *(_closed_by_server(r, 30) for r, _ in half),
     )
     assert all(results), f"{results.count(False)} connections were not closed by the server"
     for _, w in idle + half:
