@@ -140,9 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("room")
     pr.add_argument("--url", default="ws://127.0.0.1:8000/v1/ws", help="the hub's /v1/ws URL")
     pr.add_argument("--token", help="client JWT (default: HUBBUB_TOKEN env, or none in dev mode)")
-    pr.add_argument("--record", help="write received video frame count / media to this path")
+    pr.add_argument("--record", help="x.json: counters (frames, data-channel messages) "
+                    "rewritten live; x.mp4/.mkv/.webm: the received media")  # fmt: skip
     pr.add_argument("--duration", type=float, default=0.0, help="stop after N seconds (0: run)")
-    pr.add_argument("--ice-host", action="append", help="restrict ICE host candidates")
+    pr.add_argument("--ice-host", action="append", metavar="ADDR",
+                    help="gather host candidates only on ADDR and accept only remote candidates "
+                    "on it (repeatable; tests use 127.0.0.1)")  # fmt: skip
     pr.set_defaults(func=cmd_probe)
     from transports.bench import add_arguments as bench_arguments
 
