@@ -165,6 +165,7 @@ def main() -> int:
     p.add_argument("--pin", action="store_true")
     p.add_argument("--latency", action="store_true",
                    help="also: p99 at half of the websockets server's maximum rate")  # fmt: skip
+    p.add_argument("--latency-servers", default="websockets,hubbub,hubbub-sse")
     p.add_argument("--baseline", help="path of an older Hubbub checkout (servers hubbub-before…)")
     p.add_argument("--out", default=str(ROOT / "bench" / "compare-latest.md"))
     args = p.parse_args()
@@ -174,11 +175,17 @@ def main() -> int:
     servers = [s for s in args.servers.split(",") if s]
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     lat: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    failures: list[str] = []
     t0 = time.monotonic()
     for rnd in range(args.rounds):
         for n in ns:
             for s in servers:
-                r = measure(s, n, args)
+                try:
+                    r = measure(s, n, args)
+                except (RuntimeError, SystemExit, subprocess.TimeoutExpired) as exc:
+                    failures.append(f"round {rnd + 1} N={n} {s}: {str(exc)[-300:]}")
+                    print(failures[-1], file=sys.stderr, flush=True)
+                    continue
                 runs.setdefault((s, n), []).append(r)
                 print(f"round {rnd + 1} N={n} {s}: {r['deliveries_per_s']:,.0f}/s, "
                       f"{r['deliveries_per_cpu_s']}/CPU-s, p99 {r['latency_ms']['p99']} ms, "
@@ -189,8 +196,12 @@ def main() -> int:
             for n in ns:
                 ref = med([r["deliveries_per_s"] for r in runs.get(("websockets", n), [])])
                 rate = round(ref / n / 2, 1)
-                for s in servers:
-                    r = measure(s, n, args, rate=rate)
+                for s in [x for x in servers if x in args.latency_servers.split(",")]:
+                    try:
+                        r = measure(s, n, args, rate=rate)
+                    except (RuntimeError, SystemExit, subprocess.TimeoutExpired) as exc:
+                        failures.append(f"latency N={n} {s}: {str(exc)[-300:]}")
+                        continue
                     lat.setdefault((s, n), []).append(r)
                     print(f"latency round {rnd + 1} N={n} {s} at {rate}/s: p99 "
                           f"{r['latency_ms']['p99']} ms", file=sys.stderr, flush=True)  # fmt: skip
@@ -217,6 +228,8 @@ def main() -> int:
                 out.append(f"| {n} | {s} | {rs[0]['workload']['rate']:g} | {p50:.1f} | {p99:.1f} "
                            f"| {p99 / ref99 if ref99 else 0:.2f}x | "
                            f"{sum(r['lost'] for r in rs)} / {sum(r['duplicated'] for r in rs)} |")  # fmt: skip
+    if failures:
+        out += ["", "Failed runs (left out of the medians):", ""] + [f"- {f}" for f in failures]
     text = "\n".join(out) + "\n"
     Path(args.out).write_text(text)
     Path(args.out).with_suffix(".json").write_text(json.dumps(

@@ -4,12 +4,20 @@ No timing assertions: speed is measured by the tool, not asserted by tests (DESI
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvicorn
+
+from tests.conftest import API_KEY, Node, make_settings, token
+from tests.transports.wsclient import WS
+from transports.app import create_app
+from transports.server import HubServer, server_options
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,3 +53,46 @@ def test_bench_smoke(extra: tuple[str, ...]) -> None:
     assert len(loadgen["cpu_percent"]) == loadgen["processes"]
     server = r["server"]
     assert isinstance(server, dict) and len(server["pids"]) == 1
+
+
+# ---- the WebSocket fan-out fast path (transports/websocket.py _DirectWriter) ----------------
+
+
+async def _fan_out_in_order(node: Node, n: int = 400, subscribers: int = 3) -> list[Any]:
+    subs = [await WS.connect(node.ws_url, token(f"s{i}")) for i in range(subscribers)]
+    for s in subs:
+        await s.result({"type": "subscribe", "room": "fast"})
+    pub = await WS.connect(node.ws_url, API_KEY)  # an API key: no client publish rate
+    for i in range(n):  # no ids: no replies, publications back to back
+        await pub.send({"type": "publish", "room": "fast", "data": i})
+    for s in subs:
+        got = [m["data"] for m in await s.messages(n, timeout=20)]
+        assert got == list(range(n))
+    directs = [s.direct for s in node.hub.sessions.values() if s.identity.sub.startswith("s")]
+    for s in [*subs, pub]:
+        await s.close()
+    return directs
+
+
+async def test_direct_path_in_order_nothing_lost(node: Node) -> None:
+    directs = await _fan_out_in_order(node)
+    assert len(directs) == 3 and all(d is not None for d in directs)
+
+
+async def test_no_direct_path_with_deflate() -> None:
+    """With per-message deflate every frame must go through the extension: the queue path."""
+    app = create_app(make_settings())
+    opts = {**server_options(app.state.settings), "port": 0, "log_level": "warning",
+            "ws_per_message_deflate": True}  # fmt: skip
+    server = HubServer(uvicorn.Config(app, **opts))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    node = Node(app.state.hub, server, task, port)
+    try:
+        directs = await _fan_out_in_order(node, n=100, subscribers=2)
+        assert directs == [None, None]
+    finally:
+        await node.stop()

@@ -192,37 +192,53 @@ class _Sender:
 
 
 async def _http_sender(job: PublishJob, st: _PubState, make: Callable[..., Any]) -> _Sender:
-    """POST /v1/rooms/{room}/messages over keep-alive connections, one request in flight each."""
-    queue: asyncio.Queue[tuple[str, int] | None] = asyncio.Queue(maxsize=job.connections)
-    conns = []
-    for i in range(job.connections):
-        host, port = job.targets[i % len(job.targets)]
-        conns.append((host, port, *await asyncio.open_connection(host, port)))
+    """POST /v1/rooms/{room}/messages over keep-alive connections, one request in flight each.
 
-    async def pump(host: str, port: int, reader: asyncio.StreamReader,
-                   writer: asyncio.StreamWriter) -> None:  # fmt: skip
+    Connections open at the first request (an idle keep-alive connection would be closed by the
+    server while the subscribers connect) and reopen once when the server closed them."""
+    queue: asyncio.Queue[tuple[str, int] | None] = asyncio.Queue(maxsize=job.connections)
+    writers: list[asyncio.StreamWriter] = []
+
+    async def post(host: str, port: int, conn: list[Any], room: str, seq: int) -> None:
+        if not conn:
+            conn[:] = await asyncio.open_connection(host, port)
+            writers.append(conn[1])
+        reader, writer = conn
         head = (f"Host: {host}:{port}\r\nAuthorization: Bearer {job.key}\r\n"
                 "Content-Type: application/json\r\n").encode()  # fmt: skip
-        while (item := await queue.get()) is not None:
-            room, seq = item
-            body = orjson.dumps({"data": make(seq, room)})
-            writer.write(b"POST /v1/rooms/%s/messages HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s"
-                         % (room.encode(), head, len(body), body))  # fmt: skip
-            raw = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in raw.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            reply = await reader.readexactly(length)
-            if raw.startswith(b"HTTP/1.1 201"):
-                st.acked += 1
-                off = int(orjson.loads(reply)["offset"])
-                if off > st.finals.get(room, 0):
-                    st.finals[room] = off
-            elif len(st.errors) < 5:
-                st.errors.append(raw.split(b"\r\n", 1)[0].decode() + " " + reply[:200].decode())
+        body = orjson.dumps({"data": make(seq, room)})
+        writer.write(b"POST /v1/rooms/%s/messages HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s"
+                     % (room.encode(), head, len(body), body))  # fmt: skip
+        raw = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in raw.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        reply = await reader.readexactly(length)
+        if raw.startswith(b"HTTP/1.1 201"):
+            st.acked += 1
+            off = int(orjson.loads(reply)["offset"])
+            if off > st.finals.get(room, 0):
+                st.finals[room] = off
+        elif len(st.errors) < 5:
+            st.errors.append(raw.split(b"\r\n", 1)[0].decode() + " " + reply[:200].decode())
 
-    tasks = [asyncio.create_task(pump(*c)) for c in conns]
+    async def pump(host: str, port: int) -> None:
+        conn: list[Any] = []
+        while (item := await queue.get()) is not None:
+            try:
+                await post(host, port, conn, *item)
+            except (OSError, asyncio.IncompleteReadError):
+                conn.clear()  # closed by the server: reconnect and retry once
+                try:
+                    await post(host, port, conn, *item)
+                except (OSError, asyncio.IncompleteReadError) as exc:
+                    conn.clear()
+                    if len(st.errors) < 5:
+                        st.errors.append(f"POST failed: {exc!r}")
+
+    tasks = [asyncio.create_task(pump(*job.targets[i % len(job.targets)]))
+             for i in range(job.connections)]  # fmt: skip
 
     class Http(_Sender):
         async def send(self, room: str, seq: int) -> None:
@@ -234,8 +250,8 @@ async def _http_sender(job: PublishJob, st: _PubState, make: Callable[..., Any])
             await asyncio.wait(tasks, timeout=30)
 
         async def close(self) -> None:
-            for c in conns:
-                c[3].close()
+            for w in writers:
+                w.close()
 
     return Http()
 
@@ -269,6 +285,9 @@ async def _ws_sender(job: PublishJob, st: _PubState, make: Callable[..., Any]) -
             if job.dialect != "hubbub":
                 continue
             obj = orjson.loads(msg)
+            if obj.get("type") == "ping":  # PROTOCOL §3 heartbeat: else 4002 while we wait
+                await ws.send('{"type":"pong"}')
+                continue
             if obj.get("type") not in ("reply", "error"):
                 continue
             room = ids.pop(obj.get("id") or 0, "")
