@@ -451,14 +451,17 @@ class Hub:
             raise Forbidden(f"not a presence member of {room}", details={"room": room})
         if not isinstance(to, str) or not 0 < len(to) <= 64:
             raise BadRequest("to must be a session id")
+        text = orjson.dumps(frame).decode()
+        local = self.sessions.get(to)
+        if local is not None:  # on this node: its own subscription says whether it is a member
+            local_sub = local.subs.get(room)
+            if local_sub is None or not local_sub.presence:
+                raise NotFound(f"no session {to} in {room}", details={"room": room})
+            local.offer(text)
+            return
         target = next((m for m in await self._presence_members(room) if m.session == to), None)
         if target is None:
             raise NotFound(f"no session {to} in {room}", details={"room": room})
-        text = orjson.dumps(frame).decode()
-        local = self.sessions.get(to)
-        if local is not None:
-            local.offer(text)
-            return
         try:
             await self.broker.send_control({"t": "direct", "to": to, "frame": text}, target.node)
         except BrokerError:
