@@ -118,6 +118,7 @@ class FrameHandler:
         """Replace the token: same ``sub`` required; rooms the new grants no longer cover are
         left with an ``error forbidden`` each (PROTOCOL.md §3 "Tokens on a live connection")."""
         session, hub = self.session, self.hub
+        self._take_rate()  # each refresh costs a signature check: it shares the frame budget
         token = frame.get("token")
         if not isinstance(token, str):
             raise BadRequest("refresh needs a token")
