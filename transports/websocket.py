@@ -264,13 +264,36 @@ def _protocol(ws: WebSocket) -> HandshakeGuardProtocol | None:
     return proto if isinstance(proto, HandshakeGuardProtocol) else None
 
 
+WRITE_CHUNK = 64 * 1024
+
+
+async def _write_framed(proto: Any, items: list[Any]) -> tuple[int, int]:
+    """Write queued items as pre-built frames, about WRITE_CHUNK bytes per ``transport.write``,
+    waiting for the socket to drain before each piece: asyncio's flow control then keeps a
+    client that stops reading from absorbing more than one piece beyond its queue limit.
+    Returns (items written, bytes written); fewer items when the protocol refused."""
+    done = size = pending = 0
+    chunks: list[bytes] = []
+    last = len(items) - 1
+    for i, item in enumerate(items):
+        chunks.append(_frames.get(item))
+        pending += _frames.size
+        if pending >= WRITE_CHUNK or i == last:
+            await proto.writable.wait()
+            if not proto.write_now(b"".join(chunks)):
+                return done, size
+            done, size, pending = i + 1, size + pending, 0
+            chunks = []
+    return done, size
+
+
 async def _writer(ws: WebSocket, session: Session, metrics: Metrics | None = None) -> None:
     """Drain the queue to the socket: every queued frame per wake-up, the same bytes for every
     subscriber. Ends when the session is closed.
 
     On Hubbub's own uvicorn protocol, the fan-out writes most frames without this task
-    (:class:`_DirectWriter`); what got queued meanwhile is joined and written with one
-    ``transport.write`` per wake-up once the socket is writable. Elsewhere (another server),
+    (:class:`_DirectWriter`); what got queued meanwhile is joined and written in pieces of
+    about 64 KiB, each once the socket is writable (:func:`_write_framed`). Elsewhere (another server),
     frames go one by one through the ASGI ``send``."""
     send = ws.send
     frames, sent = (metrics.frames_sent, metrics.bytes_sent) if metrics else (Counter(), Counter())
@@ -288,24 +311,17 @@ async def _writer(ws: WebSocket, session: Session, metrics: Metrics | None = Non
                 direct.flush()  # older than anything in the queue
                 direct.busy = True
             try:
-                written = False
+                done = 0
                 if proto is not None:
-                    await proto.writable.wait()
-                    chunks = []
-                    for item in items:
-                        chunks.append(_frames.get(item))
-                        size += _frames.size
-                    written = proto.write_now(b"".join(chunks))
-                if not written:
-                    size = 0
-                    for item in items:
-                        if isinstance(item, Publication):
-                            text = item.text
-                            size += len(item.frame)
-                        else:
-                            text = item
-                            size += len(item)  # control frames: ASCII JSON, chars == bytes
-                        await send({"type": "websocket.send", "text": text})
+                    done, size = await _write_framed(proto, items)
+                for item in items[done:]:  # not on our protocol, or it refused: ASGI send
+                    if isinstance(item, Publication):
+                        text = item.text
+                        size += len(item.frame)
+                    else:
+                        text = item
+                        size += len(item)  # control frames: ASCII JSON, chars == bytes
+                    await send({"type": "websocket.send", "text": text})
             finally:
                 if direct is not None:
                     direct.busy = False
