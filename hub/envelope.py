@@ -81,12 +81,21 @@ def encode_data(data: Any, max_bytes: int) -> bytes:
     return raw
 
 
+class BadString(BadRequest):
+    """A JSON string that cannot be Unicode text (a lone surrogate escape)."""
+
+
 def parse_frame(text: str | bytes) -> dict[str, Any]:
     """Parse one client frame. Raises BadRequest for anything that is not a JSON object with a
-    string ``type`` (the WebSocket transport turns that into close 4500)."""
+    string ``type`` (the WebSocket transport turns that into close 4500). A lone surrogate
+    escape in a string raises :class:`BadString` (an ``error`` frame, not a close)."""
     try:
         obj = orjson.loads(text)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if "surrogate" in str(exc):
+            # Well-formed JSON text, but a string escapes half a UTF-16 pair: the frame is
+            # refused with an error, the connection stays (HARDENING 20).
+            raise BadString("a string holds a lone surrogate escape") from None
         raise BadRequest("frame is not valid JSON") from None
     if not isinstance(obj, dict):
         raise BadRequest("frame must be a JSON object")

@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hub.auth import Identity
-from hub.envelope import Publication, frame_bytes, parse_frame
+from hub.envelope import BadString, Publication, frame_bytes, parse_frame
 from hub.errors import (
     CLOSE_BROKER,
     CLOSE_INTERNAL,
@@ -357,6 +357,12 @@ async def _reader(ws: WebSocket, session: Session, handler: FrameHandler) -> Non
         session.touch()
         try:
             frame = parse_frame(text)
+        except BadString as exc:
+            session.send(exc.frame(None))
+            session.bad_frames += 1
+            if session.bad_frames >= MAX_BAD_FRAMES:
+                session.close(CLOSE_PROTOCOL, "too many bad frames")
+            continue
         except BadRequest as exc:
             session.close(CLOSE_PROTOCOL, exc.message)
             return

@@ -441,3 +441,12 @@ async def _ready(node: Node) -> bool:
     async with httpx.AsyncClient() as c:
         r = await c.get(node.url + "/health/ready")
     return r.status_code == 200
+
+
+async def test_lone_surrogate_gets_an_error_frame(node: Node) -> None:
+    ws = await WS.connect(node.ws_url, token())
+    await ws.send('{"type":"publish","id":3,"room":"a","data":"\\ud800"}')
+    err = await ws.next("error")
+    assert err["code"] == "bad_request" and err["id"] is None
+    assert await ws.result({"type": "ping"}) == {}  # the connection stays
+    await ws.close()
