@@ -21,6 +21,7 @@ import logging
 import re
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,12 +137,25 @@ def _parse_hub_claim(claim: Any) -> dict[str, tuple[str, ...]]:
     return out
 
 
+_REASONS: dict[type[Exception], str] = {
+    jwt.ExpiredSignatureError: "expired",
+    jwt.ImmatureSignatureError: "not_yet_valid",
+    jwt.InvalidAudienceError: "audience",
+    jwt.InvalidIssuerError: "issuer",
+    jwt.MissingRequiredClaimError: "missing_claim",
+    jwt.InvalidSignatureError: "signature",
+    jwt.DecodeError: "malformed",
+    jwt.InvalidAlgorithmError: "algorithm",
+}
+
+
 class Authenticator:
     """Turns credentials (API key or JWT) into an :class:`Identity`. Built once per node."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._api_keys = [k.encode() for k in settings.api_keys]
+        self.failures: Counter[str] = Counter()  # refusals by reason (metrics only)
         self._public_key: Any = None
         self._jwks: dict[str, PyJWK] = {}
         self._jwks_list: list[PyJWK] = []
@@ -185,7 +199,8 @@ class Authenticator:
         if not credential:
             if self.settings.anonymous:
                 return self.guest()
-            raise Unauthorized()
+            self.failures["missing"] += 1
+            raise Unauthorized(reason="missing")
         ident = self.api_key_identity(credential)
         if ident is not None:
             return ident
@@ -201,16 +216,20 @@ class Authenticator:
         """Verify a client JWT. Raises Unauthorized (always the same message)."""
         try:
             return self._verify(token)
-        except Unauthorized:
+        except Unauthorized as exc:
+            self.failures[exc.reason] += 1
+            log.debug("token refused: %s", exc.reason)
             raise
         except Exception as exc:  # every failure looks the same to the client
-            log.debug("token refused: %s", type(exc).__name__)
-            raise Unauthorized() from None
+            reason = _REASONS.get(type(exc), "invalid")
+            self.failures[reason] += 1
+            log.debug("token refused: %s (%s)", reason, type(exc).__name__)
+            raise Unauthorized(reason=reason) from None
 
     def _key_for(self, alg: str, header: dict[str, Any]) -> Any:
         if alg.startswith("HS"):
             if not self.settings.jwt_secret:
-                raise Unauthorized()
+                raise Unauthorized(reason="algorithm")
             return self.settings.jwt_secret
         kid = header.get("kid")
         if self._jwks_list:
@@ -219,22 +238,22 @@ class Authenticator:
             if kid is None and len(self._jwks_list) == 1:
                 return self._jwks_list[0].key
             if kid is not None and self._public_key is None:
-                raise Unauthorized()
+                raise Unauthorized(reason="unknown_key")
         if self._public_key is not None:
             return self._public_key
-        raise Unauthorized()
+        raise Unauthorized(reason="algorithm")
 
     def _verify(self, token: str) -> Identity:
         s = self.settings
         if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
-            raise Unauthorized()
+            raise Unauthorized(reason="malformed")
         header = jwt.get_unverified_header(token)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in s.jwt_algorithms:
-            raise Unauthorized()
+            raise Unauthorized(reason="algorithm")
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.lower() not in ("jwt", "at+jwt")):
-            raise Unauthorized()
+            raise Unauthorized(reason="token_type")
         key = self._key_for(alg, header)
         require = ["sub", "exp"]
         if s.jwt_audience:
@@ -251,18 +270,18 @@ class Authenticator:
         )
         sub, exp = claims.get("sub"), claims.get("exp")
         if not isinstance(sub, str) or not 0 < len(sub) <= 256:
-            raise Unauthorized()
+            raise Unauthorized(reason="claims")
         if isinstance(exp, bool) or not isinstance(exp, int | float):
-            raise Unauthorized()
+            raise Unauthorized(reason="claims")
         if exp - time.time() > s.jwt_max_ttl:
-            raise Unauthorized()
+            raise Unauthorized(reason="ttl")
         for purpose in ("typ", "token_type", "token_use"):
             if str(claims.get(purpose, "")).lower() in ("refresh", "refresh_token", "id"):
-                raise Unauthorized()
+                raise Unauthorized(reason="token_type")
         grants = _parse_hub_claim(claims["hub"]) if "hub" in claims else dict(s.default_grants)
         name = claims.get("name")
         if name is not None and not isinstance(name, str):
-            raise Unauthorized()
+            raise Unauthorized(reason="claims")
         return Identity(
             sub=sub,
             grants=grants,

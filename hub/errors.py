@@ -77,9 +77,13 @@ class BadRequest(HubError):
 class Unauthorized(HubError):
     code, status, close_code = "unauthorized", 401, 4501
 
-    def __init__(self, message: str = "invalid or missing credentials", **kw: Any) -> None:
-        # Every refusal looks the same (PROTOCOL.md §2: no reason oracle).
+    def __init__(
+        self, message: str = "invalid or missing credentials", *, reason: str = "invalid", **kw: Any
+    ) -> None:
+        # Every refusal looks the same (PROTOCOL.md §2: no reason oracle); ``reason`` is kept
+        # for metrics and debug logs only, never sent.
         super().__init__(message, **kw)
+        self.reason = reason
 
 
 class Forbidden(HubError):

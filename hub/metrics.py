@@ -134,6 +134,11 @@ class Metrics:
                "Sessions closed, by close code (4001 slow consumer, 4002 no heartbeat, …).",
                [(f'{{code="{k}"}}', v) for k, v in sorted(self.disconnects.items())])  # fmt: skip
         metric("auth_failures_total", "counter", "Refused credentials.", [("", self.auth_failures)])
+        if hub is not None:
+            reasons = sorted(hub.auth.failures.items())
+            metric("auth_refusals_total", "counter",
+                   "Refused tokens by reason (expired, signature, malformed, missing, …).",
+                   [(f'{{reason="{k}"}}', v) for k, v in reasons])  # fmt: skip
         metric("rate_limited_total", "counter", "Requests refused by rate limits.",
                [("", self.rate_limited)])  # fmt: skip
         metric("broker_resyncs_total", "counter",

@@ -450,3 +450,18 @@ async def test_lone_surrogate_gets_an_error_frame(node: Node) -> None:
     assert err["code"] == "bad_request" and err["id"] is None
     assert await ws.result({"type": "ping"}) == {}  # the connection stays
     await ws.close()
+
+
+async def test_auth_refusals_counted_by_reason(node: Node) -> None:
+    import httpx
+
+    expired = jwt.encode({"sub": "a", "exp": int(time.time()) - 10}, SECRET, algorithm="HS256")
+    for tok in ("a.b.c", expired, jwt.encode({"sub": "a", "exp": 10**12}, "wrong-secret" * 3)):
+        ws = await WS.connect(node.ws_url, tok, welcome=False)
+        code, _ = await ws.closed()
+        assert code == 4501
+    async with httpx.AsyncClient() as c:
+        text = (await c.get(node.url + "/metrics")).text
+    assert 'hubbub_auth_refusals_total{reason="malformed"} 1' in text
+    assert 'hubbub_auth_refusals_total{reason="expired"} 1' in text
+    assert 'hubbub_auth_refusals_total{reason="signature"} 1' in text
