@@ -44,6 +44,28 @@ def need_tool(name: str) -> str:
     return path
 
 
+# Debian's Chromium, headless, with no background traffic (the machine has no network).
+DEBIAN_CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_path() -> str:
+    """Debian's /usr/bin/chromium; else whatever ``chromium`` is on PATH; else skip (fail in
+    CI) like every other required tool."""
+    if os.access(DEBIAN_CHROMIUM, os.X_OK):
+        return DEBIAN_CHROMIUM
+    return need_tool("chromium")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,7 +9,6 @@ lines and page errors so a failing test can show what the page said. Screenshots
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,29 +16,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import need_tool
+from tests.conftest import CHROMIUM_ARGS, chromium_path
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-DEBIAN_CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def chromium_path() -> str:
-    """Debian's /usr/bin/chromium; else whatever ``chromium`` is on PATH; else skip (fail in
-    CI) like every other required tool."""
-    if os.access(DEBIAN_CHROMIUM, os.X_OK):
-        return DEBIAN_CHROMIUM
-    return need_tool("chromium")
 
 
 @pytest.fixture

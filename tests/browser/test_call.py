@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import CHROMIUM_ARGS, chromium_path, eventually, watch
-from tests.conftest import token
+from tests.browser.conftest import eventually, watch
+from tests.conftest import CHROMIUM_ARGS, chromium_path, token
 
 MEDIA_ARGS = [
     "--use-fake-ui-for-media-stream",

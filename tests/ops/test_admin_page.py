@@ -14,28 +14,18 @@ from typing import Any
 import pytest
 
 from hub.settings import Rate
-from tests.conftest import API_KEY, RedisProc, need_tool, token
+from tests.conftest import API_KEY, CHROMIUM_ARGS, RedisProc, chromium_path, token
 from tests.ops.harness import Nginx, need_redis_broker, start_nodes
 from tests.transports.wsclient import WS
 
 pytestmark = pytest.mark.timeout(60)
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture
 async def page(tmp_path: Path) -> AsyncIterator[Any]:
-    exe = need_tool("chromium")
+    exe = chromium_path()
     pw_api = pytest.importorskip("playwright.async_api")
     async with pw_api.async_playwright() as pw:
         ctx = await pw.chromium.launch_persistent_context(
