@@ -280,6 +280,9 @@ class Hub(Delivery):
                 await self.unsubscribe(session, name)
                 raise Unavailable("broker unavailable") from None
         go_live(session, sub, seam, reply, result)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("session %s subscribed to %s (recovered %s)", session.id, name,
+                      seam.recovered, extra={**_log_context(session), "room": name})  # fmt: skip
         self.metrics.recoveries["recovered" if seam.recovered else "live"] += 1
         return result
 
@@ -290,6 +293,9 @@ class Hub(Delivery):
         if sub is None or room is None:
             return
         room.subs.pop(session, None)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("session %s left %s", session.id, name,
+                      extra={**_log_context(session), "room": name})  # fmt: skip
         try:
             if sub.presence:
                 await self.broker.presence_remove(name, session.id)
