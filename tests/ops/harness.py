@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,24 @@ async def start_nodes(tmp: Path, n: int, broker: str, **env: str) -> list[NodePr
     nodes = [NodeProc(tmp, broker, dict(env), name=f"node{i + 1}").start() for i in range(n)]
     await asyncio.gather(*(nd.wait_live() for nd in nodes))
     return nodes
+
+
+@contextlib.asynccontextmanager
+async def nginx_cluster(
+    tmp: Path, broker: str, n: int = 2, **env: str
+) -> AsyncIterator[tuple[Nginx, list[NodeProc]]]:
+    """``n`` nodes (subprocesses) on ``broker`` behind Debian's nginx rendered from
+    deploy/nginx.conf; everything is stopped by pid on exit."""
+    need_redis_broker()
+    nodes = await start_nodes(tmp, n, broker, **env)
+    nginx = Nginx(tmp / "nginx", [nd.port for nd in nodes])
+    try:
+        nginx.start()
+        yield nginx, nodes
+    finally:
+        nginx.stop()
+        for nd in nodes:
+            nd.stop()
 
 
 # ---- nginx -------------------------------------------------------------------------------------

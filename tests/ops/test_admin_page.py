@@ -15,7 +15,7 @@ import pytest
 
 from hub.settings import Rate
 from tests.conftest import API_KEY, CHROMIUM_ARGS, RedisProc, chromium_path, token
-from tests.ops.harness import Nginx, need_redis_broker, start_nodes
+from tests.ops.harness import nginx_cluster
 from tests.transports.wsclient import WS
 
 pytestmark = pytest.mark.timeout(60)
@@ -175,40 +175,36 @@ async def test_admin_page_behind_nginx_shows_both_nodes(
 ) -> None:
     """The deployment shape: the page behind deploy/nginx.conf, two nodes on Redis. Each
     /metrics scrape reaches one node; the page lists both and sums their connections."""
-    need_redis_broker()
-    nodes = await start_nodes(tmp_path, 2, redis_proc.url)
-    nginx = Nginx(tmp_path / "nginx", [n.port for n in nodes])
     clients: list[WS] = []
-    try:
-        nginx.start()
-        clients = [await WS.connect(nginx.ws_url, token(f"u{i}")) for i in range(5)]
-        for i, c in enumerate(clients):
-            await c.result({"type": "subscribe", "room": f"team:{i % 2}"})
-        await page.goto(f"{nginx.url}/admin#key={API_KEY}")
-        await page.wait_for_selector("#app:not([hidden])")
-        await eventually(
-            lambda: _text_if(page, "#s-nodes", "2"), "both nodes in the admin page", within=15
-        )
-        rows = await page.locator("#nodes tr").all_inner_texts()
-        assert len(rows) == 2, rows
-        await eventually(lambda: _text_if(page, "#s-ws", "5"), "connections summed over nodes")
-        await eventually(lambda: _text_if(page, "#rooms", "team:"), "rooms from both nodes")
-        # A POST from the page carries Origin: nginx forwards Host with its port, so the hub
-        # sees its own origin.
-        await page.fill("#publish-room", "team:0")
-        await page.click("#publish-form button")
-        await eventually(lambda: _text_if(page, "#publish-out", "offset 1"), "publish via nginx")
-        for i, c in enumerate(clients):
-            if i % 2 == 0:
-                m = await c.next("message")
-                assert m["data"] == {"text": "hello from the admin page"}
-        await asyncio.sleep(2)
-        ARTIFACTS.mkdir(exist_ok=True)
-        await page.screenshot(path=str(ARTIFACTS / "admin-cluster.png"), full_page=True)
-        assert not page.errors, page.errors
-    finally:
-        for c in clients:
-            await c.close()
-        nginx.stop()
-        for n in nodes:
-            n.stop()
+    async with nginx_cluster(tmp_path, redis_proc.url) as (nginx, _nodes):
+        try:
+            clients = [await WS.connect(nginx.ws_url, token(f"u{i}")) for i in range(5)]
+            for i, c in enumerate(clients):
+                await c.result({"type": "subscribe", "room": f"team:{i % 2}"})
+            await page.goto(f"{nginx.url}/admin#key={API_KEY}")
+            await page.wait_for_selector("#app:not([hidden])")
+            await eventually(
+                lambda: _text_if(page, "#s-nodes", "2"), "both nodes in the admin page", within=15
+            )
+            rows = await page.locator("#nodes tr").all_inner_texts()
+            assert len(rows) == 2, rows
+            await eventually(lambda: _text_if(page, "#s-ws", "5"), "connections summed over nodes")
+            await eventually(lambda: _text_if(page, "#rooms", "team:"), "rooms from both nodes")
+            # A POST from the page carries Origin: nginx forwards Host with its port, so the hub
+            # sees its own origin.
+            await page.fill("#publish-room", "team:0")
+            await page.click("#publish-form button")
+            await eventually(
+                lambda: _text_if(page, "#publish-out", "offset 1"), "publish via nginx"
+            )
+            for i, c in enumerate(clients):
+                if i % 2 == 0:
+                    m = await c.next("message")
+                    assert m["data"] == {"text": "hello from the admin page"}
+            await asyncio.sleep(2)
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "admin-cluster.png"), full_page=True)
+            assert not page.errors, page.errors
+        finally:
+            for c in clients:
+                await c.close()

@@ -23,8 +23,7 @@ from tests.ops.harness import (
     NodeProc,
     auth_headers,
     metric,
-    need_redis_broker,
-    start_nodes,
+    nginx_cluster,
 )
 from tests.transports.wsclient import WS
 
@@ -36,16 +35,8 @@ async def cluster(
     redis_proc: RedisProc, tmp_path: Path
 ) -> AsyncIterator[tuple[Nginx, list[NodeProc]]]:
     """Two nodes on one private Redis behind nginx."""
-    need_redis_broker()
-    nodes = await start_nodes(tmp_path, 2, redis_proc.url, HUB_SSE_PING_INTERVAL="1")
-    nginx = Nginx(tmp_path / "nginx", [n.port for n in nodes])
-    try:
-        nginx.start()
-        yield nginx, nodes
-    finally:
-        nginx.stop()
-        for n in nodes:
-            n.stop()
+    async with nginx_cluster(tmp_path, redis_proc.url, HUB_SSE_PING_INTERVAL="1") as running:
+        yield running
 
 
 async def test_websocket_through_nginx_reaches_both_nodes(

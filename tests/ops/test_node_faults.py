@@ -30,7 +30,7 @@ from tests.ops.harness import (
     check_exactly_once,
     metric,
     need_redis_broker,
-    start_nodes,
+    nginx_cluster,
 )
 from tests.transports.wsclient import WS
 
@@ -46,22 +46,13 @@ MESSAGES = 150
 async def cluster(
     redis_proc: RedisProc, tmp_path: Path
 ) -> AsyncIterator[tuple[Nginx, list[NodeProc]]]:
-    need_redis_broker()
-    nodes = await start_nodes(
+    async with nginx_cluster(
         tmp_path,
-        2,
         redis_proc.url,
         HUB_SHUTDOWN_TIMEOUT=str(SHUTDOWN_TIMEOUT),
         HUB_PRESENCE_TTL=str(PRESENCE_TTL),
-    )
-    nginx = Nginx(tmp_path / "nginx", [n.port for n in nodes])
-    try:
-        nginx.start()
-        yield nginx, nodes
-    finally:
-        nginx.stop()
-        for n in nodes:
-            n.stop()
+    ) as running:
+        yield running
 
 
 async def _connect_clients(nginx: Nginx, room: str, presence: bool) -> list[Resumer]:
