@@ -77,8 +77,42 @@ class TokenBucket:
         return False
 
 
+UNLIMITED = TokenBucket(Rate(0, 0))  # shared: no state changes while the rate is 0
+
+
 class Session:
-    """State of one connection. The transport owns the I/O; the hub owns membership."""
+    """State of one connection. The transport owns the I/O; the hub owns membership.
+
+    Kept small (an idle node holds thousands): ``__slots__``, the outbound deque created on the
+    first queued frame and dropped when taken, no Event (``next_batch`` waits on a future made
+    when it has to wait), and one loop timer for all of the session's deadlines (heartbeat ping
+    and liveness check, token expiry warning and close) instead of one per deadline."""
+
+    __slots__ = (
+        "_hb_interval",
+        "_hb_limit",
+        "_on_close",
+        "_queue",
+        "_timer",
+        "_timer_due",
+        "_timers",
+        "_waiter",
+        "bad_frames",
+        "closed",
+        "direct",
+        "id",
+        "identity",
+        "last_seen",
+        "max_queue",
+        "max_queue_bytes",
+        "pushed",
+        "queued_bytes",
+        "rate",
+        "rate_strikes",
+        "subs",
+        "transport",
+        "waker",
+    )
 
     def __init__(
         self,
@@ -95,23 +129,42 @@ class Session:
         self.max_queue = max_queue
         self.max_queue_bytes = max_queue_bytes
         self.subs: dict[str, Subscription] = {}
-        self.queue: deque[Item] = deque()
+        self._queue: deque[Item] | None = None
         self.queued_bytes = 0
         self.pushed = 0  # replayed frames in ``queue``: not counted against ``max_queue``
         self.closed: Disconnect | None = None
         self.last_seen = time.monotonic()
-        self.rate = TokenBucket(publish_rate or Rate(0, 0))
+        self.rate = (
+            TokenBucket(publish_rate) if publish_rate is not None and publish_rate.rate > 0
+            else UNLIMITED
+        )  # fmt: skip
         self.rate_strikes = 0
         self.bad_frames = 0
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         # Set by a transport that can write a frame synchronously; returns False to make the
         # session queue the frame instead (socket not writable, writer busy, closing…).
         self.direct: Callable[[Item], bool] | None = None
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._on_close: list[Callable[[Disconnect], None]] = []
+        # Set by a transport that starts its writer on demand: called whenever a frame gets
+        # queued and when the session closes (the writer then takes what is queued).
+        self.waker: Callable[[], None] | None = None
+        # name -> (loop time due, callback); one loop timer fires at the earliest.
+        self._timers: dict[str, tuple[float, Callable[[], None]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
+        self._hb_interval = 0.0
+        self._hb_limit = 0.0
+        self._on_close: list[Callable[[Disconnect], None]] | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.id} {self.identity.sub} {self.transport}>"
+
+    @property
+    def queue(self) -> deque[Item]:
+        """Frames waiting for the transport's writer (oldest first)."""
+        q = self._queue
+        if q is None:
+            q = self._queue = deque()
+        return q
 
     # ---- outbound ----------------------------------------------------------------------------
     def offer(self, item: Item) -> None:
@@ -123,16 +176,20 @@ class Session:
         ``direct`` must refuse while the writer still holds frames it took from the queue."""
         if self.closed is not None:
             return
-        if not self.queue and self.direct is not None and self.direct(item):
-            return
+        q = self._queue
+        if not q:
+            if self.direct is not None and self.direct(item):
+                return
+            if q is None:
+                q = self._queue = deque()
         size = len(item.frame) if isinstance(item, Publication) else len(item)
-        live = len(self.queue) - self.pushed
+        live = len(q) - self.pushed
         if live >= self.max_queue or self.queued_bytes + size > self.max_queue_bytes:
             self.close(CLOSE_SLOW, "slow consumer: outbound queue full")
             return
-        self.queue.append(item)
+        q.append(item)
         self.queued_bytes += size
-        self._wake.set()
+        self._wake()
 
     def send(self, obj: dict[str, Any]) -> None:
         """Queue a control frame (reply, error, join, gap…)."""
@@ -145,30 +202,50 @@ class Session:
         if self.closed is None:
             self.queue.append(item)
             self.pushed += 1
-            self._wake.set()
+            self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        if self.waker is not None:
+            self.waker()
 
     async def drained(self, low: int = 64) -> None:
         """Wait until at most ``low`` frames are queued (or the session closed)."""
-        while len(self.queue) > low and self.closed is None:
-            self._wake.set()
+        while self._queue is not None and len(self._queue) > low and self.closed is None:
+            self._wake()
             await asyncio.sleep(0.005)
+
+    def take(self) -> list[Item]:
+        """Take every queued frame at once (oldest first) without waiting."""
+        q = self._queue
+        if not q:
+            return []
+        self._queue = None
+        self.queued_bytes = 0
+        self.pushed = 0
+        return list(q)
 
     async def next_batch(self) -> list[Item]:
         """Wait for frames and take every queued one. Returns [] once the session is closed
-        and its queue drained."""
-        while not self.queue:
+        and its queue drained. One consumer at a time."""
+        while not self._queue:
             if self.closed is not None:
                 return []
-            self._wake.clear()
-            await self._wake.wait()
-        items = list(self.queue)
-        self.queue.clear()
-        self.queued_bytes = 0
-        self.pushed = 0
-        return items
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiter = fut
+            try:
+                await fut
+            finally:
+                if self._waiter is fut:
+                    self._waiter = None
+        return self.take()
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def on_close(self, callback: Callable[[Disconnect], None]) -> None:
+        if self._on_close is None:
+            self._on_close = []
         self._on_close.append(callback)
 
     def close(self, code: int, reason: str) -> None:
@@ -177,51 +254,78 @@ class Session:
         if self.closed is not None:
             return
         self.closed = Disconnect(code, reason)
-        self.queue.clear()
+        self._queue = None
         self.queued_bytes = 0
         self.pushed = 0
         self.cancel_timers()
-        self._wake.set()
-        for cb in self._on_close:
+        self._wake()
+        for cb in self._on_close or ():
             cb(self.closed)
 
-    # ---- heartbeat and expiry ------------------------------------------------------------------
+    # ---- timers ------------------------------------------------------------------------------
     def touch(self) -> None:
         """Any client frame counts as liveness."""
         self.last_seen = time.monotonic()
 
     def _at(self, name: str, delay: float, fn: Callable[[], None]) -> None:
-        old = self._timers.pop(name, None)
-        if old is not None:
-            old.cancel()
-        if self.closed is None:
-            self._timers[name] = asyncio.get_running_loop().call_later(max(0.0, delay), fn)
+        """Call ``fn`` in ``delay`` seconds, replacing the deadline called ``name``."""
+        if self.closed is not None:
+            self._timers.pop(name, None)
+            return
+        loop = asyncio.get_running_loop()
+        self._timers[name] = (loop.time() + max(0.0, delay), fn)
+        self._arm(loop)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._timers:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            return
+        due = min(when for when, _ in self._timers.values())
+        if self._timer is not None:
+            if self._timer_due <= due:
+                return  # fires first; it re-arms for what is left
+            self._timer.cancel()
+        self._timer_due = due
+        self._timer = loop.call_at(due, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time() + 0.001  # the loop's clock has millisecond steps
+        for name, entry in list(self._timers.items()):
+            if entry[0] <= now and self._timers.get(name) is entry:
+                del self._timers[name]
+                entry[1]()
+        self._arm(loop)
 
     def cancel_timers(self) -> None:
-        for t in self._timers.values():
-            t.cancel()
         self._timers.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
+    # ---- heartbeat and expiry ------------------------------------------------------------------
     def start_heartbeat(self, interval: float, timeout: float, *, client_pongs: bool) -> None:
         """Send ``ping`` every ``interval``; with ``client_pongs`` close 4002 after
         ``interval + timeout`` without any client frame."""
-
-        def ping() -> None:
-            self.offer(PING)
-            self._at("ping", interval, ping)
-
-        self._at("ping", interval, ping)
+        self._hb_interval = interval
+        self._at("ping", interval, self._ping)
         if client_pongs:
-            limit = interval + timeout
+            self._hb_limit = interval + timeout
+            self._at("dead", self._hb_limit, self._check)
 
-            def check() -> None:
-                idle = time.monotonic() - self.last_seen
-                if idle >= limit:
-                    self.close(CLOSE_NO_HEARTBEAT, "no heartbeat")
-                else:
-                    self._at("dead", limit - idle + 0.01, check)
+    def _ping(self) -> None:
+        self.offer(PING)
+        self._at("ping", self._hb_interval, self._ping)
 
-            self._at("dead", limit, check)
+    def _check(self) -> None:
+        idle = time.monotonic() - self.last_seen
+        if idle >= self._hb_limit:
+            self.close(CLOSE_NO_HEARTBEAT, "no heartbeat")
+        else:
+            self._at("dead", self._hb_limit - idle + 0.01, self._check)
 
     def arm_expiry(
         self, warn: Callable[[float], None], expire: Callable[[], None] | None = None
@@ -230,9 +334,7 @@ class Session:
         close (or ``expire()``) at ``exp``. Re-arming replaces earlier timers."""
         left = self.identity.expires_in()
         for name in ("expiring", "expired"):
-            t = self._timers.pop(name, None)
-            if t is not None:
-                t.cancel()
+            self._timers.pop(name, None)
         if left is None:
             return
         lead = min(60.0, left)
