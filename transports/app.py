@@ -7,11 +7,13 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from starlette._utils import get_route_path
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from hub.errors import NotFound
 from hub.hub import Hub
@@ -32,6 +34,19 @@ def _page(name: str) -> Route:
         return FileResponse(path, headers={"Cache-Control": "no-cache"})
 
     return endpoint  # type: ignore[return-value]
+
+
+class HubApp(Starlette):
+    """The Starlette app, with WebSocket connections to ``/v1/ws`` handed straight to the
+    endpoint (:func:`transports.websocket.asgi_endpoint`): the router and middleware layers
+    would do nothing for them but cost memory for each connection's life."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and get_route_path(scope) == websocket.PATH:
+            scope["app"] = self
+            await websocket.asgi_endpoint(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings, hub: Hub | None = None) -> Starlette:
@@ -61,7 +76,7 @@ def create_app(settings: Settings, hub: Hub | None = None) -> Starlette:
     for path, name in PAGES.items():
         routes.append(Route(path, _page(name), methods=["GET", "HEAD"]))
     routes.append(Mount("/static", StaticFiles(directory=STATIC), name="static"))
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = HubApp(routes=routes, lifespan=lifespan)
     app.state.hub = the_hub
     app.state.settings = settings
     http.install(app, the_hub)

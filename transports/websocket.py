@@ -1,8 +1,13 @@
 """WebSocket transport: ``GET /v1/ws`` (PROTOCOL.md §3).
 
-One connection = one :class:`~hub.session.Session` and two tasks racing in one task group: the
-reader handles client frames one at a time (so one publisher's publications keep their order),
-the writer drains the session's queue to the socket. The first to finish cancels the other.
+One connection = one :class:`~hub.session.Session` and one task, the ASGI one: it reads and
+handles client frames one at a time (so one publisher's publications keep their order). Frames to
+the client are written by the fan-out itself when the socket is writable (:class:`_DirectWriter`);
+only what has to wait (flow control, another server) is queued, and a writer task runs while the
+queue holds frames (:class:`_Link`). Closing the session interrupts the reading task.
+
+An idle connection costs memory, not CPU, and a node holds thousands: no task, Event or closure
+per connection beyond the ASGI task (see bench/notes-wsmem.md).
 
 Refusals complete the upgrade and then close with the code so browsers can see it (4501, 4510,
 4003); a bad ``Origin`` is refused with HTTP 403 at the handshake (HARDENING 13).
@@ -17,6 +22,7 @@ from collections import Counter
 from typing import Any
 
 from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hub.auth import Identity
@@ -131,19 +137,15 @@ async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
     ice = ice_servers(s, ident.sub)
     if ice["ice_servers"]:
         welcome["ice_servers"] = ice["ice_servers"]
-    session.send(welcome)
-    session.start_heartbeat(s.ping_interval, s.ping_timeout, client_pongs=True)
-    session.arm_expiry(lambda secs: session.send({"type": "expiring", "in": secs}))
-    arm_ice_refresh(session, s)  # PROTOCOL.md §6: fresh TURN credentials before they expire
-    handler = FrameHandler(hub, session, relay_signal)
-    writer = asyncio.create_task(_writer(ws, session, hub.metrics))
-    reader = asyncio.create_task(_reader(ws, session, handler))
+    link = _Link(ws, session, hub.metrics)
     try:
-        await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        session.send(welcome)
+        session.start_heartbeat(s.ping_interval, s.ping_timeout, client_pongs=True)
+        session.arm_expiry(lambda secs: session.send({"type": "expiring", "in": secs}))
+        arm_ice_refresh(session, s)  # PROTOCOL.md §6: fresh TURN credentials before they expire
+        await link.read(FrameHandler(hub, session, relay_signal))
     finally:
-        for t in (reader, writer):
-            t.cancel()
-        await asyncio.gather(reader, writer, return_exceptions=True)
+        await link.stop()
     closed = session.closed
     if closed is not None:  # counted in hubbub_disconnects_total by Hub.close_session
         if closed.code >= 4000:
@@ -152,6 +154,81 @@ async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
         await _close(ws, closed.code, closed.reason)
     else:
         await _close(ws, 1000)
+
+
+class _Link:
+    """One connection's outbound side and the hook that ends its reading.
+
+    Installed as the session's ``direct`` writer (when the server is Hubbub's own uvicorn
+    protocol) and ``waker``. A queued frame starts the writer task, which ends as soon as the
+    queue is empty again; closing the session cancels the task that reads (the ASGI task, while
+    it is in :meth:`read`), unless the close comes from that task itself."""
+
+    __slots__ = ("direct", "frames", "interrupted", "proto", "reader", "sent", "session",
+                 "writer", "ws")  # fmt: skip
+
+    def __init__(self, ws: WebSocket, session: Session, metrics: Metrics | None) -> None:
+        self.ws = ws
+        self.session = session
+        self.frames, self.sent = (
+            (metrics.frames_sent, metrics.bytes_sent) if metrics else (Counter(), Counter())
+        )
+        proto = self.proto = _protocol(ws)
+        # No direct path when an extension (per-message deflate) must rewrite every frame.
+        self.direct = (
+            _DirectWriter(proto, self.frames, self.sent)
+            if proto is not None and not proto.conn.extensions
+            else None
+        )
+        self.writer: asyncio.Task[None] | None = None
+        self.reader: asyncio.Task[Any] | None = None
+        self.interrupted = False
+        session.direct = self.direct
+        session.waker = self.wake
+
+    def wake(self) -> None:
+        """``Session.waker``: a frame was queued, or the session closed."""
+        if self.session.closed is not None:
+            reader = self.reader
+            if reader is not None and reader is not asyncio.current_task():
+                self.reader = None
+                self.interrupted = True
+                reader.cancel()
+        elif self.writer is None:
+            self.writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def read(self, handler: FrameHandler) -> None:
+        """Read and handle client frames until the client goes or the session closes."""
+        task = asyncio.current_task()
+        assert task is not None
+        self.reader = task
+        try:
+            await _reader(self.ws, self.session, handler)
+        except asyncio.CancelledError:
+            if not self.interrupted:
+                raise
+            task.uncancel()  # our own interruption: the session closed
+        finally:
+            self.reader = None
+
+    async def stop(self) -> None:
+        """End the writer, detach from the session, write what the direct path accepted."""
+        session = self.session
+        session.waker = None
+        session.direct = None
+        writer = self.writer
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+        if self.direct is not None:
+            self.direct.flush()
+
+    async def _write(self) -> None:
+        """Write what is queued until the queue is empty, then end (see :func:`_drain`)."""
+        try:
+            await _drain(self.ws, self.session, self.proto, self.direct, self.frames, self.sent)
+        finally:
+            self.writer = None
 
 
 class _FrameCache:
@@ -287,25 +364,24 @@ async def _write_framed(proto: Any, items: list[Any]) -> tuple[int, int]:
     return done, size
 
 
-async def _writer(ws: WebSocket, session: Session, metrics: Metrics | None = None) -> None:
-    """Drain the queue to the socket: every queued frame per wake-up, the same bytes for every
-    subscriber. Ends when the session is closed.
+async def _drain(
+    ws: WebSocket,
+    session: Session,
+    proto: HandshakeGuardProtocol | None,
+    direct: _DirectWriter | None,
+    frames: Counter[str],
+    sent: Counter[str],
+) -> None:
+    """Write every queued frame, the same bytes for every subscriber, until the queue is empty.
 
-    On Hubbub's own uvicorn protocol, the fan-out writes most frames without this task
+    On Hubbub's own uvicorn protocol, the fan-out writes most frames without this
     (:class:`_DirectWriter`); what got queued meanwhile is joined and written in pieces of
-    about 64 KiB, each once the socket is writable (:func:`_write_framed`). Elsewhere (another server),
-    frames go one by one through the ASGI ``send``."""
+    about 64 KiB, each once the socket is writable (:func:`_write_framed`). Elsewhere (another
+    server), frames go one by one through the ASGI ``send``. A lost connection closes the
+    session with 1006."""
     send = ws.send
-    frames, sent = (metrics.frames_sent, metrics.bytes_sent) if metrics else (Counter(), Counter())
-    proto = _protocol(ws)
-    # No direct path when an extension (per-message deflate) must rewrite every frame.
-    direct = _DirectWriter(proto, frames, sent) if proto and not proto.conn.extensions else None
-    session.direct = direct
     try:
-        while True:
-            items = await session.next_batch()
-            if not items:
-                return
+        while items := session.take():
             size = 0
             if direct is not None:
                 direct.flush()  # older than anything in the queue
@@ -329,10 +405,6 @@ async def _writer(ws: WebSocket, session: Session, metrics: Metrics | None = Non
             sent["ws"] += size
     except (OSError, RuntimeError, WebSocketDisconnect):
         session.close(1006, "connection lost")
-    finally:
-        session.direct = None
-        if direct is not None:
-            direct.flush()
 
 
 async def _reader(ws: WebSocket, session: Session, handler: FrameHandler) -> None:
@@ -393,5 +465,16 @@ def session_frame_limit(hub: Hub) -> int:
     return hub.settings.max_message_bytes + 16 * 1024
 
 
+PATH = "/v1/ws"
+
+
+async def asgi_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+    """``/v1/ws`` as a plain ASGI app: :func:`ws_endpoint` without Starlette's router and
+    middleware layers, which hold nothing for a WebSocket (the CORS and error middleware pass
+    WebSockets through, the endpoint handles its own errors) but cost a coroutine frame each
+    for the connection's life. ``scope["app"]`` must be the Starlette app."""
+    await ws_endpoint(WebSocket(scope, receive=receive, send=send))
+
+
 def routes(hub: Hub) -> list[BaseRoute]:
-    return [WebSocketRoute("/v1/ws", ws_endpoint)]
+    return [WebSocketRoute(PATH, ws_endpoint)]

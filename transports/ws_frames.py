@@ -26,6 +26,12 @@ def _frame_id(frame: dict[str, Any]) -> int | None:
     return fid
 
 
+# Frame types, each handled by the FrameHandler method of that name (looked up per frame: a
+# per-instance dict of bound methods cost about 0.9 KiB per idle connection).
+_FRAME_TYPES = frozenset(("subscribe", "unsubscribe", "publish", "history", "presence",
+                          "refresh", "signal", "ping", "pong", "auth"))  # fmt: skip
+
+
 class FrameHandler:
     """Dispatches one session's frames to the hub."""
 
@@ -33,26 +39,13 @@ class FrameHandler:
         self.hub = hub
         self.session = session
         self.relay = relay
-        self._handlers: dict[str, Callable[[dict[str, Any], int | None], Awaitable[None]]] = {
-            "subscribe": self.subscribe,
-            "unsubscribe": self.unsubscribe,
-            "publish": self.publish,
-            "history": self.history,
-            "presence": self.presence,
-            "refresh": self.refresh,
-            "signal": self.signal,
-            "ping": self.ping,
-            "pong": self.pong,
-            "auth": self.auth,
-        }
 
     async def handle(self, frame: dict[str, Any]) -> None:
         fid = _frame_id(frame)
         kind = frame["type"]
-        handler = self._handlers.get(kind)
-        if handler is None:
+        if kind not in _FRAME_TYPES:
             raise BadRequest(f"unknown frame type {kind[:32]!r}")
-        await handler(frame, fid)
+        await getattr(self, kind)(frame, fid)
 
     def reply(self, fid: int | None, result: dict[str, Any]) -> None:
         if fid is not None:
