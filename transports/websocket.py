@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Coroutine
 from typing import Any
 
 from starlette.routing import BaseRoute, WebSocketRoute
@@ -120,7 +121,7 @@ async def _send_json(ws: WebSocket, obj: dict[str, Any]) -> None:
         await ws.send({"type": "websocket.send", "text": frame_bytes(obj).decode()})
 
 
-async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
+def _welcome(hub: Hub, session: Session) -> dict[str, Any]:
     s = hub.settings
     ident = session.identity
     welcome: dict[str, Any] = {
@@ -137,14 +138,27 @@ async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
     ice = ice_servers(s, ident.sub)
     if ice["ice_servers"]:
         welcome["ice_servers"] = ice["ice_servers"]
+    return welcome
+
+
+async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
+    s = hub.settings
     link = _Link(ws, session, hub.metrics)
+    task = asyncio.current_task()
+    assert task is not None
     try:
-        session.send(welcome)
+        session.send(_welcome(hub, session))
         session.start_heartbeat(s.ping_interval, s.ping_timeout, client_pongs=True)
         session.arm_expiry(lambda secs: session.send({"type": "expiring", "in": secs}))
         arm_ice_refresh(session, s)  # PROTOCOL.md §6: fresh TURN credentials before they expire
-        await link.read(FrameHandler(hub, session, relay_signal))
+        link.reader = task  # closing the session now interrupts the reading
+        await _reader(ws, session, FrameHandler(hub, session, relay_signal))
+    except asyncio.CancelledError:
+        if not link.interrupted:
+            raise
+        task.uncancel()  # our own interruption: the session closed
     finally:
+        link.reader = None
         await link.stop()
     closed = session.closed
     if closed is not None:  # counted in hubbub_disconnects_total by Hub.close_session
@@ -161,8 +175,8 @@ class _Link:
 
     Installed as the session's ``direct`` writer (when the server is Hubbub's own uvicorn
     protocol) and ``waker``. A queued frame starts the writer task, which ends as soon as the
-    queue is empty again; closing the session cancels the task that reads (the ASGI task, while
-    it is in :meth:`read`), unless the close comes from that task itself."""
+    queue is empty again; closing the session cancels the task that reads (:attr:`reader`, the
+    ASGI task while it is in :func:`_reader`), unless the close comes from that task itself."""
 
     __slots__ = ("direct", "frames", "interrupted", "proto", "reader", "sent", "session",
                  "writer", "ws")  # fmt: skip
@@ -197,20 +211,6 @@ class _Link:
         elif self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._write())
 
-    async def read(self, handler: FrameHandler) -> None:
-        """Read and handle client frames until the client goes or the session closes."""
-        task = asyncio.current_task()
-        assert task is not None
-        self.reader = task
-        try:
-            await _reader(self.ws, self.session, handler)
-        except asyncio.CancelledError:
-            if not self.interrupted:
-                raise
-            task.uncancel()  # our own interruption: the session closed
-        finally:
-            self.reader = None
-
     async def stop(self) -> None:
         """End the writer, detach from the session, write what the direct path accepted."""
         session = self.session
@@ -227,6 +227,9 @@ class _Link:
         """Write what is queued until the queue is empty, then end (see :func:`_drain`)."""
         try:
             await _drain(self.ws, self.session, self.proto, self.direct, self.frames, self.sent)
+        except Exception:
+            log.exception("writer failed (session %s)", self.session.id)
+            self.session.close(CLOSE_INTERNAL, "internal error")
         finally:
             self.writer = None
 
@@ -468,12 +471,13 @@ def session_frame_limit(hub: Hub) -> int:
 PATH = "/v1/ws"
 
 
-async def asgi_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-    """``/v1/ws`` as a plain ASGI app: :func:`ws_endpoint` without Starlette's router and
-    middleware layers, which hold nothing for a WebSocket (the CORS and error middleware pass
-    WebSockets through, the endpoint handles its own errors) but cost a coroutine frame each
-    for the connection's life. ``scope["app"]`` must be the Starlette app."""
-    await ws_endpoint(WebSocket(scope, receive=receive, send=send))
+def asgi_endpoint(scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+    """``/v1/ws`` as a plain ASGI app (returns the coroutine to await: no frame of its own):
+    :func:`ws_endpoint` without Starlette's router and middleware layers, which hold nothing
+    for a WebSocket (the CORS and error middleware pass WebSockets through, the endpoint handles
+    its own errors) but cost a coroutine frame each for the connection's life.
+    ``scope["app"]`` must be the Starlette app."""
+    return ws_endpoint(WebSocket(scope, receive=receive, send=send))
 
 
 def routes(hub: Hub) -> list[BaseRoute]:

@@ -1,0 +1,164 @@
+"""What keeps an idle WebSocket connection small (bench/notes-wsmem.md), and that the behaviour
+around it holds: the protocol's list-based inbox and flag, one task per idle connection (the
+writer task only while frames wait), the reader interrupted by a close, ``/v1/ws`` past
+Starlette's router. Real uvicorn and real ``websockets`` clients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+import websockets
+
+from hub.auth import Identity
+from hub.session import Session
+from tests.conftest import Node, token
+from tests.transports.wsclient import WS
+from transports.server import HandshakeGuardProtocol, _Flag, _Inbox
+from transports.websocket import _Link
+
+DEADLINE = 5.0
+
+
+async def until(cond: Any, deadline: float = DEADLINE) -> None:
+    end = time.monotonic() + deadline
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+# ---- inbox and flag ------------------------------------------------------------------------------
+
+
+async def test_inbox_is_fifo_and_wakes_a_waiting_getter() -> None:
+    box = _Inbox()
+    assert box.empty()
+    box.put_nowait(1)
+    box.put_nowait(2)
+    assert await box.get() == 1 and await box.get() == 2 and box.empty()
+    getter = asyncio.create_task(box.get())
+    await asyncio.sleep(0.01)
+    assert not getter.done()
+    box.put_nowait(3)
+    assert await asyncio.wait_for(getter, DEADLINE) == 3
+
+
+async def test_inbox_cancelled_getter_loses_nothing() -> None:
+    box = _Inbox()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(box.get(), 0.01)
+    a = asyncio.create_task(box.get())
+    b = asyncio.create_task(box.get())
+    await asyncio.sleep(0.01)
+    box.put_nowait("x")  # wakes a, which is cancelled before it runs: b gets the item
+    a.cancel()
+    assert await asyncio.wait_for(b, DEADLINE) == "x"
+    assert box.empty() and box._waiters is None
+
+
+async def test_flag_waits_until_set() -> None:
+    flag = _Flag()
+    assert flag.is_set()
+    await asyncio.wait_for(flag.wait(), DEADLINE)
+    flag.clear()
+    waiter = asyncio.create_task(flag.wait())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    flag.set()
+    await asyncio.wait_for(waiter, DEADLINE)
+    assert flag._waiters is None
+
+
+# ---- session ---------------------------------------------------------------------------------------
+
+
+async def test_one_loop_timer_for_every_deadline() -> None:
+    s = Session(Identity(sub="a", grants={}, exp=time.time() + 3600), "ws")
+    assert s._queue is None and s._waiter is None  # nothing allocated before it is needed
+    s.start_heartbeat(25, 10, client_pongs=True)
+    first = s._timer
+    s.arm_expiry(lambda left: None)
+    assert set(s._timers) == {"ping", "dead", "expiring", "expired"}
+    assert s._timer is first  # the ping is still the earliest deadline: same loop timer
+    s.close(1000, "done")
+    assert s._timer is None and not s._timers
+
+
+# ---- connections -----------------------------------------------------------------------------------
+
+
+def _links(node: Node) -> list[_Link]:
+    links = []
+    for s in node.hub.sessions.values():
+        waker = s.waker
+        assert waker is not None
+        links.append(waker.__self__)  # type: ignore[attr-defined]
+    return links
+
+
+async def test_idle_connection_runs_no_writer_task(node: Node) -> None:
+    clients = [await WS.connect(node.ws_url, token(f"u{i}")) for i in range(3)]
+    for c in clients:
+        await c.result({"type": "subscribe", "room": "idle"})
+    links = _links(node)
+    assert len(links) == 3
+    await until(lambda: all(link.writer is None for link in links))
+    for link in links:
+        proto = link.proto
+        assert isinstance(proto, HandshakeGuardProtocol)
+        assert isinstance(proto.queue, _Inbox) and isinstance(proto.writable, _Flag)
+        assert proto.request is None and proto.response is None
+        assert proto.ping_timer is None  # no protocol-level keepalive: Hubbub's heartbeat
+        assert link.reader is not None and not link.reader.done()
+    # Fan-out still reaches everyone, in order, without a writer task.
+    for i in range(5):
+        await node.hub.publish(Identity(sub="svc", grants={"publish": ("*",)}), "idle", i)
+    for c in clients:
+        assert [m["data"] for m in await c.messages(5)] == [0, 1, 2, 3, 4]
+    assert all(link.writer is None for link in links)
+    for c in clients:
+        await c.close()
+
+
+async def test_writer_task_runs_while_frames_wait_and_keeps_order(node: Node) -> None:
+    ws = await WS.connect(node.ws_url, token("alice"))
+    await ws.result({"type": "subscribe", "room": "flow"})
+    (link,) = _links(node)
+    proto = link.proto
+    assert proto is not None
+    publisher = Identity(sub="svc", grants={"publish": ("*",)})
+    await node.hub.publish(publisher, "flow", 0)  # written directly
+    proto.writable.clear()  # as if the socket were over its high-water mark
+    for i in range(1, 4):
+        await node.hub.publish(publisher, "flow", i)  # queued: the writer task waits
+    assert link.writer is not None and not link.writer.done()
+    proto.writable.set()
+    await until(lambda: link.writer is None)
+    await node.hub.publish(publisher, "flow", 4)  # direct again
+    assert [m["data"] for m in await ws.messages(5)] == [0, 1, 2, 3, 4]
+    await ws.close()
+
+
+async def test_close_interrupts_the_waiting_reader(node: Node) -> None:
+    ws = await WS.connect(node.ws_url, token("bob"))
+    (link,) = _links(node)
+    reader = link.reader
+    assert reader is not None
+    await node.hub.disconnect_user("bob", "go away")
+    code, frames = await ws.closed()
+    assert code == 4509
+    assert frames[-1]["type"] == "disconnect" and frames[-1]["code"] == 4509
+    await until(lambda: not node.hub.sessions)
+    await until(reader.done)
+    assert not reader.cancelled()  # the ASGI task ended normally after its own interruption
+
+
+async def test_other_websocket_paths_still_go_through_starlette(node: Node) -> None:
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await websockets.connect(node.ws_url.replace("/v1/ws", "/v1/wsx"))
+    assert info.value.response.status_code == 403  # no such WebSocket route
+    ws = await WS.connect(node.ws_url + "?x=1", token("carol"))
+    assert ws.welcome["user"] == "carol"
+    await ws.close()
