@@ -89,6 +89,19 @@ async def _authenticate(hub: Hub, ws: WebSocket) -> Identity | None:
         return None
 
 
+def _forget_request(ws: WebSocket) -> None:
+    """Let go of the handshake's headers (and Starlette's caches of headers, cookies and query)
+    once the origin is checked and the client authenticated: nothing reads them afterwards,
+    and they are about 1 KiB per connection (more with browser cookies) for its whole life.
+    ``ws.headers``, ``ws.cookies`` and ``ws.query_params`` are empty from then on."""
+    headers = ws.scope.get("headers")
+    if isinstance(headers, list):
+        headers.clear()  # the scope's list, shared with a cached Headers
+    cached = vars(ws)
+    for name in ("_headers", "_cookies", "_query_params", "_url"):
+        cached.pop(name, None)
+
+
 async def ws_endpoint(ws: WebSocket) -> None:
     hub: Hub = ws.app.state.hub
     settings = hub.settings
@@ -99,6 +112,7 @@ async def ws_endpoint(ws: WebSocket) -> None:
     ident = await _authenticate(hub, ws)
     if ident is None:
         return
+    _forget_request(ws)
     try:
         session = await hub.open_session(ident, "ws")
     except Disconnect as d:

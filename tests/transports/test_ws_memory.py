@@ -110,6 +110,7 @@ async def test_idle_connection_runs_no_writer_task(node: Node) -> None:
         assert isinstance(proto, HandshakeGuardProtocol)
         assert isinstance(proto.queue, _Inbox) and isinstance(proto.writable, _Flag)
         assert proto.request is None and proto.response is None
+        assert proto.scope["headers"] == []  # let go once the client is authenticated
         assert proto.ping_timer is None  # no protocol-level keepalive: Hubbub's heartbeat
         assert link.reader is not None and not link.reader.done()
     # Fan-out still reaches everyone, in order, without a writer task.
