@@ -6,7 +6,7 @@ WebSocket subscribers like ``hubbub bench`` does (``welcome`` → ``subscribe`` 
 answering pings), waits, takes a second snapshot and prints the difference per connection,
 grouped by file (and by file:line with ``--lines``), plus the RSS per connection.
 
-    .venv/bin/python bench/idle_heap.py --subscribers 2000 [--lines 30] [--pin]
+    .venv/bin/python bench/idle_heap.py --subscribers 2000 [--lines 30] [--pin] [--jwt]
 
 RSS here includes tracemalloc's own bookkeeping: use ``hubbub bench`` for RSS figures.
 """
@@ -51,14 +51,23 @@ def snapshot(pid: int, where: Path, n: int) -> tracemalloc.Snapshot:
     return tracemalloc.Snapshot.load(str(where / f"snap{n}"))
 
 
-async def connect(port: int, key: str, n: int, room: str) -> list[Subscriber]:
+async def connect(
+    port: int, key: str, n: int, room: str, jwt_secret: str | None = None
+) -> list[Subscriber]:
+    """N subscribers of ``room``: all with the API key, or each its own user's JWT (1 h)."""
     loop = asyncio.get_running_loop()
     tally = Tally()
     subs: list[Subscriber] = []
     for i in range(0, n, 200):
         batch = []
-        for _ in range(min(200, n - i)):
-            sub = Subscriber("ws", "hubbub", "127.0.0.1", port, room, key, tally)
+        for j in range(min(200, n - i)):
+            cred = key
+            if jwt_secret is not None:
+                import jwt
+
+                claims = {"sub": f"user-{room}-{i + j}", "exp": int(time.time()) + 3600}
+                cred = jwt.encode(claims, jwt_secret, algorithm="HS256")
+            sub = Subscriber("ws", "hubbub", "127.0.0.1", port, room, cred, tally)
             await loop.create_connection(lambda s=sub: s, "127.0.0.1", port)  # type: ignore[misc]
             batch.append(sub)
         await asyncio.gather(*(s.ready for s in batch))
@@ -70,6 +79,7 @@ async def run(args: argparse.Namespace) -> None:
     where = Path(tempfile.mkdtemp(prefix="idle-heap-"))
     (where / "sitecustomize.py").write_text(SITE)
     key = secrets.token_urlsafe(16)
+    secret = secrets.token_urlsafe(32) if args.jwt else None
     port = free_port()
     env = dict(os.environ, HUB_API_KEYS=key, HUB_API_RATE="0", HUB_LOG_LEVEL="warning",
                HUB_BROKER_URL="memory://", HUB_HOST="127.0.0.1", HEAP_DIR=str(where),
@@ -77,6 +87,8 @@ async def run(args: argparse.Namespace) -> None:
                PYTHONPATH=os.pathsep.join([str(where), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
     for name in ("HUB_JWT_SECRET", "HUB_CONFIG", "HUB_WORKERS", "HUB_PORT"):
         env.pop(name, None)
+    if secret is not None:
+        env["HUB_JWT_SECRET"] = secret
     cmd = [sys.executable, "-m", "transports.cli", "serve", "--host", "127.0.0.1",
            "--port", str(port), "--broker", "memory://"]  # fmt: skip
     if args.pin:
@@ -85,14 +97,16 @@ async def run(args: argparse.Namespace) -> None:
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)  # noqa: ASYNC220
     try:
         await asyncio.to_thread(wait_ready, f"http://127.0.0.1:{port}", proc)
-        subs = await connect(port, key, 20, "warm")  # first-use allocations (imports, caches)
+        subs = await connect(
+            port, key, 20, "warm", secret
+        )  # first-use allocations (imports, caches)
         await asyncio.sleep(1)
         for s in subs:
             s.close()
         await asyncio.sleep(1)
         before = await asyncio.to_thread(snapshot, proc.pid, where, 1)
         rss0 = proc_rss_kib(proc.pid)
-        subs = await connect(port, key, args.subscribers, "idle")
+        subs = await connect(port, key, args.subscribers, "idle", secret)
         await asyncio.sleep(args.settle)
         after = await asyncio.to_thread(snapshot, proc.pid, where, 2)
         rss1 = proc_rss_kib(proc.pid)
@@ -128,6 +142,7 @@ def main() -> None:
     p.add_argument("--lines", type=int, default=0)
     p.add_argument("--frames", type=int, default=1)
     p.add_argument("--pin", action="store_true")
+    p.add_argument("--jwt", action="store_true", help="one user per connection, 1 h JWTs")
     asyncio.run(run(p.parse_args()))
 
 

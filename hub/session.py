@@ -78,6 +78,7 @@ class TokenBucket:
 
 
 UNLIMITED = TokenBucket(Rate(0, 0))  # shared: no state changes while the rate is 0
+_NEVER = float("inf")
 
 
 class Session:
@@ -86,17 +87,23 @@ class Session:
     Kept small (an idle node holds thousands): ``__slots__``, the outbound deque created on the
     first queued frame and dropped when taken, no Event (``next_batch`` waits on a future made
     when it has to wait), and one loop timer for all of the session's deadlines (heartbeat ping
-    and liveness check, token expiry warning and close) instead of one per deadline."""
+    and liveness check, token expiry warning and close) instead of one per deadline; the
+    deadlines themselves are four floats in slots."""
 
     __slots__ = (
+        "_dead_at",
+        "_expire",
+        "_expire_at",
         "_hb_interval",
         "_hb_limit",
         "_on_close",
+        "_ping_at",
         "_queue",
         "_timer",
         "_timer_due",
-        "_timers",
         "_waiter",
+        "_warn",
+        "_warn_at",
         "bad_frames",
         "closed",
         "direct",
@@ -147,12 +154,14 @@ class Session:
         # Set by a transport that starts its writer on demand: called whenever a frame gets
         # queued and when the session closes (the writer then takes what is queued).
         self.waker: Callable[[], None] | None = None
-        # name -> (loop time due, callback); one loop timer fires at the earliest.
-        self._timers: dict[str, tuple[float, Callable[[], None]]] = {}
+        # Deadlines (loop time) and the one loop timer at the earliest (see "timers" below).
+        self._ping_at = self._dead_at = self._warn_at = self._expire_at = _NEVER
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0.0
         self._hb_interval = 0.0
         self._hb_limit = 0.0
+        self._warn: Callable[[float], None] | None = None
+        self._expire: Callable[[], None] | None = None
         self._on_close: list[Callable[[Disconnect], None]] | None = None
 
     def __repr__(self) -> str:
@@ -263,45 +272,64 @@ class Session:
             cb(self.closed)
 
     # ---- timers ------------------------------------------------------------------------------
+    # Four deadlines at most (ping, liveness check, expiry warning, expiry), each a loop time in
+    # a slot (``_NEVER`` when not pending), and one loop timer at the earliest: no timer handle,
+    # closure or dict per deadline.
     def touch(self) -> None:
         """Any client frame counts as liveness."""
         self.last_seen = time.monotonic()
 
-    def _at(self, name: str, delay: float, fn: Callable[[], None]) -> None:
-        """Call ``fn`` in ``delay`` seconds, replacing the deadline called ``name``."""
-        if self.closed is not None:
-            self._timers.pop(name, None)
-            return
-        loop = asyncio.get_running_loop()
-        self._timers[name] = (loop.time() + max(0.0, delay), fn)
-        self._arm(loop)
+    @property
+    def deadlines(self) -> dict[str, float]:
+        """Pending deadlines by name (``ping``, ``dead``, ``expiring``, ``expired``): loop time."""
+        named = (("ping", self._ping_at), ("dead", self._dead_at),
+                 ("expiring", self._warn_at), ("expired", self._expire_at))  # fmt: skip
+        return {name: when for name, when in named if when != _NEVER}
 
-    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._timers:
-            if self._timer is not None:
-                self._timer.cancel()
+    def _arm(self) -> None:
+        due = min(self._ping_at, self._dead_at, self._warn_at, self._expire_at)
+        timer = self._timer
+        if due == _NEVER or self.closed is not None:
+            if timer is not None:
+                timer.cancel()
                 self._timer = None
             return
-        due = min(when for when, _ in self._timers.values())
-        if self._timer is not None:
+        if timer is not None:
             if self._timer_due <= due:
                 return  # fires first; it re-arms for what is left
-            self._timer.cancel()
+            timer.cancel()
         self._timer_due = due
-        self._timer = loop.call_at(due, self._fire)
+        self._timer = asyncio.get_running_loop().call_at(due, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
         loop = asyncio.get_running_loop()
-        now = loop.time() + 0.001  # the loop's clock has millisecond steps
-        for name, entry in list(self._timers.items()):
-            if entry[0] <= now and self._timers.get(name) is entry:
-                del self._timers[name]
-                entry[1]()
-        self._arm(loop)
+        now = loop.time()
+        soon = now + 0.001  # the loop's clock has millisecond steps
+        if self._ping_at <= soon:
+            self._ping_at = now + self._hb_interval
+            self.offer(PING)
+        if self._dead_at <= soon:
+            self._dead_at = _NEVER
+            idle = time.monotonic() - self.last_seen
+            if idle >= self._hb_limit:
+                self.close(CLOSE_NO_HEARTBEAT, "no heartbeat")
+            else:
+                self._dead_at = now + self._hb_limit - idle + 0.01
+        if self._warn_at <= soon:
+            self._warn_at = _NEVER
+            if self._warn is not None:
+                self._warn(round(self.identity.expires_in() or 0.0, 3))
+        if self._expire_at <= soon:
+            self._expire_at = _NEVER
+            if self._expire is not None:
+                self._expire()
+            else:
+                self.close(CLOSE_EXPIRED, "token expired")
+        self._arm()
 
     def cancel_timers(self) -> None:
-        self._timers.clear()
+        self._ping_at = self._dead_at = self._warn_at = self._expire_at = _NEVER
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -310,44 +338,27 @@ class Session:
     def start_heartbeat(self, interval: float, timeout: float, *, client_pongs: bool) -> None:
         """Send ``ping`` every ``interval``; with ``client_pongs`` close 4002 after
         ``interval + timeout`` without any client frame."""
+        if self.closed is not None:
+            return
+        now = asyncio.get_running_loop().time()
         self._hb_interval = interval
-        self._at("ping", interval, self._ping)
+        self._ping_at = now + max(0.0, interval)
         if client_pongs:
             self._hb_limit = interval + timeout
-            self._at("dead", self._hb_limit, self._check)
-
-    def _ping(self) -> None:
-        self.offer(PING)
-        self._at("ping", self._hb_interval, self._ping)
-
-    def _check(self) -> None:
-        idle = time.monotonic() - self.last_seen
-        if idle >= self._hb_limit:
-            self.close(CLOSE_NO_HEARTBEAT, "no heartbeat")
-        else:
-            self._at("dead", self._hb_limit - idle + 0.01, self._check)
+            self._dead_at = now + max(0.0, self._hb_limit)
+        self._arm()
 
     def arm_expiry(
         self, warn: Callable[[float], None], expire: Callable[[], None] | None = None
     ) -> None:
         """Schedule ``warn(seconds_left)`` ``min(60, remaining)`` before ``exp`` and the 4004
-        close (or ``expire()``) at ``exp``. Re-arming replaces earlier timers."""
+        close (or ``expire()``) at ``exp``. Re-arming replaces the earlier ones."""
         left = self.identity.expires_in()
-        for name in ("expiring", "expired"):
-            self._timers.pop(name, None)
-        if left is None:
-            return
-        lead = min(60.0, left)
-
-        def do_warn() -> None:
-            remaining = self.identity.expires_in() or 0.0
-            warn(round(remaining, 3))
-
-        def do_expire() -> None:
-            if expire is not None:
-                expire()
-            else:
-                self.close(CLOSE_EXPIRED, "token expired")
-
-        self._at("expiring", left - lead, do_warn)
-        self._at("expired", left, do_expire)
+        self._warn_at = self._expire_at = _NEVER
+        self._warn = self._expire = None
+        if left is not None and self.closed is None:
+            self._warn, self._expire = warn, expire
+            now = asyncio.get_running_loop().time()
+            self._warn_at = now + max(0.0, left - min(60.0, left))
+            self._expire_at = now + max(0.0, left)
+        self._arm()

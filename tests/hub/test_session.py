@@ -160,7 +160,7 @@ async def test_heartbeat_without_client_frames_closes_4002() -> None:
     await until(lambda: s.closed is not None)
     assert s.closed is not None and s.closed.code == CLOSE_NO_HEARTBEAT
     assert s.closed.reconnect
-    assert not s._timers
+    assert not s.deadlines
 
 
 async def test_heartbeat_stays_open_with_touches_and_pings() -> None:
@@ -188,7 +188,7 @@ async def test_heartbeat_without_client_pongs_only_pings() -> None:
     await until(lambda: s.queue.count(PING) >= 3)
     assert s.closed is None
     s.close(1000, "done")
-    assert not s._timers
+    assert not s.deadlines
 
 
 # ---- token expiry ------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ async def test_rearming_expiry_replaces_timers() -> None:
 async def test_no_exp_no_expiry_timers() -> None:
     s = Session(ident(exp=None), "ws")
     s.arm_expiry(lambda left: None)
-    assert "expired" not in s._timers and "expiring" not in s._timers
+    assert "expired" not in s.deadlines and "expiring" not in s.deadlines
 
 
 async def test_already_expired_closes_at_once() -> None:

@@ -80,10 +80,10 @@ async def test_one_loop_timer_for_every_deadline() -> None:
     s.start_heartbeat(25, 10, client_pongs=True)
     first = s._timer
     s.arm_expiry(lambda left: None)
-    assert set(s._timers) == {"ping", "dead", "expiring", "expired"}
+    assert set(s.deadlines) == {"ping", "dead", "expiring", "expired"}
     assert s._timer is first  # the ping is still the earliest deadline: same loop timer
     s.close(1000, "done")
-    assert s._timer is None and not s._timers
+    assert s._timer is None and not s.deadlines
 
 
 # ---- connections -----------------------------------------------------------------------------------
