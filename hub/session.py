@@ -5,8 +5,8 @@ A session owns a bounded outbound queue that the hub fills with :meth:`Session.o
 queue passes ``max_queue`` frames or ``max_queue_bytes`` the session is closed with 4001 (slow
 consumer); the client resumes from history and loses nothing still stored.
 
-Heartbeat and token expiry (PROTOCOL.md §3) are timers on the event loop (``call_at``), not tasks,
-so an idle session costs a few objects, not a coroutine.
+Heartbeat and token expiry (PROTOCOL.md §3) are deadlines in the event loop's timer wheel
+(:mod:`hub.clock`), not tasks or timer handles, so an idle session costs a few objects.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub.auth import Identity
+from hub.clock import Wheel, wheel
 from hub.envelope import Publication, frame_bytes
 from hub.errors import (
     CLOSE_EXPIRED,
@@ -86,9 +87,9 @@ class Session:
 
     Kept small (an idle node holds thousands): ``__slots__``, the outbound deque created on the
     first queued frame and dropped when taken, no Event (``next_batch`` waits on a future made
-    when it has to wait), and one loop timer for all of the session's deadlines (heartbeat ping
-    and liveness check, token expiry warning and close) instead of one per deadline; the
-    deadlines themselves are four floats in slots."""
+    when it has to wait), and no loop timer of its own: its deadlines (heartbeat ping and
+    liveness check, token expiry warning and close) are four floats in slots and one entry in
+    the loop's timer wheel (:mod:`hub.clock`)."""
 
     __slots__ = (
         "_dead_at",
@@ -99,11 +100,11 @@ class Session:
         "_on_close",
         "_ping_at",
         "_queue",
-        "_timer",
-        "_timer_due",
+        "_tick",
         "_waiter",
         "_warn",
         "_warn_at",
+        "_wheel",
         "bad_frames",
         "closed",
         "direct",
@@ -156,8 +157,8 @@ class Session:
         self.waker: Callable[[], None] | None = None
         # Deadlines (loop time) and the one loop timer at the earliest (see "timers" below).
         self._ping_at = self._dead_at = self._warn_at = self._expire_at = _NEVER
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_due = 0.0
+        self._wheel: Wheel | None = None
+        self._tick = 0  # the wheel tick this session is in (0: none)
         self._hb_interval = 0.0
         self._hb_limit = 0.0
         self._warn: Callable[[float], None] | None = None
@@ -273,8 +274,9 @@ class Session:
 
     # ---- timers ------------------------------------------------------------------------------
     # Four deadlines at most (ping, liveness check, expiry warning, expiry), each a loop time in
-    # a slot (``_NEVER`` when not pending), and one loop timer at the earliest: no timer handle,
-    # closure or dict per deadline.
+    # a slot (``_NEVER`` when not pending); the session sits in the loop's timer wheel
+    # (:mod:`hub.clock`) at the earliest: no timer handle, closure or dict per deadline.
+    # Deadlines run up to one wheel tick (50 ms) late, never early.
     def touch(self) -> None:
         """Any client frame counts as liveness."""
         self.last_seen = time.monotonic()
@@ -288,21 +290,27 @@ class Session:
 
     def _arm(self) -> None:
         due = min(self._ping_at, self._dead_at, self._warn_at, self._expire_at)
-        timer = self._timer
+        tick = self._tick
         if due == _NEVER or self.closed is not None:
-            if timer is not None:
-                timer.cancel()
-                self._timer = None
+            if tick:
+                self._tick = 0
+                if self._wheel is not None:
+                    self._wheel.remove(self, tick)
             return
-        if timer is not None:
-            if self._timer_due <= due:
+        w = self._wheel
+        if w is None:
+            w = self._wheel = wheel()
+        new = Wheel.tick_of(due)
+        if tick:
+            if tick <= new:
                 return  # fires first; it re-arms for what is left
-            timer.cancel()
-        self._timer_due = due
-        self._timer = asyncio.get_running_loop().call_at(due, self._fire)
+            w.remove(self, tick)
+        self._tick = new
+        w.add(self, new)
 
-    def _fire(self) -> None:
-        self._timer = None
+    def on_tick(self) -> None:
+        """The wheel's call at the earliest deadline: run what is due, re-arm for the rest."""
+        self._tick = 0
         loop = asyncio.get_running_loop()
         now = loop.time()
         soon = now + 0.001  # the loop's clock has millisecond steps
@@ -330,9 +338,7 @@ class Session:
 
     def cancel_timers(self) -> None:
         self._ping_at = self._dead_at = self._warn_at = self._expire_at = _NEVER
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._arm()
 
     # ---- heartbeat and expiry ------------------------------------------------------------------
     def start_heartbeat(self, interval: float, timeout: float, *, client_pongs: bool) -> None:

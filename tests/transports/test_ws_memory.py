@@ -13,6 +13,7 @@ import pytest
 import websockets
 
 from hub.auth import Identity
+from hub.clock import wheel
 from hub.session import Session
 from tests.conftest import Node, token
 from tests.transports.wsclient import WS
@@ -78,12 +79,15 @@ async def test_one_loop_timer_for_every_deadline() -> None:
     s = Session(Identity(sub="a", grants={}, exp=time.time() + 3600), "ws")
     assert s._queue is None and s._waiter is None  # nothing allocated before it is needed
     s.start_heartbeat(25, 10, client_pongs=True)
-    first = s._timer
+    w = wheel()
+    first = s._tick
+    assert s in w.buckets[first]
     s.arm_expiry(lambda left: None)
     assert set(s.deadlines) == {"ping", "dead", "expiring", "expired"}
-    assert s._timer is first  # the ping is still the earliest deadline: same loop timer
+    assert s._tick == first  # the ping is still the earliest deadline
+    assert sum(s in b for b in w.buckets.values()) == 1  # one wheel entry, whatever is pending
     s.close(1000, "done")
-    assert s._timer is None and not s.deadlines
+    assert s._tick == 0 and not s.deadlines and first not in w.buckets
 
 
 # ---- connections -----------------------------------------------------------------------------------
