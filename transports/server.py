@@ -113,8 +113,10 @@ class _Flag:
 
 class _Inbox:
     """What uvicorn's protocol uses of its ``asyncio.Queue`` of received ASGI events
-    (``put_nowait``, ``get``, ``empty``), without the queue's three deques and its Event
-    (about 2.4 KiB per connection). Unbounded like uvicorn's; FIFO; several getters allowed."""
+    (``put_nowait``, ``get``, ``empty``; uvicorn 0.54), plus ``get_nowait`` and ``qsize``,
+    without the queue's three deques and its Event (about 2.4 KiB per connection). Unbounded
+    like uvicorn's; FIFO; several getters allowed. tests/transports/test_ws_memory.py checks
+    the protocol still uses it."""
 
     __slots__ = ("_items", "_waiters")
 
@@ -127,6 +129,11 @@ class _Inbox:
 
     def qsize(self) -> int:
         return len(self._items)
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.pop(0)
 
     def put_nowait(self, item: Any) -> None:
         self._items.append(item)

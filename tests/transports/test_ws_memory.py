@@ -38,7 +38,9 @@ async def test_inbox_is_fifo_and_wakes_a_waiting_getter() -> None:
     assert box.empty()
     box.put_nowait(1)
     box.put_nowait(2)
-    assert await box.get() == 1 and await box.get() == 2 and box.empty()
+    assert await box.get() == 1 and box.qsize() == 1 and box.get_nowait() == 2 and box.empty()
+    with pytest.raises(asyncio.QueueEmpty):
+        box.get_nowait()
     getter = asyncio.create_task(box.get())
     await asyncio.sleep(0.01)
     assert not getter.done()
