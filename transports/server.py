@@ -19,7 +19,9 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 log = logging.getLogger("hubbub.server")
 
@@ -73,6 +75,18 @@ def text_frame_header(length: int) -> bytes:
     return b"\x81\x7f" + length.to_bytes(8, "big")
 
 
+class _ServerConnection(ServerProtocol):
+    """websockets' sans-I/O server, except for a Close frame that arrives between the fragments
+    of a message: RFC 6455 §5.4/§5.5 let control frames interleave, so the unfinished message is
+    dropped and the close is answered normally (websockets answers 1002 "incomplete fragmented
+    message"; Autobahn case 7.1.5 expects a clean close)."""
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE:
+            self.current_size = None
+        super().recv_frame(frame)
+
+
 class HandshakeGuardProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, plus:
 
@@ -83,6 +97,10 @@ class HandshakeGuardProtocol(WebSocketsSansIOProtocol):
       ``scope["extensions"]["hubbub.ws"]`` (Starlette wraps the ASGI ``send``, so the protocol
       is not reachable through it).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn.__class__ = _ServerConnection  # same state, one method changed
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
