@@ -171,9 +171,6 @@ class Node:
 
 async def start_node(settings: Settings, port: int = 0) -> Node:
     """Start a node in this event loop on 127.0.0.1 (port 0: any free port)."""
-    from sse_starlette.sse import AppStatus
-
-    AppStatus.should_exit = False
     app = create_app(settings)
     opts = {**server_options(settings), "port": port, "log_level": "warning"}
     config = uvicorn.Config(app, **opts)
