@@ -15,7 +15,7 @@ import pytest
 
 from hub.auth import Identity
 from hub.envelope import Position, make_cursor
-from tests.conftest import API_KEY, Node, token
+from tests.conftest import API_KEY, Node, make_settings, start_node, token
 
 BACKEND = Identity(sub="backend", api_key=True)
 
@@ -622,3 +622,76 @@ async def test_dev_mode_guest_without_token(node_factory: Any) -> None:
         assert next(iter(node.hub.sessions.values())).identity.guest
         await publish(node, "r")
         assert offsets(await s.events(1)) == [1]
+
+
+# ---- the direct path and its fallbacks ------------------------------------------------------
+async def test_fan_out_in_one_iteration_arrives_in_order(node: Node) -> None:
+    """Publications fanned out in one loop iteration leave together (the direct path)."""
+    async with sse(node) as (_, s), sse(node, "/v1/events?room=r&room=q") as (_, m):
+        for i in range(50):  # the memory broker never yields: one iteration
+            await node.hub.publish(BACKEND, "r", {"i": i})
+        await node.hub.publish(BACKEND, "q", {"i": 50})
+        got = await s.events(50)
+        assert [e.json["data"]["i"] for e in got] == list(range(50))
+        assert got[-1].id == make_cursor({"r": Position(got[-1].json["epoch"], 50)})
+        both = await m.events(51)
+        assert [e.json["data"]["i"] for e in both] == list(range(51))
+        epoch_q = both[-1].json["epoch"]
+        assert both[-1].id == make_cursor(
+            {"r": Position(got[-1].json["epoch"], 50), "q": Position(epoch_q, 1)}
+        )
+
+
+async def test_other_methods_fall_through_to_the_app(node: Node) -> None:
+    async with httpx.AsyncClient(base_url=node.url) as c:
+        r = await c.post("/v1/rooms/r/events", headers={"Authorization": f"Bearer {API_KEY}"})
+        assert r.status_code == 405 and r.json()["error"]["code"] == "bad_request"
+        r = await c.get("/v1/rooms//events", headers={"Authorization": f"Bearer {API_KEY}"})
+        assert r.status_code == 400
+
+
+async def test_wildcard_origin_gets_star_without_credentials(node_factory: Any) -> None:
+    node = await node_factory(allowed_origins=("*",))
+    async with sse(node, headers={"Origin": "https://elsewhere.example"}) as (resp, _):
+        assert resp.status_code == 200
+        assert resp.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in resp.headers
+    async with sse(node, tok="bad", headers={"Origin": "https://elsewhere.example"}) as (resp, _):
+        assert resp.status_code == 401 and resp.headers["access-control-allow-origin"] == "*"
+
+
+async def test_streams_through_plain_asgi_sends_on_another_server() -> None:
+    """On uvicorn's h11 protocol (no direct path): events, ping, drain and disconnect work."""
+    node = await start_node(make_settings(sse_ping_interval=0.3), http="h11")
+    try:
+        async with sse(node) as (_, s):
+            await publish(node, "r", 3)
+            assert offsets(await s.events(3)) == [1, 2, 3]
+            ping = await s.block(within=2)
+            assert ping is not None and ping.comments == ["ping"]
+            await node.hub.drain(window=0.1)
+            rest = await s.rest()
+            assert [e.event for e in rest] == ["hub.disconnect"] and rest[0].retry is not None
+        await wait_sessions(node, 0)
+        node.hub.draining = False
+        async with sse(node):
+            await wait_sessions(node, 1)
+        await wait_sessions(node, 0)  # the client went away: noticed through receive()
+    finally:
+        await node.stop()
+
+
+async def test_http_1_0_client_is_served_without_the_direct_path(node: Node) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    try:
+        writer.write(
+            f"GET /v1/rooms/r/events HTTP/1.0\r\nAuthorization: Bearer {API_KEY}\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"retry: "), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        await publish(node, "r")
+        data = await asyncio.wait_for(reader.readuntil(b'"offset":1'), 5)
+        assert b"event: message" in data
+    finally:
+        writer.close()
+    await wait_sessions(node, 0)
