@@ -423,10 +423,14 @@ class EventStream:
 
     async def _wait(self, aw: Any) -> None:
         """Await one wait on the client (its socket draining, an ASGI send) within
-        ``SEND_TIMEOUT``, or within what is left of ``FAREWELL_GRACE`` once the session is
-        closed (:meth:`_closed` shortens a wait already running). Raises TimeoutError."""
-        now = asyncio.get_running_loop().time()
-        when = now + SEND_TIMEOUT if self.closed_at is None else self.closed_at + FAREWELL_GRACE
+        ``SEND_TIMEOUT`` (at least two ping intervals), or within what is left of
+        ``FAREWELL_GRACE`` once the session is closed (:meth:`_closed` shortens a wait already
+        running). Raises TimeoutError."""
+        if self.closed_at is None:
+            patience = max(SEND_TIMEOUT, 2 * self.hub.settings.sse_ping_interval)
+            when = asyncio.get_running_loop().time() + patience
+        else:
+            when = self.closed_at + FAREWELL_GRACE
         self._timeout = asyncio.timeout_at(when)
         try:
             async with self._timeout:

@@ -695,3 +695,32 @@ async def test_http_1_0_client_is_served_without_the_direct_path(node: Node) -> 
     finally:
         writer.close()
     await wait_sessions(node, 0)
+
+
+async def test_client_that_stops_reading_is_dropped_after_the_send_timeout(
+    node_factory: Any, monkeypatch: Any
+) -> None:
+    """The queue stays under its limits, but a write waits for the client too long: 4001."""
+    from transports import sse as sse_module
+
+    monkeypatch.setattr(sse_module, "SEND_TIMEOUT", 0.5)
+    node = await node_factory(max_queue_bytes=64 * 1024 * 1024, sse_ping_interval=0.1)
+    _, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    writer.write(
+        f"GET /v1/rooms/r/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
+        .encode()
+    )  # fmt: skip
+    await writer.drain()
+    await wait_sessions(node, 1)
+    stuck = next(iter(node.hub.sessions.values()))
+    transport = writer.transport
+    assert isinstance(transport, asyncio.Transport)
+    transport.pause_reading()
+    try:
+        for _ in range(300):  # 9 MB: the socket fills, the queue takes the rest
+            await node.hub.publish(BACKEND, "r", "x" * 30_000)
+        await wait_sessions(node, 0, within=5)
+        assert stuck.closed is not None and stuck.closed.code == 4001
+        assert "stopped reading" in stuck.closed.reason
+    finally:
+        writer.close()
