@@ -67,6 +67,7 @@ class Delivery:
                         session.close(
                             CLOSE_SLOW, "slow consumer: too much to buffer during recovery"
                         )
+                        continue
                     sub.buffer.append(pub)
                 elif off is not None and off <= sub.offset and pub.epoch == sub.epoch:
                     # The node's view lagged behind this session's seam (a catch-up released

@@ -169,13 +169,11 @@ class Node:
             await asyncio.wait_for(self.task, 15)
 
 
-async def start_node(settings: Settings, port: int = 0) -> Node:
-    """Start a node in this event loop on 127.0.0.1 (port 0: any free port)."""
-    from sse_starlette.sse import AppStatus
-
-    AppStatus.should_exit = False
+async def start_node(settings: Settings, port: int = 0, **options: Any) -> Node:
+    """Start a node in this event loop on 127.0.0.1 (port 0: any free port). ``options``
+    override uvicorn's (e.g. ``http="h11"``)."""
     app = create_app(settings)
-    opts = {**server_options(settings), "port": port, "log_level": "warning"}
+    opts = {**server_options(settings), "port": port, "log_level": "warning", **options}
     config = uvicorn.Config(app, **opts)
     server = HubServer(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

@@ -80,6 +80,7 @@ def create_app(settings: Settings, hub: Hub | None = None) -> Starlette:
     app.state.hub = the_hub
     app.state.settings = settings
     http.install(app, the_hub)
+    sse.install(app, the_hub)  # SSE streams answered ahead of the Starlette stack
     return app
 
 

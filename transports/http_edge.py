@@ -219,12 +219,7 @@ class CORSMiddleware:
         if allowed is None:
             await self.app(scope, receive, send)
             return
-        value, creds = allowed
-        extra = [(b"access-control-allow-origin", value.encode("latin-1")),
-                 (b"access-control-expose-headers", _CORS_EXPOSE_HEADERS.encode()),
-                 (b"vary", b"Origin")]  # fmt: skip
-        if creds:
-            extra.append((b"access-control-allow-credentials", b"true"))
+        extra = self._extra(allowed)
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -235,6 +230,24 @@ class CORSMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_cors)
+
+    def response_headers(self, conn: HTTPConnection) -> list[tuple[bytes, bytes]]:
+        """The CORS headers this middleware adds to a (non-preflight) response to ``conn``, for
+        an endpoint answered ahead of it (SSE): none without an allowed ``Origin``."""
+        if "origin" not in conn.headers:
+            return []
+        allowed = self.allow_origin(conn)
+        return [] if allowed is None else self._extra(allowed)
+
+    @staticmethod
+    def _extra(allowed: tuple[str, bool]) -> list[tuple[bytes, bytes]]:
+        value, creds = allowed
+        extra = [(b"access-control-allow-origin", value.encode("latin-1")),
+                 (b"access-control-expose-headers", _CORS_EXPOSE_HEADERS.encode()),
+                 (b"vary", b"Origin")]  # fmt: skip
+        if creds:
+            extra.append((b"access-control-allow-credentials", b"true"))
+        return extra
 
     def preflight(self, conn: HTTPConnection, allowed: tuple[str, bool] | None) -> Response:
         if allowed is None:

@@ -3,7 +3,8 @@
 * :class:`HeaderTimeoutProtocol`: uvicorn has no header-read timeout (encode/uvicorn#157), so a
   client that opens TCP and never finishes its request headers would be kept forever
   (slowloris, HARDENING 24). This protocol closes such connections after
-  ``HUB_HANDSHAKE_TIMEOUT`` seconds.
+  ``HUB_HANDSHAKE_TIMEOUT`` seconds. It also lets a streaming response (SSE) write HTTP/1.1
+  chunks straight to the socket (:class:`ChunkedStream`).
 * :class:`HubServer`: on SIGTERM, stop accepting, turn ready to 503, close WebSocket sessions
   with 4000 in batches and end SSE streams, then let uvicorn finish (PROTOCOL.md §7).
 """
@@ -14,12 +15,16 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 log = logging.getLogger("hubbub.server")
 
@@ -27,10 +32,71 @@ log = logging.getLogger("hubbub.server")
 HEADER_TIMEOUT = 10.0
 
 
+def http_chunk(body: bytes) -> bytes:
+    """``body`` as one HTTP/1.1 chunk of a chunked response (RFC 9112 §7.1). Empty bodies must
+    not be framed: an empty chunk ends the response."""
+    return b"%x\r\n%b\r\n" % (len(body), body)
+
+
+class ChunkedStream:
+    """Direct writes into one chunked HTTP/1.1 response, bypassing the ASGI ``send`` coroutine.
+
+    Obtained from :meth:`HeaderTimeoutProtocol.chunked_stream` once the response headers went
+    out through ASGI; the response still ends through ASGI (``more_body: False``), so uvicorn's
+    request/response state stays right. ``flow.write_paused`` is True while the transport is
+    over its high-water mark (asyncio flow control): callers check it before accepting more.
+    ``on_lost`` is called once when the connection goes away (uvicorn's ``connection_lost``),
+    since nothing reads the ASGI ``receive`` of a stream that writes directly.
+    """
+
+    __slots__ = ("cycle", "flow", "on_lost", "proto", "transport")
+
+    def __init__(self, proto: HeaderTimeoutProtocol, cycle: RequestResponseCycle) -> None:
+        self.proto = proto
+        self.cycle = cycle
+        self.flow: FlowControl = cycle.flow
+        self.transport = cycle.transport
+        self.on_lost: Callable[[], None] | None = None
+
+    def write(self, chunks: bytes) -> bool:
+        """Write already framed chunks (:func:`http_chunk`). Returns False, writing nothing, once
+        the response is complete or the connection is closing or gone. Flow control is the
+        caller's: this writes even while ``flow.write_paused`` (what was accepted goes out)."""
+        cycle = self.cycle
+        if cycle.disconnected or cycle.response_complete or self.transport.is_closing():
+            return False
+        self.transport.write(chunks)
+        return True
+
+    async def drain(self) -> None:
+        """Wait until the transport is below its low-water mark (or the connection is gone)."""
+        await self.flow.drain()
+
+    def abort(self) -> None:
+        """Drop the connection now, unflushed data included (a client that stopped reading).
+        The response counts as disconnected, so ending the ASGI call is no error."""
+        self.cycle.disconnected = True
+        self.transport.abort()
+
+    def lost(self) -> None:
+        callback, self.on_lost = self.on_lost, None
+        if callback is not None:
+            callback()
+
+    def detach(self) -> None:
+        """The response ended: no more ``on_lost`` calls."""
+        self.on_lost = None
+        if self.proto._stream is self:
+            self.proto._stream = None
+
+
 class HeaderTimeoutProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol that closes a connection whose request headers take too long."""
+    """HttpToolsProtocol that closes a connection whose request headers take too long, and that
+    offers streaming responses a direct write path (:meth:`chunked_stream`), reachable by the app
+    through ``scope["extensions"]["hubbub.http"]``."""
 
     _header_timer: asyncio.TimerHandle | None = None
+    _stream: ChunkedStream | None = None
 
     def _arm_header_timer(self) -> None:
         self._disarm_header_timer()
@@ -56,11 +122,36 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
+        self.scope["extensions"] = {"hubbub.http": self}  # type: ignore[dict-item]
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
         super().connection_lost(exc)
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.lost()
+
+    def chunked_stream(self, scope: Any) -> ChunkedStream | None:
+        """A :class:`ChunkedStream` for the response to ``scope``, or None (then use the ASGI
+        ``send``): only over HTTP/1.1, for the connection's current request, once its response
+        headers were sent with chunked transfer encoding and while it is neither complete nor
+        disconnected."""
+        cycle: RequestResponseCycle | None = self.cycle
+        if (
+            cycle is None
+            or cycle.scope is not scope
+            or scope.get("http_version", "1.1") != "1.1"
+            or scope.get("method") == "HEAD"
+            or not cycle.response_started
+            or cycle.chunked_encoding is not True
+            or cycle.response_complete
+            or cycle.disconnected
+            or self.transport.is_closing()
+        ):
+            return None
+        self._stream = ChunkedStream(self, cycle)
+        return self._stream
 
 
 def text_frame_header(length: int) -> bytes:
@@ -71,6 +162,18 @@ def text_frame_header(length: int) -> bytes:
     if length < 65536:
         return b"\x81\x7e" + length.to_bytes(2, "big")
     return b"\x81\x7f" + length.to_bytes(8, "big")
+
+
+class _ServerConnection(ServerProtocol):
+    """websockets' sans-I/O server, except for a Close frame that arrives between the fragments
+    of a message: RFC 6455 §5.4/§5.5 let control frames interleave, so the unfinished message is
+    dropped and the close is answered normally (websockets answers 1002 "incomplete fragmented
+    message"; Autobahn case 7.1.5 expects a clean close)."""
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE:
+            self.current_size = None
+        super().recv_frame(frame)
 
 
 class _Flag:
@@ -190,6 +293,7 @@ class HandshakeGuardProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.conn.__class__ = _ServerConnection  # same state, one method changed
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]
 

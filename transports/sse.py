@@ -22,20 +22,35 @@ passes the bound the remaining resumed rooms are subscribed after the first bloc
 writer streams (their first-block positions are their resume positions, known up front; a room
 joined live never waits, so its head is always known before the first block).
 
-Why sse-starlette's ``EventSourceResponse``: it already races the writer, the ``: ping``
-heartbeat and the client-disconnect watch in one task group (the first to finish cancels the
-rest), with a send timeout. Its process-wide shutdown watcher (``AppStatus.should_exit``) is
-neutralised: the ``shutdown_event`` we hand it only ends *this hub's* stream when the hub is
-draining, and the grace period lasts the whole drain, so :class:`transports.server.HubServer`'s
-batched ``hub.drain()`` (sessions closed with 4000) is what ends streams, spread over the drain
-window, each with a final ``retry:`` hint. Several apps in one process (tests) therefore do not
-end each other's streams.
+Writing. Each event is encoded once per publication, not per subscriber: the block of a
+one-room stream (``id:``/``event:``/``data:``) is the same bytes for every subscriber of that
+room, framed once as an HTTP/1.1 chunk (:class:`_BlockCache`); a multi-room stream joins the
+cached per-room part of the cursor with its other rooms' parts. On Hubbub's uvicorn protocol
+(:class:`transports.server.HeaderTimeoutProtocol`) the stream installs itself as the session's
+``direct`` writer once its first block and replay are out: the fan-out appends the block to the
+stream's pending list and one ``call_soon`` per loop iteration (:class:`_Flusher`) writes every
+stream's pending blocks as one chunk with one ``transport.write`` each, so no task wakes per
+subscriber. The
+stream refuses (the session queues) while the socket is over its high-water mark or while its
+own coroutine holds frames it took from the queue, so the order holds and a client that stops
+reading fills its queue: ``HUB_MAX_QUEUE`` → 4001, as for WebSocket. Elsewhere (another
+server, HTTP/1.0) every batch goes through the ASGI ``send``.
+
+One coroutine per stream (the ASGI call itself) waits on the session; no task group. The
+``: ping`` heartbeat is the session's own heartbeat timer (its ``ping`` frame becomes the
+comment). A client going away is noticed by the protocol's ``connection_lost`` (elsewhere, by a
+task reading ``receive`` for ``http.disconnect``) and closes the session. A write that waits
+for the client longer than ``SEND_TIMEOUT`` (30 s, at least two ping intervals) drops the
+stream with 4001. The SSE paths are answered ahead of the Starlette stack (:class:`SSEEndpoint`,
+registered by :func:`install`) with the app's CORS headers; the Starlette routes remain for
+other methods (405) and for apps built without the hook.
 
 Endings. A session closed with a reconnect code (4000 draining, 4001 slow consumer, 4003 broker,
 4005 rate) ends the stream with ``retry: <ms>`` and an ``event: hub.disconnect`` (an extension:
 ``{"code","reason","reconnect"}``), never a 5xx/429, because EventSource gives up for good on any
-non-200. Token expiry (4004) ends it with ``event: hub.expired``. The session is always closed
-with :meth:`Hub.close_session` when the response ends, whatever the reason.
+non-200. Token expiry (4004) ends it with ``event: hub.expired``. A client that does not take
+these last events within ``FAREWELL_GRACE`` seconds of the close is dropped. The session is
+always closed with :meth:`Hub.close_session` when the response ends, whatever the reason.
 """
 
 from __future__ import annotations
@@ -43,23 +58,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+import re
 from typing import Any
 
 import anyio
 import orjson
-from sse_starlette.event import ServerSentEvent
-from sse_starlette.sse import EventSourceResponse, SendTimeoutError
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hub.auth import Identity
 from hub.envelope import Position, Publication, check_room, make_cursor, parse_since
 from hub.errors import (
     CLOSE_EXPIRED,
-    CLOSE_SHUTDOWN,
+    CLOSE_NORMAL,
+    CLOSE_SLOW,
     BadRequest,
     Disconnect,
     Forbidden,
@@ -67,8 +81,10 @@ from hub.errors import (
     Unauthorized,
 )
 from hub.hub import Hub
-from hub.session import Item, Session
+from hub.session import PING, Item, Session
 from transports.edge import credential, error_response, origin_allowed
+from transports.http_edge import CORSMiddleware
+from transports.server import ChunkedStream, HeaderTimeoutProtocol, http_chunk
 
 log = logging.getLogger("hubbub.sse")
 
@@ -78,6 +94,12 @@ MEDIA_TYPE = "text/event-stream"
 SEND_TIMEOUT = 30.0  # a client that reads nothing for this long is dropped
 CLOSE_TIMEOUT = 5.0  # bound on close_session when the response ends
 FAREWELL_GRACE = 3.0  # after the session closed, time to write the last events
+WRITE_PIECE = 64 * 1024  # queued batches are written in chunks of about this size
+MAX_PENDING = 64  # directly accepted blocks per stream before writing without the flush
+PING_BLOCK = b": ping\n\n"
+_ROOM_PATH = re.compile(r"/v1/rooms/([^/]+)/events")
+_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]  # fmt: skip
 
 
 # ---- request parsing ------------------------------------------------------------------------
@@ -108,6 +130,7 @@ def _retry_hint(settings_ms: int) -> int:
     return settings_ms + random.randint(0, settings_ms)
 
 
+# ---- blocks ---------------------------------------------------------------------------------
 def _block(*, event: str | None = None, data: str | None = None, id_: str | None = None,
            retry: int | None = None) -> str:  # fmt: skip
     """One SSE block (WHATWG HTML §9.2). ``data`` is compact JSON: it never holds a raw CR/LF,
@@ -122,6 +145,41 @@ def _block(*, event: str | None = None, data: str | None = None, id_: str | None
     if data is not None:
         lines.append(f"data: {data}")
     return SEP.join(lines) + SEP + SEP
+
+
+def _pub_block(cursor: str | None, event: str, frame: bytes) -> bytes:
+    """The block of one publication: ``data:`` is its WebSocket frame, byte for byte."""
+    head = f"id: {cursor}\nevent: {event}\ndata: " if cursor else f"event: {event}\ndata: "
+    return head.encode() + frame + b"\n\n"
+
+
+class _BlockCache:
+    """What a publication becomes on SSE, built once for every subscriber (the fan-out offers
+    one publication to all its sessions in a row, so one entry is enough): ``part``, the room's
+    part of the cursor (empty for an ephemeral publication); ``block``, the block of a one-room
+    stream (whose cursor is that part alone) or of an ephemeral publication; ``chunk``, that
+    block framed as an HTTP chunk."""
+
+    __slots__ = ("block", "chunk", "event", "item", "part")
+
+    def __init__(self) -> None:
+        self.item: Publication | None = None
+        self.part = self.event = ""
+        self.block = self.chunk = b""
+
+    def get(self, pub: Publication) -> None:
+        """Make ``pub`` the cached publication (the caller checks ``pub is cache.item``)."""
+        self.event = pub.event or "message"
+        if pub.offset is None or pub.epoch is None:
+            self.part = ""
+        else:
+            self.part = make_cursor({pub.room: Position(pub.epoch, pub.offset)})
+        self.block = _pub_block(self.part, self.event, pub.frame)
+        self.chunk = http_chunk(self.block)
+        self.item = pub
+
+
+_blocks = _BlockCache()
 
 
 def _ending_response(hub: Hub, closed: Disconnect) -> Response:
@@ -141,30 +199,19 @@ def _farewell(hub: Hub, closed: Disconnect) -> str:
 
 
 # ---- the stream -----------------------------------------------------------------------------
-class _DrainHook:
-    """Stands in for the ``anyio.Event`` that sse-starlette sets on (process-wide) shutdown.
-
-    Only when *this* hub is draining does it end the stream (4000); otherwise another app in
-    the same process is stopping and the stream goes on."""
-
-    def __init__(self, hub: Hub, session: Session) -> None:
-        self.hub = hub
-        self.session = session
-
-    def set(self) -> None:
-        if self.hub.draining:
-            self.session.close(CLOSE_SHUTDOWN, "server shutting down: reconnect elsewhere")
-
-    def is_set(self) -> bool:
-        return self.session.closed is not None
-
-
 class EventStream:
     """One SSE stream's state: its session, its rooms and the client's position in each.
 
     :meth:`subscribe` runs before the response starts (it raises HubError for refusals);
-    :meth:`events` is the body iterator; :meth:`close` always runs at the end.
+    :meth:`respond` writes the response until the session closes; :meth:`close` always runs at
+    the end. As the session's ``direct`` writer (:meth:`__call__`) it takes frames from the
+    fan-out without waking its coroutine.
     """
+
+    __slots__ = ("_late", "_parts", "_timeout", "buffered", "buffered_bytes", "busy",
+                 "closed_at", "flow", "garbage", "gone", "hub", "out", "pending", "pending_blocks",
+                 "positions", "prelude", "presence", "recovered", "resume", "rooms", "session",
+                 "since", "single")  # fmt: skip
 
     def __init__(
         self, hub: Hub, session: Session, rooms: list[str], since: str | None, presence: bool
@@ -172,6 +219,7 @@ class EventStream:
         self.hub = hub
         self.session = session
         self.rooms = rooms
+        self.single = len(rooms) == 1  # a publication's block is then the same for everyone
         self.since = since
         self.presence = presence
         self.positions: dict[str, Position] = {}
@@ -182,6 +230,14 @@ class EventStream:
         self.prelude: list[str] = []  # hub.presence blocks, written right after the first block
         self.recovered = True
         self._late: asyncio.Task[None] | None = None
+        # Writing state (see respond).
+        self.out: ChunkedStream | None = None  # the direct path, when the server offers one
+        self.flow: Any = None  # out.flow: ``write_paused`` is checked per offered frame
+        self.pending_blocks: list[bytes] = []  # accepted from the fan-out, not yet written
+        self.busy = False  # the coroutine holds frames taken from the queue: keep the order
+        self.gone = False  # the client went away: nothing more to write
+        self.closed_at: float | None = None  # loop time the session closed
+        self._timeout: asyncio.Timeout | None = None  # the current wait for the client
         try:
             self.resume = parse_since(since, rooms) if since is not None else {}
             self.garbage = False
@@ -259,7 +315,7 @@ class EventStream:
             log.exception("late subscribe failed")
             self.session.close(1011, "internal error")
 
-    # ---- writing ----------------------------------------------------------------------------
+    # ---- encoding ---------------------------------------------------------------------------
     def _moved(self, room: str, pos: Position) -> None:
         self.positions[room] = pos
         self._parts[room] = make_cursor({room: pos})
@@ -272,54 +328,213 @@ class EventStream:
     def first_block(self) -> str:
         return _block(retry=self.hub.settings.sse_retry_ms, id_=self.cursor())
 
-    def _encode(self, items: list[Item]) -> str:
-        out: list[str] = []
-        for item in items:
-            if isinstance(item, Publication):
-                event = item.event or "message"
-                if item.offset is None or item.epoch is None:  # ephemeral: no position
-                    out.append(_block(event=event, data=item.text))
-                    continue
-                self._moved(item.room, Position(item.epoch, item.offset))
-                out.append(_block(id_=self.cursor(), event=event, data=item.text))
-                continue
-            if item.startswith("event: "):  # a block queued by _subscribe_late
-                out.append(item)
-                continue
-            try:
-                frame = orjson.loads(item)
-            except orjson.JSONDecodeError:
-                continue
-            kind = frame.get("type") if isinstance(frame, dict) else None
-            if kind == "gap":
-                room = frame.get("room")
-                if room in self.positions:
-                    self._moved(room, Position(str(frame["epoch"]), int(frame["to"])))
-                out.append(_block(id_=self.cursor(), event="hub.gap", data=item))
-            elif kind in ("join", "leave"):
-                out.append(_block(event=f"hub.{kind}", data=item))
-            # ``ping`` (SSE has its own ``: ping`` comment) and anything else: not for SSE.
-        return "".join(out)
+    def _encode(self, item: Item) -> bytes | None:
+        """One queued or offered frame as an SSE block; None for frames SSE does not carry.
 
-    async def events(self) -> AsyncIterator[bytes]:
-        """The response body: first block, prelude, replay, live; ends when the session closes.
-        Yields bytes: sse-starlette would wrap a ``str`` in a ``data:`` line."""
-        yield (self.first_block() + "".join(self.prelude)).encode()
+        A one-room stream's cursor is the position of the event itself, so its positions are
+        only kept for multi-room streams (and for gaps)."""
+        if isinstance(item, Publication):
+            cache = _blocks
+            if item is not cache.item:
+                cache.get(item)
+            if self.single or not cache.part:  # the stream's only room, or ephemeral: shared
+                return cache.block
+            assert item.epoch is not None and item.offset is not None
+            self.positions[item.room] = Position(item.epoch, item.offset)
+            self._parts[item.room] = cache.part
+            return _pub_block(self.cursor(), cache.event, item.frame)
+        if item is PING or item == PING:
+            return PING_BLOCK
+        if item.startswith("event: "):  # a block queued by _subscribe_late
+            return item.encode()
+        try:
+            frame = orjson.loads(item)
+        except orjson.JSONDecodeError:
+            return None
+        kind = frame.get("type") if isinstance(frame, dict) else None
+        if kind == "gap":
+            room = frame.get("room")
+            if room in self.positions:
+                self._moved(room, Position(str(frame["epoch"]), int(frame["to"])))
+            return _block(id_=self.cursor(), event="hub.gap", data=item).encode()
+        if kind in ("join", "leave"):
+            return _block(event=f"hub.{kind}", data=item).encode()
+        return None  # anything else is not for SSE
+
+    # ---- the direct path --------------------------------------------------------------------
+    def __call__(self, item: Item) -> bool:
+        """``Session.direct``: take one frame from the fan-out, to be written at the end of
+        this loop iteration. Refuses (the session queues it) while the coroutine holds queued
+        frames or the socket is over its high-water mark."""
+        if self.busy or self.flow.write_paused:
+            return False
+        if self.single and isinstance(item, Publication):
+            cache = _blocks
+            if item is not cache.item:
+                cache.get(item)
+            block = cache.block
+        else:
+            encoded = self._encode(item)
+            if encoded is None:
+                return True  # nothing to write for SSE: taken and dropped
+            block = encoded
+        pending = self.pending_blocks
+        pending.append(block)
+        if len(pending) == 1:
+            _flusher.add(self)
+        elif len(pending) >= MAX_PENDING:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Write what the fan-out handed over as one chunk (dropped if the connection went
+        away): the client parses one chunk header per loop iteration, not one per event."""
+        pending = self.pending_blocks
+        if not pending:
+            return
+        if len(pending) == 1:
+            block = pending[0]
+            cache = _blocks
+            data = cache.chunk if block is cache.block else http_chunk(block)
+            size = len(block)
+        else:
+            size = sum(map(len, pending))
+            data = b"".join([b"%x\r\n" % size, *pending, b"\r\n"])
+        metrics = self.hub.metrics
+        metrics.frames_sent["sse"] += len(pending)
+        metrics.bytes_sent["sse"] += size
+        pending.clear()
+        if self.out is not None:
+            self.out.write(data)
+
+    # ---- the response -----------------------------------------------------------------------
+    def _closed(self, _why: Disconnect) -> None:
+        # Session.on_close: from now on, waits for the client last at most FAREWELL_GRACE.
+        self.closed_at = asyncio.get_running_loop().time()
+        if self._timeout is not None:
+            when = self._timeout.when()
+            limit = self.closed_at + FAREWELL_GRACE
+            if when is None or when > limit:
+                self._timeout.reschedule(limit)
+
+    def _lost(self) -> None:
+        self.gone = True
+        self.session.close(CLOSE_NORMAL, "client went away")
+
+    async def _wait(self, aw: Any) -> None:
+        """Await one wait on the client (its socket draining, an ASGI send) within
+        ``SEND_TIMEOUT`` (at least two ping intervals), or within what is left of
+        ``FAREWELL_GRACE`` once the session is closed (:meth:`_closed` shortens a wait already
+        running). Raises TimeoutError."""
+        if self.closed_at is None:
+            patience = max(SEND_TIMEOUT, 2 * self.hub.settings.sse_ping_interval)
+            when = asyncio.get_running_loop().time() + patience
+        else:
+            when = self.closed_at + FAREWELL_GRACE
+        self._timeout = asyncio.timeout_at(when)
+        try:
+            async with self._timeout:
+                await aw
+        finally:
+            self._timeout = None
+
+    async def _write(self, blocks: list[bytes], send: Send) -> bool:
+        """Write blocks (a batch taken from the queue, the farewell) after what the fan-out
+        handed over, in pieces of about ``WRITE_PIECE`` bytes, each once the socket takes
+        more. Returns False when the client is gone."""
+        if not blocks:
+            return True
+        metrics = self.hub.metrics
+        metrics.frames_sent["sse"] += len(blocks)
+        self.busy = True
+        try:
+            self.flush()
+            for piece in _pieces(blocks):
+                metrics.bytes_sent["sse"] += len(piece)
+                out = self.out
+                if out is None:
+                    body = {"type": "http.response.body", "body": piece, "more_body": True}
+                    await self._wait(send(body))
+                    continue
+                if self.flow.write_paused:
+                    await self._wait(out.drain())
+                if not out.write(http_chunk(piece)):
+                    return False
+            return True
+        finally:
+            self.busy = False
+
+    async def _watch(self, receive: Receive) -> None:
+        # Without the direct path nothing else notices a client that goes away.
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._lost()
+
+    async def respond(self, scope: Scope, receive: Receive, send: Send,
+                      headers: list[tuple[bytes, bytes]]) -> None:  # fmt: skip
+        """Write the response: first block, prelude, replay, live; ends when the session
+        closes, with the farewell block when the client is still there."""
+        session = self.session
+        session.on_close(self._closed)
+        if session.closed is not None:
+            self._closed(session.closed)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        first = (self.first_block() + "".join(self.prelude)).encode()
         self.prelude = []
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        proto = (scope.get("extensions") or {}).get("hubbub.http")
+        out = proto.chunked_stream(scope) if isinstance(proto, HeaderTimeoutProtocol) else None
+        watcher = None
+        loop = asyncio.get_running_loop()
+        if out is None:
+            watcher = loop.create_task(self._watch(receive))
+        else:
+            self.out, self.flow = out, out.flow
+            out.on_lost = self._lost
         if self.pending:
-            self._late = asyncio.get_running_loop().create_task(self._subscribe_late())
+            self._late = loop.create_task(self._subscribe_late())
+        interval = self.hub.settings.sse_ping_interval
+        session.start_heartbeat(interval, 0.0, client_pongs=False)  # PING → ": ping"
+        try:
+            await self._stream(send)
+        except TimeoutError:
+            if session.closed is None:
+                log.info("sse client stopped reading; stream dropped")
+                session.close(CLOSE_SLOW, "slow consumer: client stopped reading")
+            else:
+                log.info("sse client did not take its last events in time; stream dropped")
+            if self.out is not None:
+                self.out.abort()
+        finally:
+            session.direct = None
+            self.flush()
+            if out is not None:
+                out.detach()
+            self.out = None
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _stream(self, send: Send) -> None:
+        session = self.session
         items, self.buffered = self.buffered, []
         while True:
-            if items:
-                chunk = self._encode(items)
-                if chunk:
-                    yield chunk.encode()
-            items = await self.session.next_batch()
+            if items and not await self._write(self._blocks(items), send):
+                return
+            if self.out is not None and session.direct is None and session.closed is None:
+                session.direct = self  # the queue is empty or taken: fan-out may write now
+            items = await session.next_batch()
             if not items:
                 break
-        closed = self.session.closed
-        if closed is not None:
-            yield _farewell(self.hub, closed).encode()
+        session.direct = None
+        self.flush()
+        closed = session.closed
+        if self.gone or closed is None:
+            return
+        if await self._write([_farewell(self.hub, closed).encode()], send):
+            await self._wait(send({"type": "http.response.body", "body": b"", "more_body": False}))
+
+    def _blocks(self, items: list[Item]) -> list[bytes]:
+        return [b for b in map(self._encode, items) if b is not None]
 
     async def close(self) -> None:
         if self._late is not None:
@@ -328,41 +543,64 @@ class EventStream:
         await self.hub.close_session(self.session)
 
 
-class _EventSourceResponse(EventSourceResponse):
-    """EventSourceResponse that always closes its stream's session, whatever ends it, and that
-    gives up on the client ``FAREWELL_GRACE`` seconds after the session closed: a client that
-    stopped reading (slow consumer, 4001) or a drain must not keep the response (and uvicorn's
-    shutdown) waiting on a blocked write for the whole send timeout."""
+def _pieces(blocks: list[bytes]) -> list[bytes]:
+    """Join blocks into pieces of about ``WRITE_PIECE`` bytes (one chunk, one write each)."""
+    if len(blocks) == 1:
+        return blocks
+    out: list[bytes] = []
+    run: list[bytes] = []
+    size = 0
+    for b in blocks:
+        run.append(b)
+        size += len(b)
+        if size >= WRITE_PIECE:
+            out.append(b"".join(run))
+            run, size = [], 0
+    if run:
+        out.append(b"".join(run))
+    return out
 
-    def __init__(self, stream: EventStream, **kw: Any) -> None:
-        super().__init__(stream.events(), **kw)
+
+class _Flusher:
+    """One ``call_soon`` per loop iteration that writes every stream's pending chunks."""
+
+    def __init__(self) -> None:
+        self.dirty: list[EventStream] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.scheduled = False
+
+    def add(self, stream: EventStream) -> None:
+        self.dirty.append(stream)
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:  # a new loop (tests run several): a pending flush is void
+            self.loop, self.scheduled = loop, False
+            self.dirty = [stream]
+        if not self.scheduled:
+            self.scheduled = True
+            loop.call_soon(self.flush_all)
+
+    def flush_all(self) -> None:
+        self.scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for stream in dirty:
+            stream.flush()
+
+
+_flusher = _Flusher()
+
+
+class _StreamResponse:
+    """The ASGI response of an accepted stream; always closes its session at the end."""
+
+    __slots__ = ("headers", "stream")
+
+    def __init__(self, stream: EventStream, headers: list[tuple[bytes, bytes]]) -> None:
         self.stream = stream
+        self.headers = headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        loop = asyncio.get_running_loop()
-        timer: list[asyncio.TimerHandle] = []
-        with anyio.CancelScope() as give_up:
-
-            def closed(_why: Disconnect | None = None) -> None:
-                if not timer:
-                    timer.append(loop.call_later(FAREWELL_GRACE, give_up.cancel))
-
-            self.stream.session.on_close(closed)
-            if self.stream.session.closed is not None:
-                closed()
-            try:
-                await self._respond(scope, receive, send)
-            finally:
-                for t in timer:
-                    t.cancel()
-        if give_up.cancelled_caught:
-            log.info("sse client did not take its last events in time; stream dropped")
-
-    async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
-        except SendTimeoutError:
-            log.info("sse client stopped reading; stream dropped")
+            await self.stream.respond(scope, receive, send, self.headers)
         except OSError:
             pass  # the client went away mid-write
         finally:
@@ -371,44 +609,48 @@ class _EventSourceResponse(EventSourceResponse):
 
 
 # ---- endpoint -------------------------------------------------------------------------------
-async def _serve(hub: Hub, request: Request, names: list[str]) -> Response:
+async def _serve(
+    hub: Hub, conn: HTTPConnection, names: list[str], cors: list[tuple[bytes, bytes]]
+) -> Any:
+    """Check and subscribe; the response (an error, an ending, or the stream). ``cors``: the
+    CORS headers to add (none when the app's CORS middleware is on the way out)."""
     settings = hub.settings
-    # CORS headers come from the app-wide middleware (transports/http_edge.py), one policy for
+    # CORS headers come from the app-wide policy (transports/http_edge.py), one policy for
     # every endpoint. A disallowed Origin is refused outright here, not merely left without
     # CORS headers: a cross-site page must not open sessions (presence joins) with our cookie.
     try:
-        if not origin_allowed(request, settings):
+        if not origin_allowed(conn, settings):
             raise Forbidden("origin not allowed")
         try:
-            identity: Identity = hub.auth.authenticate(credential(request))
+            identity: Identity = hub.auth.authenticate(credential(conn))
         except Unauthorized:
             hub.metrics.auth_failures += 1
             raise
         rooms = _rooms(names)
-        presence = _flag(request.query_params.get("presence"), "presence")
+        presence = _flag(conn.query_params.get("presence"), "presence")
         for room in rooms:
             if not identity.can("subscribe", room):
                 raise Forbidden(f"no subscribe grant for room {room}", details={"room": room})
             if presence and not identity.can("presence", room):
                 raise Forbidden(f"no presence grant for room {room}", details={"room": room})
     except HubError as exc:
-        return error_response(exc)
+        return _with(error_response(exc), cors)
     # The Last-Event-ID header (the browser's automatic resume) wins over ``since=`` (§4).
-    since = request.headers.get("last-event-id") or request.query_params.get("since") or None
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    if request.method == "HEAD":
-        return Response(headers=headers, media_type=MEDIA_TYPE)
+    since = conn.headers.get("last-event-id") or conn.query_params.get("since") or None
+    if conn.scope["method"] == "HEAD":
+        return _with(Response(headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                              media_type=MEDIA_TYPE), cors)  # fmt: skip
 
     try:
         session = await hub.open_session(identity, "sse")
     except Disconnect as closed:
         if closed.reconnect:
-            return _ending_response(hub, closed)
-        return error_response(Forbidden(closed.reason, details={"code": closed.code}))
+            return _with(_ending_response(hub, closed), cors)
+        return _with(error_response(Forbidden(closed.reason, details={"code": closed.code})), cors)
     except HubError as exc:
         if exc.temporary:
-            return _ending_response(hub, Disconnect(exc.close_code, exc.message))
-        return error_response(exc)
+            return _with(_ending_response(hub, Disconnect(exc.close_code, exc.message)), cors)
+        return _with(error_response(exc), cors)
 
     stream = EventStream(hub, session, rooms, since, presence)
     try:
@@ -419,40 +661,82 @@ async def _serve(hub: Hub, request: Request, names: list[str]) -> Response:
             await stream.close()
         if isinstance(exc, HubError):
             if exc.temporary:
-                return _ending_response(hub, Disconnect(exc.close_code, exc.message))
-            return error_response(exc)
+                return _with(_ending_response(hub, Disconnect(exc.close_code, exc.message)), cors)
+            return _with(error_response(exc), cors)
         raise
+    headers = [*_HEADERS, *cors]
     if since is not None and not stream.pending:
         # Mercure-style reconciliation header (HARDENING 42).
-        headers["Hubbub-Last-Event-ID"] = stream.cursor() if stream.recovered else "earliest"
-    interval = settings.sse_ping_interval
-    return _EventSourceResponse(
-        stream,
-        headers=headers,
-        ping=interval,
-        sep=SEP,
-        ping_message_factory=_ping_factory,
-        send_timeout=max(SEND_TIMEOUT, 2 * interval),
-        shutdown_event=_DrainHook(hub, session),
-        shutdown_grace_period=settings.shutdown_timeout,
-        cleanup_timeout=CLOSE_TIMEOUT,
-    )
+        value = stream.cursor() if stream.recovered else "earliest"
+        headers.append((b"hubbub-last-event-id", value.encode()))
+    return _StreamResponse(stream, headers)
 
 
-def _ping_factory() -> Any:
-    return ServerSentEvent(comment="ping", sep=SEP)
+def _with(response: Response, cors: list[tuple[bytes, bytes]]) -> Response:
+    response.raw_headers.extend(cors)
+    return response
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+        return path[len(root) :]
+    return path
 
 
 def routes(hub: Hub) -> list[BaseRoute]:
-    """The SSE routes; mounted by :func:`transports.app.create_app`."""
+    """The SSE routes; mounted by :func:`transports.app.create_app`. With :func:`install`,
+    GET and HEAD on these paths are answered before the Starlette stack is reached."""
 
-    async def room_events(request: Request) -> Response:
-        return await _serve(hub, request, [request.path_params["room"]])
+    async def room_events(request: Request) -> Any:
+        return await _serve(hub, request, [request.path_params["room"]], [])
 
-    async def events(request: Request) -> Response:
-        return await _serve(hub, request, request.query_params.getlist("room"))
+    async def events(request: Request) -> Any:
+        return await _serve(hub, request, request.query_params.getlist("room"), [])
 
     return [
         Route("/v1/rooms/{room}/events", room_events, methods=["GET"]),
         Route("/v1/events", events, methods=["GET"]),
     ]
+
+
+class SSEEndpoint:
+    """ASGI middleware answering ``GET``/``HEAD`` on the SSE paths itself, ahead of the rest of
+    the Starlette stack (routing, exception middleware, CORS): a stream lives for hours, and
+    every layer's coroutine frame and ``send`` wrapper would live as long, per stream. The
+    app's CORS policy is applied here (:meth:`CORSMiddleware.response_headers`); anything else
+    (other paths and methods, preflights) goes on to ``app``."""
+
+    def __init__(self, app: ASGIApp, hub: Hub) -> None:
+        self.app = app
+        self.hub = hub
+        self.cors = CORSMiddleware(app, hub.settings)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        path = _route_path(scope)
+        if path == "/v1/events":
+            names = None
+        else:
+            match = _ROOM_PATH.fullmatch(path)
+            if match is None:
+                await self.app(scope, receive, send)
+                return
+            names = [match.group(1)]
+        response = await self._serve(scope, names)
+        await response(scope, receive, send)
+
+    async def _serve(self, scope: Scope, names: list[str] | None) -> Any:
+        conn = HTTPConnection(scope)  # not kept: it lives in this frame only
+        cors = self.cors.response_headers(conn)
+        if names is None:
+            names = conn.query_params.getlist("room")
+        return await _serve(self.hub, conn, names, cors)
+
+
+def install(app: Any, hub: Hub) -> None:
+    """Register :class:`SSEEndpoint` as the app's outermost middleware (after the others)."""
+    app.add_middleware(SSEEndpoint, hub=hub)

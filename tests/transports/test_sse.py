@@ -15,7 +15,7 @@ import pytest
 
 from hub.auth import Identity
 from hub.envelope import Position, make_cursor
-from tests.conftest import API_KEY, Node, token
+from tests.conftest import API_KEY, Node, make_settings, start_node, token
 
 BACKEND = Identity(sub="backend", api_key=True)
 
@@ -443,18 +443,21 @@ async def test_drain_ends_streams_with_retry_hint(node: Node) -> None:
 
 async def test_slow_consumer_ends_stream_and_resume_loses_nothing(node_factory: Any) -> None:
     node = await node_factory(max_queue=5)
+    n, blob = 400, "x" * 30_000  # 12 MB: more than the loopback socket buffers hold
     async with sse(node) as (_, s):
         await publish(node, "r")
         (ev,) = await s.events(1)
-        await publish(node, "r", 30)  # the memory broker never yields: the queue overflows
+        for _ in range(n):  # the client reads nothing meanwhile: the socket fills, then the queue
+            await node.hub.publish(BACKEND, "r", blob)
         rest = await s.rest()
         assert rest[-1].event == "hub.disconnect" and rest[-1].json["code"] in (4001,)
         got = [e for e in rest if e.event == "message"]
+        assert len(got) < n
         last = got[-1].id if got else ev.id
     assert last is not None
     async with sse(node, headers={"Last-Event-ID": last}) as (_, s):
-        seen = offsets(got) + offsets(await s.events(31 - 1 - len(got)))
-        assert seen == list(range(2, 32))
+        seen = offsets(got) + offsets(await s.events(n - len(got)))
+        assert seen == list(range(2, n + 2))
 
 
 async def test_server_stop_ends_stream_promptly(node_factory: Any) -> None:
@@ -503,21 +506,15 @@ async def test_kick_ends_stream_without_reconnect_hint(node: Node) -> None:
 
 
 async def test_another_apps_shutdown_leaves_streams_alone(node_factory: Any) -> None:
-    """sse-starlette's shutdown flag is process-wide; only this hub's drain ends its streams."""
-    from sse_starlette.sse import AppStatus
-
+    """Only this hub's drain ends its streams, not another server stopping in the process."""
     keep = await node_factory()
     stop = await node_factory()
     async with sse(keep) as (_, s):
-        try:
-            AppStatus.should_exit = True  # what a SIGTERM to any server in the process does
-            await stop.stop()
-            await asyncio.sleep(0.7)  # sse-starlette polls for shutdown every 0.5 s
-            await publish(keep, "r")
-            (ev,) = await s.events(1)
-            assert ev.json["offset"] == 1
-        finally:
-            AppStatus.should_exit = False
+        await stop.stop()
+        await asyncio.sleep(0.7)
+        await publish(keep, "r")
+        (ev,) = await s.events(1)
+        assert ev.json["offset"] == 1
 
 
 @pytest.mark.parametrize("kind", ["future offset", "wrong epoch"])
@@ -625,3 +622,105 @@ async def test_dev_mode_guest_without_token(node_factory: Any) -> None:
         assert next(iter(node.hub.sessions.values())).identity.guest
         await publish(node, "r")
         assert offsets(await s.events(1)) == [1]
+
+
+# ---- the direct path and its fallbacks ------------------------------------------------------
+async def test_fan_out_in_one_iteration_arrives_in_order(node: Node) -> None:
+    """Publications fanned out in one loop iteration leave together (the direct path)."""
+    async with sse(node) as (_, s), sse(node, "/v1/events?room=r&room=q") as (_, m):
+        for i in range(50):  # the memory broker never yields: one iteration
+            await node.hub.publish(BACKEND, "r", {"i": i})
+        await node.hub.publish(BACKEND, "q", {"i": 50})
+        got = await s.events(50)
+        assert [e.json["data"]["i"] for e in got] == list(range(50))
+        assert got[-1].id == make_cursor({"r": Position(got[-1].json["epoch"], 50)})
+        both = await m.events(51)
+        assert [e.json["data"]["i"] for e in both] == list(range(51))
+        epoch_q = both[-1].json["epoch"]
+        assert both[-1].id == make_cursor(
+            {"r": Position(got[-1].json["epoch"], 50), "q": Position(epoch_q, 1)}
+        )
+
+
+async def test_other_methods_fall_through_to_the_app(node: Node) -> None:
+    async with httpx.AsyncClient(base_url=node.url) as c:
+        r = await c.post("/v1/rooms/r/events", headers={"Authorization": f"Bearer {API_KEY}"})
+        assert r.status_code == 405 and r.json()["error"]["code"] == "bad_request"
+        r = await c.get("/v1/rooms//events", headers={"Authorization": f"Bearer {API_KEY}"})
+        assert r.status_code == 400
+
+
+async def test_wildcard_origin_gets_star_without_credentials(node_factory: Any) -> None:
+    node = await node_factory(allowed_origins=("*",))
+    async with sse(node, headers={"Origin": "https://elsewhere.example"}) as (resp, _):
+        assert resp.status_code == 200
+        assert resp.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in resp.headers
+    async with sse(node, tok="bad", headers={"Origin": "https://elsewhere.example"}) as (resp, _):
+        assert resp.status_code == 401 and resp.headers["access-control-allow-origin"] == "*"
+
+
+async def test_streams_through_plain_asgi_sends_on_another_server() -> None:
+    """On uvicorn's h11 protocol (no direct path): events, ping, drain and disconnect work."""
+    node = await start_node(make_settings(sse_ping_interval=0.3), http="h11")
+    try:
+        async with sse(node) as (_, s):
+            await publish(node, "r", 3)
+            assert offsets(await s.events(3)) == [1, 2, 3]
+            ping = await s.block(within=2)
+            assert ping is not None and ping.comments == ["ping"]
+            await node.hub.drain(window=0.1)
+            rest = await s.rest()
+            assert [e.event for e in rest] == ["hub.disconnect"] and rest[0].retry is not None
+        await wait_sessions(node, 0)
+        node.hub.draining = False
+        async with sse(node):
+            await wait_sessions(node, 1)
+        await wait_sessions(node, 0)  # the client went away: noticed through receive()
+    finally:
+        await node.stop()
+
+
+async def test_http_1_0_client_is_served_without_the_direct_path(node: Node) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    try:
+        writer.write(
+            f"GET /v1/rooms/r/events HTTP/1.0\r\nAuthorization: Bearer {API_KEY}\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"retry: "), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        await publish(node, "r")
+        data = await asyncio.wait_for(reader.readuntil(b'"offset":1'), 5)
+        assert b"event: message" in data
+    finally:
+        writer.close()
+    await wait_sessions(node, 0)
+
+
+async def test_client_that_stops_reading_is_dropped_after_the_send_timeout(
+    node_factory: Any, monkeypatch: Any
+) -> None:
+    """The queue stays under its limits, but a write waits for the client too long: 4001."""
+    from transports import sse as sse_module
+
+    monkeypatch.setattr(sse_module, "SEND_TIMEOUT", 0.5)
+    node = await node_factory(max_queue_bytes=64 * 1024 * 1024, sse_ping_interval=0.1)
+    _, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    writer.write(
+        f"GET /v1/rooms/r/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
+        .encode()
+    )  # fmt: skip
+    await writer.drain()
+    await wait_sessions(node, 1)
+    stuck = next(iter(node.hub.sessions.values()))
+    transport = writer.transport
+    assert isinstance(transport, asyncio.Transport)
+    transport.pause_reading()
+    try:
+        for _ in range(300):  # 9 MB: the socket fills, the queue takes the rest
+            await node.hub.publish(BACKEND, "r", "x" * 30_000)
+        await wait_sessions(node, 0, within=5)
+        assert stuck.closed is not None and stuck.closed.code == 4001
+        assert "stopped reading" in stuck.closed.reason
+    finally:
+        writer.close()
