@@ -39,7 +39,10 @@ def _page(name: str) -> Route:
 class HubApp(Starlette):
     """The Starlette app, with WebSocket connections to ``/v1/ws`` handed straight to the
     endpoint (:func:`transports.websocket.asgi_endpoint`): the router and middleware layers
-    would do nothing for them but cost memory for each connection's life."""
+    would do nothing for them (they pass WebSockets through; the endpoint handles its own
+    errors) but hold a coroutine frame each for the connection's life, ≈ 4.6 KiB in all.
+    Middleware added to the app therefore never sees these connections. The path is matched
+    as Starlette's router does (``root_path`` stripped)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and get_route_path(scope) == websocket.PATH:
