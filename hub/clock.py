@@ -54,6 +54,11 @@ class Wheel:
             bucket.pop(item, None)
             if not bucket:
                 del self.buckets[tick]  # its heap entry is skipped when reached
+                if not self.buckets:  # nothing pending: no loop timer (it would keep the loop)
+                    self.ticks.clear()
+                    if self.timer is not None:
+                        self.timer.cancel()
+                        self.timer = None
 
     def _schedule(self, tick: int) -> None:
         if self.timer is not None:

@@ -72,4 +72,4 @@ async def test_a_later_deadline_does_not_delay_a_pending_earlier_one() -> None:
     await until(lambda: second.calls)
     assert len(first.calls) == 1
     w.remove(first, Wheel.tick_of(first.calls[0] + 10.0))
-    assert not w.buckets
+    assert not w.buckets and not w.ticks and w.timer is None  # nothing left scheduled
