@@ -28,7 +28,7 @@ room, framed once as an HTTP/1.1 chunk (:class:`_BlockCache`); a multi-room stre
 cached per-room part of the cursor with its other rooms' parts. On Hubbub's uvicorn protocol
 (:class:`transports.server.HeaderTimeoutProtocol`) the stream installs itself as the session's
 ``direct`` writer once its first block and replay are out: the fan-out appends the block to the
-stream's pending list and one ``call_soon`` per loop iteration (:class:`_Flusher`) writes every
+stream's pending list and one ``call_soon`` per loop iteration (:class:`transports.flush.Flusher`) writes every
 stream's pending blocks as one chunk with one ``transport.write`` each, so no task wakes per
 subscriber. The
 stream refuses (the session queues) while the socket is over its high-water mark or while its
@@ -83,6 +83,7 @@ from hub.errors import (
 from hub.hub import Hub
 from hub.session import PING, Item, Session
 from transports.edge import credential, error_response, origin_allowed
+from transports.flush import flusher
 from transports.http_edge import CORSMiddleware
 from transports.server import ChunkedStream, HeaderTimeoutProtocol, http_chunk
 
@@ -381,7 +382,7 @@ class EventStream:
         pending = self.pending_blocks
         pending.append(block)
         if len(pending) == 1:
-            _flusher.add(self)
+            flusher.add(self)
         elif len(pending) >= MAX_PENDING:
             self.flush()
         return True
@@ -559,34 +560,6 @@ def _pieces(blocks: list[bytes]) -> list[bytes]:
     if run:
         out.append(b"".join(run))
     return out
-
-
-class _Flusher:
-    """One ``call_soon`` per loop iteration that writes every stream's pending chunks."""
-
-    def __init__(self) -> None:
-        self.dirty: list[EventStream] = []
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.scheduled = False
-
-    def add(self, stream: EventStream) -> None:
-        self.dirty.append(stream)
-        loop = asyncio.get_running_loop()
-        if loop is not self.loop:  # a new loop (tests run several): a pending flush is void
-            self.loop, self.scheduled = loop, False
-            self.dirty = [stream]
-        if not self.scheduled:
-            self.scheduled = True
-            loop.call_soon(self.flush_all)
-
-    def flush_all(self) -> None:
-        self.scheduled = False
-        dirty, self.dirty = self.dirty, []
-        for stream in dirty:
-            stream.flush()
-
-
-_flusher = _Flusher()
 
 
 class _StreamResponse:

@@ -49,6 +49,7 @@ from hub.session import Item, Session
 from signaling.relay import relay_signal
 from signaling.turn import arm_ice_refresh, ice_servers
 from transports.edge import credential, origin_allowed
+from transports.flush import flusher
 from transports.server import HandshakeGuardProtocol, text_frame_header
 from transports.ws_frames import FrameHandler
 
@@ -311,7 +312,7 @@ class _DirectWriter:
         pending.append(cache.frame)
         self.size += cache.size
         if len(pending) == 1:
-            _flusher.add(self)
+            flusher.add(self)
         elif len(pending) >= self.MAX_PENDING:
             self.flush()
         return True
@@ -327,34 +328,6 @@ class _DirectWriter:
         pending.clear()
         self.size = 0
         self.proto.write_now(data)
-
-
-class _Flusher:
-    """One ``call_soon`` per loop iteration that flushes every connection with pending frames."""
-
-    def __init__(self) -> None:
-        self.dirty: list[_DirectWriter] = []
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.scheduled = False
-
-    def add(self, writer: _DirectWriter) -> None:
-        self.dirty.append(writer)
-        loop = asyncio.get_running_loop()
-        if loop is not self.loop:  # a new loop (tests run several): a pending flush is void
-            self.loop, self.scheduled = loop, False
-            self.dirty = [writer]
-        if not self.scheduled:
-            self.scheduled = True
-            loop.call_soon(self.flush_all)
-
-    def flush_all(self) -> None:
-        self.scheduled = False
-        dirty, self.dirty = self.dirty, []
-        for w in dirty:
-            w.flush()
-
-
-_flusher = _Flusher()
 
 
 def _protocol(ws: WebSocket) -> HandshakeGuardProtocol | None:
