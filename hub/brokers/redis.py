@@ -35,7 +35,8 @@ import contextlib
 import hashlib
 import logging
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -44,7 +45,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.retry import Retry
 
 from hub.brokers import redis_lua as lua
@@ -57,6 +58,7 @@ from hub.brokers.base import (
     PublishResult,
 )
 from hub.brokers.memory import new_epoch
+from hub.brokers.redis_batch import PublishLane
 from hub.brokers.redis_pubsub import PubSubLink, stop_tasks, supervise
 from hub.brokers.redis_state import NodeState
 from hub.envelope import Publication
@@ -78,6 +80,17 @@ def split_cluster_flag(url: str) -> tuple[str, bool]:
 
 T = TypeVar("T")
 META_TTL = 7 * 86400
+_PUBLISH_SHA = hashlib.sha1(lua.PUBLISH.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _PubCall:
+    """One queued publish: the PUBLISH script (``keys``, ``args``) or, with ``keys`` None, a
+    plain ``PUBLISH args[0] args[1]`` (an ephemeral publication without idempotency key)."""
+
+    room: str
+    keys: tuple[str, str, str] | None
+    args: tuple[Any, ...]
 
 
 class RedisBroker:
@@ -118,6 +131,8 @@ class RedisBroker:
         self._ctl = (prefix + "ctl").encode()
         self._inbox = b""
         self._state: NodeState | None = None
+        self._cluster = False
+        self._lane: PublishLane[_PubCall, Any] = PublishLane(self._run_batch)
 
     # ---- keys ------------------------------------------------------------------------------------
     def _rk(self, room: str, suffix: str) -> str:
@@ -134,6 +149,7 @@ class RedisBroker:
         self.node = node_id
         self._inbox = f"{self.prefix}node:{node_id}".encode()
         url, cluster = split_cluster_flag(self.url)
+        self._cluster = cluster
         common: dict[str, Any] = {
             "socket_timeout": self.timeout,
             "socket_connect_timeout": self.timeout,
@@ -205,6 +221,7 @@ class RedisBroker:
         if self._state is not None:
             self._state.stopped = True
         await stop_tasks(self._tasks)
+        await self._lane.close()
         if self._link is not None:
             await self._link.close()
         if self._redis is not None and self._state is not None:
@@ -278,33 +295,38 @@ class RedisBroker:
         ephemeral: bool = False,
         idempotency: Idempotency | None = None,
     ) -> PublishResult:
-        meta = self._rk(room, "meta")
+        """As the protocol. The call is queued on the publish lane before this coroutine first
+        suspends (see :mod:`hub.brokers.redis_batch`): publish coroutines started in some order
+        reach Redis in that order, and concurrent ones share a round trip."""
+        if self._redis is None or self._closed:
+            raise BrokerError("broker is not running")
         if idempotency is None and ephemeral:
-            await self._do(self._r.publish(self._channel(room), b"||" + body))
+            call = _PubCall(room, None, (self._channel(room), b"||" + body))
+            await self._do(self._lane.submit(call))
             return PublishResult(room, None, None)
+        meta = self._rk(room, "meta")
         idem, fp = meta, ""
         if idempotency is not None:
             digest = hashlib.sha256(
                 idempotency.scope.encode() + b"\0" + idempotency.key.encode()
             ).hexdigest()
             idem, fp = self._rk(room, "idem:" + digest), idempotency.fingerprint
-        res = await self._do(
-            self._s_publish(
-                keys=[meta, self._rk(room, "stream"), idem],
-                args=[
-                    new_epoch(),
-                    body,
-                    self.history_size,
-                    self._ttl_ms,
-                    self._channel(room),
-                    fp,
-                    int(IDEMPOTENCY_TTL),
-                    "1" if ephemeral else "0",
-                    self._meta_ttl,
-                ],
-            )
+        call = _PubCall(
+            room,
+            (meta, self._rk(room, "stream"), idem),
+            (
+                new_epoch(),
+                body,
+                self.history_size,
+                self._ttl_ms,
+                self._channel(room),
+                fp,
+                int(IDEMPOTENCY_TTL),
+                "1" if ephemeral else "0",
+                self._meta_ttl,
+            ),
         )
-        status, off, ep = res
+        status, off, ep = await self._do(self._lane.submit(call))
         if status == b"conflict":
             raise Conflict("Idempotency-Key reused with a different request")
         return PublishResult(
@@ -313,6 +335,73 @@ class RedisBroker:
             ep.decode() if ep else None,
             duplicate=status == b"dup",
         )
+
+    @property
+    def lane(self) -> PublishLane[_PubCall, Any]:
+        """The publish lane (tests and the bench read its counters)."""
+        return self._lane
+
+    async def _run_batch(self, calls: Sequence[_PubCall]) -> list[Any]:
+        """Run one batch of the publish lane within the timeout. One Redis: one pipeline (and
+        a second one for the calls that met NOSCRIPT after a Redis restart). Redis Cluster:
+        rooms in parallel, each room's calls one after the other (keys of different rooms
+        live on different shards). Per-call Redis errors become BrokerError; losing the
+        connection or the timeout fails the whole batch with BrokerError."""
+        redis = self._r
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self._cluster:
+                    return await self._run_cluster(redis, calls)
+                return await self._run_pipeline(redis, calls)
+        except _ERRORS as exc:
+            raise BrokerError("broker unavailable") from exc
+
+    @staticmethod
+    async def _run_pipeline(redis: Any, calls: Sequence[_PubCall]) -> list[Any]:
+        out: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = redis.pipeline(transaction=False)
+            for i in todo:
+                c = calls[i]
+                if c.keys is None:
+                    pipe.publish(*c.args)
+                else:
+                    pipe.evalsha(_PUBLISH_SHA, 3, *c.keys, *c.args)
+            res = await pipe.execute(raise_on_error=False)
+            again: list[int] = []
+            for i, r in zip(todo, res, strict=True):
+                if isinstance(r, NoScriptError) and attempt == 0:
+                    again.append(i)  # not executed: run it again once the script is loaded
+                elif isinstance(r, Exception):
+                    out[i] = _call_error(r)
+                else:
+                    out[i] = r
+            if not again:
+                break
+            await redis.script_load(lua.PUBLISH)
+            todo = again
+        return out
+
+    async def _run_cluster(self, redis: Any, calls: Sequence[_PubCall]) -> list[Any]:
+        out: list[Any] = [None] * len(calls)
+        by_room: dict[str, list[int]] = {}
+        for i, c in enumerate(calls):
+            by_room.setdefault(c.room, []).append(i)
+
+        async def room_calls(indexes: list[int]) -> None:
+            for i in indexes:
+                c = calls[i]
+                try:
+                    if c.keys is None:
+                        out[i] = await redis.publish(*c.args)
+                    else:
+                        out[i] = await self._s_publish(keys=list(c.keys), args=list(c.args))
+                except _ERRORS as exc:
+                    out[i] = _call_error(exc)
+
+        await asyncio.gather(*(room_calls(ix) for ix in by_room.values()))
+        return out
 
     async def publish_frame(self, room: str, frame: bytes) -> None:
         await self._do(self._r.publish(self._channel(room), b"||" + frame))
@@ -408,3 +497,9 @@ class RedisBroker:
 
 
 _ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
+
+
+def _call_error(exc: BaseException) -> BrokerError:
+    err = BrokerError("broker unavailable")
+    err.__cause__ = exc
+    return err
