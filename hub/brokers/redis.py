@@ -325,7 +325,7 @@ class RedisBroker:
             ),
             plain=ephemeral and idempotency is None,
         )
-        res = await self._do(self._lane.submit(call))
+        res = await self._do(self._lane.call(call))
         if call.plain:
             return PublishResult(room, None, None)
         status, off, ep = res

@@ -1,23 +1,25 @@
 """Auto-batching of publish calls: one Redis round trip for many concurrent publications.
 
-Every ``publish`` of a node goes through one :class:`PublishLane`. A call is queued when it is
-made (:meth:`PublishLane.submit` never awaits) and the lane sends what is queued as one batch
-(one pipeline) at the next loop iteration. While a batch is in flight, new calls queue up and
-leave together as the next batch once it is answered. Under light load that is one call per
-batch, sent at once; under heavy load batches grow (up to ``max_batch``) and the round trips per
-publication shrink, and the subscribers' nodes receive the pub/sub messages of a batch
-together, so their WebSocket flusher writes them with one write per subscriber.
+Every ``publish`` of a node goes through one :class:`PublishLane`. When nothing is in flight,
+a call is sent at once, alone, by its caller (no extra loop iteration: the latency of a lone
+publication is that of a plain call). While a batch is in flight, new calls queue up and leave
+together as the next batch (one pipeline) once it is answered. Under light load that is one call
+per batch; under heavy load batches grow (up to ``max_batch``), the round trips per publication
+shrink, and the subscribers' nodes receive the pub/sub messages of a batch together, so their
+WebSocket flusher writes them with one write per subscriber.
 
 Contract:
 
 * Order: batches go out one at a time, and a batch holds calls in submission order, so calls
   reach Redis in the order they were submitted (what keeps one connection's publications in
   the order it sent them).
-* Every submitted future ends: with its own result, with its own error, or with
+* :meth:`PublishLane.call` sends or queues its call before it first suspends, so calls made
+  in some order (tasks started in that order) keep it.
+* Every call ends: with its own result, with its own error, or with
   :class:`~hub.errors.BrokerError` when its batch failed as a whole (connection lost, timeout,
   lane closed). A batch that failed as a whole may have been partly executed by Redis, exactly
   like a single call that failed after it was sent.
-* A future cancelled (its caller timed out or went away) before its batch left is dropped from
+* A call cancelled (its caller timed out or went away) before its batch left is dropped from
   the queue, so it is never executed.
 """
 
@@ -50,22 +52,49 @@ class PublishLane(Generic[C, R]):
         self.max_batch = max_batch
         self._queue: deque[tuple[C, asyncio.Future[R]]] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._busy = False  # a batch is in flight
         self._closed = False
         self.batches = 0  # batches sent, for tests and the bench notes
         self.calls = 0  # calls sent
 
-    def submit(self, call: C) -> asyncio.Future[R]:
-        """Queue ``call`` now (no await); the future ends as the module docstring says."""
+    async def call(self, call: C) -> R:
+        """Run ``call`` (see the module docstring); raises its own error or BrokerError."""
         if self._closed:
             raise BrokerError("broker is not running")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[R] = loop.create_future()
-        self._queue.append((call, fut))
-        if self._task is None:
-            # The task's first step runs at the next loop iteration: every call submitted
-            # until then joins the first batch.
-            self._task = loop.create_task(self._drain(), name="redis-publish-lane")
-        return fut
+        if self._busy or self._queue:  # a batch is in flight or about to leave: join the queue
+            fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+            self._queue.append((call, fut))
+            return await fut
+        self._busy = True  # idle: this call leaves at once, alone
+        try:
+            self.batches += 1
+            self.calls += 1
+            res = (await self._run_checked([call]))[0]
+        finally:
+            self._busy = False
+            self._start_drain()
+        if isinstance(res, BaseException):
+            raise res
+        return res
+
+    def _start_drain(self) -> None:
+        if self._queue and self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(
+                self._drain(), name="redis-publish-lane"
+            )
+
+    async def _run_checked(self, calls: list[C]) -> Sequence[R | BaseException]:
+        """The runner's answer, or BrokerError for the whole batch."""
+        try:
+            results = await self._run(calls)
+        except BrokerError:
+            raise
+        except Exception as exc:
+            log.exception("publish batch failed")
+            raise BrokerError(f"broker error: {exc!r}") from exc
+        if len(results) != len(calls):  # pragma: no cover - a runner bug
+            raise BrokerError("batch answered the wrong number of calls")
+        return results
 
     async def close(self) -> None:
         """Fail what is queued and stop the batch in flight (its callers get BrokerError)."""
@@ -102,21 +131,17 @@ class PublishLane(Generic[C, R]):
                     continue
                 self.batches += 1
                 self.calls += len(batch)
+                self._busy = True
                 try:
-                    results = await self._run([call for call, _ in batch])
+                    results = await self._run_checked([call for call, _ in batch])
                 except asyncio.CancelledError:
                     self._fail(batch, BrokerError("broker is not running"))
                     raise
                 except BrokerError as exc:
                     self._fail(batch, exc)
                     continue
-                except Exception as exc:
-                    log.exception("publish batch failed")
-                    self._fail(batch, BrokerError(f"broker error: {exc!r}"))
-                    continue
-                if len(results) != len(batch):  # pragma: no cover - a runner bug
-                    self._fail(batch, BrokerError("batch answered the wrong number of calls"))
-                    continue
+                finally:
+                    self._busy = False
                 for (_, fut), res in zip(batch, results, strict=True):
                     if fut.done():
                         continue

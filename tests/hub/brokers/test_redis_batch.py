@@ -7,9 +7,7 @@ redis-server started for the test.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -46,50 +44,58 @@ class Runner:
         return [ValueError(c) if c < 0 else c * 10 for c in calls]
 
 
-async def test_lane_batches_what_is_queued_and_keeps_the_order() -> None:
+def start(lane: PublishLane[int, int], *calls: int) -> list[asyncio.Task[int]]:
+    return [asyncio.ensure_future(lane.call(c)) for c in calls]
+
+
+async def test_lane_sends_a_lone_call_at_once_and_batches_the_rest_in_order() -> None:
     run = Runner()
     lane: PublishLane[int, int] = PublishLane(run, max_batch=4)
     run.gate.clear()
-    first = [lane.submit(i) for i in range(3)]  # one loop iteration: one batch
+    first = start(lane, 0, 1, 2)  # 0 finds the lane idle and leaves alone; 1, 2 queue
     await asyncio.sleep(0)
+    assert run.batches == [[0]]
+    later = start(lane, *range(3, 10))  # queued while 0 is in flight
     await asyncio.sleep(0)
-    assert run.batches == [[0, 1, 2]]
-    later = [lane.submit(i) for i in range(3, 10)]  # queued while the first is in flight
     run.gate.set()
     assert await asyncio.gather(*first, *later) == [i * 10 for i in range(10)]
-    assert run.batches == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
-    assert (lane.batches, lane.calls) == (3, 10)
+    assert run.batches == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9]]
+    assert (lane.batches, lane.calls) == (4, 10)
+    assert await lane.call(10) == 100  # idle again: at once
+    assert run.batches[-1] == [10]
 
 
 async def test_lane_errors_are_per_call_or_per_batch() -> None:
     run = Runner()
     lane: PublishLane[int, int] = PublishLane(run)
-    ok, bad = lane.submit(1), lane.submit(-1)
-    assert await ok == 10
+    run.gate.clear()
+    lead, ok, bad = start(lane, 7, 1, -1)
+    await asyncio.sleep(0)
+    run.gate.set()
+    assert (await lead, await ok) == (70, 10)
     with pytest.raises(ValueError):
         await bad
     run.fail = BrokerError("down")
-    futs = [lane.submit(i) for i in range(3)]
-    for f in futs:
+    for t in start(lane, 0, 1, 2):  # a lone call and a batch
         with pytest.raises(BrokerError):
-            await f
+            await t
     run.fail = RuntimeError("a bug")  # anything else: BrokerError too, and the lane goes on
     with pytest.raises(BrokerError):
-        await lane.submit(5)
+        await lane.call(5)
     run.fail = None
-    assert await lane.submit(6) == 60
+    assert await lane.call(6) == 60
 
 
 async def test_lane_drops_a_call_cancelled_before_its_batch_left() -> None:
     run = Runner()
     lane: PublishLane[int, int] = PublishLane(run)
     run.gate.clear()
-    inflight = lane.submit(1)
+    (inflight,) = start(lane, 1)
     await asyncio.sleep(0)
-    queued = lane.submit(2)
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(queued, 0.01)  # its caller gives up: cancelled
-    kept = lane.submit(3)
+        await asyncio.wait_for(lane.call(2), 0.01)  # its caller gives up: cancelled
+    (kept,) = start(lane, 3)
+    await asyncio.sleep(0)
     run.gate.set()
     assert (await inflight, await kept) == (10, 30)
     assert run.batches == [[1], [3]]  # 2 was never sent
@@ -99,15 +105,19 @@ async def test_lane_close_fails_queued_and_in_flight_calls() -> None:
     run = Runner()
     lane: PublishLane[int, int] = PublishLane(run)
     run.gate.clear()
-    inflight = lane.submit(1)
+    (lead,) = start(lane, 1)
     await asyncio.sleep(0)
-    queued = lane.submit(2)
+    queued = start(lane, 2, 3)
+    await asyncio.sleep(0)
+    lane._start_drain()  # what the lead does when it ends: now the queue has a drain task
+    await asyncio.sleep(0)
     await lane.close()
-    for f in (inflight, queued):
+    lead.cancel()  # the lead runs in its caller's task: the caller's timeout ends it
+    for t in queued:
         with pytest.raises(BrokerError):
-            await f
+            await t
     with pytest.raises(BrokerError):
-        lane.submit(3)
+        await lane.call(4)
 
 
 # ---- RedisBroker -----------------------------------------------------------------------------------
@@ -158,7 +168,7 @@ async def test_concurrent_publishes_share_round_trips(make: Make) -> None:
     await sub.subscribe("r")
     results = await asyncio.gather(*(pub.publish("r", body("r", 0, i)) for i in range(300)))
     assert [r.offset for r in results] == list(range(1, 301))
-    assert pub.lane.calls == 300 and pub.lane.batches <= 5  # at most 128 calls per batch
+    assert pub.lane.calls == 300 and pub.lane.batches <= 6  # at most 128 calls per batch
     await until(lambda: len(listener.of("r")) == 300)
     assert [seq_of(p.body)[1] for p in listener.of("r")] == list(range(300))
 
@@ -182,23 +192,28 @@ async def test_script_flush_between_batches_keeps_the_order(
 async def test_a_batch_in_flight_when_redis_restarts_fails_every_caller(
     make: Make, redis_proc: RedisProc
 ) -> None:
-    pub, _ = await make()
+    pub, _ = await make(timeout=2.0)
     await pub.publish("r", body("r", 0, 0))
-    assert redis_proc.proc is not None
-    os.kill(redis_proc.proc.pid, signal.SIGSTOP)  # the next batch is sent and never answered
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    calls = asyncio.gather(
-        *(pub.publish("r", body("r", 0, i)) for i in range(1, 200)), return_exceptions=True
-    )
-    await asyncio.sleep(0.1)
-    assert pub.lane.batches >= 2  # the first batch after the stop is in flight
+    admin = aioredis.Redis(port=redis_proc.port)
+    try:
+        await admin.execute_command("CLIENT", "PAUSE", 5000, "WRITE")  # nothing gets answered
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        calls = asyncio.gather(
+            *(pub.publish("r", body("r", 0, i)) for i in range(1, 200)), return_exceptions=True
+        )
+        await asyncio.sleep(0.1)  # call 1 in flight alone, the others queued behind it
+        await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        await until(lambda: pub.lane.batches == 3)  # calls 1 to 128: one batch, in flight
+        await asyncio.sleep(0.05)
+    finally:
+        await admin.aclose()
     redis_proc.restart()  # SIGKILL and start again: the data is gone
     results = await asyncio.wait_for(calls, 5)
-    assert loop.time() - t0 < 2 * TIMEOUT + 1.0  # queued callers wait at most their timeout
-    # The batch in flight (the first 128 calls) fails as a whole; calls queued behind it may
-    # have gone to the restarted Redis: then they are stored where they were told.
-    assert all(isinstance(r, BrokerError) for r in results[:128]), results[:128]
+    assert loop.time() - t0 < 2.0 + 1.0
+    # Call 1 and the batch in flight fail; the calls queued behind them go to the restarted
+    # Redis and are stored where they were told, or fail if they found it not up yet.
+    assert all(isinstance(r, BrokerError) for r in results[:129]), results[:129]
     ok = [(i, r) for i, r in enumerate(results, 1) if not isinstance(r, BaseException)]
     assert all(isinstance(r, BrokerError) for r in results if isinstance(r, BaseException))
     await until(lambda: pub.link is not None and pub.link.up, 5.0)
@@ -207,7 +222,7 @@ async def test_a_batch_in_flight_when_redis_restarts_fails_every_caller(
         (r.offset, i) for i, r in ok
     ]
     again = await pub.publish("r", body("r", 0, 999))
-    assert again.offset == len(ok) + 1  # a new epoch: nothing of the failed batch was stored
+    assert again.offset == len(ok) + 1  # a new epoch: nothing of the failed batches was stored
 
 
 async def test_connections_killed_under_traffic_lose_nothing_silently(
