@@ -45,7 +45,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from hub.brokers import redis_lua as lua
@@ -59,6 +59,7 @@ from hub.brokers.base import (
 )
 from hub.brokers.memory import new_epoch
 from hub.brokers.redis_batch import PublishLane
+from hub.brokers.redis_pipe import PublishPipe
 from hub.brokers.redis_pubsub import PubSubLink, stop_tasks, supervise
 from hub.brokers.redis_state import NodeState
 from hub.envelope import Publication
@@ -132,8 +133,7 @@ class RedisBroker:
         self._ctl = (prefix + "ctl").encode()
         self._inbox = b""
         self._state: NodeState | None = None
-        self._cluster = False
-        self._script_unsure = True  # the next publish pipeline starts with a SCRIPT LOAD
+        self._pipe: PublishPipe | None = None  # one Redis: publishes pipelined on one connection
         self._lane: PublishLane[_PubCall, Any] = PublishLane(self._run_batch)
 
     # ---- keys ------------------------------------------------------------------------------------
@@ -151,7 +151,6 @@ class RedisBroker:
         self.node = node_id
         self._inbox = f"{self.prefix}node:{node_id}".encode()
         url, cluster = split_cluster_flag(self.url)
-        self._cluster = cluster
         common: dict[str, Any] = {
             "socket_timeout": self.timeout,
             "socket_connect_timeout": self.timeout,
@@ -190,6 +189,10 @@ class RedisBroker:
             conn: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
             return conn
 
+        if not cluster:
+            self._pipe = PublishPipe(
+                connect, timeout=self.timeout, preamble=[("SCRIPT", "LOAD", lua.PUBLISH)]
+            )
         self._link = PubSubLink(
             connect,
             fixed=[self._ctl, self._inbox],
@@ -224,6 +227,8 @@ class RedisBroker:
             self._state.stopped = True
         await stop_tasks(self._tasks)
         await self._lane.close()
+        if self._pipe is not None:
+            await self._pipe.close()
         if self._link is not None:
             await self._link.close()
         if self._redis is not None and self._state is not None:
@@ -297,9 +302,10 @@ class RedisBroker:
         ephemeral: bool = False,
         idempotency: Idempotency | None = None,
     ) -> PublishResult:
-        """As the protocol. The call is queued on the publish lane before this coroutine first
-        suspends (see :mod:`hub.brokers.redis_batch`): publish coroutines started in some order
-        reach Redis in that order, and concurrent ones share a round trip."""
+        """As the protocol. The call is queued before this coroutine first suspends: publish
+        coroutines started in some order reach Redis in that order. One Redis: on the publish
+        pipe (:mod:`hub.brokers.redis_pipe`), concurrent calls pipelined on one connection;
+        Redis Cluster: on the publish lane (:mod:`hub.brokers.redis_batch`)."""
         if self._redis is None or self._closed:
             raise BrokerError("broker is not running")
         meta = self._rk(room, "meta")
@@ -325,7 +331,12 @@ class RedisBroker:
             ),
             plain=ephemeral and idempotency is None,
         )
-        res = await self._do(self._lane.call(call))
+        if self._pipe is not None:
+            res = await self._do(
+                self._pipe.call("EVALSHA", _PUBLISH_SHA, 3, *call.keys, *call.args)
+            )
+        else:
+            res = await self._do(self._lane.call(call))
         if call.plain:
             return PublishResult(room, None, None)
         status, off, ep = res
@@ -340,59 +351,25 @@ class RedisBroker:
 
     @property
     def lane(self) -> PublishLane[_PubCall, Any]:
-        """The publish lane (tests and the bench read its counters)."""
+        """The publish lane of Redis Cluster (tests read its counters)."""
         return self._lane
 
+    @property
+    def pipe(self) -> PublishPipe | None:
+        """The publish pipe of one Redis (tests read its counters); None on a cluster."""
+        return self._pipe
+
     async def _run_batch(self, calls: Sequence[_PubCall]) -> list[Any]:
-        """Run one batch of the publish lane within the timeout. One Redis: one pipeline of the
-        PUBLISH script. Redis Cluster: rooms in parallel, each room's calls one after the other
-        (keys of different rooms live on different shards). Per-call Redis errors become
-        BrokerError; losing the connection or the timeout fails the whole batch with
-        BrokerError."""
+        """Redis Cluster: run one batch of the publish lane within the timeout, rooms in
+        parallel, each room's calls one after the other (keys of different rooms live on
+        different shards). Per-call Redis errors become BrokerError; the timeout fails the
+        whole batch with BrokerError."""
         redis = self._r
         try:
             async with asyncio.timeout(self.timeout):
-                if self._cluster:
-                    return await self._run_cluster(redis, calls)
-                return await self._run_pipeline(redis, calls)
+                return await self._run_cluster(redis, calls)
         except _ERRORS as exc:
-            self._script_unsure = True  # Redis may have restarted: load the script again
             raise BrokerError("broker unavailable") from exc
-
-    async def _run_pipeline(self, redis: Any, calls: Sequence[_PubCall]) -> list[Any]:
-        """Every call is an EVALSHA of the one script, so when Redis lost the script (restart,
-        SCRIPT FLUSH) every call of the batch fails alike with NOSCRIPT without running and is
-        sent again after a load: the order holds. The pipeline starts with a SCRIPT LOAD
-        whenever the script may be missing (first batch, after a failed batch or a NOSCRIPT)."""
-        out: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in range(2):
-            pipe = redis.pipeline(transaction=False)
-            load = self._script_unsure
-            if load:
-                pipe.script_load(lua.PUBLISH)
-            for i in todo:
-                c = calls[i]
-                pipe.evalsha(_PUBLISH_SHA, 3, *c.keys, *c.args)
-            res = await pipe.execute(raise_on_error=False)
-            if load:
-                res = res[1:]
-                self._script_unsure = False
-            again: list[int] = []
-            for i, r in zip(todo, res, strict=True):
-                if isinstance(r, NoScriptError) and attempt == 0:
-                    again.append(i)  # not executed: sent again with the script loaded
-                elif isinstance(r, Exception):
-                    out[i] = _call_error(r)
-                else:
-                    out[i] = r
-            if not again:
-                break
-            if again != todo[len(todo) - len(again) :]:
-                log.warning("publish batch met NOSCRIPT part-way: order may not hold")
-            self._script_unsure = True
-            todo = again
-        return out
 
     async def _run_cluster(self, redis: Any, calls: Sequence[_PubCall]) -> list[Any]:
         out: list[Any] = [None] * len(calls)

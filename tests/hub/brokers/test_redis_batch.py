@@ -1,4 +1,5 @@
-"""The publish lane (hub/brokers/redis_batch.py) and RedisBroker's batched publish under faults.
+"""Publishing many at once: the publish lane of Redis Cluster (hub/brokers/redis_batch.py) and
+the publish pipe of one Redis (hub/brokers/redis_pipe.py), in order and under faults.
 
 The lane's own rules are checked with a scripted runner; everything else runs against a real
 redis-server started for the test.
@@ -7,7 +8,9 @@ redis-server started for the test.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -168,7 +171,8 @@ async def test_concurrent_publishes_share_round_trips(make: Make) -> None:
     await sub.subscribe("r")
     results = await asyncio.gather(*(pub.publish("r", body("r", 0, i)) for i in range(300)))
     assert [r.offset for r in results] == list(range(1, 301))
-    assert pub.lane.calls == 300 and pub.lane.batches <= 6  # at most 128 calls per batch
+    assert pub.pipe is not None
+    assert pub.pipe.calls == 300 and pub.pipe.writes <= 2  # at most 256 calls per write
     await until(lambda: len(listener.of("r")) == 300)
     assert [seq_of(p.body)[1] for p in listener.of("r")] == list(range(300))
 
@@ -189,40 +193,38 @@ async def test_script_flush_between_batches_keeps_the_order(
     assert [seq_of(p.body)[1] for p in listener.of("r")] == list(range(100))
 
 
-async def test_a_batch_in_flight_when_redis_restarts_fails_every_caller(
+async def test_calls_in_flight_when_redis_restarts_fail_every_caller(
     make: Make, redis_proc: RedisProc
 ) -> None:
     pub, _ = await make(timeout=2.0)
     await pub.publish("r", body("r", 0, 0))
-    admin = aioredis.Redis(port=redis_proc.port)
-    try:
-        await admin.execute_command("CLIENT", "PAUSE", 5000, "WRITE")  # nothing gets answered
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        calls = asyncio.gather(
-            *(pub.publish("r", body("r", 0, i)) for i in range(1, 200)), return_exceptions=True
-        )
-        await asyncio.sleep(0.1)  # call 1 in flight alone, the others queued behind it
-        await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
-        await until(lambda: pub.lane.batches == 3)  # calls 1 to 128: one batch, in flight
-        await asyncio.sleep(0.05)
-    finally:
-        await admin.aclose()
+    assert redis_proc.proc is not None and pub.pipe is not None
+    os.kill(redis_proc.proc.pid, signal.SIGSTOP)  # what is written is never answered
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    calls = asyncio.gather(
+        *(pub.publish("r", body("r", 0, i)) for i in range(1, 200)), return_exceptions=True
+    )
+    await until(lambda: pub.pipe is not None and pub.pipe.calls == 200)  # all written
     redis_proc.restart()  # SIGKILL and start again: the data is gone
     results = await asyncio.wait_for(calls, 5)
-    assert loop.time() - t0 < 2.0 + 1.0
-    # Call 1 and the batch in flight fail; the calls queued behind them go to the restarted
-    # Redis and are stored where they were told, or fail if they found it not up yet.
-    assert all(isinstance(r, BrokerError) for r in results[:129]), results[:129]
-    ok = [(i, r) for i, r in enumerate(results, 1) if not isinstance(r, BaseException)]
-    assert all(isinstance(r, BrokerError) for r in results if isinstance(r, BaseException))
+    assert loop.time() - t0 < 1.5  # the lost connection fails them at once, not at the timeout
+    assert all(isinstance(r, BrokerError) for r in results), results
     await until(lambda: pub.link is not None and pub.link.up, 5.0)
-    page = await pub.history("r", after=0)
-    assert [(p.offset, seq_of(p.body)[1]) for p in page.publications] == [
-        (r.offset, i) for i, r in ok
-    ]
-    again = await pub.publish("r", body("r", 0, 999))
-    assert again.offset == len(ok) + 1  # a new epoch: nothing of the failed batches was stored
+    again = await pub.publish("r", body("r", 0, 999))  # a new connection, the script loaded
+    assert again.offset == 1  # a new epoch: nothing of the failed calls was stored
+    assert [p.offset for p in (await pub.history("r", after=0)).publications] == [1]
+
+
+async def test_an_idle_connection_closed_by_redis_is_replaced(
+    make: Make, redis_proc: RedisProc
+) -> None:
+    pub, _ = await make()
+    await pub.publish("r", body("r", 0, 0))
+    await redis_cli(redis_proc, "CLIENT", "KILL", "TYPE", "normal")
+    await asyncio.sleep(0.1)
+    results = await asyncio.gather(*(pub.publish("r", body("r", 0, i)) for i in range(1, 4)))
+    assert [r.offset for r in results] == [2, 3, 4]
 
 
 async def test_connections_killed_under_traffic_lose_nothing_silently(
@@ -267,3 +269,41 @@ async def test_connections_killed_under_traffic_lose_nothing_silently(
         seqs = [seq for (q, seq) in stored.values() if q == p]
         assert seqs == sorted(seqs)
     assert 0 < len(ok) < len(calls)  # some calls failed, the others went on
+
+
+async def test_messages_arriving_together_are_delivered_in_one_loop_iteration(
+    make: Make,
+) -> None:
+    """The pub/sub reader hands every message already read to the node without yielding to
+    the loop, so a batch's messages fan out in one iteration and the WebSocket flusher writes
+    them to each subscriber at once."""
+    pub, _ = await make()
+    sub, listener = await make()
+    await sub.subscribe("r")
+    loop = asyncio.get_running_loop()
+    ticks = 0
+    running = True
+
+    def tick() -> None:  # runs once per loop iteration
+        nonlocal ticks
+        ticks += 1
+        if running:
+            loop.call_soon(tick)
+
+    seen: list[int] = []
+    deliver = listener.deliver
+
+    def counting(p: Any) -> None:
+        seen.append(ticks)
+        deliver(p)
+
+    listener.deliver = counting  # type: ignore[method-assign]
+    loop.call_soon(tick)
+    try:
+        results = await asyncio.gather(*(pub.publish("r", body("r", 0, i)) for i in range(101)))
+        await until(lambda: len(seen) == 101)
+    finally:
+        running = False
+    assert [r.offset for r in results] == list(range(1, 102))
+    assert pub.pipe is not None and pub.pipe.writes == 1  # the 101 calls left in one write
+    assert len(set(seen[1:])) <= 2, seen  # the 100 arrive in one read (or two), not 100
