@@ -189,9 +189,16 @@ class RedisBroker:
             conn: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
             return conn
 
+        def connect_pipe() -> AbstractConnection:
+            # No socket timeout: redis-py would then run every write in a task of its own (one
+            # more loop iteration per write); the pipe times out the oldest reply itself.
+            kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+            conn: AbstractConnection = pool.connection_class(**kwargs)
+            return conn
+
         if not cluster:
             self._pipe = PublishPipe(
-                connect, timeout=self.timeout, preamble=[("SCRIPT", "LOAD", lua.PUBLISH)]
+                connect_pipe, timeout=self.timeout, preamble=[("SCRIPT", "LOAD", lua.PUBLISH)]
             )
         self._link = PubSubLink(
             connect,

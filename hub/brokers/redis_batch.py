@@ -1,12 +1,15 @@
-"""Auto-batching of publish calls: one Redis round trip for many concurrent publications.
+"""Auto-batching of publish calls on Redis Cluster: few round trips for many publications.
 
-Every ``publish`` of a node goes through one :class:`PublishLane`. When nothing is in flight,
-a call is sent at once, alone, by its caller (no extra loop iteration: the latency of a lone
-publication is that of a plain call). While a batch is in flight, new calls queue up and leave
-together as the next batch (one pipeline) once it is answered. Under light load that is one call
-per batch; under heavy load batches grow (up to ``max_batch``), the round trips per publication
-shrink, and the subscribers' nodes receive the pub/sub messages of a batch together, so their
-WebSocket flusher writes them with one write per subscriber.
+(One Redis uses :mod:`hub.brokers.redis_pipe` instead: one connection, fully pipelined. A
+cluster spreads rooms over shards, so a batch is run room by room in parallel, each room's
+calls in order, by the broker's runner.)
+
+On a cluster every ``publish`` of a node goes through one :class:`PublishLane`. When nothing is
+in flight, a call is sent at once, alone, by its caller (no extra loop iteration: the latency of
+a lone publication is that of a plain call). While a batch is in flight, new calls queue up and
+leave together as the next batch once it is answered. Under light load that is one call per
+batch; under heavy load batches grow (up to ``max_batch``) and the waits per publication
+shrink.
 
 Contract:
 

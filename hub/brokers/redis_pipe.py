@@ -151,17 +151,18 @@ class PublishPipe:
         return conn
 
     def _take(self) -> list[_Call]:
-        batch: list[_Call] = []
-        if self._fresh:
-            self._fresh = False
-            batch.extend(_Call(args, None) for args in self._preamble)
-        batch.extend(self._retry)
+        """The next write: calls to write again first, then queued calls (those whose caller
+        gave up are dropped: never written); led by the preamble on a fresh connection."""
+        batch: list[_Call] = self._retry
         self._retry = []
         queue = self._queue
         while queue and len(batch) < self.max_write:
             c = queue.popleft()
-            if c.fut is not None and not c.fut.done():  # done: its caller gave up, never sent
+            if c.fut is not None and not c.fut.done():
                 batch.append(c)
+        if batch and self._fresh:
+            self._fresh = False
+            batch[:0] = [_Call(args, None) for args in self._preamble]
         return batch
 
     async def _write_loop(self) -> None:
@@ -183,7 +184,7 @@ class PublishPipe:
                     self._fail(self._queue, err)
                     return
                 batch = self._take()
-                if not any(c.fut is not None for c in batch):
+                if not batch:
                     continue
                 if not self._sent and self._deadline is not None:
                     self._deadline.reschedule(asyncio.get_running_loop().time() + self.timeout)

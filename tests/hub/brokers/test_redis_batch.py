@@ -24,6 +24,7 @@ from hub.envelope import make_body
 from hub.errors import BrokerError
 from tests.conftest import RedisProc, need_tool
 from tests.hub.brokers.brokertools import Recorder, until
+from tests.hub.brokers.redis_proxy import TcpProxy
 
 TIMEOUT = 0.5
 Make = Callable[..., Awaitable[tuple[RedisBroker, Recorder]]]
@@ -129,7 +130,7 @@ async def make(redis_proc: RedisProc) -> AsyncIterator[Make]:
     prefix = f"b{secrets.token_hex(3)}:"
     started: list[RedisBroker] = []
 
-    async def factory(**kw: Any) -> tuple[RedisBroker, Recorder]:
+    async def factory(url: str | None = None, **kw: Any) -> tuple[RedisBroker, Recorder]:
         opts: dict[str, Any] = {
             "prefix": prefix,
             "timeout": TIMEOUT,
@@ -137,7 +138,7 @@ async def make(redis_proc: RedisProc) -> AsyncIterator[Make]:
             "probe_timeout": 0.8,
             **kw,
         }
-        broker = RedisBroker(redis_proc.url, **opts)
+        broker = RedisBroker(url or redis_proc.url, **opts)
         listener = Recorder()
         await broker.start(listener, secrets.token_hex(4))
         started.append(broker)
@@ -307,3 +308,28 @@ async def test_messages_arriving_together_are_delivered_in_one_loop_iteration(
     assert [r.offset for r in results] == list(range(1, 102))
     assert pub.pipe is not None and pub.pipe.writes == 1  # the 101 calls left in one write
     assert len(set(seen[1:])) <= 2, seen  # the 100 arrive in one read (or two), not 100
+
+
+async def test_a_connection_that_stops_answering_is_replaced(
+    make: Make, redis_proc: RedisProc
+) -> None:
+    """Redis runs the calls but the replies never come back (a deaf proxy): the callers fail
+    within the timeout, and the next call goes over a new connection instead of waiting behind
+    the silent one forever."""
+    proxy = await TcpProxy(redis_proc.port).start()
+    try:
+        pub, _ = await make(url=proxy.url)
+        assert (await pub.publish("r", body("r", 0, 0))).offset == 1
+        proxy.deafen()  # the connections open now hear nothing more
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(BrokerError):
+            await pub.publish("r", body("r", 0, 1))
+        assert loop.time() - t0 < TIMEOUT + 0.5
+        await asyncio.sleep(0.05)
+        res = await pub.publish("r", body("r", 0, 2))
+        assert res.offset == 3  # the deaf call did run; nothing is lost or reordered
+        page = await pub.history("r", after=0)
+        assert [seq_of(p.body)[1] for p in page.publications] == [0, 1, 2]
+    finally:
+        await proxy.close()
