@@ -19,6 +19,11 @@ distinct prefixes even when their URLs name distinct databases.
 Room channel payloads are ``<offset>|<epoch>|<body>`` (both empty for ephemeral publications and
 room frames), so a node splits them without decoding JSON.
 
+Publishing: on one Redis every publication of a node goes over one connection, pipelined
+(:mod:`hub.brokers.redis_pipe`): concurrent publications share writes and round trips, reach
+Redis in call order, and their pub/sub messages reach the other nodes together. On Redis Cluster
+they are batched by :mod:`hub.brokers.redis_batch`, room by room.
+
 Redis Cluster: add ``cluster=true`` to the URL (``redis://node1:7000/0?cluster=true``). Commands
 then go through redis-py's ``RedisCluster`` (every script touches one slot, so rooms spread over
 the shards); the pub/sub connection goes to the node named in the URL (a cluster forwards every
