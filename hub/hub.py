@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -52,6 +53,17 @@ from hub.settings import Settings
 log = logging.getLogger("hubbub.hub")
 
 Reply = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedPublish:
+    """A publication that passed every check but the broker's (see Hub.prepare_publish)."""
+
+    room: str
+    body: bytes
+    ephemeral: bool
+    idempotency: Idempotency | None
+    session: Session | None
 
 
 class Hub(Delivery):
@@ -361,6 +373,24 @@ class Hub(Delivery):
         """Publish and return the publish result of PROTOCOL.md §3/§5.
 
         Raises BadRequest, Forbidden, TooLarge, Conflict (idempotency), Unavailable."""
+        prepared = self.prepare_publish(
+            ident, room, data, event=event, ephemeral=ephemeral, key=key, session=session
+        )
+        return await self.publish_prepared(prepared)
+
+    def prepare_publish(
+        self,
+        ident: Identity,
+        room: str,
+        data: Any,
+        *,
+        event: Any = None,
+        ephemeral: Any = False,
+        key: Any = None,
+        session: Session | None = None,
+    ) -> PreparedPublish:
+        """Every check of :meth:`publish` that needs no broker (room, event, grant, size,
+        idempotency key), and the body. Raises BadRequest, Forbidden, TooLarge."""
         check_room(room)
         check_event(event)
         if not isinstance(ephemeral, bool):
@@ -382,15 +412,25 @@ class Hub(Delivery):
                 orjson.dumps([room, event, ephemeral]) + b"\0" + data_json
             ).hexdigest()
             idem = Idempotency(scope=ident.scope or f"sub:{ident.sub}", key=key, fingerprint=fp)
+        return PreparedPublish(room, body, ephemeral, idem, session)
+
+    async def publish_prepared(self, p: PreparedPublish) -> dict[str, Any]:
+        """The broker half of :meth:`publish`. The broker call is made before this coroutine
+        first suspends, so publish coroutines started in some order reach the broker in that
+        order (what lets a connection have several publications in flight and keep their
+        order). Raises Conflict (idempotency), Unavailable."""
+        room = p.room
         try:
             started = time.perf_counter()
-            res = await self.broker.publish(room, body, ephemeral=ephemeral, idempotency=idem)
+            res = await self.broker.publish(
+                room, p.body, ephemeral=p.ephemeral, idempotency=p.idempotency
+            )
             self.metrics.publish_latency.observe(time.perf_counter() - started)
         except BrokerError:
             raise Unavailable("broker unavailable", retry_after=1.0) from None
         if not res.duplicate:
             self.metrics.publications += 1
-            self.metrics.published[session.transport if session is not None else "http"] += 1
+            self.metrics.published[p.session.transport if p.session is not None else "http"] += 1
         if res.offset is None:
             return {"room": room, "ephemeral": True}
         assert res.epoch is not None

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from hub.auth import Identity
+from hub.brokers.redis import RedisBroker
 from hub.envelope import Publication
 from hub.errors import Unavailable
 from hub.session import Session
@@ -205,6 +206,128 @@ async def test_connection_limit_is_cluster_wide(
     w4 = await WS.connect(a.ws_url, token("carol"))
     await w4.close()
     await w2.close()
+
+
+# ---- pipelined publishes ---------------------------------------------------------------------
+async def collect_answers(ws: WS, ids: set[int], timeout: float = 10.0) -> dict[int, Any]:
+    """Read until every id in ``ids`` got its reply or error; fail on a second answer."""
+    answers: dict[int, Any] = {}
+    while set(answers) != ids:
+        f = await ws.recv(timeout)
+        if f["type"] in ("reply", "error") and f.get("id") is not None:
+            assert f["id"] not in answers, f
+            answers[f["id"]] = f
+        else:
+            ws.inbox.append(f)
+    return answers
+
+
+async def test_pipelined_publishes_keep_order_across_two_nodes(
+    node_factory: Factory, shared_redis: RedisProc
+) -> None:
+    """One connection sends 400 publishes to two rooms without waiting: every id gets its
+    reply, the offsets follow the send order, and subscribers on both nodes get them in it."""
+    settings = prefixed(shared_redis, client_publish_rate=Rate(100_000.0, 100_000.0))
+    a: Node = await node_factory(**settings)
+    b: Node = await node_factory(**settings)
+    subs = [await WS.connect(n.ws_url, token("bob")) for n in (a, b)]
+    for ws in subs:
+        for room in ("p1", "p2"):
+            await ws.result({"type": "subscribe", "room": room})
+    pub = await WS.connect(a.ws_url, token("alice"))
+    n = 400
+    sent: dict[str, list[int]] = {"p1": [], "p2": []}
+    for i in range(1, n + 1):
+        room = "p2" if i % 4 == 0 else "p1"
+        sent[room].append(i)
+        await pub.send({"type": "publish", "room": room, "data": {"i": i}, "id": i})
+    answers = await collect_answers(pub, set(range(1, n + 1)))
+    assert all(f["type"] == "reply" for f in answers.values())
+    for ids in sent.values():
+        assert [answers[i]["result"]["offset"] for i in ids] == list(range(1, len(ids) + 1))
+    broker = a.hub.broker
+    assert isinstance(broker, RedisBroker)
+    assert broker.pipe is not None and broker.pipe.writes < n  # publications shared writes
+    for ws in subs:
+        got: dict[str, list[int]] = {"p1": [], "p2": []}
+        for m in await ws.messages(n, timeout=10):
+            got[m["room"]].append(m["data"]["i"])
+        assert got == sent
+
+
+async def test_pipelined_publishes_answer_every_id(
+    node_factory: Factory, shared_redis: RedisProc
+) -> None:
+    """Checks that fail before the broker and errors from the broker both answer their id,
+    once; a frame other than publish waits for the publications sent before it."""
+    settings = prefixed(shared_redis, client_publish_rate=Rate(100_000.0, 100_000.0))
+    a: Node = await node_factory(**settings)
+    pub = await WS.connect(a.ws_url, token("alice", hub={"subscribe": ["*"], "publish": ["ok"]}))
+    frames_: list[dict[str, Any]] = []
+    expect: dict[int, str] = {}
+    stored: list[Any] = []
+
+    def add(frame: dict[str, Any], outcome: str, new: bool = False) -> None:
+        fid = len(frames_) + 1
+        frames_.append({**frame, "id": fid})
+        expect[fid] = outcome
+        if new:
+            stored.append(frame["data"])
+
+    for i in range(30):
+        add({"type": "publish", "room": "ok", "data": i}, "reply", new=True)
+        if i % 10 == 3:
+            add({"type": "publish", "room": "nope", "data": i}, "forbidden")
+            add({"type": "publish", "room": "ok"}, "bad_request")
+            key = f"k{i}"
+            add({"type": "publish", "room": "ok", "data": key, "key": key}, "reply", new=True)
+            add({"type": "publish", "room": "ok", "data": key, "key": key}, "reply")
+            add({"type": "publish", "room": "ok", "data": "other", "key": key}, "conflict")
+    frames_.append({"type": "publish", "room": "ok", "data": "no id"})
+    stored.append("no id")
+    add({"type": "history", "room": "ok", "limit": 1000}, "reply")
+    for f in frames_:
+        await pub.send(f)
+    answers = await collect_answers(pub, set(expect))
+    for fid, outcome in expect.items():
+        f = answers[fid]
+        assert (f["type"] if f["type"] == "reply" else f["code"]) == outcome, (fid, f)
+    keyed = [f for f in frames_ if f.get("key") and expect[f["id"]] == "reply"]
+    for first, repeat in zip(keyed[::2], keyed[1::2], strict=True):
+        assert answers[first["id"]]["result"] == answers[repeat["id"]]["result"]
+    history = answers[max(expect)]["result"]["messages"]
+    assert [m["data"] for m in history] == stored
+
+
+async def test_publishes_in_flight_are_bounded_per_connection(
+    node_factory: Factory, redis_proc: RedisProc
+) -> None:
+    """With Redis stopped, a connection's reader stops taking publishes after 64 in flight;
+    they all end (errors) within the broker timeout, and the connection goes on."""
+    settings = prefixed(redis_proc, client_publish_rate=Rate(100_000.0, 100_000.0))
+    a: Node = await node_factory(**settings)
+    ws = await WS.connect(a.ws_url, token("alice"))
+    await ws.result({"type": "publish", "room": "r", "data": 0})
+    assert redis_proc.proc is not None
+    os.kill(redis_proc.proc.pid, signal.SIGSTOP)
+    try:
+        for i in range(1, 101):
+            await ws.send({"type": "publish", "room": "r", "data": i, "id": i})
+        await until(lambda: _in_flight(a) == 64)
+        await asyncio.sleep(0.1)
+        assert _in_flight(a) == 64  # the reader waits: no more than 64 at a time
+    finally:
+        os.kill(redis_proc.proc.pid, signal.SIGCONT)
+    answers = await collect_answers(ws, set(range(1, 101)))
+    assert {f["type"] for f in answers.values()} <= {"reply", "error"}
+    assert all(f["code"] == "unavailable" for f in answers.values() if f["type"] == "error")
+    res = await ws.result({"type": "publish", "room": "r", "data": "after"})
+    assert res["offset"] >= 2
+
+
+def _in_flight(node: Node) -> int:
+    """Publishes in flight on a node: its hub's publish tasks (Hub.spawn) not done yet."""
+    return sum(1 for t in node.hub._tasks if not t.done())
 
 
 # ---- faults ------------------------------------------------------------------------------------

@@ -3,16 +3,39 @@
 :meth:`FrameHandler.handle` answers a frame carrying an ``id`` with exactly one ``reply`` (sent
 here) or raises a :class:`~hub.errors.HubError` that the reader turns into the ``error`` frame.
 Frames without an ``id`` get no ``reply``; their errors are sent with ``"id": null``.
+
+Publishes are pipelined: once a ``publish`` frame passed every check that needs no broker (rate,
+grant, size…, errors raised to the reader as for any frame), its broker call runs in a task of
+its own and :meth:`FrameHandler.handle` returns, so the reader takes the next frame without
+waiting for the round trip. Such a publish answers with its ``reply`` or ``error`` (with its
+``id``) when the broker has answered; replies follow completion order. Order of publications
+holds: the broker call is made in the task's first step (``Hub.publish_prepared``), and tasks'
+first steps run in creation order. At most :data:`MAX_PUBLISHES_IN_FLIGHT` are in flight per
+connection (the reader then waits, so a fast publisher meets TCP backpressure), and every other
+frame waits until none is in flight, so it sees the effect of the publications sent before it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hub.errors import BadRequest, Forbidden, RateLimited, Unauthorized
-from hub.hub import Hub
+from hub.errors import (
+    CLOSE_INTERNAL,
+    BadRequest,
+    Forbidden,
+    HubError,
+    RateLimited,
+    Unauthorized,
+)
+from hub.hub import Hub, PreparedPublish
 from hub.session import Session
+
+log = logging.getLogger("hubbub.ws")
+
+MAX_PUBLISHES_IN_FLIGHT = 64
 
 SignalRelay = Callable[[Hub, Session, dict[str, Any]], Awaitable[None]]
 
@@ -39,13 +62,25 @@ class FrameHandler:
         self.hub = hub
         self.session = session
         self.relay = relay
+        self.in_flight = 0  # publishes whose broker call has not ended
+        # Set whenever in_flight goes down; made on the first wait (idle connections carry none).
+        self._changed: asyncio.Event | None = None
 
     async def handle(self, frame: dict[str, Any]) -> None:
         fid = _frame_id(frame)
         kind = frame["type"]
         if kind not in _FRAME_TYPES:
             raise BadRequest(f"unknown frame type {kind[:32]!r}")
+        if self.in_flight and kind != "publish":
+            await self._wait_in_flight(0)
         await getattr(self, kind)(frame, fid)
+
+    async def _wait_in_flight(self, at_most: int) -> None:
+        while self.in_flight > at_most:
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            self._changed.clear()
+            await self._changed.wait()
 
     def reply(self, fid: int | None, result: dict[str, Any]) -> None:
         if fid is not None:
@@ -80,10 +115,11 @@ class FrameHandler:
         self.reply(fid, {})
 
     async def publish(self, frame: dict[str, Any], fid: int | None) -> None:
+        """Check now, publish in a task (see the module docstring)."""
         if "data" not in frame:
             raise BadRequest("publish needs data")
         self._take_rate()
-        result = await self.hub.publish(
+        prepared = self.hub.prepare_publish(
             self.session.identity,
             frame.get("room"),  # type: ignore[arg-type]
             frame["data"],
@@ -92,7 +128,25 @@ class FrameHandler:
             key=frame.get("key"),
             session=self.session,
         )
-        self.reply(fid, result)
+        if self.in_flight >= MAX_PUBLISHES_IN_FLIGHT:
+            await self._wait_in_flight(MAX_PUBLISHES_IN_FLIGHT - 1)
+        self.in_flight += 1
+        self.hub.spawn(self._publish(prepared, fid))
+
+    async def _publish(self, prepared: PreparedPublish, fid: int | None) -> None:
+        try:
+            result = await self.hub.publish_prepared(prepared)
+        except HubError as exc:
+            self.session.send(exc.frame(fid))
+        except Exception:
+            log.exception("publish failed (session %s)", self.session.id)
+            self.session.close(CLOSE_INTERNAL, "internal error")
+        else:
+            self.reply(fid, result)
+        finally:
+            self.in_flight -= 1
+            if self._changed is not None:
+                self._changed.set()
 
     async def history(self, frame: dict[str, Any], fid: int | None) -> None:
         result = await self.hub.history(

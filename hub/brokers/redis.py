@@ -19,6 +19,11 @@ distinct prefixes even when their URLs name distinct databases.
 Room channel payloads are ``<offset>|<epoch>|<body>`` (both empty for ephemeral publications and
 room frames), so a node splits them without decoding JSON.
 
+Publishing: on one Redis every publication of a node goes over one connection, pipelined
+(:mod:`hub.brokers.redis_pipe`): concurrent publications share writes and round trips, reach
+Redis in call order, and their pub/sub messages reach the other nodes together. On Redis Cluster
+they are batched by :mod:`hub.brokers.redis_batch`, room by room.
+
 Redis Cluster: add ``cluster=true`` to the URL (``redis://node1:7000/0?cluster=true``). Commands
 then go through redis-py's ``RedisCluster`` (every script touches one slot, so rooms spread over
 the shards); the pub/sub connection goes to the node named in the URL (a cluster forwards every
@@ -35,7 +40,8 @@ import contextlib
 import hashlib
 import logging
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -57,6 +63,8 @@ from hub.brokers.base import (
     PublishResult,
 )
 from hub.brokers.memory import new_epoch
+from hub.brokers.redis_batch import PublishLane
+from hub.brokers.redis_pipe import PublishPipe
 from hub.brokers.redis_pubsub import PubSubLink, stop_tasks, supervise
 from hub.brokers.redis_state import NodeState
 from hub.envelope import Publication
@@ -78,6 +86,18 @@ def split_cluster_flag(url: str) -> tuple[str, bool]:
 
 T = TypeVar("T")
 META_TTL = 7 * 86400
+_PUBLISH_SHA = hashlib.sha1(lua.PUBLISH.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _PubCall:
+    """One queued publish: the PUBLISH script's ``keys`` and ``args``. ``plain``: an ephemeral
+    publication without idempotency key, which a cluster sends as a plain ``PUBLISH``."""
+
+    room: str
+    keys: tuple[str, str, str]
+    args: tuple[Any, ...]
+    plain: bool = False
 
 
 class RedisBroker:
@@ -118,6 +138,8 @@ class RedisBroker:
         self._ctl = (prefix + "ctl").encode()
         self._inbox = b""
         self._state: NodeState | None = None
+        self._pipe: PublishPipe | None = None  # one Redis: publishes pipelined on one connection
+        self._lane: PublishLane[_PubCall, Any] = PublishLane(self._run_batch)
 
     # ---- keys ------------------------------------------------------------------------------------
     def _rk(self, room: str, suffix: str) -> str:
@@ -172,6 +194,17 @@ class RedisBroker:
             conn: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
             return conn
 
+        def connect_pipe() -> AbstractConnection:
+            # No socket timeout: redis-py would then run every write in a task of its own (one
+            # more loop iteration per write); the pipe times out the oldest reply itself.
+            kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+            conn: AbstractConnection = pool.connection_class(**kwargs)
+            return conn
+
+        if not cluster:
+            self._pipe = PublishPipe(
+                connect_pipe, timeout=self.timeout, preamble=[("SCRIPT", "LOAD", lua.PUBLISH)]
+            )
         self._link = PubSubLink(
             connect,
             fixed=[self._ctl, self._inbox],
@@ -205,6 +238,9 @@ class RedisBroker:
         if self._state is not None:
             self._state.stopped = True
         await stop_tasks(self._tasks)
+        await self._lane.close()
+        if self._pipe is not None:
+            await self._pipe.close()
         if self._link is not None:
             await self._link.close()
         if self._redis is not None and self._state is not None:
@@ -278,32 +314,43 @@ class RedisBroker:
         ephemeral: bool = False,
         idempotency: Idempotency | None = None,
     ) -> PublishResult:
+        """As the protocol. The call is queued before this coroutine first suspends: publish
+        coroutines started in some order reach Redis in that order. One Redis: on the publish
+        pipe (:mod:`hub.brokers.redis_pipe`), concurrent calls pipelined on one connection;
+        Redis Cluster: on the publish lane (:mod:`hub.brokers.redis_batch`)."""
+        if self._redis is None or self._closed:
+            raise BrokerError("broker is not running")
         meta = self._rk(room, "meta")
-        if idempotency is None and ephemeral:
-            await self._do(self._r.publish(self._channel(room), b"||" + body))
-            return PublishResult(room, None, None)
         idem, fp = meta, ""
         if idempotency is not None:
             digest = hashlib.sha256(
                 idempotency.scope.encode() + b"\0" + idempotency.key.encode()
             ).hexdigest()
             idem, fp = self._rk(room, "idem:" + digest), idempotency.fingerprint
-        res = await self._do(
-            self._s_publish(
-                keys=[meta, self._rk(room, "stream"), idem],
-                args=[
-                    new_epoch(),
-                    body,
-                    self.history_size,
-                    self._ttl_ms,
-                    self._channel(room),
-                    fp,
-                    int(IDEMPOTENCY_TTL),
-                    "1" if ephemeral else "0",
-                    self._meta_ttl,
-                ],
-            )
+        call = _PubCall(
+            room,
+            (meta, self._rk(room, "stream"), idem),
+            (
+                new_epoch(),
+                body,
+                self.history_size,
+                self._ttl_ms,
+                self._channel(room),
+                fp,
+                int(IDEMPOTENCY_TTL),
+                "1" if ephemeral else "0",
+                self._meta_ttl,
+            ),
+            plain=ephemeral and idempotency is None,
         )
+        if self._pipe is not None:
+            res = await self._do(
+                self._pipe.call("EVALSHA", _PUBLISH_SHA, 3, *call.keys, *call.args)
+            )
+        else:
+            res = await self._do(self._lane.call(call))
+        if call.plain:
+            return PublishResult(room, None, None)
         status, off, ep = res
         if status == b"conflict":
             raise Conflict("Idempotency-Key reused with a different request")
@@ -313,6 +360,48 @@ class RedisBroker:
             ep.decode() if ep else None,
             duplicate=status == b"dup",
         )
+
+    @property
+    def lane(self) -> PublishLane[_PubCall, Any]:
+        """The publish lane of Redis Cluster (tests read its counters)."""
+        return self._lane
+
+    @property
+    def pipe(self) -> PublishPipe | None:
+        """The publish pipe of one Redis (tests read its counters); None on a cluster."""
+        return self._pipe
+
+    async def _run_batch(self, calls: Sequence[_PubCall]) -> list[Any]:
+        """Redis Cluster: run one batch of the publish lane within the timeout, rooms in
+        parallel, each room's calls one after the other (keys of different rooms live on
+        different shards). Per-call Redis errors become BrokerError; the timeout fails the
+        whole batch with BrokerError."""
+        redis = self._r
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._run_cluster(redis, calls)
+        except _ERRORS as exc:
+            raise BrokerError("broker unavailable") from exc
+
+    async def _run_cluster(self, redis: Any, calls: Sequence[_PubCall]) -> list[Any]:
+        out: list[Any] = [None] * len(calls)
+        by_room: dict[str, list[int]] = {}
+        for i, c in enumerate(calls):
+            by_room.setdefault(c.room, []).append(i)
+
+        async def room_calls(indexes: list[int]) -> None:
+            for i in indexes:
+                c = calls[i]
+                try:
+                    if c.plain:
+                        out[i] = await redis.publish(c.args[4], b"||" + c.args[1])
+                    else:
+                        out[i] = await self._s_publish(keys=list(c.keys), args=list(c.args))
+                except _ERRORS as exc:
+                    out[i] = _call_error(exc)
+
+        await asyncio.gather(*(room_calls(ix) for ix in by_room.values()))
+        return out
 
     async def publish_frame(self, room: str, frame: bytes) -> None:
         await self._do(self._r.publish(self._channel(room), b"||" + frame))
@@ -408,3 +497,9 @@ class RedisBroker:
 
 
 _ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
+
+
+def _call_error(exc: BaseException) -> BrokerError:
+    err = BrokerError("broker unavailable")
+    err.__cause__ = exc
+    return err

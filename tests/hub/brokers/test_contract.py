@@ -103,6 +103,47 @@ async def test_offsets_have_no_holes_under_concurrency(make: Factory) -> None:
         assert p.epoch == page.epoch and p.room == "r1"
 
 
+async def test_concurrent_publishes_reach_the_broker_in_call_order(make: Factory) -> None:
+    """Publish coroutines started in some order keep that order per room (what lets a
+    connection have several publications in flight): offsets and delivery follow it, and an
+    idempotent repeat, a conflict or an ephemeral publication in between changes nothing."""
+    env = await make()
+    b = env.broker
+    rooms = ["oa", "ob", "oc"]
+    for room in rooms:
+        await b.subscribe(room)
+    calls = []
+    for i in range(150):
+        room = rooms[i % 3]
+        if i % 10 == 4 and env.kind != "redis-cluster":  # cluster: PUBLISH may take another node
+            calls.append(b.publish(room, body(room, i), ephemeral=True))
+        else:
+            calls.append(b.publish(room, body(room, i)))
+    key = Idempotency("s", "k1", "fp")
+    calls.append(b.publish("oa", body("oa", 1000), idempotency=key))
+    calls.append(b.publish("oa", body("oa", 1000), idempotency=key))
+    calls.append(b.publish("oa", body("oa", 1001), idempotency=Idempotency("s", "k1", "other")))
+    calls.append(b.publish("oa", body("oa", 1002)))
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[-2], Conflict)
+    first, repeat = results[-4], results[-3]
+    assert not isinstance(first, BaseException) and not isinstance(repeat, BaseException)
+    assert repeat.duplicate and (repeat.offset, repeat.epoch) == (first.offset, first.epoch)
+    for room in rooms:
+        stored = [r for r in results if not isinstance(r, BaseException) and r.room == room]
+        offsets = [r.offset for r in stored if r.offset is not None and not r.duplicate]
+        assert offsets == list(range(1, len(offsets) + 1))
+    sent: dict[str, list[bytes]] = {room: [] for room in rooms}
+    for i in range(150):
+        sent[rooms[i % 3]].append(body(rooms[i % 3], i))
+    sent["oa"] += [body("oa", 1000), body("oa", 1002)]
+    total = sum(len(v) for v in sent.values())
+    await until(lambda: len(env.listener.pubs) >= total, 5.0)
+    for room in rooms:
+        got = [p.body for p in env.listener.of(room)]
+        assert got == sent[room]
+
+
 async def test_epoch_is_random_per_room_and_stable(make: Factory) -> None:
     env = await make()
     b = env.broker
