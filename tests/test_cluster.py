@@ -255,6 +255,51 @@ async def test_pipelined_publishes_keep_order_across_two_nodes(
         assert got == sent
 
 
+async def test_http_batch_publish_is_pipelined_in_order(
+    node_factory: Factory, shared_redis: RedisProc
+) -> None:
+    """``POST /v1/publish`` sends its messages to Redis together, in list order: results come
+    back in list order (errors in their places), offsets follow the list per room, a subscriber
+    on the other node gets them in that order, and they shared writes to Redis."""
+    settings = prefixed(shared_redis)
+    a: Node = await node_factory(**settings)
+    b: Node = await node_factory(**settings)
+    sub = await WS.connect(b.ws_url, token("bob"))
+    for room in ("h1", "h2"):
+        await sub.result({"type": "subscribe", "room": room})
+    msgs: list[dict[str, Any]] = []
+    for i in range(90):
+        msgs.append({"room": "h2" if i % 3 == 0 else "h1", "data": {"i": i}})
+        if i % 30 == 7:
+            msgs.append({"room": "bad room!", "data": i})
+            msgs.append({"room": "h1", "data": "keyed", "key": f"k{i}"})
+            msgs.append({"room": "h1", "data": "other", "key": f"k{i}"})
+    broker = a.hub.broker
+    assert isinstance(broker, RedisBroker) and broker.pipe is not None
+    writes = broker.pipe.writes
+    async with httpx.AsyncClient(base_url=a.url) as http:
+        r = await http.post(
+            "/v1/publish", json={"messages": msgs}, headers={"Authorization": f"Bearer {API_KEY}"}
+        )
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == len(msgs)
+    expected: dict[str, list[Any]] = {"h1": [], "h2": []}
+    for msg, res in zip(msgs, results, strict=True):
+        if msg["room"] == "bad room!":
+            assert res["error"]["code"] == "bad_request", res
+        elif msg.get("data") == "other":
+            assert res["error"]["code"] == "conflict", res
+        else:
+            expected[msg["room"]].append(msg["data"])
+            assert res["offset"] == len(expected[msg["room"]]), (msg, res)
+    assert broker.pipe.writes - writes < len(msgs)  # messages shared writes
+    got: dict[str, list[Any]] = {"h1": [], "h2": []}
+    for m in await sub.messages(sum(map(len, expected.values())), timeout=10):
+        got[m["room"]].append(m["data"])
+    assert got == expected
+
+
 async def test_pipelined_publishes_answer_every_id(
     node_factory: Factory, shared_redis: RedisProc
 ) -> None:

@@ -15,6 +15,7 @@ unexpected exceptions (500 ``internal``, never a traceback).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -41,7 +42,7 @@ from hub.errors import (
     Unauthorized,
     Unavailable,
 )
-from hub.hub import Hub
+from hub.hub import Hub, PreparedPublish
 from hub.settings import GRANT_KINDS, Settings
 from signaling.turn import ice_servers
 from transports import openapi
@@ -168,24 +169,36 @@ class Api:
             raise BadRequest("messages must be a list")
         if len(items) > MAX_BATCH:
             raise TooLarge(f"at most {MAX_BATCH} messages per batch", details={"limit": MAX_BATCH})
-        results: list[Any] = []
+        results: list[Any] = [None] * len(items)
+        pending: list[tuple[int, PreparedPublish]] = []
         for i, item in enumerate(items):
             try:
                 msg = json_object(item, f"messages[{i}]")
                 if "data" not in msg:
                     raise BadRequest(f"messages[{i}].data is required")
-                results.append(
-                    await self.hub.publish(
-                        call.identity,
-                        msg.get("room"),  # type: ignore[arg-type]  # checked by the hub
-                        msg["data"],
-                        event=msg.get("event"),
-                        ephemeral=msg.get("ephemeral", False),
-                        key=msg.get("key"),
-                    )
+                prepared = self.hub.prepare_publish(
+                    call.identity,
+                    msg.get("room"),  # type: ignore[arg-type]  # checked by the hub
+                    msg["data"],
+                    event=msg.get("event"),
+                    ephemeral=msg.get("ephemeral", False),
+                    key=msg.get("key"),
                 )
+                pending.append((i, prepared))
             except HubError as exc:
-                results.append(exc.body())
+                results[i] = exc.body()
+        # All in flight at once, started in list order: each reaches the broker before the next
+        # starts (Hub.publish_prepared), so the broker pipelines them and keeps their order.
+        done = await asyncio.gather(
+            *(self.hub.publish_prepared(p) for _, p in pending), return_exceptions=True
+        )
+        for (i, _), res in zip(pending, done, strict=True):
+            if isinstance(res, HubError):
+                results[i] = res.body()
+            elif isinstance(res, BaseException):
+                raise res
+            else:
+                results[i] = res
         return {"results": results}, 200
 
     async def history(self, request: Request, call: Call) -> tuple[Any, int]:
