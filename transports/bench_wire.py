@@ -225,20 +225,19 @@ class Subscriber(asyncio.Protocol):
             self.on_sse(ev, now)
 
     def on_sse(self, ev: bytes, now: int) -> None:
-        data = None
-        ident = None
-        for line in ev.split(b"\n"):
-            if line.startswith(b"data: "):
-                data = line[6:]
-            elif line.startswith(b"id: "):
-                ident = line[4:]
-        if data is None:
-            if not self.ready.done() and ident is not None:
-                self.start = self.last = int(ident.rsplit(b".", 1)[-1])
-                self.ready.set_result(None)
+        # Hubbub writes ``id:``, ``event:``, ``data:`` in that order, one line each (compact
+        # JSON), so the data is the event's last line: find it instead of splitting lines.
+        at = ev.find(b"data: ")
+        if at < 0:
+            if not self.ready.done():
+                at = ev.find(b"id: ")
+                if at >= 0:
+                    ident = ev[at + 4 :].split(b"\n", 1)[0]
+                    self.start = self.last = int(ident.rsplit(b".", 1)[-1])
+                    self.ready.set_result(None)
             return
-        if data.startswith(b'{"type":"message"'):
-            obj = orjson.loads(data)
+        if ev.startswith(b'{"type":"message"', at + 6):
+            obj = orjson.loads(ev[at + 6 :])
             self.count(obj["offset"], obj["data"]["t"], now)
 
     def on_text(self, text: bytes, now: int) -> None:
