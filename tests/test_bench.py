@@ -31,7 +31,10 @@ def _bench(*extra: str) -> dict[str, object]:
     return result
 
 
-@pytest.mark.parametrize("extra", [(), ("--transport", "sse", "--publish", "ws", "--rooms", "2")])
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("--transport", "sse", "--publish", "ws", "--rooms", "2"), ("--transport", "mixed")],
+)
 def test_bench_smoke(extra: tuple[str, ...]) -> None:
     r = _bench(*extra)
     assert r["lost"] == 0

@@ -21,6 +21,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -49,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--nodes", type=int, default=1, help="nodes to start (more than 1 needs --broker)"
     )
     p.add_argument("--broker", default="memory://", help="broker URL for started nodes")
-    p.add_argument("--transport", choices=("ws", "sse"), default="ws")
+    p.add_argument("--transport", choices=("ws", "sse", "mixed"), default="ws",
+                   help="subscribers' transport; mixed: half WebSocket, half SSE, at once")  # fmt: skip
     p.add_argument("--publish", choices=("http", "ws"), default="http", help="how to publish")
     p.add_argument("--subscribers", type=int, default=1000)
     p.add_argument("--rooms", type=int, default=1)
@@ -99,6 +101,24 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes] | None, timeout: float =
             pass
         time.sleep(0.1)
     raise SystemExit(f"hubbub bench: {base} not ready after {timeout:.0f}s")
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Let this process and the nodes and load generators it starts (they inherit it) hold
+    ``needed`` sockets: the soft limit goes up to the hard one, and the hard one too when
+    allowed (root). Exits with a clear message when that is not enough."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(needed, soft), max(needed, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        if hard < needed:
+            raise SystemExit(
+                f"hubbub bench: {needed} open files needed, the limit is {hard}; "
+                "raise it (ulimit -n) or use fewer --subscribers"
+            ) from None
 
 
 def start_nodes(
@@ -189,7 +209,8 @@ def _measure(
 
     procs, conns = [], []
     for w in range(nworkers):
-        job = WorkerJob(w, assign[w::nworkers], args.transport, args.dialect, key, pin_lg)
+        kind = ("ws", "sse")[w % 2] if args.transport == "mixed" else args.transport
+        job = WorkerJob(w, assign[w::nworkers], kind, args.dialect, key, pin_lg)
         parent, child = ctx.Pipe()
         pr = ctx.Process(target=subscriber_worker, args=(job, progress, child), daemon=True)
         pr.start()
@@ -357,8 +378,11 @@ def render(r: dict[str, Any]) -> str:
 def cmd_bench(args: argparse.Namespace) -> int:
     if not args.url and args.dialect != "hubbub":
         raise SystemExit("hubbub bench: --dialect needs --url")
-    if args.transport == "sse" and args.dialect != "hubbub":
+    if args.transport != "ws" and args.dialect != "hubbub":
         raise SystemExit("hubbub bench: SSE is Hubbub's")
+    if args.transport == "mixed" and args.workers < 2:
+        raise SystemExit("hubbub bench: --transport mixed needs --workers 2 or more")
+    raise_fd_limit(args.subscribers + 256)
     result = run(args)
     print(json.dumps(result) if args.json else render(result))
     return 0 if result["lost"] == 0 and result["duplicated"] == 0 else 1

@@ -39,6 +39,16 @@ def _exit_zero(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
+def _open_files_to_hard_limit() -> None:
+    """Every connection is a file descriptor: take the soft RLIMIT_NOFILE up to the hard one
+    (often 1024 soft; systemd's unit sets LimitNOFILE, this covers a plain shell)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -57,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 2
     log_config = setup_logging(settings.log_format, settings.log_level)
+    _open_files_to_hard_limit()
     common: dict[str, Any] = {
         **server_options(settings),
         "log_config": log_config,
