@@ -1,17 +1,25 @@
-"""Fixtures of the broker tests: a real three-shard Redis Cluster for the contract suite."""
+"""Fixtures of the broker tests: a real three-shard Redis Cluster for the contract suite, and
+``make`` for the Redis broker's own tests."""
 
 from __future__ import annotations
 
+import secrets
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
+from hub.brokers.redis import RedisBroker
 from tests.conftest import RedisProc, free_port, need_tool
+from tests.hub.brokers.brokertools import Recorder
+
+TIMEOUT = 0.5  # broker call timeout of the brokers ``make`` starts
+Make = Callable[..., Awaitable[tuple[RedisBroker, Recorder]]]
 
 
 @dataclass
@@ -74,3 +82,29 @@ def redis_cluster() -> Iterator[RedisClusterProcs]:
     finally:
         for n in nodes:
             n.stop()
+
+
+@pytest.fixture
+async def make(redis_proc: RedisProc) -> AsyncIterator[Make]:
+    """``await make(url=..., **options)``: a started RedisBroker (own key prefix per test) and
+    its recording listener; all are closed after the test."""
+    prefix = f"f{secrets.token_hex(3)}:"
+    started: list[RedisBroker] = []
+
+    async def factory(url: str | None = None, **kw: Any) -> tuple[RedisBroker, Recorder]:
+        opts: dict[str, Any] = {
+            "prefix": prefix,
+            "timeout": TIMEOUT,
+            "probe_interval": 0.2,
+            "probe_timeout": 0.8,
+            **kw,
+        }
+        broker = RedisBroker(url or redis_proc.url, **opts)
+        listener = Recorder()
+        await broker.start(listener, secrets.token_hex(4))
+        started.append(broker)
+        return broker, listener
+
+    yield factory
+    for b in started:
+        await b.close()

@@ -9,25 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from hub.brokers.redis import RedisBroker
 from hub.brokers.redis_batch import PublishLane
 from hub.envelope import make_body
 from hub.errors import BrokerError
 from tests.conftest import RedisProc, need_tool
-from tests.hub.brokers.brokertools import Recorder, until
+from tests.hub.brokers.brokertools import until
+from tests.hub.brokers.conftest import TIMEOUT, Make
 from tests.hub.brokers.redis_proxy import TcpProxy
-
-TIMEOUT = 0.5
-Make = Callable[..., Awaitable[tuple[RedisBroker, Recorder]]]
 
 
 # ---- the lane alone ------------------------------------------------------------------------------
@@ -125,30 +121,6 @@ async def test_lane_close_fails_queued_and_in_flight_calls() -> None:
 
 
 # ---- RedisBroker -----------------------------------------------------------------------------------
-@pytest.fixture
-async def make(redis_proc: RedisProc) -> AsyncIterator[Make]:
-    prefix = f"b{secrets.token_hex(3)}:"
-    started: list[RedisBroker] = []
-
-    async def factory(url: str | None = None, **kw: Any) -> tuple[RedisBroker, Recorder]:
-        opts: dict[str, Any] = {
-            "prefix": prefix,
-            "timeout": TIMEOUT,
-            "probe_interval": 0.2,
-            "probe_timeout": 0.8,
-            **kw,
-        }
-        broker = RedisBroker(url or redis_proc.url, **opts)
-        listener = Recorder()
-        await broker.start(listener, secrets.token_hex(4))
-        started.append(broker)
-        return broker, listener
-
-    yield factory
-    for b in started:
-        await b.close()
-
-
 def body(room: str, producer: int, seq: int) -> bytes:
     return make_body(room, orjson.dumps({"p": producer, "s": seq}), ts=1)
 

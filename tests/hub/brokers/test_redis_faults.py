@@ -8,49 +8,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from hub.brokers.base import Idempotency, Member
-from hub.brokers.redis import RedisBroker
 from hub.envelope import make_body
 from hub.errors import BrokerError
 from tests.conftest import RedisProc, need_tool
-from tests.hub.brokers.brokertools import Recorder, until
+from tests.hub.brokers.brokertools import until
+from tests.hub.brokers.conftest import TIMEOUT, Make
 from tests.hub.brokers.redis_proxy import TcpProxy
-
-TIMEOUT = 0.5
-Make = Callable[..., Awaitable[tuple[RedisBroker, Recorder]]]
-
-
-@pytest.fixture
-async def make(redis_proc: RedisProc) -> AsyncIterator[Make]:
-    """``await make(url=..., **options)``: a started RedisBroker and its recording listener."""
-    prefix = f"f{secrets.token_hex(3)}:"
-    started: list[RedisBroker] = []
-
-    async def factory(url: str | None = None, **kw: Any) -> tuple[RedisBroker, Recorder]:
-        opts: dict[str, Any] = {
-            "prefix": prefix,
-            "timeout": TIMEOUT,
-            "probe_interval": 0.2,
-            "probe_timeout": 0.8,
-            **kw,
-        }
-        broker = RedisBroker(url or redis_proc.url, **opts)
-        listener = Recorder()
-        await broker.start(listener, secrets.token_hex(4))
-        started.append(broker)
-        return broker, listener
-
-    yield factory
-    for b in started:
-        await b.close()
 
 
 def body(n: int) -> bytes:
