@@ -15,6 +15,7 @@ import pytest
 
 from hub.auth import Identity
 from hub.envelope import Position, make_cursor
+from hub.session import Session
 from tests.conftest import API_KEY, Node, make_settings, start_node, token
 
 BACKEND = Identity(sub="backend", api_key=True)
@@ -128,6 +129,22 @@ async def wait_sessions(node: Node, n: int = 0, within: float = 3.0) -> None:
     while len(node.hub.sessions) != n:
         assert time.monotonic() < deadline, f"{len(node.hub.sessions)} sessions, expected {n}"
         await asyncio.sleep(0.02)
+
+
+async def _stream_that_stops_reading(node: Node) -> tuple[asyncio.StreamWriter, Session]:
+    """A raw SSE stream of room ``r`` whose client reads nothing more once the stream is open
+    (its transport paused, so the kernel buffers fill and the server's writes block)."""
+    _, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    writer.write(
+        f"GET /v1/rooms/r/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
+        .encode()
+    )  # fmt: skip
+    await writer.drain()
+    await wait_sessions(node, 1)
+    transport = writer.transport
+    assert isinstance(transport, asyncio.Transport)
+    transport.pause_reading()
+    return writer, next(iter(node.hub.sessions.values()))
 
 
 def offsets(events: list[Event], room: str | None = None) -> list[int]:
@@ -547,18 +564,7 @@ async def test_client_that_stops_reading_is_cut_off_others_get_everything(
     """HARDENING 27 for SSE: the stuck stream is closed (4001) and let go of within the farewell
     grace; a healthy stream of the same room receives every message."""
     node = await node_factory(max_queue_bytes=256 * 1024)
-    _, writer = await asyncio.open_connection("127.0.0.1", node.port)
-    writer.write(
-        f"GET /v1/rooms/r/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
-        .encode()
-    )  # fmt: skip
-    await writer.drain()
-    await wait_sessions(node, 1)
-    stuck = next(iter(node.hub.sessions.values()))
-    # Stop reading: pause the transport so the kernel buffers fill and the server blocks.
-    transport = writer.transport
-    assert isinstance(transport, asyncio.Transport)
-    transport.pause_reading()
+    writer, stuck = await _stream_that_stops_reading(node)
     blob = "x" * 6_000
     n = 3000  # ~18 MB: more than the loopback socket buffers hold
     try:
@@ -705,17 +711,7 @@ async def test_client_that_stops_reading_is_dropped_after_the_send_timeout(
 
     monkeypatch.setattr(sse_module, "SEND_TIMEOUT", 0.5)
     node = await node_factory(max_queue_bytes=64 * 1024 * 1024, sse_ping_interval=0.1)
-    _, writer = await asyncio.open_connection("127.0.0.1", node.port)
-    writer.write(
-        f"GET /v1/rooms/r/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
-        .encode()
-    )  # fmt: skip
-    await writer.drain()
-    await wait_sessions(node, 1)
-    stuck = next(iter(node.hub.sessions.values()))
-    transport = writer.transport
-    assert isinstance(transport, asyncio.Transport)
-    transport.pause_reading()
+    writer, stuck = await _stream_that_stops_reading(node)
     try:
         for _ in range(300):  # 9 MB: the socket fills, the queue takes the rest
             await node.hub.publish(BACKEND, "r", "x" * 30_000)
