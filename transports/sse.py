@@ -24,8 +24,8 @@ joined live never waits, so its head is always known before the first block).
 
 Writing. Each event is encoded once per publication, not per subscriber: the block of a
 one-room stream (``id:``/``event:``/``data:``) is the same bytes for every subscriber of that
-room, framed once as an HTTP/1.1 chunk (:class:`_BlockCache`); a multi-room stream joins the
-cached per-room part of the cursor with its other rooms' parts. On Hubbub's uvicorn protocol
+room, framed once as an HTTP/1.1 chunk (:class:`transports.sse_blocks.BlockCache`); a
+multi-room stream joins the cached per-room part of the cursor with its other rooms' parts. On Hubbub's uvicorn protocol
 (:class:`transports.server.HeaderTimeoutProtocol`) the stream installs itself as the session's
 ``direct`` writer once its first block and replay are out: the fan-out appends the block to the
 stream's pending list and one ``call_soon`` per loop iteration (:class:`transports.flush.Flusher`) writes every
@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 from typing import Any
 
@@ -71,7 +70,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from hub.auth import Identity
 from hub.envelope import Position, Publication, check_room, make_cursor, parse_since
 from hub.errors import (
-    CLOSE_EXPIRED,
     CLOSE_NORMAL,
     CLOSE_SLOW,
     BadRequest,
@@ -86,18 +84,23 @@ from transports.edge import credential, error_response, origin_allowed
 from transports.flush import flusher
 from transports.http_edge import CORSMiddleware
 from transports.server import ChunkedStream, HeaderTimeoutProtocol, http_chunk
+from transports.sse_blocks import (
+    PING_BLOCK,
+    block,
+    blocks,
+    farewell,
+    pieces,
+    pub_block,
+)
 
 log = logging.getLogger("hubbub.sse")
 
 MAX_ROOMS = 32
-SEP = "\n"
 MEDIA_TYPE = "text/event-stream"
 SEND_TIMEOUT = 30.0  # a client that reads nothing for this long is dropped
 CLOSE_TIMEOUT = 5.0  # bound on close_session when the response ends
 FAREWELL_GRACE = 3.0  # after the session closed, time to write the last events
-WRITE_PIECE = 64 * 1024  # queued batches are written in chunks of about this size
 MAX_PENDING = 64  # directly accepted blocks per stream before writing without the flush
-PING_BLOCK = b": ping\n\n"
 _ROOM_PATH = re.compile(r"/v1/rooms/([^/]+)/events")
 _HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]  # fmt: skip
@@ -126,77 +129,10 @@ def _flag(value: str | None, name: str) -> bool:
     raise BadRequest(f"{name} must be 1 or 0")
 
 
-def _retry_hint(settings_ms: int) -> int:
-    """A reconnect delay with jitter, so a drained node's clients do not return all at once."""
-    return settings_ms + random.randint(0, settings_ms)
-
-
-# ---- blocks ---------------------------------------------------------------------------------
-def _block(*, event: str | None = None, data: str | None = None, id_: str | None = None,
-           retry: int | None = None) -> str:  # fmt: skip
-    """One SSE block (WHATWG HTML §9.2). ``data`` is compact JSON: it never holds a raw CR/LF,
-    and ids are hub-issued cursors, so nothing the client sent is echoed into the stream."""
-    lines = []
-    if retry is not None:
-        lines.append(f"retry: {retry}")
-    if id_ is not None:
-        lines.append(f"id: {id_}")
-    if event is not None:
-        lines.append(f"event: {event}")
-    if data is not None:
-        lines.append(f"data: {data}")
-    return SEP.join(lines) + SEP + SEP
-
-
-def _pub_block(cursor: str | None, event: str, frame: bytes) -> bytes:
-    """The block of one publication: ``data:`` is its WebSocket frame, byte for byte."""
-    head = f"id: {cursor}\nevent: {event}\ndata: " if cursor else f"event: {event}\ndata: "
-    return head.encode() + frame + b"\n\n"
-
-
-class _BlockCache:
-    """What a publication becomes on SSE, built once for every subscriber (the fan-out offers
-    one publication to all its sessions in a row, so one entry is enough): ``part``, the room's
-    part of the cursor (empty for an ephemeral publication); ``block``, the block of a one-room
-    stream (whose cursor is that part alone) or of an ephemeral publication; ``chunk``, that
-    block framed as an HTTP chunk."""
-
-    __slots__ = ("block", "chunk", "event", "item", "part")
-
-    def __init__(self) -> None:
-        self.item: Publication | None = None
-        self.part = self.event = ""
-        self.block = self.chunk = b""
-
-    def get(self, pub: Publication) -> None:
-        """Make ``pub`` the cached publication (the caller checks ``pub is cache.item``)."""
-        self.event = pub.event or "message"
-        if pub.offset is None or pub.epoch is None:
-            self.part = ""
-        else:
-            self.part = make_cursor({pub.room: Position(pub.epoch, pub.offset)})
-        self.block = _pub_block(self.part, self.event, pub.frame)
-        self.chunk = http_chunk(self.block)
-        self.item = pub
-
-
-_blocks = _BlockCache()
-
-
 def _ending_response(hub: Hub, closed: Disconnect) -> Response:
     """200 with a ``retry:`` hint and nothing else: the browser comes back later (§4)."""
-    body = _farewell(hub, closed)
+    body = farewell(closed, hub.settings.sse_retry_ms)
     return Response(body.encode(), headers={"Cache-Control": "no-cache"}, media_type=MEDIA_TYPE)
-
-
-def _farewell(hub: Hub, closed: Disconnect) -> str:
-    if closed.code == CLOSE_EXPIRED:
-        data = {"type": "expired", "code": closed.code, "reason": closed.reason}
-        return _block(event="hub.expired", data=orjson.dumps(data).decode())
-    data = {"type": "disconnect", "code": closed.code, "reason": closed.reason,
-            "reconnect": closed.reconnect}  # fmt: skip
-    retry = _retry_hint(hub.settings.sse_retry_ms) if closed.reconnect else None
-    return _block(event="hub.disconnect", data=orjson.dumps(data).decode(), retry=retry)
 
 
 # ---- the stream -----------------------------------------------------------------------------
@@ -266,7 +202,7 @@ class EventStream:
             self.recovered = False
         if "presence" in result:
             data = {"type": "presence", "room": room, "members": result["presence"]}
-            self.prelude.append(_block(event="hub.presence", data=orjson.dumps(data).decode()))
+            self.prelude.append(block(event="hub.presence", data=orjson.dumps(data).decode()))
         return result
 
     async def subscribe(self) -> None:
@@ -307,8 +243,8 @@ class EventStream:
                 pos = self.positions[room]
                 if pos.epoch is None:  # nothing written for it yet: learn its epoch
                     self._moved(room, Position(result["epoch"], pos.offset))
-                for block in self.prelude:
-                    self.session.offer(block)  # pre-encoded str blocks, see _encode
+                for pre in self.prelude:
+                    self.session.offer(pre)  # pre-encoded str blocks, see _encode
                 self.prelude = []
         except HubError as exc:  # the stream has started: end it with the error's close code
             self.session.close(exc.close_code, exc.message)
@@ -327,7 +263,7 @@ class EventStream:
         return "~".join(self._parts[room] for room in self.positions)
 
     def first_block(self) -> str:
-        return _block(retry=self.hub.settings.sse_retry_ms, id_=self.cursor())
+        return block(retry=self.hub.settings.sse_retry_ms, id_=self.cursor())
 
     def _encode(self, item: Item) -> bytes | None:
         """One queued or offered frame as an SSE block; None for frames SSE does not carry.
@@ -335,7 +271,7 @@ class EventStream:
         A one-room stream's cursor is the position of the event itself, so its positions are
         only kept for multi-room streams (and for gaps)."""
         if isinstance(item, Publication):
-            cache = _blocks
+            cache = blocks
             if item is not cache.item:
                 cache.get(item)
             if self.single or not cache.part:  # the stream's only room, or ephemeral: shared
@@ -343,7 +279,7 @@ class EventStream:
             assert item.epoch is not None and item.offset is not None
             self.positions[item.room] = Position(item.epoch, item.offset)
             self._parts[item.room] = cache.part
-            return _pub_block(self.cursor(), cache.event, item.frame)
+            return pub_block(self.cursor(), cache.event, item.frame)
         if item is PING or item == PING:
             return PING_BLOCK
         if item.startswith("event: "):  # a block queued by _subscribe_late
@@ -357,9 +293,9 @@ class EventStream:
             room = frame.get("room")
             if room in self.positions:
                 self._moved(room, Position(str(frame["epoch"]), int(frame["to"])))
-            return _block(id_=self.cursor(), event="hub.gap", data=item).encode()
+            return block(id_=self.cursor(), event="hub.gap", data=item).encode()
         if kind in ("join", "leave"):
-            return _block(event=f"hub.{kind}", data=item).encode()
+            return block(event=f"hub.{kind}", data=item).encode()
         return None  # anything else is not for SSE
 
     # ---- the direct path --------------------------------------------------------------------
@@ -370,7 +306,7 @@ class EventStream:
         if self.busy or self.flow.write_paused:
             return False
         if self.single and isinstance(item, Publication):
-            cache = _blocks
+            cache = blocks
             if item is not cache.item:
                 cache.get(item)
             block = cache.block
@@ -395,7 +331,7 @@ class EventStream:
             return
         if len(pending) == 1:
             block = pending[0]
-            cache = _blocks
+            cache = blocks
             data = cache.chunk if block is cache.block else http_chunk(block)
             size = len(block)
         else:
@@ -450,7 +386,7 @@ class EventStream:
         self.busy = True
         try:
             self.flush()
-            for piece in _pieces(blocks):
+            for piece in pieces(blocks):
                 metrics.bytes_sent["sse"] += len(piece)
                 out = self.out
                 if out is None:
@@ -531,7 +467,7 @@ class EventStream:
         closed = session.closed
         if self.gone or closed is None:
             return
-        if await self._write([_farewell(self.hub, closed).encode()], send):
+        if await self._write([farewell(closed, self.hub.settings.sse_retry_ms).encode()], send):
             await self._wait(send({"type": "http.response.body", "body": b"", "more_body": False}))
 
     def _blocks(self, items: list[Item]) -> list[bytes]:
@@ -542,24 +478,6 @@ class EventStream:
             self._late.cancel()
             await asyncio.wait([self._late])
         await self.hub.close_session(self.session)
-
-
-def _pieces(blocks: list[bytes]) -> list[bytes]:
-    """Join blocks into pieces of about ``WRITE_PIECE`` bytes (one chunk, one write each)."""
-    if len(blocks) == 1:
-        return blocks
-    out: list[bytes] = []
-    run: list[bytes] = []
-    size = 0
-    for b in blocks:
-        run.append(b)
-        size += len(b)
-        if size >= WRITE_PIECE:
-            out.append(b"".join(run))
-            run, size = [], 0
-    if run:
-        out.append(b"".join(run))
-    return out
 
 
 class _StreamResponse:
