@@ -99,7 +99,8 @@ def measure(server: str, n: int, args: argparse.Namespace, rate: float = 0.0) ->
                "--server-pid", str(proc.pid), "--dialect", dialect, "--publish", "ws",
                "--transport", "sse" if server.endswith("-sse") else "ws",
                "--subscribers", str(n), "--duration", str(args.duration),
-               "--size", str(args.size), "--rate", str(rate), "--json"]  # fmt: skip
+               "--size", str(args.size), "--rate", str(rate), "--loadgen", args.loadgen,
+               "--json"]  # fmt: skip
         if dialect == "hubbub":
             cmd += ["--api-key", key]
         if args.pin:
@@ -163,6 +164,8 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--size", type=int, default=100)
     p.add_argument("--pin", action="store_true")
+    p.add_argument("--loadgen", choices=("python", "node"), default="python",
+                   help="hubbub bench's subscriber workers (node: a Node.js child each)")  # fmt: skip
     p.add_argument("--latency", action="store_true",
                    help="also: p99 at half of the websockets server's maximum rate")  # fmt: skip
     p.add_argument("--latency-servers", default="websockets,hubbub,hubbub-sse")
@@ -208,7 +211,8 @@ def main() -> int:
     out = [
         f"Fan-out, one room, {args.size}-byte payloads, publish over WebSocket (closed loop), "
         f"{args.duration:g}s per run, median of {args.rounds} interleaved rounds, "
-        f"{'server pinned to core 0, load generator to core 1' if args.pin else 'no pinning'}; "
+        f"{'server pinned to core 0, load generator to core 1' if args.pin else 'no pinning'}, "
+        f"{args.loadgen} subscriber workers; "
         f"took {time.monotonic() - t0:.0f}s.",
         "",
         *table(runs, servers, ns),

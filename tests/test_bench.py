@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 
-from tests.conftest import API_KEY, Node, make_settings, token
+from tests.conftest import API_KEY, Node, free_port, make_settings, need_tool, token
 from tests.transports.wsclient import WS
 from transports.app import create_app
 from transports.server import HubServer, server_options
@@ -31,11 +33,23 @@ def _bench(*extra: str) -> dict[str, object]:
     return result
 
 
+NODE = ("--loadgen", "node")
+
+
 @pytest.mark.parametrize(
     "extra",
-    [(), ("--transport", "sse", "--publish", "ws", "--rooms", "2"), ("--transport", "mixed")],
+    [
+        (),
+        ("--transport", "sse", "--publish", "ws", "--rooms", "2"),
+        ("--transport", "mixed"),
+        (*NODE, "--publish", "ws"),
+        (*NODE, "--transport", "sse", "--publish", "ws", "--rooms", "2"),
+        (*NODE, "--transport", "mixed"),
+    ],
 )
 def test_bench_smoke(extra: tuple[str, ...]) -> None:
+    if "node" in extra:
+        need_tool("node")
     r = _bench(*extra)
     assert r["lost"] == 0
     assert r["duplicated"] == 0
@@ -56,6 +70,34 @@ def test_bench_smoke(extra: tuple[str, ...]) -> None:
     assert len(loadgen["cpu_percent"]) == loadgen["processes"]
     server = r["server"]
     assert isinstance(server, dict) and len(server["pids"]) == 1
+
+
+@pytest.mark.parametrize(
+    "script,dialect", [("ws_server.py", "plain"), ("sio_server.py", "socketio")]
+)
+def test_node_loadgen_reference_servers(script: str, dialect: str) -> None:
+    """The Node.js worker speaks the reference servers' dialects (bench/compare.py's runs)."""
+    need_tool("node")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / script), str(port)], cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "server not up"
+                time.sleep(0.1)
+        r = _bench("--url", f"http://127.0.0.1:{port}", "--dialect", dialect, "--publish", "ws",
+                   *NODE)  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    assert (r["lost"], r["duplicated"], r["disconnected"]) == (0, 0, 0)
+    assert isinstance(r["published"], int) and r["published"] > 0
+    assert r["deliveries"] == r["published"] * 20
 
 
 # ---- the WebSocket fan-out fast path (transports/websocket.py _DirectWriter) ----------------

@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from transports.bench_load import PublishJob, WorkerJob, publisher, subscriber_worker
+from transports.bench_node import node_path, node_subscriber_worker
 from transports.bench_wire import DIALECTS
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -63,6 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=100, help="payload (data) bytes")
     p.add_argument("--workers", type=int, default=2, help="subscriber processes")
     p.add_argument("--pin", action="store_true", help="server on core 0, load generator on core 1")
+    p.add_argument("--loadgen", choices=("python", "node"), default="python",
+                   help="subscriber workers: asyncio (python) or a Node.js child each (node)")  # fmt: skip
     p.add_argument("--dialect", choices=DIALECTS, default="hubbub", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -208,11 +211,12 @@ def _measure(
     rss_base = {pid: proc_rss_kib(pid) for pid in pids}
 
     procs, conns = [], []
+    worker = node_subscriber_worker if args.loadgen == "node" else subscriber_worker
     for w in range(nworkers):
         kind = ("ws", "sse")[w % 2] if args.transport == "mixed" else args.transport
         job = WorkerJob(w, assign[w::nworkers], kind, args.dialect, key, pin_lg)
         parent, child = ctx.Pipe()
-        pr = ctx.Process(target=subscriber_worker, args=(job, progress, child), daemon=True)
+        pr = ctx.Process(target=worker, args=(job, progress, child), daemon=True)
         pr.start()
         procs.append(pr)
         conns.append(parent)
@@ -321,6 +325,7 @@ def _report(args: argparse.Namespace, bases: list[str], pids: list[int], connect
             "duration": args.duration,
             "size": args.size,
             "pinned": args.pin,
+            "loadgen": args.loadgen,
         },
         "published": published,
         "publish_per_s": round(published / pub_wall, 1) if pub_wall else 0.0,
@@ -382,6 +387,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SystemExit("hubbub bench: SSE is Hubbub's")
     if args.transport == "mixed" and args.workers < 2:
         raise SystemExit("hubbub bench: --transport mixed needs --workers 2 or more")
+    if args.loadgen == "node" and node_path() is None:
+        raise SystemExit("hubbub bench: --loadgen node needs node (Node.js 18 or later) on PATH")
     raise_fd_limit(args.subscribers + 256)
     result = run(args)
     print(json.dumps(result) if args.json else render(result))
