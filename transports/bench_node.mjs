@@ -20,6 +20,53 @@ import fs from "node:fs";
 import readline from "node:readline";
 
 const MSG = '{"type":"message"';
+const MSG_AT = '{"type":"message","offset":'; // how hubbub/envelope.py starts a message frame
+const DATA = ',"data":';
+const T = '{"t":';
+const S = ',"s":';
+
+// ---- exact shortcuts for the frames the bench itself makes (JSON.parse for anything else) ----
+let intEnd = 0; // where the last intAt() stopped
+
+/** The non-negative integer written at text[i...] (NaN when there is none); sets intEnd. */
+function intAt(text, i) {
+  let n = 0;
+  let j = i;
+  for (; j < text.length; j++) {
+    const c = text.charCodeAt(j) - 48;
+    if (c < 0 || c > 9) break;
+    n = n * 10 + c;
+  }
+  intEnd = j;
+  const c = text.charCodeAt(j);
+  // a fraction, an exponent or more than 2**53 would need the full parser
+  return j === i || j - i > 15 || c === 46 || c === 101 || c === 69 ? NaN : n;
+}
+
+/** [t, s] of a bench payload `{"t":T,"s":S,...` at text[i...], or null. */
+function payloadAt(text, i) {
+  if (!text.startsWith(T, i)) return null;
+  const t = intAt(text, i + T.length);
+  if (Number.isNaN(t) || !text.startsWith(S, intEnd)) return null;
+  const s = intAt(text, intEnd + S.length);
+  return Number.isNaN(s) ? null : [t, s];
+}
+
+/** [offset, t] of a hubbub `message` frame, exactly as JSON.parse would give them. */
+function hubbubMessage(text, i) {
+  if (text.startsWith(MSG_AT, i)) {
+    const offset = intAt(text, i + MSG_AT.length);
+    // every field before "data" is a number or a string, and no JSON string holds an unescaped
+    // `,"data":`: the first one after the offset is the envelope's, and data is the last field.
+    const d = Number.isNaN(offset) ? -1 : text.indexOf(DATA, intEnd);
+    if (d >= 0) {
+      const p = payloadAt(text, d + DATA.length);
+      if (p !== null) return [offset, p[0]];
+    }
+  }
+  const obj = JSON.parse(i ? text.slice(i) : text);
+  return [obj.offset, obj.data.t];
+}
 
 // ---- the tally shared by all connections ----------------------------------------------------
 let deliveries = 0;
@@ -251,19 +298,20 @@ class Subscriber {
       return;
     }
     if (ev.startsWith(MSG, at + 6)) {
-      const obj = JSON.parse(ev.slice(at + 6));
-      this.count(obj.offset, obj.data.t, now);
+      const m = hubbubMessage(ev, at + 6);
+      this.count(m[0], m[1], now);
     }
   }
 
   onText(text, now) {
     const d = this.dialect;
     if (d === "hubbub") {
-      const obj = JSON.parse(text);
       if (text.startsWith(MSG)) {
-        this.count(obj.offset, obj.data.t, now);
+        const m = hubbubMessage(text, 0);
+        this.count(m[0], m[1], now);
         return;
       }
+      const obj = JSON.parse(text);
       const kind = obj.type;
       if (kind === "welcome") {
         this.sendText(`{"type":"subscribe","room":"${this.room}","id":1}`);
@@ -276,11 +324,19 @@ class Subscriber {
         this.fail(text);
       }
     } else if (d === "plain") {
-      const obj = JSON.parse(text);
-      this.count(obj.s, obj.t, now);
+      const p = payloadAt(text, 0);
+      if (p !== null) this.count(p[1], p[0], now);
+      else {
+        const obj = JSON.parse(text);
+        this.count(obj.s, obj.t, now);
+      }
     } else if (text.startsWith("42")) {
-      const obj = JSON.parse(text.slice(2))[1];
-      this.count(obj.s, obj.t, now);
+      const p = text.startsWith('42["m",') ? payloadAt(text, 7) : null;
+      if (p !== null) this.count(p[1], p[0], now);
+      else {
+        const obj = JSON.parse(text.slice(2))[1];
+        this.count(obj.s, obj.t, now);
+      }
     } else if (text.startsWith("0{")) {
       this.sendText("40");
     } else if (text.startsWith("40")) {

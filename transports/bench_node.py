@@ -8,7 +8,8 @@ hands it the job as one JSON line on stdin, mirrors the child's running delivery
 lines, at most every ~1 ms) into the shared ``progress`` array for the publisher's closed loop,
 and converts the child's result: latencies come through a temporary file (int32 µs), not a pipe.
 The CPU figure it reports is its own plus the child's (``/proc/<pid>/stat``), so the saturation
-check in the report still sees the whole load generator.
+check in the report still sees the whole load generator. ``HUBBUB_BENCH_NODE_ARGS`` adds options
+to the node command line (profiling: ``--cpu-prof --cpu-prof-dir=DIR``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class _Child:
         node = node_path()
         if node is None:
             raise RuntimeError("--loadgen node: node is not installed")
-        self.proc = subprocess.Popen([node, str(SCRIPT)], stdin=subprocess.PIPE,
+        extra = os.environ.get("HUBBUB_BENCH_NODE_ARGS", "").split()  # e.g. --cpu-prof
+        self.proc = subprocess.Popen([node, *extra, str(SCRIPT)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE)  # fmt: skip
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin = self.proc.stdin
