@@ -19,53 +19,63 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import readline from "node:readline";
 
-const MSG = '{"type":"message"';
-const MSG_AT = '{"type":"message","offset":'; // how hubbub/envelope.py starts a message frame
-const DATA = ',"data":';
-const T = '{"t":';
-const S = ',"s":';
+const MSG = Buffer.from('{"type":"message"');
+const MSG_AT = Buffer.from('{"type":"message","offset":'); // hubbub/envelope.py's frame start
+const DATA = Buffer.from(',"data":');
+const T = Buffer.from('{"t":');
+const S = Buffer.from(',"s":');
+const SIO = Buffer.from('42["m",');
+const DATA_LINE = Buffer.from("data: ");
+const LFLF = Buffer.from("\n\n");
 
 // ---- exact shortcuts for the frames the bench itself makes (JSON.parse for anything else) ----
+// They read the bytes in place: no string per frame. Each returns null when the frame is not
+// of the expected shape; the caller then decodes and parses it fully.
+
+/** Whether buf[i...end) starts with the bytes of `what`. */
+function hasAt(buf, i, end, what) {
+  if (end - i < what.length) return false;
+  for (let k = 0; k < what.length; k++) if (buf[i + k] !== what[k]) return false;
+  return true;
+}
+
 let intEnd = 0; // where the last intAt() stopped
 
-/** The non-negative integer written at text[i...] (NaN when there is none); sets intEnd. */
-function intAt(text, i) {
+/** The non-negative integer written at buf[i...end) (NaN when none or inexact); sets intEnd. */
+function intAt(buf, i, end) {
   let n = 0;
   let j = i;
-  for (; j < text.length; j++) {
-    const c = text.charCodeAt(j) - 48;
+  for (; j < end; j++) {
+    const c = buf[j] - 48;
     if (c < 0 || c > 9) break;
     n = n * 10 + c;
   }
   intEnd = j;
-  const c = text.charCodeAt(j);
+  const c = j < end ? buf[j] : 0;
   // a fraction, an exponent or more than 2**53 would need the full parser
   return j === i || j - i > 15 || c === 46 || c === 101 || c === 69 ? NaN : n;
 }
 
-/** [t, s] of a bench payload `{"t":T,"s":S,...` at text[i...], or null. */
-function payloadAt(text, i) {
-  if (!text.startsWith(T, i)) return null;
-  const t = intAt(text, i + T.length);
-  if (Number.isNaN(t) || !text.startsWith(S, intEnd)) return null;
-  const s = intAt(text, intEnd + S.length);
+/** [t, s] of a bench payload `{"t":T,"s":S,...` at buf[i...end), or null. */
+function payloadAt(buf, i, end) {
+  if (!hasAt(buf, i, end, T)) return null;
+  const t = intAt(buf, i + T.length, end);
+  if (Number.isNaN(t) || !hasAt(buf, intEnd, end, S)) return null;
+  const s = intAt(buf, intEnd + S.length, end);
   return Number.isNaN(s) ? null : [t, s];
 }
 
-/** [offset, t] of a hubbub `message` frame, exactly as JSON.parse would give them. */
-function hubbubMessage(text, i) {
-  if (text.startsWith(MSG_AT, i)) {
-    const offset = intAt(text, i + MSG_AT.length);
-    // every field before "data" is a number or a string, and no JSON string holds an unescaped
-    // `,"data":`: the first one after the offset is the envelope's, and data is the last field.
-    const d = Number.isNaN(offset) ? -1 : text.indexOf(DATA, intEnd);
-    if (d >= 0) {
-      const p = payloadAt(text, d + DATA.length);
-      if (p !== null) return [offset, p[0]];
-    }
-  }
-  const obj = JSON.parse(i ? text.slice(i) : text);
-  return [obj.offset, obj.data.t];
+/** [offset, t] of a hubbub `message` frame at buf[i...end), or null. */
+function hubbubMessage(buf, i, end) {
+  if (!hasAt(buf, i, end, MSG_AT)) return null;
+  const offset = intAt(buf, i + MSG_AT.length, end);
+  if (Number.isNaN(offset)) return null;
+  // Every field before "data" is a number or a string, and no JSON string holds an unescaped
+  // `,"data":`: the first one after the offset is the envelope's (data is the last field).
+  const d = buf.indexOf(DATA, intEnd);
+  if (d < 0 || d >= end) return null;
+  const p = payloadAt(buf, d + DATA.length, end);
+  return p === null ? null : [offset, p[0]];
 }
 
 // ---- the tally shared by all connections ----------------------------------------------------
@@ -227,7 +237,7 @@ class Subscriber {
       pos = at + ln;
       if (op === 0x1) {
         if (now < 0) now = Number(process.hrtime.bigint());
-        this.onText(buf.toString("utf8", at, pos), now);
+        this.onFrame(buf, at, pos, now);
       } else if (op === 0x8) {
         this.code = ln >= 2 ? buf.readUInt16BE(at) : 1005;
         this.close();
@@ -271,25 +281,32 @@ class Subscriber {
     }
     if (pos < n) this.buf = buf.subarray(pos);
     const out = parts.length === 1 ? parts[0] : Buffer.concat(parts);
-    const end = out.lastIndexOf("\n\n");
+    const end = out.lastIndexOf(LFLF);
     if (end < 0) {
       this.sse = out.length ? out : null;
       return;
     }
     this.sse = end + 2 < out.length ? out.subarray(end + 2) : null;
-    const events = out.toString("utf8", 0, end).split("\n\n");
     const now = Number(process.hrtime.bigint());
-    for (const ev of events) this.onSse(ev, now);
+    let start = 0;
+    while (start <= end) {
+      let e = out.indexOf(LFLF, start);
+      if (e < 0 || e > end) e = end;
+      this.onSse(out, start, e, now);
+      start = e + 2;
+    }
   }
 
-  onSse(ev, now) {
-    // Hubbub writes `id:`, `event:`, `data:` in that order, one line each (compact JSON).
-    const at = ev.indexOf("data: ");
-    if (at < 0) {
+  onSse(buf, i, end, now) {
+    // Hubbub writes `id:`, `event:`, `data:` in that order, one line each (compact JSON), so
+    // the data is the event's last line.
+    const at = buf.indexOf(DATA_LINE, i);
+    if (at < 0 || at >= end) {
       if (!this.isReady) {
-        const i = ev.indexOf("id: ");
-        if (i >= 0) {
-          const ident = ev.slice(i + 4).split("\n", 1)[0];
+        const ev = buf.toString("utf8", i, end);
+        const k = ev.indexOf("id: ");
+        if (k >= 0) {
+          const ident = ev.slice(k + 4).split("\n", 1)[0];
           const dot = ident.lastIndexOf(".");
           this.start = this.last = parseInt(ident.slice(dot + 1), 10);
           this.setReady();
@@ -297,18 +314,39 @@ class Subscriber {
       }
       return;
     }
-    if (ev.startsWith(MSG, at + 6)) {
-      const m = hubbubMessage(ev, at + 6);
+    const from = at + DATA_LINE.length;
+    if (hasAt(buf, from, end, MSG)) {
+      let m = hubbubMessage(buf, from, end);
+      if (m === null) {
+        const obj = JSON.parse(buf.toString("utf8", from, end));
+        m = [obj.offset, obj.data.t];
+      }
       this.count(m[0], m[1], now);
     }
+  }
+
+  onFrame(buf, at, end, now) {
+    // The shortcuts first (the bench's own publications), else the full parse in onText().
+    const d = this.dialect;
+    const m =
+      d === "hubbub"
+        ? hubbubMessage(buf, at, end)
+        : d === "plain"
+          ? payloadAt(buf, at, end)
+          : hasAt(buf, at, end, SIO)
+            ? payloadAt(buf, at + SIO.length, end)
+            : null;
+    if (m === null) this.onText(buf.toString("utf8", at, end), now);
+    else if (d === "hubbub") this.count(m[0], m[1], now);
+    else this.count(m[1], m[0], now);
   }
 
   onText(text, now) {
     const d = this.dialect;
     if (d === "hubbub") {
-      if (text.startsWith(MSG)) {
-        const m = hubbubMessage(text, 0);
-        this.count(m[0], m[1], now);
+      if (text.startsWith('{"type":"message"')) {
+        const obj = JSON.parse(text);
+        this.count(obj.offset, obj.data.t, now);
         return;
       }
       const obj = JSON.parse(text);
@@ -324,19 +362,11 @@ class Subscriber {
         this.fail(text);
       }
     } else if (d === "plain") {
-      const p = payloadAt(text, 0);
-      if (p !== null) this.count(p[1], p[0], now);
-      else {
-        const obj = JSON.parse(text);
-        this.count(obj.s, obj.t, now);
-      }
+      const obj = JSON.parse(text);
+      this.count(obj.s, obj.t, now);
     } else if (text.startsWith("42")) {
-      const p = text.startsWith('42["m",') ? payloadAt(text, 7) : null;
-      if (p !== null) this.count(p[1], p[0], now);
-      else {
-        const obj = JSON.parse(text.slice(2))[1];
-        this.count(obj.s, obj.t, now);
-      }
+      const obj = JSON.parse(text.slice(2))[1];
+      this.count(obj.s, obj.t, now);
     } else if (text.startsWith("0{")) {
       this.sendText("40");
     } else if (text.startsWith("40")) {
