@@ -58,6 +58,7 @@ def test_bench_smoke(extra: tuple[str, ...]) -> None:
     workload = r["workload"]
     assert isinstance(workload, dict)
     assert workload["subscribers"] == 20 and workload["connected"] == 20
+    assert workload["loadgen"] == ("node" if "node" in extra else "python")
     expected = r["published"] * 20 // workload["rooms"]
     assert r["deliveries"] == expected
     latency = r["latency_ms"]

@@ -370,7 +370,8 @@ def render(r: dict[str, Any]) -> str:
         f"  server RSS       {r['server_rss_kib'] / 1024:.1f} MiB (idle {r['server_rss_idle_kib'] / 1024:.1f} MiB),"
         f" {r['rss_per_connection_kib']} KiB per connection",
         f"  server CPU       {r['server_cpu_s']} s ({r['deliveries_per_cpu_s']} deliveries per CPU-second)",
-        f"  load generator   {lg['processes']} processes, CPU % {lg['cpu_percent']}"
+        f"  load generator   {lg['processes']} processes ({w.get('loadgen', 'python')} subscribers),"
+        f" CPU % {lg['cpu_percent']}"
         f" on {lg['cores']} core(s)" + ("  ** SATURATED: figures are a floor **" if lg["saturated"] else ""),
     ]  # fmt: skip
     if r["errors"]:
