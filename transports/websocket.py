@@ -164,10 +164,11 @@ async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
     try:
         session.send(_welcome(hub, session))
         session.start_heartbeat(s.ping_interval, s.ping_timeout, client_pongs=True)
-        session.arm_expiry(link.expiring)
+        handler = FrameHandler(hub, session, relay_signal)
+        session.arm_expiry(handler.expiring)
         arm_ice_refresh(session, s)  # PROTOCOL.md §6: fresh TURN credentials before they expire
         link.reader = task  # closing the session now interrupts the reading
-        await _reader(ws, session, FrameHandler(hub, session, relay_signal))
+        await _reader(ws, session, handler)
     except asyncio.CancelledError:
         if not link.interrupted:
             raise
@@ -225,10 +226,6 @@ class _Link:
                 reader.cancel()
         elif self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._write())
-
-    def expiring(self, seconds: float) -> None:
-        """The token expiry warning (PROTOCOL.md §3): ``Session.arm_expiry``'s ``warn``."""
-        self.session.send({"type": "expiring", "in": seconds})
 
     async def stop(self) -> None:
         """End the writer, detach from the session, write what the direct path accepted."""

@@ -82,6 +82,10 @@ class FrameHandler:
             self._changed.clear()
             await self._changed.wait()
 
+    def expiring(self, seconds: float) -> None:
+        """The token expiry warning (PROTOCOL.md §3): ``Session.arm_expiry``'s ``warn``."""
+        self.session.send({"type": "expiring", "in": seconds})
+
     def reply(self, fid: int | None, result: dict[str, Any]) -> None:
         if fid is not None:
             self.session.send({"type": "reply", "id": fid, "result": result})
@@ -177,7 +181,7 @@ class FrameHandler:
         if ident.sub != session.identity.sub or ident.api_key != session.identity.api_key:
             raise Forbidden("the new token must have the same sub; the old token stays")
         session.identity = ident
-        session.arm_expiry(lambda secs: session.send({"type": "expiring", "in": secs}))
+        session.arm_expiry(self.expiring)
         for room, sub in list(session.subs.items()):
             if not ident.can("subscribe", room) or (
                 sub.presence and not ident.can("presence", room)
