@@ -62,6 +62,7 @@ from typing import Any
 
 import anyio
 import orjson
+from starlette._utils import get_route_path
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -568,14 +569,6 @@ def _with(response: Response, cors: list[tuple[bytes, bytes]]) -> Response:
     return response
 
 
-def _route_path(scope: Scope) -> str:
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
-        return path[len(root) :]
-    return path
-
-
 def routes(hub: Hub) -> list[BaseRoute]:
     """The SSE routes; mounted by :func:`transports.app.create_app`. With :func:`install`,
     GET and HEAD on these paths are answered before the Starlette stack is reached."""
@@ -608,7 +601,7 @@ class SSEEndpoint:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        path = _route_path(scope)
+        path = get_route_path(scope)  # as Starlette's router matches it
         if path == "/v1/events":
             names = None
         else:
