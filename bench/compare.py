@@ -69,7 +69,7 @@ def start(server: str, port: int, key: str, pin: bool) -> subprocess.Popen[bytes
         env.update(HUB_API_KEYS=key, HUB_API_RATE="0", HUB_LOG_LEVEL="warning",
                    HUB_BROKER_URL="memory://")  # fmt: skip
         env.pop("HUB_JWT_SECRET", None)
-        cmd = [PY, "-m", "transports.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [PY, "-m", "hubbub.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     if pin:
         cmd = ["taskset", "-c", "0", *cmd]
     cwd = BASELINE[0] if server.startswith("hubbub-before") else ROOT
@@ -95,7 +95,7 @@ def measure(server: str, n: int, args: argparse.Namespace, rate: float = 0.0) ->
     proc = start(server, port, key, args.pin)
     try:
         dialect = {"websockets": "plain", "socketio": "socketio"}.get(server, "hubbub")
-        cmd = [PY, "-m", "transports.cli", "bench", "--url", f"http://127.0.0.1:{port}",
+        cmd = [PY, "-m", "hubbub.cli", "bench", "--url", f"http://127.0.0.1:{port}",
                "--server-pid", str(proc.pid), "--dialect", dialect, "--publish", "ws",
                "--transport", "sse" if server.endswith("-sse") else "ws",
                "--subscribers", str(n), "--duration", str(args.duration),

@@ -25,8 +25,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from transports.bench import free_port, proc_rss_kib, wait_ready
-from transports.bench_wire import Subscriber, Tally
+from hubbub.bench.run import free_port, proc_rss_kib, wait_ready
+from hubbub.bench.wire import Subscriber, Tally
 
 SITE = """
 import os, signal, tracemalloc
@@ -89,7 +89,7 @@ async def run(args: argparse.Namespace) -> None:
         env.pop(name, None)
     if secret is not None:
         env["HUB_JWT_SECRET"] = secret
-    cmd = [sys.executable, "-m", "transports.cli", "serve", "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "hubbub.cli", "serve", "--host", "127.0.0.1",
            "--port", str(port), "--broker", "memory://"]  # fmt: skip
     if args.pin:
         cmd = ["taskset", "-c", "0", *cmd]

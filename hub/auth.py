@@ -29,8 +29,8 @@ from typing import Any
 import jwt
 from jwt import PyJWK
 
-from hub.errors import ConfigError, Unauthorized
-from hub.settings import GRANT_KINDS, Settings
+from hubbub.hub.errors import ConfigError, Unauthorized
+from hubbub.hub.settings import GRANT_KINDS, Settings
 
 log = logging.getLogger("hubbub.auth")
 

@@ -12,13 +12,13 @@ import asyncio
 import logging
 from typing import Any
 
-from hub.brokers.base import Broker
-from hub.envelope import Publication
-from hub.errors import CLOSE_KICKED, CLOSE_SLOW, BrokerError
-from hub.metrics import Metrics
-from hub.recovery import catch_up
-from hub.rooms import RoomIndex, RoomState
-from hub.session import Session
+from hubbub.hub.brokers.base import Broker
+from hubbub.hub.envelope import Publication
+from hubbub.hub.errors import CLOSE_KICKED, CLOSE_SLOW, BrokerError
+from hubbub.hub.metrics import Metrics
+from hubbub.hub.recovery import catch_up
+from hubbub.hub.rooms import RoomIndex, RoomState
+from hubbub.hub.session import Session
 
 log = logging.getLogger("hubbub.hub")
 

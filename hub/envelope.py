@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from hub.errors import BadRequest, TooLarge
+from hubbub.hub.errors import BadRequest, TooLarge
 
 ROOM_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 EVENT_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")

@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 
-from hub.auth import Authenticator, Identity, grant_matches
-from hub.brokers.base import Broker, Idempotency, Member, broker_from_url
-from hub.delivery import Delivery
-from hub.envelope import (
+from hubbub.hub.auth import Authenticator, Identity, grant_matches
+from hubbub.hub.brokers.base import Broker, Idempotency, Member, broker_from_url
+from hubbub.hub.delivery import Delivery
+from hubbub.hub.envelope import (
     Position,
     check_event,
     check_room,
@@ -32,7 +32,7 @@ from hub.envelope import (
     make_cursor,
     parse_since,
 )
-from hub.errors import (
+from hubbub.hub.errors import (
     CLOSE_LIMIT,
     CLOSE_SHUTDOWN,
     BadRequest,
@@ -44,11 +44,11 @@ from hub.errors import (
     RoomFull,
     Unavailable,
 )
-from hub.metrics import Metrics
-from hub.recovery import Seam, go_live, replay
-from hub.rooms import RoomIndex, RoomState
-from hub.session import Session, Subscription
-from hub.settings import Settings
+from hubbub.hub.metrics import Metrics
+from hubbub.hub.recovery import Seam, go_live, replay
+from hubbub.hub.rooms import RoomIndex, RoomState
+from hubbub.hub.session import Session, Subscription
+from hubbub.hub.settings import Settings
 
 log = logging.getLogger("hubbub.hub")
 

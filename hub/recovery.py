@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hub.brokers.base import Broker
-from hub.envelope import Position, Publication, make_cursor
-from hub.session import Session, Subscription
+from hubbub.hub.brokers.base import Broker
+from hubbub.hub.envelope import Position, Publication, make_cursor
+from hubbub.hub.session import Session, Subscription
 
 if TYPE_CHECKING:
-    from hub.rooms import RoomState
+    from hubbub.hub.rooms import RoomState
 
 PAGE = 500
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from hub.envelope import Publication
-from hub.session import Session, Subscription
+from hubbub.hub.envelope import Publication
+from hubbub.hub.session import Session, Subscription
 
 MAX_PENDING = 10_000
 

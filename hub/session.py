@@ -19,16 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.auth import Identity
-from hub.clock import Wheel, wheel
-from hub.envelope import Publication, frame_bytes
-from hub.errors import (
+from hubbub.hub.auth import Identity
+from hubbub.hub.clock import Wheel, wheel
+from hubbub.hub.envelope import Publication, frame_bytes
+from hubbub.hub.errors import (
     CLOSE_EXPIRED,
     CLOSE_NO_HEARTBEAT,
     CLOSE_SLOW,
     Disconnect,
 )
-from hub.settings import Rate
+from hubbub.hub.settings import Rate
 
 Item = str | Publication
 PING = '{"type":"ping"}'

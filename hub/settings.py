@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from hub.errors import ConfigError
+from hubbub.hub.errors import ConfigError
 
 GRANT_KINDS = ("subscribe", "publish", "signal", "presence")
 
@@ -180,7 +180,7 @@ class Settings:
         settings.validate()
         # Key material too (a missing PEM file, a broken JWKS file): start-up stops with a
         # ConfigError naming the setting, not a traceback from deep inside the app factory.
-        from hub.auth import Authenticator
+        from hubbub.hub.auth import Authenticator
 
         Authenticator(settings)
         return settings

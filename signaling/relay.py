@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from hub.envelope import check_room
-from hub.errors import BadRequest, Forbidden
-from hub.hub import Hub
-from hub.session import Session
+from hubbub.hub.envelope import check_room
+from hubbub.hub.errors import BadRequest, Forbidden
+from hubbub.hub.hub import Hub
+from hubbub.hub.session import Session
 
 MAX_SDP = 64 * 1024
 MAX_CANDIDATE = 4096

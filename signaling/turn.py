@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hub.session import Session
-from hub.settings import Settings
+from hubbub.hub.session import Session
+from hubbub.hub.settings import Settings
 
 
 def turn_credentials(

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import uvicorn
 
-from hub.hub import Hub
-from hub.settings import Settings
-from transports.app import create_app
-from transports.server import HubServer, server_options
+from hubbub.app import create_app
+from hubbub.hub.hub import Hub
+from hubbub.hub.settings import Settings
+from hubbub.transports.server import HubServer, server_options
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SECRET = "test-secret-0123456789abcdef0123456789"

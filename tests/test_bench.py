@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 import uvicorn
 
+from hubbub.app import create_app
+from hubbub.transports.server import HubServer, server_options
 from tests.conftest import API_KEY, Node, free_port, make_settings, need_tool, token
 from tests.transports.wsclient import WS
-from transports.app import create_app
-from transports.server import HubServer, server_options
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _bench(*extra: str) -> dict[str, object]:
-    cmd = [sys.executable, "-m", "transports.cli", "bench", "--subscribers", "20",
+    cmd = [sys.executable, "-m", "hubbub.cli", "bench", "--subscribers", "20",
            "--duration", "1", "--json", *extra]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from hub.auth import Identity
-from hub.errors import BrokerError, Unavailable
-from hub.settings import Rate
+from hubbub.client import HubClient, HubClientError, SSEEvent, SyncHubClient, _parse_sse
+from hubbub.hub.auth import Identity
+from hubbub.hub.errors import BrokerError, Unavailable
+from hubbub.hub.settings import Rate
 from tests.conftest import API_KEY, token
-from transports.client import HubClient, HubClientError, SSEEvent, SyncHubClient, _parse_sse
 
 
 @pytest.fixture

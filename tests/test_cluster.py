@@ -21,12 +21,12 @@ from typing import Any
 import httpx
 import pytest
 
-from hub.auth import Identity
-from hub.brokers.redis import RedisBroker
-from hub.envelope import Publication
-from hub.errors import Unavailable
-from hub.session import Session
-from hub.settings import Rate
+from hubbub.hub.auth import Identity
+from hubbub.hub.brokers.redis import RedisBroker
+from hubbub.hub.envelope import Publication
+from hubbub.hub.errors import Unavailable
+from hubbub.hub.session import Session
+from hubbub.hub.settings import Rate
 from tests.conftest import API_KEY, Node, RedisProc, need_tool, token
 from tests.hub.brokers.brokertools import until
 from tests.transports.wsclient import WS

@@ -11,8 +11,8 @@ import orjson
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
-from hub.errors import HubError, Unauthorized
-from hub.settings import Settings
+from hubbub.hub.errors import HubError, Unauthorized
+from hubbub.hub.settings import Settings
 
 TOKEN_COOKIE = "hubbub_token"
 _REDACT_RE = re.compile(r"((?:^|[?&])(?:token|access_token|key)=)[^&\s]*", re.IGNORECASE)

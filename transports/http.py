@@ -29,8 +29,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from hub.auth import Identity, mint_token
-from hub.errors import (
+from hubbub.hub.auth import Identity, mint_token
+from hubbub.hub.errors import (
     BadRequest,
     BrokerError,
     ConfigError,
@@ -42,12 +42,12 @@ from hub.errors import (
     Unauthorized,
     Unavailable,
 )
-from hub.hub import Hub, PreparedPublish
-from hub.settings import GRANT_KINDS, Settings
-from signaling.turn import ice_servers
-from transports import openapi
-from transports.edge import credential, error_response, json_response, origin_allowed
-from transports.http_edge import (
+from hubbub.hub.hub import Hub, PreparedPublish
+from hubbub.hub.settings import GRANT_KINDS, Settings
+from hubbub.signaling.turn import ice_servers
+from hubbub.transports import openapi
+from hubbub.transports.edge import credential, error_response, json_response, origin_allowed
+from hubbub.transports.http_edge import (
     CORSMiddleware,
     http_exception,
     hub_error,

@@ -15,7 +15,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.errors import (
+from hubbub.hub.errors import (
     BadRequest,
     Forbidden,
     HubError,
@@ -24,8 +24,8 @@ from hub.errors import (
     TooLarge,
     UnsupportedMediaType,
 )
-from hub.settings import Settings
-from transports.edge import error_response, origin_allowed
+from hubbub.hub.settings import Settings
+from hubbub.transports.edge import error_response, origin_allowed
 
 log = logging.getLogger("hubbub.http")
 

@@ -68,9 +68,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hub.auth import Identity
-from hub.envelope import Position, Publication, check_room, make_cursor, parse_since
-from hub.errors import (
+from hubbub.hub.auth import Identity
+from hubbub.hub.envelope import Position, Publication, check_room, make_cursor, parse_since
+from hubbub.hub.errors import (
     CLOSE_NORMAL,
     CLOSE_SLOW,
     BadRequest,
@@ -79,13 +79,13 @@ from hub.errors import (
     HubError,
     Unauthorized,
 )
-from hub.hub import Hub
-from hub.session import PING, Item, Session
-from transports.edge import credential, error_response, origin_allowed
-from transports.flush import flusher
-from transports.http_edge import CORSMiddleware
-from transports.server import ChunkedStream, HeaderTimeoutProtocol, http_chunk
-from transports.sse_blocks import (
+from hubbub.hub.hub import Hub
+from hubbub.hub.session import PING, Item, Session
+from hubbub.transports.edge import credential, error_response, origin_allowed
+from hubbub.transports.flush import flusher
+from hubbub.transports.http_edge import CORSMiddleware
+from hubbub.transports.server import ChunkedStream, HeaderTimeoutProtocol, http_chunk
+from hubbub.transports.sse_blocks import (
     PING_BLOCK,
     block,
     blocks,
@@ -570,7 +570,7 @@ def _with(response: Response, cors: list[tuple[bytes, bytes]]) -> Response:
 
 
 def routes(hub: Hub) -> list[BaseRoute]:
-    """The SSE routes; mounted by :func:`transports.app.create_app`. With :func:`install`,
+    """The SSE routes; mounted by :func:`hubbub.app.create_app`. With :func:`install`,
     GET and HEAD on these paths are answered before the Starlette stack is reached."""
 
     async def room_events(request: Request) -> Any:

@@ -12,9 +12,9 @@ import random
 
 import orjson
 
-from hub.envelope import Position, Publication, make_cursor
-from hub.errors import CLOSE_EXPIRED, Disconnect
-from transports.server import http_chunk
+from hubbub.hub.envelope import Position, Publication, make_cursor
+from hubbub.hub.errors import CLOSE_EXPIRED, Disconnect
+from hubbub.transports.server import http_chunk
 
 SEP = "\n"
 PING_BLOCK = b": ping\n\n"

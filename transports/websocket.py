@@ -26,9 +26,9 @@ from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from hub.auth import Identity
-from hub.envelope import BadString, Publication, frame_bytes, parse_frame
-from hub.errors import (
+from hubbub.hub.auth import Identity
+from hubbub.hub.envelope import BadString, Publication, frame_bytes, parse_frame
+from hubbub.hub.errors import (
     CLOSE_BROKER,
     CLOSE_INTERNAL,
     CLOSE_ORIGIN,
@@ -43,15 +43,15 @@ from hub.errors import (
     Unauthorized,
     Unavailable,
 )
-from hub.hub import Hub
-from hub.metrics import Metrics
-from hub.session import Item, Session
-from signaling.relay import relay_signal
-from signaling.turn import arm_ice_refresh, ice_servers
-from transports.edge import credential, origin_allowed
-from transports.flush import flusher
-from transports.server import HandshakeGuardProtocol, text_frame_header
-from transports.ws_frames import FrameHandler
+from hubbub.hub.hub import Hub
+from hubbub.hub.metrics import Metrics
+from hubbub.hub.session import Item, Session
+from hubbub.signaling.relay import relay_signal
+from hubbub.signaling.turn import arm_ice_refresh, ice_servers
+from hubbub.transports.edge import credential, origin_allowed
+from hubbub.transports.flush import flusher
+from hubbub.transports.server import HandshakeGuardProtocol, text_frame_header
+from hubbub.transports.ws_frames import FrameHandler
 
 log = logging.getLogger("hubbub.ws")
 

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hub.errors import (
+from hubbub.hub.errors import (
     CLOSE_INTERNAL,
     BadRequest,
     Forbidden,
@@ -30,8 +30,8 @@ from hub.errors import (
     RateLimited,
     Unauthorized,
 )
-from hub.hub import Hub, PreparedPublish
-from hub.session import Session
+from hubbub.hub.hub import Hub, PreparedPublish
+from hubbub.hub.session import Session
 
 log = logging.getLogger("hubbub.ws")
 
@@ -113,7 +113,7 @@ class FrameHandler:
         )
 
     async def unsubscribe(self, frame: dict[str, Any], fid: int | None) -> None:
-        from hub.envelope import check_room
+        from hubbub.hub.envelope import check_room
 
         await self.hub.unsubscribe(self.session, check_room(frame.get("room")))
         self.reply(fid, {})

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hub.envelope import Publication
+from hubbub.hub.envelope import Publication
 
 IDEMPOTENCY_TTL = 300.0
 
@@ -173,11 +173,11 @@ def broker_from_url(url: str, **options: Any) -> Broker:
     """Build a broker from its URL: ``memory://``, ``redis://…`` or ``rediss://…``."""
     scheme = url.split("://", 1)[0]
     if scheme == "memory":
-        from hub.brokers.memory import MemoryBroker
+        from hubbub.hub.brokers.memory import MemoryBroker
 
         return MemoryBroker(**options)
     if scheme in ("redis", "rediss"):
-        from hub.brokers.redis import RedisBroker
+        from hubbub.hub.brokers.redis import RedisBroker
 
         return RedisBroker(url, **options)
     raise ValueError(f"unknown broker URL scheme {scheme!r}")

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.brokers.base import (
+from hubbub.hub.brokers.base import (
     IDEMPOTENCY_TTL,
     HistoryPage,
     Idempotency,
@@ -22,8 +22,8 @@ from hub.brokers.base import (
     NodeListener,
     PublishResult,
 )
-from hub.envelope import Publication
-from hub.errors import Conflict, RoomFull
+from hubbub.hub.envelope import Publication
+from hubbub.hub.errors import Conflict, RoomFull
 
 _ALNUM = string.ascii_letters + string.digits
 

@@ -53,8 +53,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
-from hub.brokers import redis_lua as lua
-from hub.brokers.base import (
+from hubbub.hub.brokers import redis_lua as lua
+from hubbub.hub.brokers.base import (
     IDEMPOTENCY_TTL,
     HistoryPage,
     Idempotency,
@@ -62,13 +62,13 @@ from hub.brokers.base import (
     NodeListener,
     PublishResult,
 )
-from hub.brokers.memory import new_epoch
-from hub.brokers.redis_batch import PublishLane
-from hub.brokers.redis_pipe import PublishPipe
-from hub.brokers.redis_pubsub import PubSubLink, stop_tasks, supervise
-from hub.brokers.redis_state import NodeState
-from hub.envelope import Publication
-from hub.errors import BrokerError, Conflict
+from hubbub.hub.brokers.memory import new_epoch
+from hubbub.hub.brokers.redis_batch import PublishLane
+from hubbub.hub.brokers.redis_pipe import PublishPipe
+from hubbub.hub.brokers.redis_pubsub import PubSubLink, stop_tasks, supervise
+from hubbub.hub.brokers.redis_state import NodeState
+from hubbub.hub.envelope import Publication
+from hubbub.hub.errors import BrokerError, Conflict
 
 log = logging.getLogger("hubbub.redis")
 _TRUE = ("1", "true", "yes", "on")

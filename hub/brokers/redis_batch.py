@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from hub.errors import BrokerError
+from hubbub.hub.errors import BrokerError
 
 log = logging.getLogger("hubbub.redis")
 

@@ -38,7 +38,7 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from hub.errors import BrokerError
+from hubbub.hub.errors import BrokerError
 
 log = logging.getLogger("hubbub.redis")
 

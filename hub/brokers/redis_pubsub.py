@@ -26,7 +26,7 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
-from hub.errors import BrokerError
+from hubbub.hub.errors import BrokerError
 
 log = logging.getLogger("hubbub.redis")
 

@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 from redis.commands.core import AsyncScript as Script
 
-from hub.brokers import redis_lua as lua
-from hub.brokers.base import Member
-from hub.errors import BrokerError, RoomFull
+from hubbub.hub.brokers import redis_lua as lua
+from hubbub.hub.brokers.base import Member
+from hubbub.hub.errors import BrokerError, RoomFull
 
 log = logging.getLogger("hubbub.redis")
 

@@ -45,7 +45,7 @@ FRESHER_TURN = """() => {
   const peers = [...window.hubbubCall.peers.values()];
   return peers.length > 0 && peers.every(p => expiry(p.pc.getConfiguration().iceServers) > first);
 }"""
-HAVE_REDIS_BROKER = importlib.util.find_spec("hub.brokers.redis") is not None
+HAVE_REDIS_BROKER = importlib.util.find_spec("hubbub.hub.brokers.redis") is not None
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -98,7 +98,7 @@ async def remote_video_width(page: Any) -> int:
 def start_probe(node: Any, room: str, record: Path, duration: float = 60) -> subprocess.Popen[str]:
     env = {**os.environ, "HUBBUB_TOKEN": token("probe", name="Probe")}
     return subprocess.Popen(
-        [sys.executable, "-m", "transports.cli", "probe", room, "--url", node.ws_url,
+        [sys.executable, "-m", "hubbub.cli", "probe", room, "--url", node.ws_url,
          "--ice-host", "127.0.0.1", "--record", str(record), "--duration", str(duration)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -383,7 +383,7 @@ async def test_mesh_glare_mute_hang_up_and_room_full(
     page gets room_full. Both pages renegotiate at once: perfect negotiation resolves the glare
     (the polite page rolls back). Mute keeps the call up; hang up removes the tile at once
     ("bye"), well before the leave grace period."""
-    from signaling.peer import Probe, restrict_ice_hosts
+    from hubbub.probe.peer import Probe, restrict_ice_hosts
 
     node = await node_factory(signal_max_peers=3)
     room = "call:mesh"
@@ -482,7 +482,7 @@ async def has_n(items: Any, n: int) -> bool:
 async def test_tight_publish_rate_still_connects(node_factory: Any, media_browser: Any) -> None:
     """Signals count against HUB_CLIENT_PUBLISH_RATE: with a budget far below a mesh's candidate
     trickle, call.js paces and resends refused signals, so the call still connects."""
-    from hub.settings import Rate
+    from hubbub.hub.settings import Rate
 
     node = await node_factory(client_publish_rate=Rate.parse("2/s:2"))
     logs: list[str] = []

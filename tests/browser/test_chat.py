@@ -29,7 +29,7 @@ from tests.browser.conftest import eventually, watch
 from tests.conftest import make_settings, start_node, token
 
 STATIC = Path(__file__).resolve().parents[2] / "static"
-REDIS_BROKER = importlib.util.find_spec("hub.brokers.redis") is not None
+REDIS_BROKER = importlib.util.find_spec("hubbub.hub.brokers.redis") is not None
 
 # ---- helpers for the chat page ------------------------------------------------------------
 

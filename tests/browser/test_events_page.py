@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from hub.auth import Identity
-from hub.hub import Hub
+from hubbub.hub.auth import Identity
+from hubbub.hub.hub import Hub
 from tests.browser.conftest import eventually, watch
 from tests.conftest import RedisProc, free_port, make_settings, start_node, token
 
-REDIS_BROKER = importlib.util.find_spec("hub.brokers.redis") is not None
+REDIS_BROKER = importlib.util.find_spec("hubbub.hub.brokers.redis") is not None
 BACKEND = Identity(sub="backend", api_key=True)
 
 

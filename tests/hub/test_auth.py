@@ -22,9 +22,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from hub.auth import Authenticator, Identity, grant_matches, mint_token
-from hub.errors import ConfigError, Unauthorized
-from hub.settings import GRANT_KINDS, Settings
+from hubbub.hub.auth import Authenticator, Identity, grant_matches, mint_token
+from hubbub.hub.errors import ConfigError, Unauthorized
+from hubbub.hub.settings import GRANT_KINDS, Settings
 
 SECRET = "auth-test-secret-" + "0123456789abcdef" * 4
 OTHER_SECRET = "another-secret-" + "0123456789abcdef" * 4
@@ -564,7 +564,7 @@ def test_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("hub.auth.hmac.compare_digest", spy)
+    monkeypatch.setattr("hubbub.hub.auth.hmac.compare_digest", spy)
     one = authn.authenticate("key-one")
     two = authn.authenticate("key-two-rotated")
     assert one.api_key and two.api_key

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from hub.clock import TICK, Wheel, wheel
+from hubbub.hub.clock import TICK, Wheel, wheel
 
 DEADLINE = 5.0
 

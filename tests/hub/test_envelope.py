@@ -8,7 +8,7 @@ import sys
 import orjson
 import pytest
 
-from hub.envelope import (
+from hubbub.hub.envelope import (
     MAX_DEPTH,
     Position,
     Publication,
@@ -23,7 +23,7 @@ from hub.envelope import (
     parse_since,
     room_hash,
 )
-from hub.errors import BadRequest, TooLarge
+from hubbub.hub.errors import BadRequest, TooLarge
 
 # ---- room names --------------------------------------------------------------------------------
 
@@ -289,7 +289,7 @@ def test_cursor_round_trip_32_long_rooms_fits_1024() -> None:
 
 def test_cursor_worst_case_fits_1024() -> None:
     """32 rooms, broker epochs (8 characters) and 13-digit offsets still fit in 1024."""
-    from hub.brokers.memory import new_epoch
+    from hubbub.hub.brokers.memory import new_epoch
 
     rooms = [f"{i:02d}" + "z" * 126 for i in range(32)]
     positions = {r: Position(new_epoch(), 10**13 - 1) for r in rooms}

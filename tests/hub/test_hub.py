@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 import pytest
 
-from hub.auth import Identity
-from hub.brokers.base import HistoryPage, Member
-from hub.brokers.memory import MemoryBroker
-from hub.envelope import Publication, make_body, parse_cursor
-from hub.errors import (
+from hubbub.hub.auth import Identity
+from hubbub.hub.brokers.base import HistoryPage, Member
+from hubbub.hub.brokers.memory import MemoryBroker
+from hubbub.hub.envelope import Publication, make_body, parse_cursor
+from hubbub.hub.errors import (
     CLOSE_KICKED,
     CLOSE_LIMIT,
     CLOSE_SHUTDOWN,
@@ -34,8 +34,8 @@ from hub.errors import (
     TooLarge,
     Unavailable,
 )
-from hub.hub import Hub
-from hub.session import Item, Session
+from hubbub.hub.hub import Hub
+from hubbub.hub.session import Item, Session
 from tests.conftest import API_KEY, make_settings
 
 DEADLINE = 5.0  # upper bound for "eventually"; never a performance assertion

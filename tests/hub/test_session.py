@@ -14,11 +14,11 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from hub.auth import Identity
-from hub.envelope import Publication, make_body
-from hub.errors import CLOSE_EXPIRED, CLOSE_NO_HEARTBEAT, CLOSE_SLOW
-from hub.session import PING, Session, TokenBucket, new_session_id
-from hub.settings import Rate
+from hubbub.hub.auth import Identity
+from hubbub.hub.envelope import Publication, make_body
+from hubbub.hub.errors import CLOSE_EXPIRED, CLOSE_NO_HEARTBEAT, CLOSE_SLOW
+from hubbub.hub.session import PING, Session, TokenBucket, new_session_id
+from hubbub.hub.settings import Rate
 
 DEADLINE = 5.0  # generous upper bound for "eventually"; never a performance assertion
 

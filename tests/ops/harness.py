@@ -34,7 +34,7 @@ NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 def need_redis_broker() -> None:
     """Skip (naming the module) when the Redis broker cannot be imported yet."""
     try:
-        from hub.brokers.redis import RedisBroker  # noqa: F401
+        from hubbub.hub.brokers.redis import RedisBroker  # noqa: F401
     except Exception as exc:
         pytest.skip(f"hub/brokers/redis.py (RedisBroker) is not usable yet: {exc!r}")
 
@@ -43,7 +43,7 @@ def hubbub_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "hubbub"
     if exe.exists():
         return [str(exe)]
-    return [sys.executable, "-m", "transports.cli"]
+    return [sys.executable, "-m", "hubbub.cli"]
 
 
 # ---- nodes -------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from hub.settings import Rate
+from hubbub.hub.settings import Rate
 from tests.conftest import API_KEY, CHROMIUM_ARGS, RedisProc, chromium_path, token
 from tests.ops.harness import nginx_cluster
 from tests.transports.wsclient import WS

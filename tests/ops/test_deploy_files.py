@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hub.settings import Settings
+from hubbub.hub.settings import Settings
 from tests.conftest import need_tool
 from tests.ops.harness import Nginx, render_nginx
 

@@ -15,7 +15,7 @@ import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from hub.settings import Rate
+from hubbub.hub.settings import Rate
 from tests.conftest import API_KEY, RedisProc, token
 from tests.ops.harness import NodeProc, auth_headers, need_redis_broker
 from tests.transports.wsclient import WS

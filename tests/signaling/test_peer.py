@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from signaling.peer import Probe, restrict_ice_hosts
+from hubbub.cli import build_parser
+from hubbub.probe.peer import Probe, restrict_ice_hosts
 from tests.conftest import token
-from transports.cli import build_parser
 
 LOOP = ("127.0.0.1",)
 

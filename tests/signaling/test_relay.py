@@ -12,8 +12,8 @@ import httpx
 import pytest
 import websockets
 
-from hub.settings import Rate
-from signaling.negotiation import (
+from hubbub.hub.settings import Rate
+from hubbub.probe.negotiation import (
     Negotiator,
     candidate_line,
     is_loopback_candidate,
@@ -243,7 +243,7 @@ async def test_signals_count_against_the_publish_rate(node_factory: Any) -> None
     assert (await a.call({"type": "publish", "room": "x", "data": 1}))["code"] == "rate_limited"
 
 
-HAVE_REDIS_BROKER = importlib.util.find_spec("hub.brokers.redis") is not None
+HAVE_REDIS_BROKER = importlib.util.find_spec("hubbub.hub.brokers.redis") is not None
 
 
 @pytest.mark.skipif(not HAVE_REDIS_BROKER, reason="hub/brokers/redis.py is missing")

@@ -8,8 +8,8 @@ import hmac
 import json
 import time
 
-from hub.settings import Settings
-from signaling.turn import ice_servers, turn_credentials
+from hubbub.hub.settings import Settings
+from hubbub.signaling.turn import ice_servers, turn_credentials
 
 
 def test_turn_credentials_follow_the_turn_rest_scheme() -> None:

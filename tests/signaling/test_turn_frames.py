@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from hub.settings import Rate
-from signaling.turn import ice_servers, refresh_period, turn_credentials
+from hubbub.hub.settings import Rate
+from hubbub.signaling.turn import ice_servers, refresh_period, turn_credentials
 from tests.conftest import API_KEY, make_settings, token
 from tests.signaling.wspeer import Client
 

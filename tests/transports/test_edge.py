@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from starlette.requests import Request
 
+from hubbub.logs import scrub
+from hubbub.transports.edge import origin_allowed, redact
 from tests.conftest import make_settings
-from transports.edge import origin_allowed, redact
-from transports.logs import scrub
 
 
 def _req(origin: str | None, host: str = "hub.example.com") -> Request:

@@ -17,9 +17,9 @@ import httpx
 import jwt
 import pytest
 
-from hub.auth import Identity
-from hub.errors import BrokerError
-from hub.settings import Rate
+from hubbub.hub.auth import Identity
+from hubbub.hub.errors import BrokerError
+from hubbub.hub.settings import Rate
 from tests.conftest import API_KEY, SECRET, token
 
 KEY = {"Authorization": f"Bearer {API_KEY}"}
@@ -463,7 +463,7 @@ async def test_idempotency_same_node(client: httpx.AsyncClient) -> None:
 
 
 async def test_idempotency_across_two_nodes_on_redis(node_factory: Any, redis_proc: Any) -> None:
-    if importlib.util.find_spec("hub.brokers.redis") is None:
+    if importlib.util.find_spec("hubbub.hub.brokers.redis") is None:
         pytest.skip("hub/brokers/redis.py (module hub.brokers.redis) does not exist yet")
     prefix = "hubbub-test-idem:"
     a = await node_factory(broker_url=redis_proc.url, redis_prefix=prefix)
@@ -480,7 +480,7 @@ async def test_idempotency_across_two_nodes_on_redis(node_factory: Any, redis_pr
 
 
 async def test_rate_limit_shared_across_nodes_on_redis(node_factory: Any, redis_proc: Any) -> None:
-    if importlib.util.find_spec("hub.brokers.redis") is None:
+    if importlib.util.find_spec("hubbub.hub.brokers.redis") is None:
         pytest.skip("hub/brokers/redis.py (module hub.brokers.redis) does not exist yet")
     prefix = "hubbub-test-rate:"
     kw = {"broker_url": redis_proc.url, "redis_prefix": prefix, "api_rate": Rate(0.5, 4)}
@@ -713,7 +713,7 @@ async def test_key_confusion_hs256_with_public_key(node_factory: Any) -> None:
 
 # ---- cluster: two nodes on one Redis -----------------------------------------------------------
 def _need_redis_broker() -> None:
-    if importlib.util.find_spec("hub.brokers.redis") is None:
+    if importlib.util.find_spec("hubbub.hub.brokers.redis") is None:
         pytest.skip("hub/brokers/redis.py (module hub.brokers.redis) does not exist yet")
 
 

@@ -14,12 +14,12 @@ import httpx
 import pytest
 from starlette.routing import Route, WebSocketRoute
 
-from hub.auth import Identity
-from hub.errors import BrokerError
-from hub.settings import Rate
+from hubbub.app import create_app
+from hubbub.hub.auth import Identity
+from hubbub.hub.errors import BrokerError
+from hubbub.hub.settings import Rate
+from hubbub.transports import openapi
 from tests.conftest import API_KEY, make_settings, token
-from transports import openapi
-from transports.app import create_app
 
 KEY = {"Authorization": f"Bearer {API_KEY}"}
 _ANNOTATIONS = {"description", "default", "title", "format", "examples"}

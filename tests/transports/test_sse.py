@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from hub.auth import Identity
-from hub.envelope import Position, make_cursor
-from hub.session import Session
+from hubbub.hub.auth import Identity
+from hubbub.hub.envelope import Position, make_cursor
+from hubbub.hub.session import Session
 from tests.conftest import API_KEY, Node, make_settings, start_node, token
 
 BACKEND = Identity(sub="backend", api_key=True)
@@ -489,7 +489,7 @@ async def test_server_stop_ends_stream_promptly(node_factory: Any) -> None:
 
 
 async def test_broker_down_answers_200_with_retry(node: Node, monkeypatch: Any) -> None:
-    from hub.errors import BrokerError
+    from hubbub.hub.errors import BrokerError
 
     async def down(*_a: Any, **_k: Any) -> Any:
         raise BrokerError("down")
@@ -707,7 +707,7 @@ async def test_client_that_stops_reading_is_dropped_after_the_send_timeout(
     node_factory: Any, monkeypatch: Any
 ) -> None:
     """The queue stays under its limits, but a write waits for the client too long: 4001."""
-    from transports import sse as sse_module
+    from hubbub.transports import sse as sse_module
 
     monkeypatch.setattr(sse_module, "SEND_TIMEOUT", 0.5)
     node = await node_factory(max_queue_bytes=64 * 1024 * 1024, sse_ping_interval=0.1)

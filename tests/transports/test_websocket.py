@@ -230,7 +230,9 @@ async def test_data_limits_and_hostile_payloads(node_factory: Any) -> None:
 
 
 async def test_publish_rate_limit(node_factory: Any) -> None:
-    n = await node_factory(client_publish_rate=__import__("hub.settings").settings.Rate(1, 2))
+    n = await node_factory(
+        client_publish_rate=__import__("hubbub.hub.settings").hub.settings.Rate(1, 2)
+    )
     ws = await WS.connect(n.ws_url, token())
     codes = [(await ws.call({"type": "publish", "room": "a", "data": i})) for i in range(4)]
     assert [c["type"] for c in codes[:2]] == ["reply", "reply"]

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import websockets
 
-from hub.auth import Identity
-from hub.clock import wheel
-from hub.session import Session
+from hubbub.hub.auth import Identity
+from hubbub.hub.clock import wheel
+from hubbub.hub.session import Session
+from hubbub.transports.server import HandshakeGuardProtocol, _Flag, _Inbox
+from hubbub.transports.websocket import _Link
 from tests.conftest import Node, token
 from tests.transports.wsclient import WS
-from transports.server import HandshakeGuardProtocol, _Flag, _Inbox
-from transports.websocket import _Link
 
 DEADLINE = 5.0
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.envelope import Publication
+from hubbub.hub.envelope import Publication
 
 
 @dataclass

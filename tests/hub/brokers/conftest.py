@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from hub.brokers.redis import RedisBroker
+from hubbub.hub.brokers.redis import RedisBroker
 from tests.conftest import RedisProc, free_port, need_tool
 from tests.hub.brokers.brokertools import Recorder
 

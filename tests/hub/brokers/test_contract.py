@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from hub.brokers.base import Broker, Idempotency, Member
-from hub.brokers.memory import MemoryBroker
-from hub.brokers.redis import RedisBroker
-from hub.envelope import make_body
-from hub.errors import Conflict
+from hubbub.hub.brokers.base import Broker, Idempotency, Member
+from hubbub.hub.brokers.memory import MemoryBroker
+from hubbub.hub.brokers.redis import RedisBroker
+from hubbub.hub.envelope import make_body
+from hubbub.hub.errors import Conflict
 from tests.hub.brokers.brokertools import Recorder, until
 
 

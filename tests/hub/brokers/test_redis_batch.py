@@ -17,9 +17,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from hub.brokers.redis_batch import PublishLane
-from hub.envelope import make_body
-from hub.errors import BrokerError
+from hubbub.hub.brokers.redis_batch import PublishLane
+from hubbub.hub.envelope import make_body
+from hubbub.hub.errors import BrokerError
 from tests.conftest import RedisProc, need_tool
 from tests.hub.brokers.brokertools import until
 from tests.hub.brokers.conftest import TIMEOUT, Make

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from hub.brokers.base import Idempotency, Member
-from hub.envelope import make_body
-from hub.errors import BrokerError
+from hubbub.hub.brokers.base import Idempotency, Member
+from hubbub.hub.envelope import make_body
+from hubbub.hub.errors import BrokerError
 from tests.conftest import RedisProc, need_tool
 from tests.hub.brokers.brokertools import until
 from tests.hub.brokers.conftest import TIMEOUT, Make
@@ -303,7 +303,7 @@ async def test_every_script_touches_one_cluster_slot(make: Make) -> None:
 async def test_capped_presence_add_is_atomic_across_nodes(make: Make) -> None:
     """The primitive for call rooms: of many concurrent joins on two nodes, exactly ``limit``
     get in; a member already present may refresh."""
-    from hub.errors import RoomFull
+    from hubbub.hub.errors import RoomFull
 
     one, _ = await make()
     two, _ = await make()

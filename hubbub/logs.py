@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from transports.edge import redact
+from hubbub.transports.edge import redact
 
 _BEARER_RE = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 # uvicorn logs request headers at debug level: a Cookie header may carry ``hubbub_token``.

@@ -1,8 +1,8 @@
 // Subscriber worker of `hubbub bench --loadgen node`: the same counting as the Python worker
-// (transports/bench_load.py `_subscriber_main` with transports/bench_wire.py `Subscriber`), on
+// (bench/load.py `_subscriber_main` with bench/wire.py `Subscriber`), on
 // Node's `net` sockets, so that one process parses frames far cheaper than asyncio can.
 //
-// Protocol with its Python parent (transports/bench_node.py), one line each way:
+// Protocol with its Python parent (bench/node.py), one line each way:
 //   stdin  line 1: the job, JSON {assignments: [[host, port, room], ...], kind: "ws"|"sse",
 //                  dialect: "hubbub"|"plain"|"socketio", key, connect_parallel, latencies: path}
 //   stdout "R <connected> <errors JSON>"  once every subscription is live (or failed)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uvicorn
 from uvicorn.supervisors import multiprocess
 
-from transports.server import HubServer
+from hubbub.transports.server import HubServer
 
 
 class HubProcess(multiprocess.Process):

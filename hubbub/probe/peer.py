@@ -6,7 +6,7 @@ like any browser peer of ``static/call.js``:
 
 * as a new arrival it offers to every member listed in the subscribe reply; members that join
   later offer to it (it answers);
-* W3C perfect negotiation with roles from the session ids (:mod:`signaling.negotiation`);
+* W3C perfect negotiation with roles from the session ids (:mod:`hubbub.probe.negotiation`);
   aiortc cannot roll a local offer back, so the polite probe replaces its peer connection instead
   (only ever needed before media flows);
 * every peer connection carries a negotiated data channel ``hubbub`` (id 0, like call.js), whose
@@ -48,7 +48,7 @@ from aiortc.sdp import candidate_from_sdp
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
-from signaling.negotiation import (
+from hubbub.probe.negotiation import (
     Negotiator,
     candidate_line,
     is_loopback_candidate,

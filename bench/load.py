@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from transports.bench_wire import Subscriber, Tally, open_subscriber, payload_maker, summary
+from hubbub.bench.wire import Subscriber, Tally, open_subscriber, payload_maker, summary
 
 
 def _setup(pin: int | None) -> None:

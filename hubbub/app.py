@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from importlib.resources import files
 from pathlib import Path
 
 from starlette._utils import get_route_path
@@ -15,14 +16,16 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from hub.errors import NotFound
-from hub.hub import Hub
-from hub.settings import Settings
-from transports import http, server, sse, websocket
-from transports.edge import error_response
+from hubbub.hub.errors import NotFound
+from hubbub.hub.hub import Hub
+from hubbub.hub.settings import Settings
+from hubbub.transports import http, server, sse, websocket
+from hubbub.transports.edge import error_response
 
 log = logging.getLogger("hubbub.app")
-STATIC = Path(__file__).resolve().parent.parent / "static"
+# The pages and scripts ship inside the package (hubbub/static), found the same way in a
+# checkout, an editable install and a wheel.
+STATIC = Path(str(files("hubbub.static")))
 PAGES = {"/": "chat.html", "/events": "events.html", "/call": "call.html", "/admin": "admin.html"}
 
 
@@ -89,7 +92,7 @@ def create_app(settings: Settings, hub: Hub | None = None) -> Starlette:
 
 def app_from_env() -> Starlette:
     """App factory for ``uvicorn --factory`` worker processes: settings from the environment."""
-    from transports.logs import setup_logging
+    from hubbub.logs import setup_logging
 
     settings = Settings.load()
     setup_logging(settings.log_format, settings.log_level)

@@ -1,9 +1,9 @@
 """``hubbub bench --loadgen node``: a subscriber worker whose connections live in a Node.js child.
 
 The worker process is started by the orchestrator exactly like the Python one
-(:func:`transports.bench_load.subscriber_worker`) and speaks the same ``Pipe`` protocol
+(:func:`hubbub.bench.load.subscriber_worker`) and speaks the same ``Pipe`` protocol
 (``("ready", n, errors)``, ``go``, ``stop``, ``("done", summary, latencies, deliveries, last_at,
-cpu, wall)``). It pins itself, then runs ``node bench_node.mjs`` (which inherits the pinning),
+cpu, wall)``). It pins itself, then runs ``node node.mjs`` (which inherits the pinning),
 hands it the job as one JSON line on stdin, mirrors the child's running delivery count (``P n``
 lines, at most every ~1 ms) into the shared ``progress`` array for the publisher's closed loop,
 and converts the child's result: latencies come through a temporary file (int32 µs), not a pipe.
@@ -26,9 +26,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from transports.bench_load import WorkerJob, _setup
+from hubbub.bench.load import WorkerJob, _setup
 
-SCRIPT = Path(__file__).with_name("bench_node.mjs")
+SCRIPT = Path(__file__).with_name("node.mjs")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -74,7 +74,7 @@ class _Child:
         """The complete lines available now (call when stdout is readable); EOF raises."""
         data = os.read(self.out, 1 << 16)
         if not data:
-            raise RuntimeError(f"bench_node.mjs exited with {self.proc.wait()}")
+            raise RuntimeError(f"node.mjs exited with {self.proc.wait()}")
         self.pending += data
         *done, self.pending = self.pending.split(b"\n")
         return done
@@ -84,7 +84,7 @@ class _Child:
 
 
 def node_subscriber_worker(job: WorkerJob, progress: Any, conn: Connection) -> None:
-    """The ``--loadgen node`` counterpart of :func:`transports.bench_load.subscriber_worker`."""
+    """The ``--loadgen node`` counterpart of :func:`hubbub.bench.load.subscriber_worker`."""
     _setup(job.pin)
     fd, lat_path = tempfile.mkstemp(prefix="hubbub-bench-", suffix=".lat")
     os.close(fd)

@@ -10,9 +10,9 @@ import signal
 import sys
 from typing import Any
 
-from hub.auth import mint_token
-from hub.errors import ConfigError
-from hub.settings import GRANT_KINDS, Settings
+from hubbub.hub.auth import mint_token
+from hubbub.hub.errors import ConfigError
+from hubbub.hub.settings import GRANT_KINDS, Settings
 
 
 def _is_loopback(host: str) -> bool:
@@ -52,8 +52,8 @@ def _open_files_to_hard_limit() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from transports.logs import setup_logging
-    from transports.server import HubServer, server_options
+    from hubbub.logs import setup_logging
+    from hubbub.transports.server import HubServer, server_options
 
     settings = load_settings(
         args, host=args.host, port=args.port, broker_url=args.broker, workers=args.workers
@@ -80,14 +80,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 os.environ[f"HUB_{name.upper()}"] = str(value)
         if args.config:
             os.environ["HUB_CONFIG"] = args.config
-        from transports.workers import run_workers
+        from hubbub.workers import run_workers
 
-        config = uvicorn.Config("transports.app:app_from_env", factory=True,
+        config = uvicorn.Config("hubbub.app:app_from_env", factory=True,
                                 workers=settings.workers, **common)  # fmt: skip
         signal.signal(signal.SIGTERM, _exit_zero)
         run_workers(config)
         return 0
-    from transports.app import create_app
+    from hubbub.app import create_app
 
     config = uvicorn.Config(create_app(settings), **common)
     signal.signal(signal.SIGTERM, _exit_zero)
@@ -113,7 +113,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     try:
-        from signaling.peer import run_probe
+        from hubbub.probe.peer import run_probe
     except ImportError as exc:
         print(f"hubbub: probe needs the webrtc extra (pip install 'hubbub[webrtc]'): {exc}",
               file=sys.stderr)  # fmt: skip
@@ -122,7 +122,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from transports.bench import cmd_bench as run_bench
+    from hubbub.bench.run import cmd_bench as run_bench
 
     return run_bench(args)
 
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="gather host candidates only on ADDR and accept only remote candidates "
                     "on it (repeatable; tests use 127.0.0.1)")  # fmt: skip
     pr.set_defaults(func=cmd_probe)
-    from transports.bench import add_arguments as bench_arguments
+    from hubbub.bench.run import add_arguments as bench_arguments
 
     b = sub.add_parser("bench", help="measure fan-out: deliveries/s, latency, loss, server cost")
     bench_arguments(b)

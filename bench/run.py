@@ -2,7 +2,7 @@
 
 The orchestrator (this process) starts the node(s) as subprocesses (``hubbub serve`` on free
 ports) unless ``--url`` points at a running one, spreads N subscribers over load-generator
-processes (:mod:`transports.bench_load`), lets one publisher process publish for ``--duration``
+processes (:mod:`hubbub.bench.load`), lets one publisher process publish for ``--duration``
 seconds, waits until every expected delivery arrived (or stops arriving), and reports:
 
 * deliveries/s, publish→deliver latency p50/p90/p99/max (the send time is stamped in the payload,
@@ -33,9 +33,9 @@ from array import array
 from typing import Any
 from urllib.parse import urlsplit
 
-from transports.bench_load import PublishJob, WorkerJob, publisher, subscriber_worker
-from transports.bench_node import node_path, node_subscriber_worker
-from transports.bench_wire import DIALECTS
+from hubbub.bench.load import PublishJob, WorkerJob, publisher, subscriber_worker
+from hubbub.bench.node import node_path, node_subscriber_worker
+from hubbub.bench.wire import DIALECTS
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SATURATED = 0.9
@@ -134,7 +134,7 @@ def start_nodes(
     nodes = []
     for _ in range(n):
         port = free_port()
-        cmd = [sys.executable, "-m", "transports.cli", "serve", "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", "hubbub.cli", "serve", "--host", "127.0.0.1",
                "--port", str(port), "--broker", broker]  # fmt: skip
         if pin:
             cmd = ["taskset", "-c", "0", *cmd]
