@@ -53,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from hubbub.logs import setup_logging
-    from hubbub.transports.server import HubServer, server_options
+    from hubbub.transports.server import server_options
 
     settings = load_settings(
         args, host=args.host, port=args.port, broker_url=args.broker, workers=args.workers
@@ -80,18 +80,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 os.environ[f"HUB_{name.upper()}"] = str(value)
         if args.config:
             os.environ["HUB_CONFIG"] = args.config
-        from hubbub.workers import run_workers
-
-        config = uvicorn.Config("hubbub.app:app_from_env", factory=True,
-                                workers=settings.workers, **common)  # fmt: skip
         signal.signal(signal.SIGTERM, _exit_zero)
-        run_workers(config)
+        # uvicorn's supervisor; each worker builds the app from the environment, and the app
+        # drains its own sessions on SIGTERM (hubbub.drain).
+        uvicorn.run("hubbub.app:app_from_env", factory=True, workers=settings.workers, **common)
         return 0
     from hubbub.app import create_app
 
     config = uvicorn.Config(create_app(settings), **common)
     signal.signal(signal.SIGTERM, _exit_zero)
-    HubServer(config).run()
+    uvicorn.Server(config).run()
     return 0
 
 

@@ -25,7 +25,7 @@ import uvicorn
 from hubbub.app import create_app
 from hubbub.hub.hub import Hub
 from hubbub.hub.settings import Settings
-from hubbub.transports.server import HubServer, server_options
+from hubbub.transports.server import server_options
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SECRET = "test-secret-0123456789abcdef0123456789"
@@ -164,6 +164,10 @@ class Node:
         return f"ws://127.0.0.1:{self.port}/v1/ws"
 
     async def stop(self) -> None:
+        """Drain as SIGTERM would (hubbub.drain), then stop the server."""
+        app: Any = self.server.config.app
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(app.drain(), 15)
         self.server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(self.task, 15)
@@ -172,10 +176,10 @@ class Node:
 async def start_node(settings: Settings, port: int = 0, **options: Any) -> Node:
     """Start a node in this event loop on 127.0.0.1 (port 0: any free port). ``options``
     override uvicorn's (e.g. ``http="h11"``)."""
-    app = create_app(settings)
+    app = create_app(settings, handle_signals=False)
     opts = {**server_options(settings), "port": port, "log_level": "warning", **options}
     config = uvicorn.Config(app, **opts)
-    server = HubServer(config)
+    server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.get_running_loop().create_task(server.serve())
     while not server.started:

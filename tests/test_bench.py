@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 
 from hubbub.app import create_app
-from hubbub.transports.server import HubServer, server_options
+from hubbub.transports.server import server_options
 from tests.conftest import API_KEY, Node, free_port, make_settings, need_tool, token
 from tests.transports.wsclient import WS
 
@@ -127,10 +127,10 @@ async def test_direct_path_in_order_nothing_lost(node: Node) -> None:
 
 async def test_no_direct_path_with_deflate() -> None:
     """With per-message deflate every frame must go through the extension: the queue path."""
-    app = create_app(make_settings())
+    app = create_app(make_settings(), handle_signals=False)
     opts = {**server_options(app.state.settings), "port": 0, "log_level": "warning",
             "ws_per_message_deflate": True}  # fmt: skip
-    server = HubServer(uvicorn.Config(app, **opts))
+    server = uvicorn.Server(uvicorn.Config(app, **opts))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.get_running_loop().create_task(server.serve())
     while not server.started:

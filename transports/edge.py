@@ -18,6 +18,18 @@ TOKEN_COOKIE = "hubbub_token"
 _REDACT_RE = re.compile(r"((?:^|[?&])(?:token|access_token|key)=)[^&\s]*", re.IGNORECASE)
 
 
+def route_path(scope: Any) -> str:
+    """The request path below the app's mount point: ``scope["path"]`` without the
+    ``root_path`` prefix (ASGI: ``path`` includes ``root_path``; a server's ``--root-path``
+    and a Starlette ``Mount`` both set it). Paths outside the prefix are returned whole."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if not root or not path.startswith(root):
+        return path
+    rest = path[len(root) :]
+    return rest if not rest or rest[0] == "/" else path
+
+
 def redact(text: str) -> str:
     """Replace the values of ``token=``/``access_token=``/``key=`` query parameters."""
     return _REDACT_RE.sub(r"\1[redacted]", text)

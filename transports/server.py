@@ -5,20 +5,15 @@
   (slowloris, HARDENING 24). This protocol closes such connections after
   ``HUB_HANDSHAKE_TIMEOUT`` seconds. It also lets a streaming response (SSE) write HTTP/1.1
   chunks straight to the socket (:class:`ChunkedStream`).
-* :class:`HubServer`: on SIGTERM, stop accepting, turn ready to 503, close WebSocket sessions
-  with 4000 in batches and end SSE streams, then let uvicorn finish (PROTOCOL.md §7).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import time
 from collections.abc import Callable
 from typing import Any
 
-import uvicorn
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -344,43 +339,6 @@ class HandshakeGuardProtocol(WebSocketsSansIOProtocol):
                 self.transport.close()
 
 
-class HubServer(uvicorn.Server):
-    """uvicorn.Server whose shutdown drains the hub before uvicorn closes connections
-    (uvicorn itself would close WebSockets with 1012, not the protocol's 4000)."""
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        app: Any = self.config.loaded_app
-        hub = _find_hub(app)
-        if hub is not None:
-            for server in self.servers:
-                server.close()
-            timeout = hub.settings.shutdown_timeout
-            # Part of the budget stays for uvicorn's own steps, the lifespan shutdown and the
-            # interpreter's exit (about a second together).
-            deadline = time.monotonic() + timeout - min(2.0, timeout / 4)
-            log.info("draining %d sessions (HUB_SHUTDOWN_TIMEOUT=%gs)", len(hub.sessions), timeout)
-            await hub.drain(window=min(2.0, timeout / 3))
-            while hub.sessions and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            # uvicorn then waits for the remaining requests and connections (a client that
-            # stopped reading blocks its close frame) with what is left of the budget, not a
-            # second full HUB_SHUTDOWN_TIMEOUT: the node exits within it (PROTOCOL.md §7).
-            self.config.timeout_graceful_shutdown = max(0.1, deadline - time.monotonic())
-        await super().shutdown(sockets)
-
-
-def _find_hub(app: Any) -> Any:
-    # The loaded app may be wrapped in uvicorn middleware (proxy headers, message logger).
-    for _ in range(6):
-        state = getattr(app, "state", None)
-        if state is not None and getattr(state, "hub", None) is not None:
-            return state.hub
-        app = getattr(app, "app", None)
-        if app is None:
-            return None
-    return None
-
-
 def server_options(settings: Any) -> dict[str, Any]:
     """uvicorn options every Hubbub node runs with (CLI and tests alike)."""
     return {
@@ -391,7 +349,9 @@ def server_options(settings: Any) -> dict[str, Any]:
         "ws_max_size": settings.max_message_bytes + 16 * 1024,
         # Compression costs CPU per subscriber and is a decompression-bomb risk (HARDENING 17).
         "ws_per_message_deflate": False,
-        "timeout_graceful_shutdown": settings.shutdown_timeout,
+        # The app drains its sessions on SIGTERM before uvicorn starts its own shutdown
+        # (hubbub.drain); uvicorn then waits this long for what remains.
+        "timeout_graceful_shutdown": max(0.5, min(2.0, settings.shutdown_timeout / 4)),
         "lifespan": "on",
         "server_header": False,
     }

@@ -62,7 +62,6 @@ from typing import Any
 
 import anyio
 import orjson
-from starlette._utils import get_route_path
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -81,7 +80,7 @@ from hubbub.hub.errors import (
 )
 from hubbub.hub.hub import Hub
 from hubbub.hub.session import PING, Item, Session
-from hubbub.transports.edge import credential, error_response, origin_allowed
+from hubbub.transports.edge import credential, error_response, origin_allowed, route_path
 from hubbub.transports.flush import flusher
 from hubbub.transports.http_edge import CORSMiddleware
 from hubbub.transports.server import ChunkedStream, HeaderTimeoutProtocol, http_chunk
@@ -601,7 +600,7 @@ class SSEEndpoint:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        path = get_route_path(scope)  # as Starlette's router matches it
+        path = route_path(scope)  # as Starlette's router matches it
         if path == "/v1/events":
             names = None
         else:

@@ -54,7 +54,7 @@ async def test_autobahn_cases_pass_or_hit_the_size_limit(monkeypatch: pytest.Mon
     import tests.conftest as conftest
 
     real = conftest.create_app
-    monkeypatch.setattr(conftest, "create_app", lambda s: _with_echo(real(s)))
+    monkeypatch.setattr(conftest, "create_app", lambda s, **kw: _with_echo(real(s, **kw)))
     node = await start_node(make_settings())
     try:
         try:
