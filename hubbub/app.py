@@ -27,7 +27,7 @@ from hubbub.hub.auth import Identity
 from hubbub.hub.errors import NotFound
 from hubbub.hub.hub import Hub
 from hubbub.hub.settings import Settings
-from hubbub.transports import http, server, sse, websocket
+from hubbub.transports import h1, http, sse, websocket
 from hubbub.transports.edge import error_response, route_path
 
 log = logging.getLogger("hubbub.app")
@@ -209,7 +209,7 @@ def create_app(
     if settings is None:
         settings = Settings.load()
     the_hub = hub or Hub(settings)
-    server.HEADER_TIMEOUT = settings.handshake_timeout
+    h1.HEADER_TIMEOUT = settings.handshake_timeout
     routes: list[BaseRoute] = [
         *websocket.routes(the_hub),
         *sse.routes(the_hub),

@@ -125,11 +125,12 @@ async def test_direct_path_in_order_nothing_lost(node: Node) -> None:
     assert len(directs) == 3 and all(d is not None for d in directs)
 
 
-async def test_no_direct_path_with_deflate() -> None:
-    """With per-message deflate every frame must go through the extension: the queue path."""
+async def test_plain_asgi_fallback_with_deflate_keeps_order() -> None:
+    """On uvicorn's own protocols (the plain-ASGI fallback), with per-message deflate on, no
+    direct path is offered: every frame goes through the queue and the ASGI send, in order."""
     app = create_app(make_settings(), handle_signals=False)
-    opts = {**server_options(app.state.settings), "port": 0, "log_level": "warning",
-            "ws_per_message_deflate": True}  # fmt: skip
+    opts = {**server_options(app.state.settings, fast_path=False), "port": 0,
+            "log_level": "warning", "ws_per_message_deflate": True}  # fmt: skip
     server = uvicorn.Server(uvicorn.Config(app, **opts))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.get_running_loop().create_task(server.serve())

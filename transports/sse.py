@@ -26,7 +26,7 @@ Writing. Each event is encoded once per publication, not per subscriber: the blo
 one-room stream (``id:``/``event:``/``data:``) is the same bytes for every subscriber of that
 room, framed once as an HTTP/1.1 chunk (:class:`transports.sse_blocks.BlockCache`); a
 multi-room stream joins the cached per-room part of the cursor with its other rooms' parts. On Hubbub's uvicorn protocol
-(:class:`transports.server.HeaderTimeoutProtocol`) the stream installs itself as the session's
+(:class:`hubbub.transports.h1.HttpConnection`) the stream installs itself as the session's
 ``direct`` writer once its first block and replay are out: the fan-out appends the block to the
 stream's pending list and one ``call_soon`` per loop iteration (:class:`transports.flush.Flusher`) writes every
 stream's pending blocks as one chunk with one ``transport.write`` each, so no task wakes per
@@ -82,8 +82,8 @@ from hubbub.hub.hub import Hub
 from hubbub.hub.session import PING, Item, Session
 from hubbub.transports.edge import credential, error_response, origin_allowed, route_path
 from hubbub.transports.flush import flusher
+from hubbub.transports.h1 import ChunkedStream, HttpConnection, http_chunk
 from hubbub.transports.http_edge import CORSMiddleware
-from hubbub.transports.server import ChunkedStream, HeaderTimeoutProtocol, http_chunk
 from hubbub.transports.sse_blocks import (
     PING_BLOCK,
     block,
@@ -420,7 +420,7 @@ class EventStream:
         self.prelude = []
         await send({"type": "http.response.body", "body": first, "more_body": True})
         proto = (scope.get("extensions") or {}).get("hubbub.http")
-        out = proto.chunked_stream(scope) if isinstance(proto, HeaderTimeoutProtocol) else None
+        out = proto.chunked_stream(scope) if isinstance(proto, HttpConnection) else None
         watcher = None
         loop = asyncio.get_running_loop()
         if out is None:

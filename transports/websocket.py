@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
 
+from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -50,8 +51,8 @@ from hubbub.signaling.relay import relay_signal
 from hubbub.signaling.turn import arm_ice_refresh, ice_servers
 from hubbub.transports.edge import credential, origin_allowed
 from hubbub.transports.flush import flusher
-from hubbub.transports.server import HandshakeGuardProtocol, text_frame_header
 from hubbub.transports.ws_frames import FrameHandler
+from hubbub.transports.wsconn import WSConnection, text_frame_header
 
 log = logging.getLogger("hubbub.ws")
 
@@ -68,7 +69,7 @@ async def _authenticate(hub: Hub, ws: WebSocket) -> Identity | None:
     """Credentials from header/cookie/query, else the first ``auth`` frame within
     ``auth_timeout``. Returns None after closing the socket with 4501."""
     try:
-        cred = credential(ws)
+        cred = credential(_handshake(ws))
         if cred is None and not hub.settings.anonymous:
             try:
                 msg = await asyncio.wait_for(ws.receive(), hub.settings.auth_timeout)
@@ -91,22 +92,25 @@ async def _authenticate(hub: Hub, ws: WebSocket) -> Identity | None:
 
 
 def _forget_request(ws: WebSocket) -> None:
-    """Let go of the handshake's headers (and Starlette's caches of headers, cookies and query)
-    once the origin is checked and the client authenticated: nothing reads them afterwards,
-    and they are about 1 KiB per connection (more with browser cookies) for its whole life.
-    ``ws.headers``, ``ws.cookies`` and ``ws.query_params`` are empty from then on."""
+    """Let go of the handshake's headers once the origin is checked and the client
+    authenticated: nothing reads them afterwards, and they are about 1 KiB per connection
+    (more with browser cookies) for its whole life. They were read through a throwaway
+    ``HTTPConnection`` (:func:`_handshake`), so no parsed copy stays on ``ws`` either."""
     headers = ws.scope.get("headers")
     if isinstance(headers, list):
-        headers.clear()  # the scope's list, shared with a cached Headers
-    cached = vars(ws)
-    for name in ("_headers", "_cookies", "_query_params", "_url"):
-        cached.pop(name, None)
+        headers.clear()
+
+
+def _handshake(ws: WebSocket) -> HTTPConnection:
+    """A view of the handshake request for the origin and credential checks, dropped after
+    them (Starlette caches parsed headers, cookies and query on the object that parsed them)."""
+    return HTTPConnection(ws.scope)
 
 
 async def ws_endpoint(ws: WebSocket) -> None:
     hub: Hub = ws.app.state.hub
     settings = hub.settings
-    if not origin_allowed(ws, settings):
+    if not origin_allowed(_handshake(ws), settings):
         await ws.close(CLOSE_ORIGIN)  # before accept: HTTP 403 at the handshake
         return
     await ws.accept()
@@ -204,12 +208,8 @@ class _Link:
             (metrics.frames_sent, metrics.bytes_sent) if metrics else (Counter(), Counter())
         )
         proto = self.proto = _protocol(ws)
-        # No direct path when an extension (per-message deflate) must rewrite every frame.
-        self.direct = (
-            _DirectWriter(proto, self.frames, self.sent)
-            if proto is not None and not proto.conn.extensions
-            else None
-        )
+        # Hubbub's own connection never negotiates extensions, so frames built once fit all.
+        self.direct = _DirectWriter(proto, self.frames, self.sent) if proto is not None else None
         self.writer: asyncio.Task[None] | None = None
         self.reader: asyncio.Task[Any] | None = None
         self.interrupted = False
@@ -287,7 +287,7 @@ class _DirectWriter:
 
     MAX_PENDING = 64  # frames per connection before writing without waiting for the flush
 
-    def __init__(self, proto: HandshakeGuardProtocol, frames: Counter[str], sent: Counter[str]):
+    def __init__(self, proto: WSConnection, frames: Counter[str], sent: Counter[str]):
         self.proto = proto
         self.writable = proto.writable  # set unless the transport is over its high-water mark
         self.busy = False  # the writer holds frames taken from the queue: keep the order
@@ -327,9 +327,9 @@ class _DirectWriter:
         self.proto.write_now(data)
 
 
-def _protocol(ws: WebSocket) -> HandshakeGuardProtocol | None:
-    proto = ws.scope.get("extensions", {}).get("hubbub.ws")
-    return proto if isinstance(proto, HandshakeGuardProtocol) else None
+def _protocol(ws: WebSocket) -> WSConnection | None:
+    proto = (ws.scope.get("extensions") or {}).get("hubbub.ws")
+    return proto if isinstance(proto, WSConnection) else None
 
 
 WRITE_CHUNK = 64 * 1024
@@ -358,7 +358,7 @@ async def _write_framed(proto: Any, items: list[Any]) -> tuple[int, int]:
 async def _drain(
     ws: WebSocket,
     session: Session,
-    proto: HandshakeGuardProtocol | None,
+    proto: WSConnection | None,
     direct: _DirectWriter | None,
     frames: Counter[str],
     sent: Counter[str],

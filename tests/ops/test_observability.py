@@ -206,7 +206,10 @@ async def test_logs_never_show_tokens_or_keys(tmp_path: Path, fmt: str) -> None:
     if fmt == "json":
         lines = [ln for ln in logs.splitlines() if ln.strip()]
         for ln in lines:
-            obj = json.loads(ln)  # one JSON object per line, nothing else on stderr
+            try:
+                obj = json.loads(ln)  # one JSON object per line, nothing else on stderr
+            except ValueError:
+                raise AssertionError(f"not JSON: {ln!r}") from None
             assert {"ts", "level", "logger", "msg"} <= set(obj), obj
             assert "color_message" not in obj  # uvicorn's ANSI copy stays out
         # Session lines carry the context as fields: session id, user, transport.

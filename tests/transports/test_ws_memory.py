@@ -15,7 +15,8 @@ import websockets
 from hubbub.hub.auth import Identity
 from hubbub.hub.clock import wheel
 from hubbub.hub.session import Session
-from hubbub.transports.server import HandshakeGuardProtocol, _Flag, _Inbox
+from hubbub.transports.flow import Flag
+from hubbub.transports.wsconn import WSConnection
 from hubbub.transports.websocket import _Link
 from tests.conftest import Node, token
 from tests.transports.wsclient import WS
@@ -30,39 +31,11 @@ async def until(cond: Any, deadline: float = DEADLINE) -> None:
         await asyncio.sleep(0.01)
 
 
-# ---- inbox and flag ------------------------------------------------------------------------------
-
-
-async def test_inbox_is_fifo_and_wakes_a_waiting_getter() -> None:
-    box = _Inbox()
-    assert box.empty()
-    box.put_nowait(1)
-    box.put_nowait(2)
-    assert await box.get() == 1 and box.qsize() == 1 and box.get_nowait() == 2 and box.empty()
-    with pytest.raises(asyncio.QueueEmpty):
-        box.get_nowait()
-    getter = asyncio.create_task(box.get())
-    await asyncio.sleep(0.01)
-    assert not getter.done()
-    box.put_nowait(3)
-    assert await asyncio.wait_for(getter, DEADLINE) == 3
-
-
-async def test_inbox_cancelled_getter_loses_nothing() -> None:
-    box = _Inbox()
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(box.get(), 0.01)
-    a = asyncio.create_task(box.get())
-    b = asyncio.create_task(box.get())
-    await asyncio.sleep(0.01)
-    box.put_nowait("x")  # wakes a, which is cancelled before it runs: b gets the item
-    a.cancel()
-    assert await asyncio.wait_for(b, DEADLINE) == "x"
-    assert box.empty() and box._waiters is None
+# ---- flag ------------------------------------------------------------------------------
 
 
 async def test_flag_waits_until_set() -> None:
-    flag = _Flag()
+    flag = Flag()
     assert flag.is_set()
     await asyncio.wait_for(flag.wait(), DEADLINE)
     flag.clear()
@@ -113,11 +86,10 @@ async def test_idle_connection_runs_no_writer_task(node: Node) -> None:
     await until(lambda: all(link.writer is None for link in links))
     for link in links:
         proto = link.proto
-        assert isinstance(proto, HandshakeGuardProtocol)
-        assert isinstance(proto.queue, _Inbox) and isinstance(proto.writable, _Flag)
-        assert proto.request is None and proto.response is None
+        assert isinstance(proto, WSConnection)
+        assert isinstance(proto.inbox, list) and isinstance(proto.writable, Flag)
+        assert proto.request is None and proto.http is None  # the handshake is let go
         assert proto.scope["headers"] == []  # let go once the client is authenticated
-        assert proto.ping_timer is None  # no protocol-level keepalive: Hubbub's heartbeat
         assert link.reader is not None and not link.reader.done()
     # Fan-out still reaches everyone, in order, without a writer task.
     for i in range(5):

@@ -1,0 +1,546 @@
+"""Hubbub's HTTP/1.1 server protocol: an ``asyncio.Protocol`` that runs the ASGI app.
+
+uvicorn runs it through its documented ``http=`` option (:mod:`hubbub.transports.server`);
+it subclasses nothing of uvicorn's. Requests are parsed with ``httptools``; a WebSocket
+upgrade hands the connection to :class:`hubbub.transports.wsconn.WSConnection`. What it adds
+to a plain server:
+
+* a header-read timeout: a connection whose request headers take longer than
+  ``HUB_HANDSHAKE_TIMEOUT`` is closed (slowloris), and so is an idle keep-alive connection
+  after uvicorn's ``timeout_keep_alive``;
+* header size limits: a request target over 16 KiB is answered 414, headers over 64 KiB 431;
+* a direct write path for streaming responses (SSE): ``scope["extensions"]["hubbub.http"]``
+  is the connection, whose :meth:`HttpConnection.chunked_stream` lets the stream write HTTP
+  chunks to the socket without going through the ASGI ``send`` coroutine.
+
+Contract with the server that creates it (checked by :func:`server.fast_path_problem`): it is
+constructed as ``cls(config=, server_state=, app_state=, _loop=)``; ``config`` carries
+``loaded_app``, ``root_path``, ``timeout_keep_alive``, ``ws_max_size``, ``access_log``;
+``server_state`` carries the ``connections`` and ``tasks`` sets and ``default_headers``; the
+server calls :meth:`shutdown` on every connection when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import urllib.parse
+from typing import Any, cast
+
+import httptools
+
+from hubbub.transports.flow import Flag
+
+log = logging.getLogger("hubbub.server")
+access = logging.getLogger("hubbub.access")
+
+MAX_URL = 16 * 1024
+MAX_HEADERS = 64 * 1024
+# Set by create_app() from the settings (each worker process builds its own app).
+HEADER_TIMEOUT = 10.0
+
+
+def http_chunk(body: bytes) -> bytes:
+    """``body`` as one HTTP/1.1 chunk of a chunked response (RFC 9112 §7.1). Empty bodies must
+    not be framed: an empty chunk ends the response."""
+    return b"%x\r\n%b\r\n" % (len(body), body)
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        phrase = b""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+
+
+def _simple(status: int, text: str) -> bytes:
+    body = text.encode()
+    return (
+        b"%sContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+        % (
+            _status_line(status),
+            len(body),
+            body,
+        )
+    )
+
+
+def addresses(transport: asyncio.BaseTransport) -> tuple[Any, Any, str]:
+    """(server, client, scheme) of a connection, as ASGI scopes carry them."""
+    sock = transport.get_extra_info("sockname")
+    peer = transport.get_extra_info("peername")
+    server = (str(sock[0]), int(sock[1])) if isinstance(sock, tuple) else None
+    client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+    tls = transport.get_extra_info("sslcontext") is not None
+    return server, client, "https" if tls else "http"
+
+
+def access_parts(scope: dict[str, Any]) -> tuple[str, str]:
+    """(client address, request target) for an access-log line; the log handler redacts
+    credentials in the query (hubbub.logs)."""
+    target = urllib.parse.quote(scope["path"])
+    if scope["query_string"]:
+        target += "?" + scope["query_string"].decode("ascii", "replace")
+    client = scope.get("client")
+    return (f"{client[0]}:{client[1]}" if client else "-"), target
+
+
+class ChunkedStream:
+    """Direct writes into one chunked HTTP/1.1 response, bypassing the ASGI ``send`` coroutine.
+
+    Obtained from :meth:`HttpConnection.chunked_stream` once the response headers went out
+    through ASGI; the response still ends through ASGI (``more_body: False``). ``flow`` has
+    ``write_paused``, True while the transport is over its high-water mark: callers check it
+    before accepting more. ``on_lost`` is called once when the connection goes away, since
+    nothing reads the ASGI ``receive`` of a stream that writes directly."""
+
+    __slots__ = ("conn", "cycle", "flow", "on_lost")
+
+    def __init__(self, conn: HttpConnection, cycle: Cycle) -> None:
+        self.conn = conn
+        self.cycle = cycle
+        self.flow = conn
+        self.on_lost: Any = None
+
+    def write(self, chunks: bytes) -> bool:
+        """Write already framed chunks (:func:`http_chunk`). Returns False, writing nothing,
+        once the response is complete or the connection is closing or gone. Flow control is
+        the caller's: this writes even while ``flow.write_paused``."""
+        cycle = self.cycle
+        transport = self.conn.transport
+        if cycle.disconnected or cycle.complete or transport is None or transport.is_closing():
+            return False
+        transport.write(chunks)
+        return True
+
+    async def drain(self) -> None:
+        """Wait until the transport is below its low-water mark (or the connection is gone)."""
+        await self.conn.writable.wait()
+
+    def abort(self) -> None:
+        """Drop the connection now, unflushed data included (a client that stopped reading)."""
+        self.cycle.disconnected = True
+        if self.conn.transport is not None:
+            self.conn.transport.abort()
+
+    def lost(self) -> None:
+        callback, self.on_lost = self.on_lost, None
+        if callback is not None:
+            callback()
+
+    def detach(self) -> None:
+        """The response ended: no more ``on_lost`` calls."""
+        self.on_lost = None
+        if self.conn.stream is self:
+            self.conn.stream = None
+
+
+class Cycle:
+    """One request and its response: the ASGI ``receive`` and ``send`` of an HTTP scope."""
+
+    __slots__ = ("body", "body_read", "chunked", "complete", "conn", "continue_100", "disconnected", "head",
+                 "keep_alive", "more_body", "scope", "started", "status", "wake")  # fmt: skip
+
+    def __init__(self, conn: HttpConnection, scope: dict[str, Any], keep_alive: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.body: list[bytes] = []
+        self.more_body = True
+        self.body_read = False  # the last piece of the body went to the app
+        self.wake = Flag(False)
+        self.started = False
+        self.complete = False
+        self.disconnected = False
+        self.chunked = False
+        self.head = scope["method"] == "HEAD"
+        self.keep_alive = keep_alive
+        self.status = 0
+        self.continue_100 = False
+
+    async def receive(self) -> dict[str, Any]:
+        """The request body in pieces, then (ASGI) block until the client goes away or the
+        response is complete, and say ``http.disconnect``."""
+        if self.continue_100 and not self.started and not self.disconnected:
+            self.continue_100 = False
+            transport = self.conn.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while not self.disconnected and not self.complete:
+            if self.body or (not self.more_body and not self.body_read):
+                body = b"".join(self.body)
+                self.body.clear()
+                self.body_read = not self.more_body
+                self.conn.resume_reading()
+                return {"type": "http.request", "body": body, "more_body": self.more_body}
+            self.wake.clear()
+            self.conn.resume_reading()
+            await self.wake.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        transport = self.conn.transport
+        if self.disconnected or transport is None:
+            return  # ASGI: sends after a disconnect are no-ops
+        if kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("response already started")
+            self.started = True
+            self._write_head(message)
+        elif kind == "http.response.body":
+            if not self.started or self.complete:
+                raise RuntimeError("http.response.body without a started, open response")
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            if not self.conn.writable.is_set():
+                await self.conn.writable.wait()
+            if self.head or self.disconnected:
+                pass
+            elif self.chunked:
+                if body and more:
+                    transport.write(http_chunk(body))
+                elif not more:
+                    transport.write(http_chunk(body) + b"0\r\n\r\n" if body else b"0\r\n\r\n")
+            elif body:
+                transport.write(body)
+            if not more:
+                self.complete = True
+                self.wake.set()
+                self.conn.response_done(self)
+        # other message types (trailers, pathsend, …) are not offered in the scope: ignored
+
+    def _write_head(self, message: dict[str, Any]) -> None:
+        status = int(message["status"])
+        self.status = status
+        lines = [_status_line(status)]
+        lines.extend(b"%s: %s\r\n" % pair for pair in self.conn.default_headers)
+        length = None
+        for name, value in message.get("headers", ()):
+            low = name.lower()
+            if low == b"content-length":
+                length = value
+            elif low == b"connection" and value.lower() == b"close":
+                self.keep_alive = False
+            elif low == b"transfer-encoding":
+                continue  # the framing is the server's
+            lines.append(b"%s: %s\r\n" % (name, value))
+        no_body = self.head or status in (204, 304) or status < 200
+        if length is None and not no_body:
+            if self.scope["http_version"] == "1.1":
+                self.chunked = True
+                lines.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # HTTP/1.0: the end of the body is the close
+        if not self.keep_alive:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        assert self.conn.transport is not None
+        self.conn.transport.write(b"".join(lines))
+
+
+class HttpConnection(asyncio.Protocol):
+    """One TCP connection speaking HTTP/1.1 (keep-alive, pipelining) to the ASGI app."""
+
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any] | None = None,
+        _loop: asyncio.AbstractEventLoop | None = None,
+        **_: Any,
+    ) -> None:
+        self.config = config
+        self.app = config.loaded_app
+        self.server_state = server_state
+        self.app_state = app_state if app_state is not None else {}
+        self.loop = _loop or asyncio.get_running_loop()
+        self.root_path: str = config.root_path or ""
+        self.log_access = bool(config.access_log)
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.server: Any = None
+        self.client: Any = None
+        self.scheme = "http"
+        self.writable = Flag(True)
+        self.write_paused = False
+        self.reading_paused = False
+        self.cycle: Cycle | None = None
+        self.pipeline: list[Cycle] = []
+        self.stream: ChunkedStream | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        # the request being parsed
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.expect_100 = False
+        self.upgrade: bytes | None = None
+        self.parsing: Cycle | None = None
+        self.refused = False
+
+    @property
+    def default_headers(self) -> list[tuple[bytes, bytes]]:
+        return list(self.server_state.default_headers)
+
+    # ---- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.server_state.connections.add(self)
+        self.server, self.client, self.scheme = addresses(transport)
+        self._arm(HEADER_TIMEOUT)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server_state.connections.discard(self)
+        self._disarm()
+        for cycle in [self.cycle, self.parsing, *self.pipeline]:
+            if cycle is not None and not cycle.complete:
+                cycle.disconnected = True
+                cycle.wake.set()
+        self.pipeline.clear()
+        self.writable.set()
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.lost()
+        self.transport = None
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport (a half-closed HTTP client is done)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.writable.set()
+
+    def data_received(self, data: bytes) -> None:
+        if self.timer is not None and self.cycle is None:
+            self._arm(HEADER_TIMEOUT)  # a keep-alive connection starts its next request
+        if self.refused:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            if not self.refused:
+                self._upgrade(data[exc.args[0] :] if exc.args else b"")
+        except httptools.HttpParserError:
+            self._refuse(400, "Invalid HTTP request")
+
+    def shutdown(self) -> None:
+        """The server stops: close now when idle, else after the response in progress."""
+        if self.transport is None:
+            return
+        if self.cycle is None or self.cycle.complete:
+            self.transport.close()
+        else:
+            self.cycle.keep_alive = False
+            for cycle in self.pipeline:
+                cycle.keep_alive = False
+
+    # ---- httptools callbacks --------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.header_bytes = 0
+        self.expect_100 = False
+        self.upgrade = None
+        if self.cycle is None:
+            self._arm(HEADER_TIMEOUT)
+
+    def on_url(self, url: bytes) -> None:
+        if self.refused:
+            return
+        self.url += url
+        if len(self.url) > MAX_URL:
+            self._refuse(414, "Request-URI Too Long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.refused:
+            return
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > MAX_HEADERS:
+            self._refuse(431, "Request Header Fields Too Large")
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100 = True
+        elif name == b"upgrade":
+            self.upgrade = value.lower()
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.refused:
+            return
+        if self.cycle is None:
+            self._disarm()
+        if self.parser.should_upgrade() and self.upgrade == b"websocket":
+            return  # HttpParserUpgrade follows: _upgrade takes the connection
+        parsed = httptools.parse_url(self.url)
+        raw_path = parsed.path
+        path = raw_path.decode("ascii", "replace")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        self.server_state.total_requests += 1
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": self.parser.get_http_version(),
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": self.parser.get_method().decode("ascii"),
+            "root_path": self.root_path,
+            "path": self.root_path + path,
+            "raw_path": self.root_path.encode("ascii") + raw_path,
+            "query_string": parsed.query or b"",
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+            "extensions": {"hubbub.http": self},
+        }
+        cycle = Cycle(self, scope, self.parser.should_keep_alive())
+        cycle.continue_100 = self.expect_100
+        self.parsing = cycle
+        if self.cycle is None:
+            self._run(cycle)
+        else:  # pipelined: answered after the one in progress
+            self.pipeline.append(cycle)
+            self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.parsing
+        if cycle is None or cycle.complete or cycle.disconnected:
+            return
+        cycle.body.append(body)
+        if sum(map(len, cycle.body)) > 64 * 1024:
+            self.pause_reading()
+        cycle.wake.set()
+
+    def on_message_complete(self) -> None:
+        cycle, self.parsing = self.parsing, None
+        if cycle is not None:
+            cycle.more_body = False
+            cycle.wake.set()
+
+    # ---- requests and responses ---------------------------------------------------------------
+    def _run(self, cycle: Cycle) -> None:
+        self.cycle = cycle
+        task = self.loop.create_task(self._serve(cycle))
+        self.server_state.tasks.add(task)
+        task.add_done_callback(self.server_state.tasks.discard)
+
+    async def _serve(self, cycle: Cycle) -> None:
+        try:
+            await self.app(cycle.scope, cycle.receive, cycle.send)
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                log.exception("exception in the ASGI app", exc_info=exc)
+            if not cycle.started and not cycle.disconnected and self.transport is not None:
+                cycle.started = cycle.complete = True
+                self.transport.write(_simple(500, "Internal Server Error"))
+                self.transport.close()
+            elif not cycle.complete and self.transport is not None:
+                self.transport.close()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        if not cycle.started and not cycle.disconnected and self.transport is not None:
+            cycle.started = cycle.complete = True
+            self.transport.write(_simple(500, "Internal Server Error"))
+            self.transport.close()
+        elif not cycle.complete and self.transport is not None:
+            self.transport.close()  # the app returned with its response unfinished
+
+    def response_done(self, cycle: Cycle) -> None:
+        """The response to ``cycle`` is written: log it, then close, or go on with the next
+        request on this connection."""
+        if self.log_access:
+            scope = cycle.scope
+            client, target = access_parts(scope)
+            access.info('%s - "%s %s HTTP/%s" %d', client, scope["method"], target,
+                        scope["http_version"], cycle.status)  # fmt: skip
+        transport = self.transport
+        if transport is None:
+            return
+        if not cycle.keep_alive or (cycle.more_body and cycle is self.parsing):
+            transport.close()  # an unread request body makes the connection unusable
+            return
+        self.cycle = None
+        if self.pipeline:
+            self._run(self.pipeline.pop(0))
+            if not self.pipeline:
+                self.resume_reading()
+            return
+        self.resume_reading()
+        self._arm(float(self.config.timeout_keep_alive))
+
+    def chunked_stream(self, scope: Any) -> ChunkedStream | None:
+        """A :class:`ChunkedStream` for the response to ``scope``, or None (then use the ASGI
+        ``send``): only over HTTP/1.1, for the connection's current request, once its response
+        headers were sent with chunked transfer encoding and while it is open."""
+        cycle = self.cycle
+        if (
+            cycle is None
+            or cycle.scope is not scope
+            or not cycle.started
+            or not cycle.chunked
+            or cycle.complete
+            or cycle.disconnected
+            or self.transport is None
+            or self.transport.is_closing()
+        ):
+            return None
+        self.stream = ChunkedStream(self, cycle)
+        return self.stream
+
+    # ---- helpers ------------------------------------------------------------------------------------
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.pipeline:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self.timer = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expired(self) -> None:
+        self.timer = None
+        if self.transport is not None and self.cycle is None:
+            self.transport.close()
+
+    def _refuse(self, status: int, text: str) -> None:
+        """Answer a request that cannot be parsed or is too large, and close; what the parser
+        still reports of it is ignored."""
+        self.refused = True
+        if self.transport is not None and not self.transport.is_closing():
+            if self.cycle is None:
+                self.transport.write(_simple(status, text))
+            self.transport.close()
+
+    def _upgrade(self, rest: bytes) -> None:
+        from hubbub.transports.wsconn import WSConnection
+
+        assert self.transport is not None
+        if self.cycle is not None:  # an upgrade pipelined behind a request: not supported
+            self._refuse(400, "Upgrade behind a pending request")
+            return
+        if self.parser.get_method() != b"GET":
+            self._refuse(400, "WebSocket upgrade needs GET")
+            return
+        ws = WSConnection(self, self.url, self.headers)
+        self.server_state.connections.discard(self)
+        self._disarm()
+        self.transport.set_protocol(ws)
+        ws.connection_made(self.transport)
+        if rest:
+            ws.data_received(rest)
