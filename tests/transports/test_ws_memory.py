@@ -16,8 +16,8 @@ from hubbub.hub.auth import Identity
 from hubbub.hub.clock import wheel
 from hubbub.hub.session import Session
 from hubbub.transports.flow import Flag
-from hubbub.transports.wsconn import WSConnection
 from hubbub.transports.websocket import _Link
+from hubbub.transports.wsconn import WSConnection
 from tests.conftest import Node, token
 from tests.transports.wsclient import WS
 
