@@ -4,8 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SYSTEM_PACKAGES := redis-server chromium nginx
 PYTEST_ARGS ?=
+LATEST ?= .venv-latest
 
-.PHONY: run test check format system-deps clean
+.PHONY: run test test-latest check format system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,33 @@ run: $(VENV)/.run-installed
 ## make test: install test dependencies (Python and system) and run the whole suite
 test: $(VENV)/.test-installed system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make test-latest: the same pytest run in .venv-latest, against the newest release of every runtime,
+## test and webrtc dependency, Hubbub's own version bounds ignored (prints the key versions first)
+test-latest: system-deps
+	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	$(LATEST)/bin/pip install -q --no-deps -e .
+	$(LATEST)/bin/python -c "$$LATEST_REQUIREMENTS" > $(LATEST)/requirements.txt
+	@# pip warns that these break Hubbub's own bounds: that is the point of this target
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -r $(LATEST)/requirements.txt
+	@echo "newest releases installed:"
+	@$(LATEST)/bin/pip freeze | grep -iE '^(starlette|uvicorn|websockets|redis|pyjwt|orjson|httpx|hypercorn|aiortc)=='
+	$(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The dependencies of test-latest by name alone, read from pyproject.toml so the list never goes
+# stale: [project] dependencies plus the test and webrtc extras (what `make test` installs), each
+# without its version specifiers but with its own extras and environment marker.
+define LATEST_REQUIREMENTS
+import re, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+extras = project["optional-dependencies"]
+for req in project["dependencies"] + extras["test"] + extras["webrtc"]:
+    spec, _, marker = req.partition(";")
+    name = re.match(r"\s*[A-Za-z0-9][A-Za-z0-9._-]*(\[[^]]*\])?", spec).group(0).strip()
+    print(name + ("; " + marker.strip() if marker.strip() else ""))
+endef
+export LATEST_REQUIREMENTS
 
 ## make check: lint, format check and strict typing
 check: $(VENV)/.test-installed
@@ -52,4 +80,4 @@ system-deps:
 	fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts *.egg-info
+	rm -rf $(VENV) $(LATEST) .pytest_cache .mypy_cache .ruff_cache test-artifacts *.egg-info
