@@ -69,18 +69,19 @@ from hubbub.hub.brokers.redis_pubsub import PubSubLink, stop_tasks, supervise
 from hubbub.hub.brokers.redis_state import NodeState
 from hubbub.hub.envelope import Publication
 from hubbub.hub.errors import BrokerError, Conflict
+from hubbub.hub.values import parse_bool, redact_url
 
 log = logging.getLogger("hubbub.redis")
-_TRUE = ("1", "true", "yes", "on")
 
 
 def split_cluster_flag(url: str) -> tuple[str, bool]:
-    """Remove ``cluster=…`` from the URL's query; True when it asks for Redis Cluster."""
+    """Remove ``cluster=…`` from the URL's query; True when it asks for Redis Cluster. Raises
+    ValueError when the flag is not a boolean (HUB_BROKER_URL is checked at load)."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     flags = [v for k, v in query if k == "cluster"]
     rest = [(k, v) for k, v in query if k != "cluster"]
-    cluster = bool(flags) and flags[-1].lower() in _TRUE
+    cluster = bool(flags) and parse_bool(flags[-1])
     return urlunsplit(parts._replace(query=urlencode(rest))), cluster
 
 
@@ -227,7 +228,10 @@ class RedisBroker:
         try:
             await asyncio.wait_for(self._link.became_up.wait(), min(self.timeout, 2.0))
         except TimeoutError:
-            log.warning("redis at %s is not reachable yet; retrying in the background", self.url)
+            log.warning(
+                "redis at %s is not reachable yet; retrying in the background",
+                redact_url(self.url),
+            )
             listener.broker_state(False)
 
     async def close(self) -> None:
