@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from hubbub.hub.brokers.memory_state import MemoryStateStore
 from hubbub.hub.ratelimit import UNLIMITED, BucketStore, TokenBucket
 from hubbub.hub.values import Rate
 
@@ -77,3 +78,14 @@ def test_store_needs_a_capacity() -> None:
     with pytest.raises(ValueError):
         BucketStore(capacity=0)
 
+
+async def test_memory_state_store_keeps_a_bounded_lru_of_buckets() -> None:
+    """Many client addresses never make the memory store drop every bucket at once: only the
+    least recently used go, and a busy key keeps its (empty) bucket."""
+    clock = Clock()
+    state = MemoryStateStore(clock=clock, bucket_capacity=100)
+    assert (await state.take("busy", 1.0, 1.0))[0]
+    for i in range(1000):
+        await state.take(f"ip:{i}", 1.0, 1.0)
+        assert not (await state.take("busy", 1.0, 1.0))[0]
+    assert len(state.buckets) == 100
