@@ -81,9 +81,6 @@ class Rate:
     def enabled(self) -> bool:
         return self.rate > 0
 
-    def __str__(self) -> str:
-        return f"{self.rate:g}/s:{self.burst:g}" if self.enabled else "off"
-
 
 def parse_grants(text: str) -> dict[str, tuple[str, ...]]:
     """Parse ``subscribe=a,b;publish=c`` into ``{"subscribe": ("a", "b"), ...}``; kinds not
