@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from hubbub.hub.auth import Authenticator, Identity, grant_matches
-from hubbub.hub.brokers.base import Broker, Idempotency, Member, broker_from_url
+from hubbub.hub.brokers.base import Broker, Idempotency, Member, StateStore, backends_from_url
 from hubbub.hub.delivery import Delivery
 from hubbub.hub.envelope import (
     Position,
@@ -67,18 +67,31 @@ class PreparedPublish:
 
 
 class Hub(Delivery):
-    """One per node. Start with ``await hub.start()``, stop with ``await hub.stop()``."""
+    """One per node. Start with ``await hub.start()``, stop with ``await hub.stop()``.
 
-    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+    The broker and the state store come from ``settings.broker_url`` unless given; a broker
+    given without a state store gets an in-process one (:mod:`hub.brokers.memory_state`)."""
+
+    def __init__(
+        self, settings: Settings, broker: Broker | None = None, state: StateStore | None = None
+    ) -> None:
         self.settings = settings
-        self.broker: Broker = broker or broker_from_url(
-            settings.broker_url,
-            history_size=settings.history_size,
-            history_ttl=settings.history_ttl,
-            prefix=settings.redis_prefix,
-            presence_ttl=settings.presence_ttl,
-            timeout=settings.broker_timeout,
-        )
+        if broker is None:
+            broker, default_state = backends_from_url(
+                settings.broker_url,
+                history_size=settings.history_size,
+                history_ttl=settings.history_ttl,
+                prefix=settings.redis_prefix,
+                presence_ttl=settings.presence_ttl,
+                timeout=settings.broker_timeout,
+            )
+            state = state or default_state
+        elif state is None:
+            from hubbub.hub.brokers.memory_state import MemoryStateStore
+
+            state = MemoryStateStore()
+        self.broker: Broker = broker
+        self.state: StateStore = state
         self.auth = Authenticator(settings)
         self.node_id = secrets.token_hex(6)
         self.sessions: dict[str, Session] = {}
@@ -92,13 +105,17 @@ class Hub(Delivery):
     # ---- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
         await self.broker.start(self, self.node_id)
+        await self.state.start(self.node_id)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         for s in list(self.sessions.values()):
             s.close(CLOSE_SHUTDOWN, "server shutting down")
-        await self.broker.close()
+        try:
+            await self.state.close()
+        finally:
+            await self.broker.close()
 
     async def drain(self, window: float = 1.0) -> None:
         """Refuse new sessions and close existing ones with 4000, spread over ``window`` s."""
@@ -141,7 +158,7 @@ class Hub(Delivery):
             publish_rate=None if identity.api_key else s.client_publish_rate,
         )
         try:
-            count = await self.broker.connection_add(identity.sub, session.id)
+            count = await self.state.connection_add(identity.sub, session.id)
         except BrokerError:
             raise Unavailable("broker unavailable") from None
         if (
@@ -150,7 +167,7 @@ class Hub(Delivery):
             and not identity.api_key
         ):
             with contextlib.suppress(BrokerError):
-                await self.broker.connection_remove(identity.sub, session.id)
+                await self.state.connection_remove(identity.sub, session.id)
             raise Disconnect(CLOSE_LIMIT, "connection limit reached")
         self.sessions[session.id] = session
         self.by_user.setdefault(identity.sub, set()).add(session)
@@ -181,7 +198,7 @@ class Hub(Delivery):
             with contextlib.suppress(Exception):
                 await self.unsubscribe(session, room)
         with contextlib.suppress(Exception):
-            await self.broker.connection_remove(session.identity.sub, session.id)
+            await self.state.connection_remove(session.identity.sub, session.id)
 
     # ---- rooms -------------------------------------------------------------------------------
     def is_call_room(self, room: str) -> bool:
@@ -265,7 +282,7 @@ class Hub(Delivery):
         try:
             room = await self._join_room(name)
             room.subs[session] = sub
-            await self.broker.room_sessions(name, 1)
+            await self.state.room_sessions(name, 1)
             seam: Seam = await replay(self.broker, session, name, pos, history)
         except BaseException:
             session.subs.pop(name, None)
@@ -281,7 +298,7 @@ class Hub(Delivery):
             # saves a replay); concurrent joins on several nodes cannot overfill the room.
             cap = self.settings.signal_max_peers if self.is_call_room(name) else None
             try:
-                await self.broker.presence_add(member, limit=cap)
+                await self.state.presence_add(member, limit=cap)
                 await self.broker.publish_frame(name, self._presence_frame("join", member))
                 result["presence"] = [m.public() for m in await self._presence_members(name)]
             except RoomFull:
@@ -310,10 +327,10 @@ class Hub(Delivery):
                       extra={**_log_context(session), "room": name})  # fmt: skip
         try:
             if sub.presence:
-                await self.broker.presence_remove(name, session.id)
+                await self.state.presence_remove(name, session.id)
                 frame = self._presence_frame("leave", self._member(session, name))
                 await self.broker.publish_frame(name, frame)
-            await self.broker.room_sessions(name, -1)
+            await self.state.room_sessions(name, -1)
         finally:
             await self._maybe_leave_room(room)
 
@@ -342,7 +359,7 @@ class Hub(Delivery):
 
     async def _presence_members(self, room: str) -> list[Member]:
         try:
-            return await self.broker.presence_list(room)
+            return await self.state.presence_list(room)
         except BrokerError:
             raise Unavailable("broker unavailable") from None
 
@@ -516,7 +533,7 @@ class Hub(Delivery):
     async def disconnect_user(self, user: str, reason: str = "disconnected by the server") -> int:
         """Close every session of ``user`` on every node with 4509; returns how many."""
         try:
-            n = await self.broker.connection_count(user)
+            n = await self.state.connection_count(user)
             await self.broker.send_control({"t": "kick", "user": user, "reason": reason})
         except BrokerError:
             raise Unavailable("broker unavailable") from None

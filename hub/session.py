@@ -28,6 +28,7 @@ from hubbub.hub.errors import (
     CLOSE_SLOW,
     Disconnect,
 )
+from hubbub.hub.ratelimit import UNLIMITED, TokenBucket
 from hubbub.hub.settings import Rate
 
 Item = str | Publication
@@ -55,30 +56,6 @@ class Subscription:
     offset: int = 0  # last offset handed to the session (for gap detection while buffering)
 
 
-class TokenBucket:
-    """A local token bucket (per-session publish rate)."""
-
-    __slots__ = ("_last", "_tokens", "burst", "rate")
-
-    def __init__(self, rate: Rate) -> None:
-        self.rate = rate.rate
-        self.burst = rate.burst
-        self._tokens = rate.burst
-        self._last = time.monotonic()
-
-    def take(self) -> bool:
-        if self.rate <= 0:
-            return True
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-
-UNLIMITED = TokenBucket(Rate(0, 0))  # shared: no state changes while the rate is 0
 _NEVER = float("inf")
 
 
@@ -143,7 +120,7 @@ class Session:
         self.closed: Disconnect | None = None
         self.last_seen = time.monotonic()
         self.rate = (
-            TokenBucket(publish_rate) if publish_rate is not None and publish_rate.rate > 0
+            TokenBucket.of(publish_rate) if publish_rate is not None and publish_rate.rate > 0
             else UNLIMITED
         )  # fmt: skip
         self.rate_strikes = 0

@@ -1,128 +1,157 @@
 """Settings: one frozen object, read once at the edge (PROTOCOL.md §7).
 
-Precedence: explicit overrides (CLI flags) > environment (``HUB_*``) > TOML file > defaults in
-code. Every bad value raises :class:`~hub.errors.ConfigError` naming the variable and the value,
-so start-up stops with a message an operator can act on.
+Every field carries a :class:`~hub.specs.Spec` (kind, bounds, secret or not, help text with
+units); the environment (``HUB_*``), the TOML file, the flags, validation and every error message
+derive from it. Precedence: explicit overrides (CLI flags) > environment > TOML file > defaults
+in code. A bad value raises :class:`~hub.errors.ConfigError` naming the variable and saying what
+is expected, so start-up stops with a message an operator can act on; a secret's value is never
+part of a message. An unknown ``HUB_*`` environment variable is logged (with the nearest known
+name, never its value); an unknown key in the file is an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from hubbub.hub.errors import ConfigError
+from hubbub.hub.specs import SPEC, Kind, Spec, spec_of
+from hubbub.hub.values import GRANT_KINDS, Invalid, Rate, parse_bool, parse_grants, redact_url
 
-GRANT_KINDS = ("subscribe", "publish", "signal", "presence")
+__all__ = ["GRANT_KINDS", "Rate", "Settings", "parse_grants"]
 
+log = logging.getLogger("hubbub.settings")
 
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """A token bucket: ``rate`` tokens per second, at most ``burst`` saved up."""
-
-    rate: float
-    burst: float
-
-    @classmethod
-    def parse(cls, text: str) -> Rate:
-        """Parse ``<rate>/s[:<burst>]``; the burst defaults to the rate. ``0`` means off."""
-        text = text.strip()
-        if text in ("0", "off", ""):
-            return cls(0.0, 0.0)
-        head, _, burst_text = text.partition(":")
-        if not head.endswith("/s"):
-            raise ValueError("expected <rate>/s[:<burst>]")
-        rate = float(head[:-2])
-        burst = float(burst_text) if burst_text else max(rate, 1.0)
-        if rate < 0 or burst < 0 or rate != rate or burst != burst:
-            raise ValueError("rate and burst must be >= 0")
-        return cls(rate, burst)
-
-    @property
-    def enabled(self) -> bool:
-        return self.rate > 0
+DAY = 86400.0
+YEAR = 365 * DAY
+MIB = 1024 * 1024
+JWT_ALGORITHMS = (
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512", "EdDSA",
+)  # fmt: skip
+NOT_SETTINGS = ("HUB_CONFIG",)  # HUB_* variables read elsewhere
 
 
-def parse_grants(text: str) -> dict[str, tuple[str, ...]]:
-    """Parse ``subscribe=a,b;publish=c`` into ``{"subscribe": ("a", "b"), ...}``."""
-    out: dict[str, tuple[str, ...]] = {k: () for k in GRANT_KINDS}
-    for part in text.split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        kind, eq, patterns = part.partition("=")
-        kind = kind.strip()
-        if not eq or kind not in GRANT_KINDS:
-            raise ValueError(f"unknown grant kind {kind!r}; expected one of {GRANT_KINDS}")
-        out[kind] = tuple(p.strip() for p in patterns.split(",") if p.strip())
-    return out
+def _setting(default: Any, kind: Kind, help: str, **spec: Any) -> Any:
+    """A Settings field with its Spec; ``default`` may be a zero-argument factory for
+    mutable defaults (``factory=True``)."""
+    factory = spec.pop("factory", False)
+    meta = {SPEC: Spec(kind, help, **spec)}
+    if factory:
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in text.split(",") if p.strip())
+def _seconds(default: float, help: str, *, zero: bool = False, high: float = DAY) -> Any:
+    """A duration in seconds: > 0 (``zero``: >= 0) and at most ``high``."""
+    return _setting(default, Kind.FLOAT, help, unit="seconds", low=0, above=not zero, high=high)
 
 
-def _bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("expected true or false")
+def _count(default: int, help: str, *, low: int = 1, high: int, unit: str = "") -> Any:
+    return _setting(default, Kind.INT, help, low=low, high=high, unit=unit)
+
+
+def _not_empty(value: Any) -> None:
+    if not value:
+        raise Invalid("it must not be empty")
+
+
+def _check_broker_url(url: str) -> None:
+    scheme = url.split("://", 1)[0]
+    if "://" not in url or scheme not in ("memory", "redis", "rediss"):
+        raise ValueError("unknown scheme")
+    try:
+        query = parse_qsl(urlsplit(url).query, keep_blank_values=True)
+    except ValueError:
+        raise Invalid("the URL cannot be parsed") from None
+    for key, value in query:
+        if key == "cluster":
+            parse_bool(value)
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Every knob of a node. Field ``foo`` is read from ``HUB_FOO``."""
+    """Every knob of a node. Field ``foo`` is read from ``HUB_FOO``; see each field's Spec."""
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    broker_url: str = "memory://"
-    redis_prefix: str = "hubbub:"
-    jwt_secret: str | None = None
-    jwt_public_key: str | None = None
-    jwt_jwks_file: str | None = None
-    jwt_algorithms: tuple[str, ...] = ("HS256",)
-    jwt_audience: str | None = None
-    jwt_issuer: str | None = None
-    jwt_max_ttl: float = 86400.0
-    api_keys: tuple[str, ...] = ()
-    default_grants: dict[str, tuple[str, ...]] = field(
-        default_factory=lambda: {k: ("*",) for k in GRANT_KINDS}
+    host: str = _setting("127.0.0.1", Kind.TEXT, "address to listen on", check=_not_empty,
+                         expect="a host name or IP address")  # fmt: skip
+    port: int = _count(8000, "TCP port to listen on (0: any free port)", low=0, high=65535)
+    broker_url: str = _setting(
+        "memory://", Kind.TEXT, "broker: memory:// (one process) or redis://… / rediss://…",
+        check=_check_broker_url, show=lambda v: repr(redact_url(v)),
+        expect="a memory://, redis://… or rediss://… URL (cluster=true or false, if given)",
+    )  # fmt: skip
+    redis_prefix: str = _setting("hubbub:", Kind.TEXT, "prefix of every Redis key and channel")
+    jwt_secret: str | None = _setting(None, Kind.OPTIONAL_TEXT, "HMAC key for HS* tokens",
+                                      secret=True)  # fmt: skip
+    jwt_public_key: str | None = _setting(
+        None, Kind.OPTIONAL_TEXT, "PEM public key, or the path of a PEM file, for RS/PS/ES/EdDSA"
     )
-    allow_anonymous: bool | None = None
-    allowed_origins: tuple[str, ...] = ()
-    history_size: int = 1000
-    history_ttl: float = 3600.0
-    ping_interval: float = 25.0
-    ping_timeout: float = 10.0
-    sse_ping_interval: float = 15.0
-    sse_retry_ms: int = 2000
-    max_message_bytes: int = 65536
-    max_queue: int = 1000
-    max_queue_bytes: int = 4 * 1024 * 1024
-    max_subscriptions: int = 128
-    max_connections_per_user: int = 0
-    client_publish_rate: Rate = Rate(20.0, 40.0)
-    api_rate: Rate = Rate(1000.0, 2000.0)
-    signal_rooms: tuple[str, ...] = ("call:*",)
-    signal_max_peers: int = 8
-    stun_urls: tuple[str, ...] = ()
-    turn_urls: tuple[str, ...] = ()
-    turn_secret: str | None = None
-    turn_ttl: float = 3600.0
-    shutdown_timeout: float = 30.0
-    log_format: str = "text"
-    log_level: str = "info"
-    presence_ttl: float = 30.0
-    auth_timeout: float = 10.0
-    handshake_timeout: float = 10.0
-    broker_timeout: float = 5.0
-    workers: int = 1
+    jwt_jwks_file: str | None = _setting(None, Kind.OPTIONAL_TEXT, "path of a JWKS file")
+    jwt_algorithms: tuple[str, ...] = _setting(
+        ("HS256",), Kind.LIST, "accepted token algorithms", choices=JWT_ALGORITHMS,
+        check=_not_empty,
+    )  # fmt: skip
+    jwt_audience: str | None = _setting(None, Kind.OPTIONAL_TEXT, "required aud claim")
+    jwt_issuer: str | None = _setting(None, Kind.OPTIONAL_TEXT, "required iss claim")
+    jwt_max_ttl: float = _seconds(86400.0, "longest accepted exp - now of a token", high=YEAR)
+    api_keys: tuple[str, ...] = _setting((), Kind.LIST, "backend API keys", secret=True)
+    # (_setting returns a dataclasses.field, which ruff's RUF009 cannot tell)
+    default_grants: dict[str, tuple[str, ...]] = _setting(  # noqa: RUF009
+        lambda: {k: ("*",) for k in GRANT_KINDS}, Kind.GRANTS,
+        "grants of a token without a hub claim", factory=True,
+    )  # fmt: skip
+    allow_anonymous: bool | None = _setting(
+        None, Kind.OPTIONAL_BOOL, "guests without a token (unset: only in dev mode)"
+    )
+    allowed_origins: tuple[str, ...] = _setting(
+        (), Kind.LIST, "browser origins (exact or globs) besides the same origin"
+    )
+    history_size: int = _count(1000, "publications kept per room", high=10_000_000)
+    history_ttl: float = _seconds(3600.0, "age limit of history (0: none)", zero=True, high=YEAR)
+    ping_interval: float = _seconds(25.0, "WebSocket heartbeat interval")
+    ping_timeout: float = _seconds(10.0, "time to answer a WebSocket ping")
+    sse_ping_interval: float = _seconds(15.0, "SSE comment heartbeat interval")
+    sse_retry_ms: int = _count(2000, "SSE retry hint", low=0, high=86_400_000,
+                               unit="milliseconds")  # fmt: skip
+    max_message_bytes: int = _count(65536, "largest publication data", high=64 * MIB,
+                                    unit="bytes")  # fmt: skip
+    max_queue: int = _count(1000, "queued outbound frames per session", high=10_000_000)
+    max_queue_bytes: int = _count(4 * MIB, "queued outbound bytes per session",
+                                  high=64 * 1024 * MIB, unit="bytes")  # fmt: skip
+    max_subscriptions: int = _count(128, "rooms per session", high=100_000)
+    max_connections_per_user: int = _count(0, "sessions per user (0: no limit)", low=0,
+                                           high=10_000_000)  # fmt: skip
+    client_publish_rate: Rate = _setting(  # noqa: RUF009
+        Rate(20.0, 40.0), Kind.RATE, "publishes per session"
+    )
+    api_rate: Rate = _setting(  # noqa: RUF009
+        Rate(1000.0, 2000.0), Kind.RATE, "HTTP requests per API key or client IP"
+    )
+    signal_rooms: tuple[str, ...] = _setting(("call:*",), Kind.LIST, "call room patterns")
+    signal_max_peers: int = _count(8, "presence members per call room", high=10_000)
+    stun_urls: tuple[str, ...] = _setting((), Kind.LIST, "STUN URLs for ICE")
+    turn_urls: tuple[str, ...] = _setting((), Kind.LIST, "TURN URLs for ICE")
+    turn_secret: str | None = _setting(None, Kind.OPTIONAL_TEXT,
+                                       "TURN REST shared secret", secret=True)  # fmt: skip
+    turn_ttl: float = _seconds(3600.0, "lifetime of TURN credentials", high=YEAR)
+    shutdown_timeout: float = _seconds(30.0, "drain time on SIGTERM", zero=True)
+    log_format: str = _setting("text", Kind.CHOICE, "log line format", choices=("text", "json"))
+    log_level: str = _setting("info", Kind.CHOICE, "least severe level logged",
+                              choices=("debug", "info", "warning", "error", "critical"))  # fmt: skip
+    presence_ttl: float = _seconds(30.0, "life of a presence entry its node stops refreshing")
+    auth_timeout: float = _seconds(10.0, "deadline of the WebSocket auth frame", high=3600)
+    handshake_timeout: float = _seconds(10.0, "time to send HTTP request headers", high=3600)
+    broker_timeout: float = _seconds(5.0, "deadline of each broker call", high=3600)
+    workers: int = _count(1, "worker processes (more than 1 needs Redis)", high=1024)
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -148,34 +177,33 @@ class Settings:
     ) -> Settings:
         """Build settings from a TOML file, the environment and overrides, validating each.
 
-        Raises ConfigError naming the variable and the value on any bad input.
+        Raises ConfigError naming the variable on any bad input.
         """
         env = os.environ if env is None else env
+        specs = {f.name: spec_of(f) for f in fields(cls)}
         raw: dict[str, tuple[str, Any]] = {}
         config_file = config_file or env.get("HUB_CONFIG")
         if config_file:
-            try:
-                data = tomllib.loads(Path(config_file).read_text())
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise ConfigError(f"config file {config_file!r}: {exc}") from None
-            section = data.get("hubbub", data)
-            for key, value in section.items():
-                name = key.lower().removeprefix("hub_")
-                raw[name] = (f"{key} in {config_file}", value)
-        known = {f.name for f in fields(cls)}
+            raw.update(_read_file(config_file, specs))
         for key, value in env.items():
-            if key.startswith("HUB_") and key != "HUB_CONFIG":
-                name = key[4:].lower()
-                if name in known:
-                    raw[name] = (key, value)
+            if not key.startswith("HUB_") or key in NOT_SETTINGS:
+                continue
+            name = key[4:].lower()
+            if name in specs:
+                raw[name] = (key, value)
+            else:
+                log.warning("ignoring unknown environment variable %s%s", key, _hint(key))
         for name, value in (overrides or {}).items():
+            if name not in specs:
+                raise ConfigError(f"unknown setting {name!r}")
             if value is not None:
                 raw[name] = (f"--{name.replace('_', '-')}", value)
         values: dict[str, Any] = {}
         for name, (source, value) in raw.items():
-            if name not in known:
-                raise ConfigError(f"unknown setting {source}={value!r}")
-            values[name] = _convert(name, source, value)
+            try:
+                values[name] = specs[name].parse(value)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(specs[name].error(source, value, exc)) from None
         settings = cls(**values)
         settings.validate()
         # Key material too (a missing PEM file, a broken JWKS file): start-up stops with a
@@ -186,89 +214,51 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        """Cross-field checks; raises ConfigError."""
-
-        def bad(var: str, value: Any, why: str) -> ConfigError:
-            return ConfigError(f"HUB_{var.upper()}={value!r}: {why}")
-
-        for name in ("port",):
-            v = getattr(self, name)
-            if not 0 <= v <= 65535:
-                raise bad(name, v, "must be 0..65535")
-        positive = (
-            "history_size", "max_message_bytes", "max_queue", "max_subscriptions",
-            "ping_interval", "ping_timeout", "sse_ping_interval", "jwt_max_ttl",
-            "signal_max_peers", "turn_ttl", "presence_ttl", "auth_timeout", "broker_timeout",
-            "max_queue_bytes", "workers",
-        )  # fmt: skip
-        for name in positive:
-            v = getattr(self, name)
-            if not v > 0:
-                raise bad(name, v, "must be > 0")
-        for name in ("history_ttl", "shutdown_timeout", "sse_retry_ms", "max_connections_per_user"):
-            v = getattr(self, name)
-            if v < 0:
-                raise bad(name, v, "must be >= 0")
-        if self.log_format not in ("text", "json"):
-            raise bad("log_format", self.log_format, "must be text or json")
-        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
-            raise bad("log_level", self.log_level, "must be debug, info, warning or error")
-        scheme = self.broker_url.split("://", 1)[0]
-        if "://" not in self.broker_url or scheme not in ("memory", "redis", "rediss"):
-            raise bad("broker_url", self.broker_url, "must be memory://, redis://… or rediss://…")
-        allowed_algs = {
-            "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
-            "ES256", "ES384", "ES512", "EdDSA",
-        }  # fmt: skip
-        for alg in self.jwt_algorithms:
-            if alg not in allowed_algs:
-                raise bad("jwt_algorithms", ",".join(self.jwt_algorithms), f"unknown {alg!r}")
-        if not self.jwt_algorithms:
-            raise bad("jwt_algorithms", "", "needs at least one algorithm")
-        if self.workers > 1 and scheme == "memory":
+        """Check every field against its Spec, then the combinations; raises ConfigError."""
+        for f in fields(self):
+            spec, value = spec_of(f), getattr(self, f.name)
+            try:
+                spec.validate(value)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(spec.error(env_name(f.name), value, exc)) from None
+        if self.workers > 1 and self.broker_url.startswith("memory:"):
             raise ConfigError(
                 f"--workers {self.workers} needs a Redis broker (HUB_BROKER_URL=redis://…); "
                 "memory:// keeps rooms inside one process"
             )
         if self.turn_urls and not self.turn_secret:
-            raise bad("turn_secret", None, "HUB_TURN_URLS is set, so HUB_TURN_SECRET is required")
+            raise ConfigError("HUB_TURN_SECRET is required when HUB_TURN_URLS is set")
 
 
-def _convert(name: str, source: str, value: Any) -> Any:
-    """Convert one raw value (string from env, or a TOML/flag value) to the field's type."""
+def env_name(name: str) -> str:
+    """The environment variable of a field: ``port`` → ``HUB_PORT``."""
+    return "HUB_" + name.upper()
+
+
+def setting_names() -> list[str]:
+    """Every setting's environment variable, in field order."""
+    return [env_name(f.name) for f in fields(Settings)]
+
+
+def _hint(key: str) -> str:
+    close = difflib.get_close_matches(key.upper(), setting_names(), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _read_file(path: str, specs: Mapping[str, Spec]) -> dict[str, tuple[str, Any]]:
+    """The settings of a TOML file (top level or a ``[hubbub]`` table), keyed by field name;
+    keys may be written ``HUB_PORT`` or ``port``. Unknown keys are errors."""
     try:
-        if name in ("api_keys", "allowed_origins", "signal_rooms", "stun_urls", "turn_urls"):
-            return _csv(value) if isinstance(value, str) else tuple(str(v) for v in value)
-        if name == "jwt_algorithms":
-            return _csv(value) if isinstance(value, str) else tuple(str(v) for v in value)
-        if name == "default_grants":
-            if not isinstance(value, str):  # e.g. a TOML table: not the documented format
-                raise ValueError("expected text like 'subscribe=a,b;publish=c'")
-            return parse_grants(value)
-        if name in ("client_publish_rate", "api_rate"):
-            return value if isinstance(value, Rate) else Rate.parse(str(value))
-        if name == "allow_anonymous":
-            return value if isinstance(value, bool) else _bool(str(value))
-        if name in (
-            "port", "history_size", "max_message_bytes", "max_queue", "max_subscriptions",
-            "max_connections_per_user", "signal_max_peers", "sse_retry_ms", "workers",
-            "max_queue_bytes",
-        ):  # fmt: skip
-            if isinstance(value, bool):
-                raise ValueError("expected an integer")
-            return int(value)
-        if name in (
-            "jwt_max_ttl", "history_ttl", "ping_interval", "ping_timeout", "sse_ping_interval",
-            "turn_ttl", "shutdown_timeout", "presence_ttl", "auth_timeout", "handshake_timeout",
-            "broker_timeout",
-        ):  # fmt: skip
-            f = float(value)
-            if f != f or f in (float("inf"), float("-inf")):
-                raise ValueError("must be finite")
-            return f
-        if name in ("jwt_secret", "jwt_public_key", "jwt_jwks_file", "jwt_audience",
-                    "jwt_issuer", "turn_secret"):  # fmt: skip
-            return str(value) or None
-        return str(value)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{source}={value!r}: {exc}") from None
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path!r}: {exc}") from None
+    section = data.get("hubbub", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path!r}: [hubbub] must be a table")
+    out: dict[str, tuple[str, Any]] = {}
+    for key, value in section.items():
+        name = key.lower().removeprefix("hub_")
+        if name not in specs:
+            raise ConfigError(f"unknown setting {key} in {path}{_hint(env_name(name))}")
+        out[name] = (f"{key} in {path}", value)
+    return out

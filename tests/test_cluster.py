@@ -200,7 +200,7 @@ async def test_connection_limit_is_cluster_wide(
     assert code == 4510
     await w1.close()
     for _ in range(50):
-        if await b.hub.broker.connection_count("carol") == 1:
+        if await b.hub.state.connection_count("carol") == 1:
             break
         await asyncio.sleep(0.05)
     w4 = await WS.connect(a.ws_url, token("carol"))
@@ -560,8 +560,8 @@ async def test_sigkilled_node_leaves_no_member_behind(
         await ws.result({"type": "subscribe", "room": "wake", "presence": True})
         body = await local.hub.presence(SVC, "wake")
         assert [m["user"] for m in body["members"]] == ["dave"]
-        assert await local.hub.broker.connection_count("dave") == 1
-        assert (await local.hub.broker.list_rooms("wake", None, 10))[0] == [("wake", 1)]
+        assert await local.hub.state.connection_count("dave") == 1
+        assert (await local.hub.state.list_rooms("wake", None, 10))[0] == [("wake", 1)]
         victim.signal(signal.SIGKILL)
         await victim.wait_exit(5)
         with contextlib.suppress(Exception):
@@ -571,8 +571,8 @@ async def test_sigkilled_node_leaves_no_member_behind(
         while (await local.hub.presence(SVC, "wake"))["sessions"]:
             assert loop.time() - t0 < 4.0, "a dead node's member outlived the presence TTL"
             await asyncio.sleep(0.1)
-        assert await local.hub.broker.connection_count("dave") == 0
-        assert (await local.hub.broker.list_rooms("wake", None, 10))[0] == []
+        assert await local.hub.state.connection_count("dave") == 0
+        assert (await local.hub.state.list_rooms("wake", None, 10))[0] == []
     finally:
         victim.stop()
 
@@ -625,11 +625,11 @@ async def test_rooms_listing_sums_the_nodes(node_factory: Factory, shared_redis:
         s = await node.hub.open_session(SVC, "ws")
         await node.hub.subscribe(s, room)
         sessions.append((node, s))
-    assert await a.hub.broker.list_rooms("x:", None, 10) == ([("x:1", 3), ("x:2", 1)], None)
-    assert await b.hub.broker.list_rooms("", "x:2", 10) == ([("y:1", 1)], None)
+    assert await a.hub.state.list_rooms("x:", None, 10) == ([("x:1", 3), ("x:2", 1)], None)
+    assert await b.hub.state.list_rooms("", "x:2", 10) == ([("y:1", 1)], None)
     for node, s in sessions:
         await node.hub.close_session(s)
-    assert await a.hub.broker.list_rooms("", None, 10) == ([], None)
+    assert await a.hub.state.list_rooms("", None, 10) == ([], None)
 
 
 async def test_redis_paused_then_resumed_loses_nothing(

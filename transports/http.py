@@ -4,7 +4,7 @@ Every /v1 endpoint runs the same guard, in this order (cheapest refusal first):
 
 1. Origin: a browser request from an origin that is neither ours nor in ``HUB_ALLOWED_ORIGINS``
    → 403 (credentials may ride on a cookie; CORS alone does not stop a request from being made).
-2. Rate limit (``HUB_API_RATE``) per API key, else per client IP, through ``broker.take`` so the
+2. Rate limit (``HUB_API_RATE``) per API key, else per client IP, through ``hub.state.take`` so the
    bucket is shared by the cluster on Redis → ``RateLimit-*`` headers; 429 with ``Retry-After``.
 3. Authentication (API key or client JWT) → 401; the endpoint's credential kind → 403.
 4. Body: JSON only (415), at most 1 MiB counted while reading (413), valid JSON (400).
@@ -95,7 +95,7 @@ class Api:
         else:
             bucket = "http:ip:" + (request.client.host if request.client else "unknown")
         try:
-            allowed, remaining, reset = await self.hub.broker.take(bucket, rate.rate, rate.burst)
+            allowed, remaining, reset = await self.hub.state.take(bucket, rate.rate, rate.burst)
         except BrokerError:
             raise Unavailable("broker unavailable", retry_after=1.0) from None
         headers["RateLimit-Limit"] = str(int(rate.burst))
@@ -220,7 +220,7 @@ class Api:
         if len(prefix) > 128 or (cursor is not None and len(cursor) > 1024):
             raise BadRequest("prefix or cursor too long")
         try:
-            rooms, nxt = await self.hub.broker.list_rooms(prefix, cursor, limit)
+            rooms, nxt = await self.hub.state.list_rooms(prefix, cursor, limit)
         except BrokerError:
             raise Unavailable("broker unavailable") from None
         return {"rooms": [{"room": r, "sessions": n} for r, n in rooms], "cursor": nxt}, 200

@@ -1,9 +1,10 @@
-"""The Broker protocol: what a node needs from whatever connects nodes and keeps history.
+"""The two backends of a node: the Broker (messages) and the StateStore (what nodes assert).
 
-Implementations: :mod:`hub.brokers.memory` (one process) and :mod:`hub.brokers.redis` (many
-processes and machines). Both pass the same contract suite in ``tests/hub/brokers``.
+Implementations: :mod:`hub.brokers.memory` with :mod:`hub.brokers.memory_state` (one process),
+and :mod:`hub.brokers.redis` with :mod:`hub.brokers.redis_state` (many processes and machines,
+sharing one connection pool). All pass the contract suites in ``tests/hub/brokers``.
 
-Contract, for every implementation:
+Broker contract, for every implementation:
 
 * ``publish`` of a stored publication assigns the room's next offset (1, 2, 3 … no holes) in the
   room's current epoch, appends it to history bounded by ``history_size`` and ``history_ttl``, and
@@ -13,8 +14,13 @@ Contract, for every implementation:
   ``unsubscribe(room)``. Delivery may be lost in transit (Redis pub/sub); when the broker may have
   lost some, it calls ``NodeListener.resync()`` so the node catches up from history.
 * The epoch and the offset counter outlive the history. If they are lost a new epoch starts at 1.
-* Every method may raise :class:`~hub.errors.BrokerError` when the backend is unreachable; none
-  hangs longer than the configured broker timeout.
+
+StateStore contract: presence members, live sessions per user and per room (the rooms listing)
+and token buckets, as seen by the whole cluster. What a node adds stays until the node removes
+it, closes, or stops refreshing it (a dead node's entries expire; Redis: after ``presence_ttl``).
+
+Every method of either may raise :class:`~hub.errors.BrokerError` when the backend is unreachable;
+none hangs longer than the configured broker timeout.
 """
 
 from __future__ import annotations
@@ -103,7 +109,8 @@ class NodeListener(Protocol):
 
 
 class Broker(Protocol):
-    """Connects nodes: fan-out, history, presence, control messages. See the module docstring."""
+    """Connects nodes: publish, subscribe, history, positions, control messages. See the
+    module docstring."""
 
     async def start(self, listener: NodeListener, node_id: str) -> None:
         """Begin; must not raise when the backend is down (report it through broker_state)."""
@@ -139,6 +146,19 @@ class Broker(Protocol):
     async def position(self, room: str) -> tuple[str, int]:
         """(epoch, head offset) of the room, creating the epoch if needed."""
 
+    async def send_control(self, message: dict[str, Any], node: str | None = None) -> None:
+        """Send a control message to one node, or to every node (self included) when None."""
+
+
+class StateStore(Protocol):
+    """Presence, connection counts, the rooms listing and rate buckets, shared by the cluster.
+    Start after the broker (``start`` must not raise when the backend is down), close before
+    it (``close`` removes what this node added, best effort). See the module docstring."""
+
+    async def start(self, node_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
     async def presence_add(self, member: Member, *, limit: int | None = None) -> None:
         """Add (or refresh) a member. With ``limit``, refuse atomically with RoomFull when the
         room already holds ``limit`` other live members (call rooms, PROTOCOL.md §6)."""
@@ -146,9 +166,6 @@ class Broker(Protocol):
     async def presence_remove(self, room: str, session: str) -> None: ...
 
     async def presence_list(self, room: str) -> list[Member]: ...
-
-    async def send_control(self, message: dict[str, Any], node: str | None = None) -> None:
-        """Send a control message to one node, or to every node (self included) when None."""
 
     async def connection_add(self, user: str, session: str) -> int:
         """Register a live session of ``user``; returns the user's session count, cluster-wide."""
@@ -166,18 +183,25 @@ class Broker(Protocol):
         """Rooms with sessions on any node, sorted by name: ([(room, sessions)], next cursor)."""
 
     async def take(self, key: str, rate: float, burst: float) -> tuple[bool, float, float]:
-        """Token bucket shared by the cluster: (allowed, remaining tokens, seconds to refill)."""
+        """Take a token from the cluster's bucket ``key`` (:mod:`hub.ratelimit` semantics;
+        rate 0: no limit): (allowed, remaining tokens, seconds until full)."""
 
 
-def broker_from_url(url: str, **options: Any) -> Broker:
-    """Build a broker from its URL: ``memory://``, ``redis://…`` or ``rediss://…``."""
+def backends_from_url(url: str, **options: Any) -> tuple[Broker, StateStore]:
+    """The broker and state store of a URL: ``memory://`` (both in this process), or
+    ``redis://…`` / ``rediss://…`` (a Redis pair sharing one connection pool). ``options``:
+    ``history_size``, ``history_ttl``, ``prefix``, ``presence_ttl``, ``timeout``."""
     scheme = url.split("://", 1)[0]
     if scheme == "memory":
         from hubbub.hub.brokers.memory import MemoryBroker
+        from hubbub.hub.brokers.memory_state import MemoryStateStore
 
-        return MemoryBroker(**options)
+        return MemoryBroker(**options), MemoryStateStore()
     if scheme in ("redis", "rediss"):
         from hubbub.hub.brokers.redis import RedisBroker
+        from hubbub.hub.brokers.redis_state import RedisStateStore
 
-        return RedisBroker(url, **options)
+        presence_ttl = options.pop("presence_ttl", 30.0)
+        broker = RedisBroker(url, **options)
+        return broker, RedisStateStore(broker, presence_ttl=presence_ttl)
     raise ValueError(f"unknown broker URL scheme {scheme!r}")

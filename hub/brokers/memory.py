@@ -1,4 +1,5 @@
-"""MemoryBroker (``memory://``): one process, nothing to install.
+"""MemoryBroker (``memory://``): one process, nothing to install (its state store:
+:mod:`hub.brokers.memory_state`).
 
 Rooms live in dicts; history is a deque per room bounded by size and age. Delivery is a direct
 call into the node listener, so it is never lost and ``resync`` is never needed. A restart loses
@@ -18,12 +19,11 @@ from hubbub.hub.brokers.base import (
     IDEMPOTENCY_TTL,
     HistoryPage,
     Idempotency,
-    Member,
     NodeListener,
     PublishResult,
 )
 from hubbub.hub.envelope import Publication
-from hubbub.hub.errors import Conflict, RoomFull
+from hubbub.hub.errors import Conflict
 
 _ALNUM = string.ascii_letters + string.digits
 
@@ -38,7 +38,6 @@ class _Room:
     epoch: str
     offset: int = 0
     history: deque[tuple[float, Publication]] = field(default_factory=deque)
-    presence: dict[str, Member] = field(default_factory=dict)
 
 
 class MemoryBroker:
@@ -58,9 +57,6 @@ class MemoryBroker:
         self._rooms: dict[str, _Room] = {}
         self._subscribed: set[str] = set()
         self._idem: dict[tuple[str, str, str], tuple[float, str, PublishResult]] = {}
-        self._conns: dict[str, set[str]] = {}
-        self._room_sessions: dict[str, int] = {}
-        self._buckets: dict[str, tuple[float, float]] = {}
         self._listener: NodeListener | None = None
         self._node = ""
 
@@ -160,72 +156,7 @@ class MemoryBroker:
         r = self._room(room)
         return r.epoch, r.offset
 
-    # ---- presence --------------------------------------------------------------------------
-    async def presence_add(self, member: Member, *, limit: int | None = None) -> None:
-        presence = self._room(member.room).presence
-        if limit and member.session not in presence and len(presence) >= limit:
-            raise RoomFull(
-                f"call room {member.room} is full ({limit} peers)",
-                details={"room": member.room, "limit": limit},
-            )
-        presence[member.session] = member
-
-    async def presence_remove(self, room: str, session: str) -> None:
-        r = self._rooms.get(room)
-        if r is not None:
-            r.presence.pop(session, None)
-
-    async def presence_list(self, room: str) -> list[Member]:
-        r = self._rooms.get(room)
-        return list(r.presence.values()) if r else []
-
     # ---- control ---------------------------------------------------------------------------
     async def send_control(self, message: dict[str, Any], node: str | None = None) -> None:
         if self._listener is not None and (node is None or node == self._node):
             self._listener.on_control(message)
-
-    # ---- connections, rooms listing, rate limits -------------------------------------------
-    async def connection_add(self, user: str, session: str) -> int:
-        s = self._conns.setdefault(user, set())
-        s.add(session)
-        return len(s)
-
-    async def connection_remove(self, user: str, session: str) -> None:
-        s = self._conns.get(user)
-        if s is not None:
-            s.discard(session)
-            if not s:
-                del self._conns[user]
-
-    async def connection_count(self, user: str) -> int:
-        return len(self._conns.get(user, ()))
-
-    async def room_sessions(self, room: str, delta: int) -> None:
-        n = self._room_sessions.get(room, 0) + delta
-        if n > 0:
-            self._room_sessions[room] = n
-        else:
-            self._room_sessions.pop(room, None)
-
-    async def list_rooms(
-        self, prefix: str, cursor: str | None, limit: int
-    ) -> tuple[list[tuple[str, int]], str | None]:
-        names = sorted(r for r in self._room_sessions if r.startswith(prefix))
-        if cursor:
-            names = [r for r in names if r > cursor]
-        page = names[:limit]
-        nxt = page[-1] if len(names) > limit else None
-        return [(r, self._room_sessions[r]) for r in page], nxt
-
-    async def take(self, key: str, rate: float, burst: float) -> tuple[bool, float, float]:
-        now = self._clock()
-        tokens, last = self._buckets.get(key, (burst, now))
-        tokens = min(burst, tokens + (now - last) * rate)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        self._buckets[key] = (tokens, now)
-        if len(self._buckets) > 100_000:
-            self._buckets.clear()
-        reset = (burst - tokens) / rate if rate > 0 else 0.0
-        return allowed, tokens, reset

@@ -13,6 +13,9 @@ every key of one room lives in one slot and a cluster shards by room)::
     P{rl:KEY}                   hash   token bucket
     channels: P{room:NAME}:ch (room traffic), Pctl (every node), Pnode:ID (one node's inbox)
 
+The presence, ``conns``, ``{rooms}`` and ``rl`` keys are written by the node's state store
+(:class:`~hub.brokers.redis_state.RedisStateStore`), which shares this broker's connection pool.
+
 Pub/sub channels are global to a Redis server, not per database: hubs sharing one Redis need
 distinct prefixes even when their URLs name distinct databases.
 
@@ -28,9 +31,9 @@ Redis Cluster: add ``cluster=true`` to the URL (``redis://node1:7000/0?cluster=t
 then go through redis-py's ``RedisCluster`` (every script touches one slot, so rooms spread over
 the shards); the pub/sub connection goes to the node named in the URL (a cluster forwards every
 PUBLISH to every node, asynchronously: a publication made just before ``subscribe`` returned may
-still arrive after it; the hub drops it by offset), and reconnects there. Sentinel: point the URL at a stable address of the
-current primary (a TCP proxy or a VIP that follows failover); a failover then looks like a Redis
-restart: resync, and a ``gap`` if the new primary lost data.
+still arrive after it; the hub drops it by offset), and reconnects there. Sentinel: point the URL
+at a stable address of the current primary (a TCP proxy or a VIP that follows failover); a
+failover then looks like a Redis restart: resync, and a ``gap`` if the new primary lost data.
 """
 
 from __future__ import annotations
@@ -49,38 +52,37 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
-from redis.retry import Retry
 
 from hubbub.hub.brokers import redis_lua as lua
 from hubbub.hub.brokers.base import (
     IDEMPOTENCY_TTL,
     HistoryPage,
     Idempotency,
-    Member,
     NodeListener,
     PublishResult,
 )
 from hubbub.hub.brokers.memory import new_epoch
 from hubbub.hub.brokers.redis_batch import PublishLane
 from hubbub.hub.brokers.redis_pipe import PublishPipe
-from hubbub.hub.brokers.redis_pubsub import PubSubLink, stop_tasks, supervise
-from hubbub.hub.brokers.redis_state import NodeState
+from hubbub.hub.brokers.redis_pubsub import PubSubLink
 from hubbub.hub.envelope import Publication
 from hubbub.hub.errors import BrokerError, Conflict
+from hubbub.hub.values import parse_bool, redact_url
 
 log = logging.getLogger("hubbub.redis")
-_TRUE = ("1", "true", "yes", "on")
 
 
 def split_cluster_flag(url: str) -> tuple[str, bool]:
-    """Remove ``cluster=…`` from the URL's query; True when it asks for Redis Cluster."""
+    """Remove ``cluster=…`` from the URL's query; True when it asks for Redis Cluster. Raises
+    ValueError when the flag is not a boolean (HUB_BROKER_URL is checked at load)."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     flags = [v for k, v in query if k == "cluster"]
     rest = [(k, v) for k, v in query if k != "cluster"]
-    cluster = bool(flags) and flags[-1].lower() in _TRUE
+    cluster = bool(flags) and parse_bool(flags[-1])
     return urlunsplit(parts._replace(query=urlencode(rest))), cluster
 
 
@@ -110,7 +112,6 @@ class RedisBroker:
         history_size: int = 1000,
         history_ttl: float = 3600.0,
         prefix: str = "hubbub:",
-        presence_ttl: float = 30.0,
         timeout: float = 5.0,
         probe_interval: float | None = None,
         probe_timeout: float | None = None,
@@ -121,7 +122,6 @@ class RedisBroker:
         self.history_size = history_size
         self.history_ttl = history_ttl
         self.prefix = prefix
-        self.presence_ttl = presence_ttl
         self.timeout = timeout
         self.probe_interval = probe_interval or min(1.0, timeout)
         self.probe_timeout = probe_timeout or max(3 * self.probe_interval, timeout)
@@ -132,12 +132,11 @@ class RedisBroker:
         self.node = ""
         self._redis: Any = None  # redis.asyncio.Redis or RedisCluster
         self._link: PubSubLink | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._rooms_by_channel: dict[bytes, str] = {}
         self._ctl = (prefix + "ctl").encode()
         self._inbox = b""
-        self._state: NodeState | None = None
+        self.cluster = False  # set by start() from the URL
         self._pipe: PublishPipe | None = None  # one Redis: publishes pipelined on one connection
         self._lane: PublishLane[_PubCall, Any] = PublishLane(self._run_batch)
 
@@ -156,6 +155,7 @@ class RedisBroker:
         self.node = node_id
         self._inbox = f"{self.prefix}node:{node_id}".encode()
         url, cluster = split_cluster_flag(self.url)
+        self.cluster = cluster
         common: dict[str, Any] = {
             "socket_timeout": self.timeout,
             "socket_connect_timeout": self.timeout,
@@ -185,10 +185,6 @@ class RedisBroker:
         self._s_publish = r.register_script(lua.PUBLISH)
         self._s_history = r.register_script(lua.HISTORY)
         self._s_position = r.register_script(lua.POSITION)
-        self._state = NodeState(
-            r, lambda: self._r, self._do, prefix=self.prefix, node=node_id,
-            presence_ttl=self.presence_ttl, cluster=cluster,
-        )  # fmt: skip
 
         def connect() -> AbstractConnection:
             conn: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
@@ -216,18 +212,13 @@ class RedisBroker:
             probe_timeout=self.probe_timeout,
         )
         self._link.start()
-        self._tasks.append(
-            asyncio.get_running_loop().create_task(
-                supervise(
-                    "redis presence refresher", self._state.refresh_loop, lambda: not self._closed
-                ),
-                name="redis-refresh",
-            )
-        )
         try:
             await asyncio.wait_for(self._link.became_up.wait(), min(self.timeout, 2.0))
         except TimeoutError:
-            log.warning("redis at %s is not reachable yet; retrying in the background", self.url)
+            log.warning(
+                "redis at %s is not reachable yet; retrying in the background",
+                redact_url(self.url),
+            )
             listener.broker_state(False)
 
     async def close(self) -> None:
@@ -235,18 +226,12 @@ class RedisBroker:
         if self._closed:
             return
         self._closed = True
-        if self._state is not None:
-            self._state.stopped = True
-        await stop_tasks(self._tasks)
         await self._lane.close()
         if self._pipe is not None:
             await self._pipe.close()
         if self._link is not None:
             await self._link.close()
-        if self._redis is not None and self._state is not None:
-            with contextlib.suppress(*_ERRORS):
-                async with asyncio.timeout(min(self.timeout, 1.0)):
-                    await self._state.forget(self._redis)
+        if self._redis is not None:
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
             with contextlib.suppress(Exception):
@@ -269,12 +254,14 @@ class RedisBroker:
 
     # ---- plumbing --------------------------------------------------------------------------------
     @property
-    def _r(self) -> Any:
+    def client(self) -> Any:
+        """The Redis client (redis.asyncio.Redis or RedisCluster), for the state store that
+        shares this broker's connection pool. Raises BrokerError when not running."""
         if self._redis is None or self._closed:
             raise BrokerError("broker is not running")
         return self._redis
 
-    async def _do(self, aw: Awaitable[T]) -> T:
+    async def call(self, aw: Awaitable[T]) -> T:
         """Await a Redis call within the timeout; every failure becomes BrokerError."""
         try:
             async with asyncio.timeout(self.timeout):
@@ -303,7 +290,7 @@ class RedisBroker:
             listener.on_control(orjson.loads(data))
 
     async def _probe(self) -> None:
-        await self._do(self._r.publish(self._inbox, b"probe"))
+        await self.call(self.client.publish(self._inbox, b"probe"))
 
     # ---- publish, history ------------------------------------------------------------------------
     async def publish(
@@ -344,11 +331,11 @@ class RedisBroker:
             plain=ephemeral and idempotency is None,
         )
         if self._pipe is not None:
-            res = await self._do(
+            res = await self.call(
                 self._pipe.call("EVALSHA", _PUBLISH_SHA, 3, *call.keys, *call.args)
             )
         else:
-            res = await self._do(self._lane.call(call))
+            res = await self.call(self._lane.call(call))
         if call.plain:
             return PublishResult(room, None, None)
         status, off, ep = res
@@ -376,7 +363,7 @@ class RedisBroker:
         parallel, each room's calls one after the other (keys of different rooms live on
         different shards). Per-call Redis errors become BrokerError; the timeout fails the
         whole batch with BrokerError."""
-        redis = self._r
+        redis = self.client
         try:
             async with asyncio.timeout(self.timeout):
                 return await self._run_cluster(redis, calls)
@@ -404,7 +391,7 @@ class RedisBroker:
         return out
 
     async def publish_frame(self, room: str, frame: bytes) -> None:
-        await self._do(self._r.publish(self._channel(room), b"||" + frame))
+        await self.call(self.client.publish(self._channel(room), b"||" + frame))
 
     async def subscribe(self, room: str) -> None:
         """Receive the room's traffic from when this returns. Raises BrokerError."""
@@ -427,7 +414,7 @@ class RedisBroker:
     async def history(
         self, room: str, *, after: int | None = None, limit: int = 100
     ) -> HistoryPage:
-        res = await self._do(
+        res = await self.call(
             self._s_history(
                 keys=[self._rk(room, "meta"), self._rk(room, "stream")],
                 args=[
@@ -444,7 +431,7 @@ class RedisBroker:
         return HistoryPage(epoch=epoch, head=int(res[1]), first=int(res[2]), publications=pubs)
 
     async def position(self, room: str) -> tuple[str, int]:
-        res = await self._do(
+        res = await self.call(
             self._s_position(
                 keys=[self._rk(room, "meta"), self._rk(room, "stream")],
                 args=[new_epoch(), self._meta_ttl],
@@ -455,45 +442,7 @@ class RedisBroker:
     # ---- control -------------------------------------------------------------------------------
     async def send_control(self, message: dict[str, Any], node: str | None = None) -> None:
         channel = self._ctl if node is None else f"{self.prefix}node:{node}".encode()
-        await self._do(self._r.publish(channel, orjson.dumps(message)))
-
-    # ---- presence, connections, rooms listing, rate limits: see redis_state.py -------------------
-    @property
-    def state(self) -> NodeState:
-        if self._state is None:
-            raise BrokerError("broker is not running")
-        return self._state
-
-    async def presence_add(self, member: Member, *, limit: int | None = None) -> None:
-        """As the protocol; with ``limit`` (an extension for call rooms), refuse atomically
-        with RoomFull when ``limit`` other members are present on any node."""
-        await self.state.presence_add(member, limit=limit)
-
-    async def presence_remove(self, room: str, session: str) -> None:
-        await self.state.presence_remove(room, session)
-
-    async def presence_list(self, room: str) -> list[Member]:
-        return await self.state.presence_list(room)
-
-    async def connection_add(self, user: str, session: str) -> int:
-        return await self.state.connection_add(user, session)
-
-    async def connection_remove(self, user: str, session: str) -> None:
-        await self.state.connection_remove(user, session)
-
-    async def connection_count(self, user: str) -> int:
-        return await self.state.connection_count(user)
-
-    async def room_sessions(self, room: str, delta: int) -> None:
-        await self.state.room_sessions(room, delta)
-
-    async def list_rooms(
-        self, prefix: str, cursor: str | None, limit: int
-    ) -> tuple[list[tuple[str, int]], str | None]:
-        return await self.state.list_rooms(prefix, cursor, limit)
-
-    async def take(self, key: str, rate: float, burst: float) -> tuple[bool, float, float]:
-        return await self.state.take(key, rate, burst)
+        await self.call(self.client.publish(channel, orjson.dumps(message)))
 
 
 _ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)

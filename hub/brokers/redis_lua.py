@@ -300,10 +300,13 @@ return out
 )
 
 TAKE = """
--- KEYS: bucket; ARGV: rate (tokens/s), burst
+-- KEYS: bucket; ARGV: rate (tokens/s), burst. The arithmetic of hub/ratelimit.py's TokenBucket.
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+if rate <= 0 then
+  return {1, string.format('%.17g', burst), '0'}
+end
 local _t = redis.call('TIME')
 local now = tonumber(_t[1]) + tonumber(_t[2]) / 1000000
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local v = redis.call('HMGET', KEYS[1], 'tk', 'ts')
 local tokens = tonumber(v[1]) or burst
 local last = tonumber(v[2]) or now
@@ -314,12 +317,7 @@ if tokens >= 1 then
   allowed = 1
 end
 redis.call('HSET', KEYS[1], 'tk', string.format('%.17g', tokens), 'ts', string.format('%.17g', now))
-local reset = 0
-if rate > 0 then reset = (burst - tokens) / rate end
-if rate > 0 then
-  redis.call('PEXPIRE', KEYS[1], math.ceil(reset * 1000) + 1000)
-else
-  redis.call('EXPIRE', KEYS[1], 86400)
-end
+local reset = (burst - tokens) / rate
+redis.call('PEXPIRE', KEYS[1], math.ceil(reset * 1000) + 1000)
 return {allowed, string.format('%.17g', tokens), string.format('%.17g', reset)}
 """

@@ -1,62 +1,75 @@
-"""What one node asserts in Redis, refreshed by the node itself: presence members, live
-connections per user, session counts per room; plus the cluster-wide token bucket.
+"""RedisStateStore: what one node asserts in Redis, refreshed by the node itself (presence
+members, live connections per user, session counts per room), plus the cluster-wide token
+buckets. It shares the connection pool of the node's :class:`~hub.brokers.redis.RedisBroker`.
 
 Each entry carries an expiry (a zset score, server time) that the owning node pushes forward
 every ``presence_ttl / 3`` seconds, so a node that dies without cleaning up (SIGKILL) leaves
 nothing behind after ``presence_ttl``. Refreshing re-writes every entry in full, so the state is
-rebuilt after Redis lost its data.
+rebuilt after Redis lost its data. Key layout: see :mod:`hub.brokers.redis`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from redis.commands.core import AsyncScript as Script
 
 from hubbub.hub.brokers import redis_lua as lua
 from hubbub.hub.brokers.base import Member
+from hubbub.hub.brokers.redis_pubsub import stop_tasks, supervise
 from hubbub.hub.errors import BrokerError, RoomFull
 
 log = logging.getLogger("hubbub.redis")
+T = TypeVar("T")
 
 
-class NodeState:
-    """Presence, connections, rooms listing and rate limits of one node (see the module doc).
+class RedisConnection(Protocol):
+    """What the state store uses of the broker it shares a connection pool with."""
 
-    ``client()`` returns the Redis client or raises BrokerError; ``do(awaitable)`` awaits a
-    Redis call within the broker timeout and turns every failure into BrokerError.
-    """
+    prefix: str
+    timeout: float
+    cluster: bool
 
-    def __init__(
-        self,
-        redis: Any,
-        client: Callable[[], Any],
-        do: Callable[[Awaitable[Any]], Awaitable[Any]],
-        *,
-        prefix: str,
-        node: str,
-        presence_ttl: float,
-        cluster: bool = False,
-    ) -> None:
-        self._client = client
-        self.cluster = cluster
-        self.stopped = False
-        self._do = do
-        self.prefix = prefix
-        self.node = node
+    @property
+    def client(self) -> Any:
+        """The Redis client (redis.asyncio.Redis or RedisCluster); BrokerError when the
+        broker is not running."""
+
+    async def call(self, aw: Awaitable[T]) -> T:
+        """Await a Redis call within the broker timeout; every failure becomes BrokerError."""
+
+
+class RedisStateStore:
+    """The StateStore of :mod:`hub.brokers.base` over Redis. Start it after its broker and
+    close it before: ``start`` registers its scripts on the broker's client and begins the
+    refresh loop (never raises when Redis is down); ``close`` stops the loop and removes what
+    this node asserted (best effort, at most one second)."""
+
+    def __init__(self, connection: RedisConnection, *, presence_ttl: float = 30.0) -> None:
+        self._conn = connection
+        self.prefix = connection.prefix
         self.presence_ttl = presence_ttl
         self._presence_ms = max(1, int(presence_ttl * 1000))
+        self.node = ""
+        self.stopped = False
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
         self._members: dict[tuple[str, str], Member] = {}
         self._conns: dict[str, set[str]] = {}
         self._room_counts: dict[str, int] = {}
         self._rooms_zeroed: set[str] = set()
-        pre = prefix + "{rooms}:"
+        pre = self.prefix + "{rooms}:"
         self._rooms_keys = [pre + "index", pre + "counts", pre + "nodes"]
         self._node_set_prefix = pre + "node:"
+
+    async def start(self, node_id: str) -> None:
+        self.node = node_id
+        redis = self._conn.client
         self._s_presence_add = redis.register_script(lua.PRESENCE_ADD)
         self._s_presence_list = redis.register_script(lua.PRESENCE_LIST)
         self._s_presence_remove = redis.register_script(lua.PRESENCE_REMOVE)
@@ -67,6 +80,28 @@ class NodeState:
         self._s_node_alive = redis.register_script(lua.NODE_ALIVE)
         self._s_list_rooms = redis.register_script(lua.LIST_ROOMS)
         self._s_take = redis.register_script(lua.TAKE)
+        self._task = asyncio.get_running_loop().create_task(
+            supervise("redis presence refresher", self.refresh_loop, lambda: not self.stopped),
+            name="redis-refresh",
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = self.stopped = True
+        if self._task is not None:
+            await stop_tasks([self._task])
+        with contextlib.suppress(BrokerError, TimeoutError):
+            async with asyncio.timeout(min(self._conn.timeout, 1.0)):
+                await self.forget()
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The refresh loop (tests stop it to play a node that died)."""
+        return self._task
+
+    def _do(self, aw: Awaitable[T]) -> Awaitable[T]:
+        return self._conn.call(aw)
 
     def _rk(self, room: str, suffix: str) -> str:
         return lua.room_key(self.prefix, room, suffix)
@@ -214,7 +249,7 @@ class NodeState:
         as concurrent calls, 100 at a time."""
         if not calls:
             return
-        if not self.cluster:
+        if not self._conn.cluster:
             pipe = redis.pipeline(transaction=False)
             for script, keys, args in calls:
                 await script(keys=keys, args=args, client=pipe)
@@ -245,7 +280,7 @@ class NodeState:
         zeroed = list(self._rooms_zeroed)
         for room in zeroed:
             calls.append((self._s_room_set, *self._room_set_args(room, 0)))
-        await self._do(self._batch(self._client(), calls))
+        await self._do(self._batch(self._conn.client, calls))
         self._rooms_zeroed.difference_update(r for r in zeroed if r not in self._room_counts)
 
     async def refresh_loop(self) -> None:
@@ -256,8 +291,8 @@ class NodeState:
                 log.debug("presence refresh failed: %r", exc.__cause__)
             await asyncio.sleep(self.presence_ttl / 3)
 
-    async def forget(self, redis: Any) -> None:
-        """Remove everything this node asserted (a graceful stop)."""
+    async def forget(self) -> None:
+        """Remove everything this node asserted (a graceful stop). Raises BrokerError."""
         calls: list[tuple[Script, list[Any], list[Any]]] = []
         for room, session in list(self._members):
             calls.append((self._s_presence_remove, *self._presence_remove_call(room, session)))
@@ -265,4 +300,4 @@ class NodeState:
             calls.append((self._s_conn_remove, [self._conn_key(user)], list(sessions)))
         for room in list(self._room_counts):
             calls.append((self._s_room_set, *self._room_set_args(room, 0)))
-        await self._batch(redis, calls)
+        await self._do(self._batch(self._conn.client, calls))

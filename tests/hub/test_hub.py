@@ -18,6 +18,7 @@ import pytest
 from hubbub.hub.auth import Identity
 from hubbub.hub.brokers.base import HistoryPage, Member
 from hubbub.hub.brokers.memory import MemoryBroker
+from hubbub.hub.brokers.memory_state import MemoryStateStore
 from hubbub.hub.envelope import Publication, make_body, parse_cursor
 from hubbub.hub.errors import (
     CLOSE_KICKED,
@@ -710,7 +711,7 @@ async def test_grants_enforced(hub: Hub) -> None:
 @pytest.mark.parametrize("room", ["Chat:1", "chat", "chatroom", "news:1", "user:bob"])
 async def test_refused_subscribe_leaks_nothing(hub: Hub, room: str) -> None:
     await fill(hub, room, 3)
-    await hub.broker.presence_add(
+    await hub.state.presence_add(
         Member(room=room, session="S" * 22, user="bob", transport="ws", node=hub.node_id)
     )
     alice = Identity(
@@ -951,23 +952,53 @@ async def test_epoch_change_under_live_subscription(hub: Hub) -> None:
     assert offsets(frames) == [1, 2] and all(f["epoch"] == new["epoch"] for f in frames)
 
 
-class DownBroker(MemoryBroker):
-    """The memory broker with a switch that makes every call fail like an unreachable backend."""
+class Outage:
+    """A switch that makes every call of the backends below fail like an unreachable one."""
 
     down = False
 
+
+def _failing_when_down(name: str, attr: Any, outage: Outage) -> Any:
+    if name in _BACKEND_CALLS and outage.down:
+
+        async def fail(*a: Any, **k: Any) -> Any:
+            raise BrokerError("backend unreachable")
+
+        return fail
+    return attr
+
+
+class DownBroker(MemoryBroker):
+    """The memory broker, failing while its outage is on."""
+
+    def __init__(self, outage: Outage) -> None:
+        super().__init__()
+        self.outage = outage
+
     def __getattribute__(self, name: str) -> Any:
-        attr = super().__getattribute__(name)
-        if name in _BROKER_CALLS and object.__getattribute__(self, "down"):
-
-            async def fail(*a: Any, **k: Any) -> Any:
-                raise BrokerError("backend unreachable")
-
-            return fail
-        return attr
+        outage = object.__getattribute__(self, "outage")
+        return _failing_when_down(name, super().__getattribute__(name), outage)
 
 
-_BROKER_CALLS = {
+class DownState(MemoryStateStore):
+    """The memory state store, failing while its outage is on."""
+
+    def __init__(self, outage: Outage) -> None:
+        super().__init__()
+        self.outage = outage
+
+    def __getattribute__(self, name: str) -> Any:
+        outage = object.__getattribute__(self, "outage")
+        return _failing_when_down(name, super().__getattribute__(name), outage)
+
+
+def down_hub() -> tuple[Hub, Outage, DownState]:
+    outage = Outage()
+    state = DownState(outage)
+    return Hub(make_settings(), DownBroker(outage), state), outage, state
+
+
+_BACKEND_CALLS = {
     "ready", "publish", "publish_frame", "subscribe", "history", "position", "presence_add",
     "presence_remove", "presence_list", "send_control", "connection_add", "connection_count",
     "room_sessions",
@@ -975,14 +1006,13 @@ _BROKER_CALLS = {
 
 
 async def test_broker_down_maps_to_unavailable() -> None:
-    broker = DownBroker()
-    hub = Hub(make_settings(), broker)
+    hub, outage, _ = down_hub()
     await hub.start()
     try:
         s = await hub.open_session(user(), "ws")
         await sub(hub, s, "live")
         take(s)
-        broker.down = True
+        outage.down = True
         assert not await hub.ready()
         with pytest.raises(Unavailable) as info:
             await hub.publish(user(), "r", 1)
@@ -1000,7 +1030,7 @@ async def test_broker_down_maps_to_unavailable() -> None:
             await hub.disconnect_user("alice")
         await hub.close_session(s)  # never raises, even with the broker down
         assert hub.sessions == {}
-        broker.down = False
+        outage.down = False
         assert await hub.ready()
         again = await hub.open_session(user(), "ws")
         await sub(hub, again, "r", presence=True)
@@ -1012,20 +1042,19 @@ async def test_broker_down_maps_to_unavailable() -> None:
 async def test_presence_subscribe_when_the_broker_fails_midway(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    broker = DownBroker()
-    hub = Hub(make_settings(), broker)
+    hub, outage, state = down_hub()
     await hub.start()
     try:
         s = await hub.open_session(user(), "ws")
 
         async def failing(member: Member, **_: Any) -> None:
-            broker.down = True
+            outage.down = True
             raise BrokerError("lost")
 
-        monkeypatch.setattr(broker, "presence_add", failing)
+        monkeypatch.setattr(state, "presence_add", failing)
         with pytest.raises(Unavailable):
             await sub(hub, s, "r", presence=True)
-        broker.down = False
+        outage.down = False
         assert "r" not in s.subs and hub.rooms.get("r") is None
         assert take(s) == []  # no reply for a failed subscribe
     finally:
@@ -1114,7 +1143,7 @@ async def test_max_connections_per_user(make_hub: HubFactory) -> None:
     with pytest.raises(Disconnect) as info:
         await hub.open_session(user(), "ws")
     assert info.value.code == CLOSE_LIMIT and not info.value.reconnect
-    assert await hub.broker.connection_count("alice") == 2  # the refused one is not counted
+    assert await hub.state.connection_count("alice") == 2  # the refused one is not counted
     await hub.open_session(user("bob"), "ws")  # other users are not affected
     await hub.close_session(first)
     await hub.open_session(user(), "ws")  # a freed place can be used
@@ -1131,8 +1160,8 @@ async def test_close_session_leaves_rooms(hub: Hub) -> None:
     await hub.close_session(s)  # idempotent
     assert len(hub.rooms) == 0 and hub.sessions == {} and hub.by_user == {}
     assert s.closed is not None
-    assert await hub.broker.presence_list("r2") == []
-    assert await hub.broker.connection_count("alice") == 0
+    assert await hub.state.presence_list("r2") == []
+    assert await hub.state.connection_count("alice") == 0
 
 
 async def test_unsubscribe_stops_delivery(hub: Hub) -> None:

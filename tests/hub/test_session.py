@@ -17,7 +17,7 @@ import pytest
 from hubbub.hub.auth import Identity
 from hubbub.hub.envelope import Publication, make_body
 from hubbub.hub.errors import CLOSE_EXPIRED, CLOSE_NO_HEARTBEAT, CLOSE_SLOW
-from hubbub.hub.session import PING, Session, TokenBucket, new_session_id
+from hubbub.hub.session import PING, Session, new_session_id
 from hubbub.hub.settings import Rate
 
 DEADLINE = 5.0  # generous upper bound for "eventually"; never a performance assertion
@@ -242,11 +242,9 @@ async def test_already_expired_closes_at_once() -> None:
 # ---- publish rate ------------------------------------------------------------------------------
 
 
-def test_token_bucket() -> None:
-    off = TokenBucket(Rate(0, 0))
-    assert all(off.take() for _ in range(1000))
-    bucket = TokenBucket(Rate(0.001, 3))
-    assert [bucket.take() for _ in range(5)] == [True, True, True, False, False]
+def test_session_publish_rate_is_a_token_bucket() -> None:
+    s = Session(ident(), "ws", publish_rate=Rate(0.001, 3))
+    assert [s.rate.take() for _ in range(5)] == [True, True, True, False, False]
 
 
 @pytest.mark.parametrize("rate", [None, Rate(0, 0)])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
 import os
 import subprocess
 import sys
@@ -13,6 +16,7 @@ import pytest
 
 from hubbub.hub.errors import ConfigError
 from hubbub.hub.settings import GRANT_KINDS, Rate, Settings, parse_grants
+from hubbub.hub.specs import Kind, spec_of
 
 ROOT = Path(__file__).resolve().parents[2]
 HUBBUB = str(Path(sys.executable).parent / "hubbub")
@@ -240,7 +244,11 @@ def test_bad_flag_value_names_the_flag() -> None:
 def test_unknown_variable_in_toml_file(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text("HUB_PORT = 8001\nHUB_NOPE = 3\n")
-    _config_error({}, "HUB_NOPE", "3", str(cfg), config_file=str(cfg))
+    _config_error({}, "HUB_NOPE", str(cfg), config_file=str(cfg))
+    # A misspelt key names the nearest setting and never echoes the value (it may be secret).
+    cfg.write_text('HUB_JWT_SECRT = "hunter2-value"\n')
+    msg = _config_error({}, "HUB_JWT_SECRT", "did you mean HUB_JWT_SECRET?", config_file=str(cfg))
+    assert "hunter2" not in msg
 
 
 def test_bad_values_in_toml_file(tmp_path: Path) -> None:
@@ -260,9 +268,21 @@ def test_env_value_overrides_a_bad_file_value(tmp_path: Path) -> None:
     assert Settings.load({"HUB_PORT": "81"}, config_file=str(cfg)).port == 81
 
 
-def test_unknown_env_variables_are_ignored() -> None:
+def test_unknown_env_variables_are_ignored_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # Other software may share the HUB_ prefix in the environment; only the file is strict.
-    assert Settings.load({"HUB_SOMETHING_ELSE": "1"}).port == 8000
+    with caplog.at_level(logging.WARNING, logger="hubbub.settings"):
+        s = Settings.load({"HUB_SOMETHING_ELSE": "1", "HUB_PING_INTERVALL": "secret-ish-value"})
+    assert s.port == 8000 and s.ping_interval == 25
+    text = caplog.text
+    assert "HUB_SOMETHING_ELSE" in text and "HUB_PING_INTERVALL" in text
+    assert "did you mean HUB_PING_INTERVAL?" in text
+    assert "secret-ish-value" not in text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hubbub.settings"):
+        Settings.load({"HUB_CONFIG": "", "HUB_PORT": "1"})  # known names: no warning
+    assert caplog.text == ""
 
 
 def test_rate_and_grants_parsers() -> None:
@@ -374,3 +394,110 @@ def test_cli_serve_missing_public_key_file(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "HUB_JWT_PUBLIC_KEY" in proc.stderr and missing in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ---- the table of settings ------------------------------------------------------------------
+
+
+def test_every_field_has_a_spec_with_bounds() -> None:
+    """Each field carries its parsing and checks; every number is bounded on both sides."""
+    for f in dataclasses.fields(Settings):
+        spec = spec_of(f)  # KeyError: a field without a Spec
+        assert spec.help, f.name
+        assert spec.expected(), f.name
+        if spec.kind in (Kind.INT, Kind.FLOAT):
+            assert spec.low is not None and spec.high is not None, f.name
+            assert math.isfinite(spec.high) and spec.low < spec.high, f.name
+            assert spec.unit or spec.kind is Kind.INT, f"{f.name}: a float needs a unit"
+        if f.name.endswith(("timeout", "interval")):
+            assert (spec.low == 0 and spec.above) or f.name == "shutdown_timeout", f.name
+        # The defaults pass their own checks.
+        spec.validate(getattr(Settings(), f.name))
+    secret = {f.name for f in dataclasses.fields(Settings) if spec_of(f).secret}
+    assert secret == {"jwt_secret", "api_keys", "turn_secret"}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"HUB_PORT": "abc"}, "HUB_PORT must be an integer from 0 to 65535 (got 'abc')"),
+        ({"HUB_HANDSHAKE_TIMEOUT": "-1"}, "HUB_HANDSHAKE_TIMEOUT must be a number of seconds"),
+        ({"HUB_HANDSHAKE_TIMEOUT": "0"}, "greater than 0"),
+        ({"HUB_AUTH_TIMEOUT": "0"}, "HUB_AUTH_TIMEOUT must be"),
+        ({"HUB_BROKER_TIMEOUT": "inf"}, "HUB_BROKER_TIMEOUT must be"),
+        ({"HUB_PRESENCE_TTL": "0"}, "HUB_PRESENCE_TTL must be"),
+        ({"HUB_SHUTDOWN_TIMEOUT": "-1"}, "HUB_SHUTDOWN_TIMEOUT must be a number of seconds from 0"),
+        ({"HUB_TURN_TTL": "0"}, "HUB_TURN_TTL must be"),
+        ({"HUB_JWT_MAX_TTL": "1e12"}, "HUB_JWT_MAX_TTL must be"),
+        ({"HUB_WORKERS": "0"}, "HUB_WORKERS must be an integer from 1 to"),
+        ({"HUB_MAX_QUEUE_BYTES": "0"}, "HUB_MAX_QUEUE_BYTES must be a whole number of bytes"),
+        ({"HUB_MAX_MESSAGE_BYTES": "1e3"}, "HUB_MAX_MESSAGE_BYTES must be"),
+        ({"HUB_SSE_RETRY_MS": "-1"}, "milliseconds"),
+        ({"HUB_SIGNAL_MAX_PEERS": "1000000"}, "HUB_SIGNAL_MAX_PEERS must be"),
+        ({"HUB_CLIENT_PUBLISH_RATE": "5/s:0.5"}, "the burst must be at least 1"),
+        ({"HUB_API_RATE": "inf/s"}, "HUB_API_RATE must be a rate"),
+        ({"HUB_HOST": ""}, "HUB_HOST must be a host name or IP address"),
+        ({"HUB_BROKER_URL": "redis://r/0?cluster=maybe"}, "HUB_BROKER_URL must be"),
+        ({"HUB_LOG_LEVEL": "loud"}, "HUB_LOG_LEVEL must be one of debug, info"),
+        ({"HUB_ALLOW_ANONYMOUS": "maybe"}, "HUB_ALLOW_ANONYMOUS must be true or false"),
+        ({"HUB_JWT_ALGORITHMS": "HS256,none"}, "'none' is not one of them"),
+    ],
+)
+def test_refusals_say_what_is_expected(env: dict[str, str], message: str) -> None:
+    msg = _config_error(env, message)
+    assert "invalid literal" not in msg and "could not convert" not in msg
+
+
+def test_toml_values_of_the_wrong_type(tmp_path: Path) -> None:
+    cfg = tmp_path / "types.toml"
+    for line, needle in [
+        ("HUB_HOST = 5", "HUB_HOST in"),
+        ("HUB_PING_INTERVAL = true", "HUB_PING_INTERVAL in"),
+        ("HUB_API_KEYS = [1, 2]", "HUB_API_KEYS in"),
+        ("HUB_PORT = 80.5", "HUB_PORT in"),
+        ("HUB_API_RATE = 20", "HUB_API_RATE in"),
+        ("[hubbub]\nHUB_ALLOW_ANONYMOUS = 1", "HUB_ALLOW_ANONYMOUS in"),
+    ]:
+        cfg.write_text(line + "\n")
+        _config_error({}, needle, "must be", config_file=str(cfg))
+    cfg.write_text('HUB_API_RATE = 0\nHUB_ALLOW_ANONYMOUS = "yes"\nHUB_PING_INTERVAL = 3\n')
+    s = Settings.load({}, config_file=str(cfg))
+    assert (s.api_rate.enabled, s.anonymous, s.ping_interval) == (False, True, 3.0)
+
+
+def test_typed_settings_are_checked_by_validate() -> None:
+    """Settings built in code (tests, embedding) pass through the same table."""
+    for bad in ({"handshake_timeout": -1.0}, {"port": "80"}, {"max_queue": True},
+                {"api_rate": Rate(5, 0.5)}, {"log_format": "xml"}, {"stun_urls": ["a"]}):  # fmt: skip
+        with pytest.raises(ConfigError, match="must be"):
+            Settings(**bad).validate()
+    Settings(handshake_timeout=0.5, log_level="debug").validate()
+
+
+SECRET_VALUE = "Sup3r-s3cret-value"
+
+
+def test_no_error_message_contains_a_secret(tmp_path: Path) -> None:
+    """A refused secret is named, never shown; nor is a password inside the broker URL."""
+    cfg = tmp_path / "secrets.toml"
+    cases = [
+        f'HUB_JWT_SECRET = ["{SECRET_VALUE}"]',
+        f'HUB_TURN_SECRET = {{ v = "{SECRET_VALUE}" }}',
+        f'HUB_API_KEYS = ["{SECRET_VALUE}", 3]',
+        f'HUB_API_KEYS = "{SECRET_VALUE}"\nHUB_JWT_SECRET = 7',
+        f'HUB_TURN_SECRETS = "{SECRET_VALUE}"',
+    ]
+    for text in cases:
+        cfg.write_text(text + "\n")
+        msg = _config_error({}, config_file=str(cfg))
+        assert SECRET_VALUE not in msg, msg
+        assert "HUB_" in msg
+    for overrides in ({"jwt_secret": ["x", SECRET_VALUE]}, {"api_keys": {SECRET_VALUE: 1}}):
+        msg = _config_error({}, "value not shown", overrides=overrides)
+        assert SECRET_VALUE not in msg
+    with pytest.raises(ConfigError) as info:
+        Settings(turn_secret=[SECRET_VALUE]).validate()  # type: ignore[arg-type]
+    assert SECRET_VALUE not in str(info.value) and "HUB_TURN_SECRET" in str(info.value)
+    url = f"redis://user:{SECRET_VALUE}@redis.example:6379/0?cluster=perhaps"
+    msg = _config_error({"HUB_BROKER_URL": url}, "HUB_BROKER_URL", "redis.example")
+    assert SECRET_VALUE not in msg and "***" in msg

@@ -409,8 +409,10 @@ async def test_broker_down_503(node: Any, client: httpx.AsyncClient, monkeypatch
     async def down(*a: Any, **kw: Any) -> Any:
         raise BrokerError("connection refused")
 
-    for name in ("publish", "history", "presence_list", "list_rooms", "connection_count"):
+    for name in ("publish", "history"):
         monkeypatch.setattr(node.hub.broker, name, down)
+    for name in ("presence_list", "list_rooms", "connection_count"):
+        monkeypatch.setattr(node.hub.state, name, down)
     calls = [
         client.post("/v1/rooms/a/messages", json={"data": 1}, headers=KEY),
         client.get("/v1/rooms/a/messages", headers=KEY),
@@ -422,7 +424,7 @@ async def test_broker_down_503(node: Any, client: httpx.AsyncClient, monkeypatch
         r = await call
         assert_error(r, 503, "unavailable")
         assert int(r.headers["retry-after"]) >= 1
-    monkeypatch.setattr(node.hub.broker, "take", down)  # the rate limiter needs the broker too
+    monkeypatch.setattr(node.hub.state, "take", down)  # the rate limiter needs the backend too
     r = await client.get("/v1/rooms", headers=KEY)
     assert_error(r, 503, "unavailable")
     assert "retry-after" in r.headers

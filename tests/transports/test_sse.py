@@ -500,7 +500,7 @@ async def test_broker_down_answers_200_with_retry(node: Node, monkeypatch: Any) 
         (ev,) = await s.rest()
         assert ev.retry is not None and ev.event == "hub.disconnect"
         assert ev.json["code"] == 4003 and ev.json["reconnect"] is True
-    monkeypatch.setattr(node.hub.broker, "connection_add", down)
+    monkeypatch.setattr(node.hub.state, "connection_add", down)
     async with sse(node, first=False) as (resp, s):
         assert resp.status_code == 200 and (await s.rest())[0].json["code"] == 4003
     assert not node.hub.sessions

@@ -1,5 +1,5 @@
 """Fixtures of the broker tests: a real three-shard Redis Cluster for the contract suite, and
-``make`` for the Redis broker's own tests."""
+``make`` / ``make_node`` for the Redis broker's and state store's own tests."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 
 from hubbub.hub.brokers.redis import RedisBroker
+from hubbub.hub.brokers.redis_state import RedisStateStore
 from tests.conftest import RedisProc, free_port, need_tool
 from tests.hub.brokers.brokertools import Recorder
 
 TIMEOUT = 0.5  # broker call timeout of the brokers ``make`` starts
 Make = Callable[..., Awaitable[tuple[RedisBroker, Recorder]]]
+MakeNode = Callable[..., Awaitable[tuple[RedisBroker, RedisStateStore, Recorder]]]
 
 
 @dataclass
@@ -108,3 +110,24 @@ async def make(redis_proc: RedisProc) -> AsyncIterator[Make]:
     yield factory
     for b in started:
         await b.close()
+
+
+@pytest.fixture
+async def make_node(make: Make) -> AsyncIterator[MakeNode]:
+    """``await make_node(presence_ttl=..., **broker options)``: a started RedisBroker, the
+    RedisStateStore sharing its connection pool (as a node has them) and the broker's recording
+    listener; closed after the test."""
+    stores: list[RedisStateStore] = []
+
+    async def factory(
+        presence_ttl: float = 30.0, **kw: Any
+    ) -> tuple[RedisBroker, RedisStateStore, Recorder]:
+        broker, listener = await make(**kw)
+        state = RedisStateStore(broker, presence_ttl=presence_ttl)
+        await state.start(broker.node)
+        stores.append(state)
+        return broker, state, listener
+
+    yield factory
+    for state in stores:
+        await state.close()

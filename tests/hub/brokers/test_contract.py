@@ -1,7 +1,8 @@
-"""The broker contract (hub/brokers/base.py), run against every implementation.
+"""The broker and state store contracts (hub/brokers/base.py), run against every implementation.
 
 ``memory://`` runs with an injected clock; Redis runs against a real redis-server (the session's
-``shared_redis``, on a free port) with a unique key prefix per test, and real time.
+``shared_redis``, on a free port) and a real three-shard Redis Cluster, with a unique key prefix
+per test, and real time.
 """
 
 from __future__ import annotations
@@ -9,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from hubbub.hub.brokers.base import Broker, Idempotency, Member
+from hubbub.hub.brokers.base import Broker, Idempotency, Member, StateStore
 from hubbub.hub.brokers.memory import MemoryBroker
+from hubbub.hub.brokers.memory_state import MemoryStateStore
 from hubbub.hub.brokers.redis import RedisBroker
+from hubbub.hub.brokers.redis_state import RedisStateStore
 from hubbub.hub.envelope import make_body
-from hubbub.hub.errors import Conflict
+from hubbub.hub.errors import Conflict, RoomFull
 from tests.hub.brokers.brokertools import Recorder, until
 
 
@@ -44,37 +48,99 @@ class Env:
         await asyncio.sleep(0 if self.kind == "memory" else 0.15)
 
 
+@dataclass
+class StateEnv:
+    state: StateStore
+    node: str
+    advance: Callable[[float], Awaitable[None]]
+    kind: str
+
+
 Factory = Callable[..., Awaitable[Env]]
+StateFactory = Callable[..., Awaitable[StateEnv]]
+KINDS = ["memory", "redis", "redis-cluster"]
 
 
-@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+class Started:
+    """What a test started, closed afterwards in reverse order (state stores before their
+    broker)."""
+
+    def __init__(self) -> None:
+        self.items: list[Broker | StateStore] = []
+
+    async def close(self) -> None:
+        for item in reversed(self.items):
+            await item.close()
+
+
+def _clock(kind: str) -> tuple[Any, Callable[[float], Awaitable[None]]]:
+    """The memory implementations' clock and how a test moves time on; real time for Redis."""
+    if kind != "memory":
+        return None, asyncio.sleep
+    clock = FakeClock()
+
+    async def advance_clock(seconds: float) -> None:
+        clock.now += seconds
+
+    return clock, advance_clock
+
+
+async def _start_broker(
+    request: pytest.FixtureRequest, kind: str, started: Started, clock: Any, **kw: Any
+) -> Env:
+    listener = Recorder()
+    node = secrets.token_hex(6)
+    if kind == "memory":
+        broker: Broker = MemoryBroker(clock=clock, **kw)
+    else:
+        redis = request.getfixturevalue("shared_redis" if kind == "redis" else "redis_cluster")
+        prefix = kw.pop("prefix", f"t{secrets.token_hex(4)}:")
+        broker = RedisBroker(redis.url, prefix=prefix, timeout=5.0, **kw)
+    await broker.start(listener, node)
+    started.items.append(broker)
+    return Env(broker, listener, node, asyncio.sleep, kind)
+
+
+@pytest.fixture(params=KINDS)
 async def make(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
+    """``await make(**broker options)``: a started broker of the parametrized kind."""
     kind: str = request.param
-    started: list[Broker] = []
+    started = Started()
 
     async def factory(**kw: Any) -> Env:
-        listener = Recorder()
-        node = secrets.token_hex(6)
-        if kind == "memory":
-            clock = FakeClock()
-
-            async def advance_clock(seconds: float) -> None:
-                clock.now += seconds
-
-            broker: Broker = MemoryBroker(clock=clock, **kw)
-            advance = advance_clock
-        else:
-            redis = request.getfixturevalue("shared_redis" if kind == "redis" else "redis_cluster")
-            prefix = f"t{secrets.token_hex(4)}:"
-            broker = RedisBroker(redis.url, prefix=prefix, timeout=5.0, **kw)
-            advance = asyncio.sleep
-        await broker.start(listener, node)
-        started.append(broker)
-        return Env(broker, listener, node, advance, kind)
+        clock, advance = _clock(kind)
+        env = await _start_broker(request, kind, started, clock, **kw)
+        env.advance = advance
+        return env
 
     yield factory
-    for b in started:
-        await b.close()
+    await started.close()
+
+
+@pytest.fixture(params=KINDS)
+async def make_state(request: pytest.FixtureRequest) -> AsyncIterator[StateFactory]:
+    """``await make_state(prefix=None)``: a started state store of the parametrized kind (on
+    Redis with the broker it shares its connection pool with). Stores made with the same
+    ``prefix`` are two nodes of one cluster."""
+    kind: str = request.param
+    started = Started()
+
+    async def factory(prefix: str | None = None) -> StateEnv:
+        clock, advance = _clock(kind)
+        if kind == "memory":
+            state: StateStore = MemoryStateStore(clock=clock)
+            node = secrets.token_hex(6)
+        else:
+            opts = {"prefix": prefix} if prefix else {}
+            env = await _start_broker(request, kind, started, clock, **opts)
+            assert isinstance(env.broker, RedisBroker)
+            state, node = RedisStateStore(env.broker), env.node
+        await state.start(node)
+        started.items.append(state)
+        return StateEnv(state, node, advance, kind)
+
+    yield factory
+    await started.close()
 
 
 def body(room: str, n: Any) -> bytes:
@@ -85,6 +151,16 @@ async def test_start_reports_up(make: Factory) -> None:
     env = await make()
     assert await env.broker.ready()
     assert env.listener.states[-1] is True
+
+
+async def test_start_raises_no_warning(make_state: StateFactory) -> None:
+    """Starting a node's backends (on Redis: the broker, then the state store) warns about
+    nothing, e.g. not about a synchronous retry policy handed to an asyncio client."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        env = await make_state()
+        await env.state.connection_count("nobody")
+    assert [str(w.message) for w in caught] == []
 
 
 async def test_offsets_have_no_holes_under_concurrency(make: Factory) -> None:
@@ -284,9 +360,23 @@ async def test_publish_frame_fans_out_without_storing(make: Factory) -> None:
     assert (await b.position("f"))[1] == 0
 
 
-async def test_presence_add_list_remove(make: Factory) -> None:
+async def test_control_to_all_and_to_one_node(make: Factory) -> None:
     env = await make()
     b = env.broker
+    await b.send_control({"t": "kick", "user": "u1"})
+    await b.send_control({"t": "direct", "to": "s"}, env.node)
+    await b.send_control({"t": "lost"}, "another-node")
+    await until(lambda: len(env.listener.controls) == 2)
+    await env.settle()
+    assert env.listener.controls == [{"t": "kick", "user": "u1"}, {"t": "direct", "to": "s"}]
+
+
+# ---- the state store contract -------------------------------------------------------------------
+
+
+async def test_presence_add_list_remove(make_state: StateFactory) -> None:
+    env = await make_state()
+    b = env.state
     m1 = Member("p", "s1", "alice", "ws", env.node, name="Alice", info={"k": [1, 2]})
     m2 = Member("p", "s2", "bob", "sse", env.node)
     await b.presence_add(m1)
@@ -300,20 +390,9 @@ async def test_presence_add_list_remove(make: Factory) -> None:
     assert [m.user for m in await b.presence_list("q")] == ["carol"]
 
 
-async def test_control_to_all_and_to_one_node(make: Factory) -> None:
-    env = await make()
-    b = env.broker
-    await b.send_control({"t": "kick", "user": "u1"})
-    await b.send_control({"t": "direct", "to": "s"}, env.node)
-    await b.send_control({"t": "lost"}, "another-node")
-    await until(lambda: len(env.listener.controls) == 2)
-    await env.settle()
-    assert env.listener.controls == [{"t": "kick", "user": "u1"}, {"t": "direct", "to": "s"}]
-
-
-async def test_connection_counts(make: Factory) -> None:
-    env = await make()
-    b = env.broker
+async def test_connection_counts(make_state: StateFactory) -> None:
+    env = await make_state()
+    b = env.state
     assert await b.connection_add("u", "s1") == 1
     assert await b.connection_add("u", "s2") == 2
     assert await b.connection_add("u", "s2") == 2
@@ -327,9 +406,9 @@ async def test_connection_counts(make: Factory) -> None:
     assert await b.connection_count("nobody") == 0
 
 
-async def test_list_rooms_with_pagination(make: Factory) -> None:
-    env = await make()
-    b = env.broker
+async def test_list_rooms_with_pagination(make_state: StateFactory) -> None:
+    env = await make_state()
+    b = env.state
     await b.room_sessions("a:1", 1)
     await b.room_sessions("a:2", 1)
     await b.room_sessions("a:2", 1)
@@ -345,9 +424,9 @@ async def test_list_rooms_with_pagination(make: Factory) -> None:
     assert await b.list_rooms("zzz", None, 10) == ([], None)
 
 
-async def test_take_is_a_token_bucket(make: Factory) -> None:
-    env = await make()
-    b = env.broker
+async def test_take_is_a_token_bucket(make_state: StateFactory) -> None:
+    env = await make_state()
+    b = env.state
     got = [await b.take("k", 10.0, 3.0) for _ in range(4)]
     assert [g[0] for g in got] == [True, True, True, False]
     _, remaining, reset = got[3]
@@ -355,3 +434,56 @@ async def test_take_is_a_token_bucket(make: Factory) -> None:
     assert (await b.take("other", 10.0, 3.0))[0] is True
     await env.advance(0.25)
     assert (await b.take("k", 10.0, 3.0))[0] is True
+
+
+async def test_take_at_rate_zero_is_unlimited(make_state: StateFactory) -> None:
+    env = await make_state()
+    got = [await env.state.take("free", 0.0, 0.0) for _ in range(20)]
+    assert all(allowed for allowed, _, _ in got)
+    assert all(reset == 0.0 for _, _, reset in got)
+
+
+async def test_presence_limit_is_atomic(make_state: StateFactory) -> None:
+    """The primitive of call rooms: of concurrent joins exactly ``limit`` get in; a member
+    already present may refresh; the refused leave nothing behind."""
+    env = await make_state()
+    b = env.state
+    joins = [
+        b.presence_add(Member("call:x", f"s{i}", f"u{i}", "ws", env.node), limit=2)
+        for i in range(8)
+    ]
+    results = await asyncio.gather(*joins, return_exceptions=True)
+    assert sum(r is None for r in results) == 2
+    assert all(isinstance(r, RoomFull) for r in results if r is not None)
+    present = await b.presence_list("call:x")
+    assert len(present) == 2
+    await b.presence_add(present[0], limit=2)  # already in: not refused
+    await b.presence_remove("call:x", present[1].session)
+    await b.presence_add(Member("call:x", "late", "v", "ws", env.node), limit=2)
+    assert {m.session for m in await b.presence_list("call:x")} == {present[0].session, "late"}
+
+
+async def test_nodes_share_state_and_close_forgets_its_own(make_state: StateFactory) -> None:
+    """Two nodes of one cluster (same prefix) see each other's entries; a node that closes
+    removes its own. (One process has one memory store: Redis only.)"""
+    first = await make_state()
+    if first.kind == "memory":
+        pytest.skip("a memory store belongs to one process")
+    assert isinstance(first.state, RedisStateStore)
+    prefix = first.state.prefix
+    second = await make_state(prefix=prefix)
+    a, b = first.state, second.state
+    await a.presence_add(Member("p", "s1", "alice", "ws", first.node))
+    await b.presence_add(Member("p", "s2", "bob", "ws", second.node))
+    assert await a.connection_add("bob", "s3") == 1
+    assert await b.connection_add("bob", "s4") == 2
+    await a.room_sessions("p", 1)
+    await b.room_sessions("p", 2)
+    assert {m.session for m in await a.presence_list("p")} == {"s1", "s2"}
+    assert await a.list_rooms("", None, 10) == ([("p", 3)], None)
+    assert [await b.take("shared", 1.0, 2.0) for _ in range(2)][-1][0] is True
+    assert (await a.take("shared", 1.0, 2.0))[0] is False  # one bucket for the cluster
+    await b.close()
+    assert {m.session for m in await a.presence_list("p")} == {"s1"}
+    assert await a.connection_count("bob") == 1
+    assert await a.list_rooms("", None, 10) == ([("p", 1)], None)

@@ -19,7 +19,7 @@ from hubbub.hub.envelope import make_body
 from hubbub.hub.errors import BrokerError
 from tests.conftest import RedisProc, need_tool
 from tests.hub.brokers.brokertools import until
-from tests.hub.brokers.conftest import TIMEOUT, Make
+from tests.hub.brokers.conftest import TIMEOUT, Make, MakeNode
 from tests.hub.brokers.redis_proxy import TcpProxy
 
 
@@ -108,9 +108,9 @@ async def test_client_kill_pubsub_resubscribes(make: Make, redis_proc: RedisProc
 
 
 async def test_sigstop_makes_calls_fail_within_the_timeout(
-    make: Make, redis_proc: RedisProc
+    make_node: MakeNode, redis_proc: RedisProc
 ) -> None:
-    broker, listener = await make()
+    broker, state, listener = await make_node()
     await broker.subscribe("r")
     assert redis_proc.proc is not None
     pid = redis_proc.proc.pid
@@ -120,8 +120,8 @@ async def test_sigstop_makes_calls_fail_within_the_timeout(
         for call in (
             broker.publish("r", body(1)),
             broker.history("r"),
-            broker.presence_list("r"),
-            broker.take("k", 1, 1),
+            state.presence_list("r"),
+            state.take("k", 1, 1),
         ):
             t0 = loop.time()
             with pytest.raises(BrokerError):
@@ -199,9 +199,9 @@ async def test_pubsub_output_buffer_limit_kill_is_a_reconnect(make: Make) -> Non
         proc.stop()
 
 
-async def test_members_of_a_dead_node_vanish_after_the_ttl(make: Make) -> None:
-    alive, _ = await make(presence_ttl=0.6)
-    dead, _ = await make(presence_ttl=0.6)
+async def test_members_of_a_dead_node_vanish_after_the_ttl(make_node: MakeNode) -> None:
+    _, alive, _ = await make_node(presence_ttl=0.6)
+    dead_broker, dead, _ = await make_node(presence_ttl=0.6)
     await alive.presence_add(Member("p", "s1", "alice", "ws", alive.node))
     await dead.presence_add(Member("p", "s2", "bob", "ws", dead.node))
     await dead.connection_add("bob", "s2")
@@ -212,39 +212,39 @@ async def test_members_of_a_dead_node_vanish_after_the_ttl(make: Make) -> None:
     assert await alive.connection_count("bob") == 2
     assert await alive.list_rooms("", None, 10) == ([("p", 2)], None)
     # "SIGKILL": the dead node's tasks stop without any clean-up
-    for t in dead._tasks:
-        t.cancel()
-    assert dead.link is not None
-    await dead.link.close()
+    assert dead.task is not None
+    dead.task.cancel()
+    assert dead_broker.link is not None
+    await dead_broker.link.close()
     await asyncio.sleep(1.3)  # > ttl; the live node keeps refreshing its own
     assert {m.session for m in await alive.presence_list("p")} == {"s1"}
     assert await alive.connection_count("bob") == 1
     assert await alive.list_rooms("", None, 10) == ([("p", 1)], None)
-    dead._closed = True  # nothing left to forget
+    dead._closed = True  # nothing left to forget (its broker still closes its connections)
 
 
 async def test_refresh_rebuilds_presence_after_redis_lost_its_data(
-    make: Make, redis_proc: RedisProc
+    make_node: MakeNode, redis_proc: RedisProc
 ) -> None:
-    broker, _ = await make(presence_ttl=0.6)
-    await broker.presence_add(Member("p", "s1", "alice", "ws", broker.node))
-    await broker.connection_add("alice", "s1")
-    await broker.room_sessions("p", 1)
+    broker, state, _ = await make_node(presence_ttl=0.6)
+    await state.presence_add(Member("p", "s1", "alice", "ws", broker.node))
+    await state.connection_add("alice", "s1")
+    await state.room_sessions("p", 1)
     redis_proc.restart()
     await until(lambda: broker.link is not None and broker.link.up, 5.0)
 
     async def rebuilt() -> bool:
         with contextlib.suppress(BrokerError):
-            return len(await broker.presence_list("p")) == 1
+            return len(await state.presence_list("p")) == 1
         return False
 
     for _ in range(50):
         if await rebuilt():
             break
         await asyncio.sleep(0.1)
-    assert [m.session for m in await broker.presence_list("p")] == ["s1"]
-    assert await broker.connection_count("alice") == 1
-    assert await broker.list_rooms("", None, 10) == ([("p", 1)], None)
+    assert [m.session for m in await state.presence_list("p")] == ["s1"]
+    assert await state.connection_count("alice") == 1
+    assert await state.list_rooms("", None, 10) == ([("p", 1)], None)
 
 
 async def test_noscript_after_script_flush_reloads(make: Make, redis_proc: RedisProc) -> None:
@@ -255,10 +255,12 @@ async def test_noscript_after_script_flush_reloads(make: Make, redis_proc: Redis
     assert [p.offset for p in (await broker.history("r", after=0)).publications] == [1, 2]
 
 
-async def test_keys_carry_the_prefix_and_room_hash_tags(make: Make, redis_proc: RedisProc) -> None:
-    broker, _ = await make(prefix="pfx:")
+async def test_keys_carry_the_prefix_and_room_hash_tags(
+    make_node: MakeNode, redis_proc: RedisProc
+) -> None:
+    broker, state, _ = await make_node(prefix="pfx:")
     await broker.publish("lobby", body(1))
-    await broker.presence_add(Member("lobby", "s1", "u", "ws", broker.node))
+    await state.presence_add(Member("lobby", "s1", "u", "ws", broker.node))
     keys = set(redis_cli(redis_proc, "KEYS", "*").split())
     assert {"pfx:{room:lobby}:meta", "pfx:{room:lobby}:stream"} <= keys
     assert {"pfx:{room:lobby}:presence", "pfx:{room:lobby}:presence:exp"} <= keys
@@ -266,12 +268,12 @@ async def test_keys_carry_the_prefix_and_room_hash_tags(make: Make, redis_proc: 
     assert "1" in redis_cli(redis_proc, "PUBSUB", "NUMSUB", "pfx:ctl")
 
 
-async def test_every_script_touches_one_cluster_slot(make: Make) -> None:
+async def test_every_script_touches_one_cluster_slot(make_node: MakeNode) -> None:
     """Redis Cluster readiness: the keys of each script call share one hash slot, and rooms
     spread over slots."""
     from redis.crc import key_slot
 
-    broker, _ = await make()
+    broker, state, _ = await make_node()
     assert broker._redis is not None
     calls: list[list[bytes]] = []
     original = broker._redis.evalsha
@@ -286,13 +288,13 @@ async def test_every_script_touches_one_cluster_slot(make: Make) -> None:
         await broker.publish(room, body(2), idempotency=Idempotency("s", "k", "f"))
         await broker.history(room, after=0)
         await broker.position(room)
-        await broker.presence_add(Member(room, "s1", "u", "ws", broker.node))
-        await broker.presence_list(room)
-        await broker.room_sessions(room, 1)
-    await broker.list_rooms("", None, 10)
-    await broker.connection_add("u", "s1")
-    await broker.connection_count("u")
-    await broker.take("k", 1.0, 1.0)
+        await state.presence_add(Member(room, "s1", "u", "ws", broker.node))
+        await state.presence_list(room)
+        await state.room_sessions(room, 1)
+    await state.list_rooms("", None, 10)
+    await state.connection_add("u", "s1")
+    await state.connection_count("u")
+    await state.take("k", 1.0, 1.0)
     assert len(calls) >= 25
     for keys in calls:
         assert len({key_slot(k) for k in keys}) == 1, keys
@@ -300,13 +302,13 @@ async def test_every_script_touches_one_cluster_slot(make: Make) -> None:
     assert len(slots) == 3
 
 
-async def test_capped_presence_add_is_atomic_across_nodes(make: Make) -> None:
+async def test_capped_presence_add_is_atomic_across_nodes(make_node: MakeNode) -> None:
     """The primitive for call rooms: of many concurrent joins on two nodes, exactly ``limit``
     get in; a member already present may refresh."""
     from hubbub.hub.errors import RoomFull
 
-    one, _ = await make()
-    two, _ = await make()
+    _, one, _ = await make_node()
+    _, two, _ = await make_node()
     joins = [
         (one if i % 2 else two).presence_add(Member("call:x", f"s{i}", f"u{i}", "ws", "n"), limit=2)
         for i in range(8)
@@ -317,6 +319,6 @@ async def test_capped_presence_add_is_atomic_across_nodes(make: Make) -> None:
     present = await one.presence_list("call:x")
     assert len(present) == 2
     again = present[0]
-    owner = one if (again.room, again.session) in one.state._members else two
+    owner = one if (again.room, again.session) in one._members else two
     await owner.presence_add(again, limit=2)  # already in: not refused
     assert len(await two.presence_list("call:x")) == 2
