@@ -1,6 +1,7 @@
-// Hubbub admin page: the HTTP API of PROTOCOL.md §5 with an API key, and /metrics.
-// No build step, no CDN. Everything shown comes from the server and is written with
-// textContent, never as HTML.
+// Hubbub admin page: the HTTP API of PROTOCOL.md §5 with an API key (GET v1/stats for the
+// numbers, v1/rooms, presence, publish, disconnect). No build step, no CDN. Every URL is
+// relative to the page (the hub may be mounted under a path prefix). Everything shown comes
+// from the server and is written with textContent, never as HTML.
 "use strict";
 
 (() => {
@@ -53,7 +54,7 @@
   async function open(key) {
     apiKey = key;
     try {
-      await api("GET", "/v1/rooms?limit=1");
+      await api("GET", "v1/rooms?limit=1");
     } catch (e) {
       if (apiKey !== null) showLogin(String(e.message || e));
       return;
@@ -70,62 +71,42 @@
     el.className = "out" + (kind ? " " + kind : "");
   }
 
-  // ---- metrics --------------------------------------------------------------------------
-  function parseMetrics(text) {
-    const out = {};
-    for (const line of text.split("\n")) {
-      if (!line || line[0] === "#") continue;
-      const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+(\S+)/.exec(line);
-      if (!m) continue;
-      const labels = {};
-      if (m[3]) {
-        for (const part of m[3].matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) {
-          labels[part[1]] = part[2];
-        }
-      }
-      (out[m[1]] = out[m[1]] || []).push({ labels, value: Number(m[4]) });
-    }
-    return out;
-  }
-
-  const sum = (m, name, filter) =>
-    (m[name] || []).filter((s) => !filter || filter(s.labels)).reduce((a, s) => a + s.value, 0);
-
-  async function scrapeOnce() {
-    const r = await fetch("/metrics", { cache: "no-store" });
-    if (!r.ok) throw new Error("/metrics " + r.status);
-    const m = parseMetrics(await r.text());
-    const info = (m.hubbub_node_info || [])[0];
-    const id = info ? info.labels.node : "node";
+  // ---- stats ----------------------------------------------------------------------------
+  // GET v1/stats answers for one node: behind a balancer each request may reach another one,
+  // so nodes are collected as they answer and rates come from two answers of the same node.
+  async function sampleOnce() {
+    const s = await api("GET", "v1/stats");
     const cur = {
-      t: performance.now(),
-      pubs: sum(m, "hubbub_publications_total"),
-      dels: sum(m, "hubbub_deliveries_total"),
-      ws: sum(m, "hubbub_connections", (l) => l.transport === "ws"),
-      sse: sum(m, "hubbub_connections", (l) => l.transport === "sse"),
-      subs: sum(m, "hubbub_subscriptions"),
-      brokerUp: m.hubbub_broker_up ? sum(m, "hubbub_broker_up") === 1 : true,
-      draining: sum(m, "hubbub_draining") === 1,
+      t: s.time * 1000,
+      pubs: s.publications,
+      dels: s.deliveries,
+      ws: s.connections.ws || 0,
+      sse: s.connections.sse || 0,
+      subs: s.subscriptions,
+      brokerUp: s.broker.up,
+      draining: s.draining,
     };
-    const n = nodes.get(id) || { pubRate: 0, delRate: 0 };
+    const n = nodes.get(s.node) || { pubRate: 0, delRate: 0 };
     if (n.cur) {
       const dt = (cur.t - n.cur.t) / 1000;
       if (dt > 0.3) {
         n.pubRate = Math.max(0, (cur.pubs - n.cur.pubs) / dt);
         n.delRate = Math.max(0, (cur.dels - n.cur.dels) / dt);
+      } else {
+        return; // too close to the last sample for a rate: keep that one as the base
       }
     }
     n.cur = cur;
     n.seen = Date.now();
-    nodes.set(id, n);
+    nodes.set(s.node, n);
   }
 
   async function tick() {
-    // Two scrapes per tick: behind a balancer they often reach different nodes.
-    const results = await Promise.allSettled([scrapeOnce(), scrapeOnce()]);
+    // Two requests per tick: behind a balancer they often reach different nodes.
+    const results = await Promise.allSettled([sampleOnce(), sampleOnce()]);
     const ok = results.some((r) => r.status === "fulfilled");
     $("conn-dot").className = "dot " + (ok ? "ok" : "bad");
-    $("conn-text").textContent = ok ? "live" : "metrics unreachable";
+    $("conn-text").textContent = ok ? "live" : "stats unreachable";
     const now = Date.now();
     let pub = 0, del = 0, ws = 0, sse = 0, subs = 0, live = 0;
     for (const n of nodes.values()) {
@@ -274,7 +255,7 @@
     const q = new URLSearchParams({ limit: "100" });
     if (prefix) q.set("prefix", prefix);
     try {
-      const res = await api("GET", "/v1/rooms?" + q);
+      const res = await api("GET", "v1/rooms?" + q);
       const body = $("rooms");
       body.replaceChildren();
       for (const r of res.rooms) {
@@ -301,7 +282,7 @@
     const room = $("presence-room").value.trim();
     if (!room) return;
     try {
-      const res = await api("GET", `/v1/rooms/${encodeURIComponent(room)}/presence`);
+      const res = await api("GET", `v1/rooms/${encodeURIComponent(room)}/presence`);
       const body = $("presence");
       body.replaceChildren();
       for (const m of res.members) {
@@ -332,7 +313,7 @@
     const event = $("publish-event").value.trim();
     if (event) body.event = event;
     try {
-      const res = await api("POST", `/v1/rooms/${encodeURIComponent(room)}/messages`, body);
+      const res = await api("POST", `v1/rooms/${encodeURIComponent(room)}/messages`, body);
       setOut("publish-out", `published to ${res.room} at offset ${res.offset} (epoch ${res.epoch})`,
              "ok");
     } catch (e) {
@@ -344,7 +325,7 @@
     const user = $("kick-user").value.trim();
     const reason = $("kick-reason").value.trim();
     try {
-      const res = await api("POST", `/v1/users/${encodeURIComponent(user)}/disconnect`,
+      const res = await api("POST", `v1/users/${encodeURIComponent(user)}/disconnect`,
                             reason ? { reason } : {});
       setOut("kick-out", `${user}: ${res.sessions} session(s) closed (4509)`, "ok");
     } catch (e) {

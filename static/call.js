@@ -1,7 +1,7 @@
 // call.js: a mesh video call over Hubbub signaling (PROTOCOL.md §6). An ES module, no build step.
 //
-//   import { Call } from "/static/call.js";
-//   const call = new Call({ url: "/v1/ws", room: "call:demo", token, onPeer, onState });
+//   import { Call } from "./static/call.js";
+//   const call = new Call({ url: "v1/ws", room: "call:demo", token, onPeer, onState });
 //   await call.start();            // camera + microphone, join the call room with presence
 //   call.setMuted("audio", true);  // mute (track.enabled = false: no renegotiation)
 //   call.send("hello");            // text to every peer over the data channels
@@ -20,7 +20,7 @@
 //   recognises its connection by the DTLS fingerprint in the offer and rebinds it to our new id.
 //   A peer that "leaves" while its media still flows is kept for LEAVE_GRACE_MS for that reason.
 
-import { connect } from "/static/hubbub.js";
+import { connect } from "./hubbub.js";
 
 const CHANNEL = { label: "hubbub", id: 0 };
 const LEAVE_GRACE_MS = 30000; // keep a connected peer this long after its session left
@@ -337,7 +337,7 @@ export class Call {
     if (!this.localStream) this.localStream = await this._getMedia();
     if (!this.client) {
       const { url, token, getToken } = this.opts;
-      this.client = connect(url || "/v1/ws", { token, getToken, transport: "websocket" });
+      this.client = connect(url || "v1/ws", { token, getToken, transport: "websocket" });
     }
     const c = this.client;
     c.on("welcome", (w) => this._welcome(w));

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -275,6 +276,10 @@ class Api:
             ) from None
         return {"token": token, "expires_at": expires_at}, 200
 
+    async def stats(self, request: Request, call: Call) -> tuple[Any, int]:
+        call.need_api_key()
+        return node_stats(self.hub), 200
+
     async def ice(self, request: Request, call: Call) -> tuple[Any, int]:
         ident = call.identity
         if ident.api_key:
@@ -283,6 +288,34 @@ class Api:
             # TURN relays media for calls: a token that may join no call gets no credentials
             raise Forbidden("ICE servers need a signal grant")
         return ice_servers(self.settings, ident.sub), 200
+
+
+def node_stats(hub: Hub) -> dict[str, Any]:
+    """This node's numbers as JSON (``GET /v1/stats``, the admin page): the gauges of /metrics
+    read now, and its counters since the node started. Counters only grow; a reader gets rates
+    from two answers of the same ``node`` and their ``time`` (Unix seconds). The broker is named
+    by its scheme only (its URL may hold a password)."""
+    m = hub.metrics
+    sessions = list(hub.sessions.values())
+    return {
+        "node": hub.node_id,
+        "time": time.time(),
+        "connections": {"ws": 0, "sse": 0, **m.connections},
+        "sessions": len(sessions),
+        "subscriptions": sum(len(s.subs) for s in sessions),
+        "rooms": len(hub.rooms),
+        "publications": sum(m.published.values()),
+        "publications_by_transport": {"http": 0, "ws": 0, **m.published},
+        "deliveries": m.deliveries,
+        "broker": {
+            "kind": hub.settings.broker_url.split("://", 1)[0],
+            "up": bool(hub.broker_up),
+        },
+        "draining": bool(hub.draining),
+        "disconnects": {str(code): n for code, n in sorted(m.disconnects.items())},
+        "auth_failures": m.auth_failures,
+        "rate_limited": m.rate_limited,
+    }
 
 
 def routes(hub: Hub) -> list[BaseRoute]:
@@ -321,6 +354,7 @@ def routes(hub: Hub) -> list[BaseRoute]:
         Route("/v1/users/{user}/disconnect", e(api.disconnect), methods=["POST"]),
         Route("/v1/tokens", e(api.tokens), methods=["POST"]),
         Route("/v1/ice-servers", e(api.ice), methods=["GET"]),
+        Route("/v1/stats", e(api.stats), methods=["GET"]),
     ]
 
 

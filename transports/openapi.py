@@ -207,6 +207,55 @@ SCHEMAS: dict[str, Any] = {
         },
         extra=False,
     ),
+    "Stats": _obj(
+        [
+            "node",
+            "time",
+            "connections",
+            "sessions",
+            "subscriptions",
+            "rooms",
+            "publications",
+            "publications_by_transport",
+            "deliveries",
+            "broker",
+            "draining",
+            "disconnects",
+            "auth_failures",
+            "rate_limited",
+        ],
+        {
+            "node": {"type": "string"},
+            "time": {"type": "number", "description": "Unix seconds of this answer"},
+            "connections": {
+                "type": "object",
+                "required": ["ws", "sse"],
+                "additionalProperties": {"type": "integer", "minimum": 0},
+            },
+            "sessions": {"type": "integer", "minimum": 0},
+            "subscriptions": {"type": "integer", "minimum": 0},
+            "rooms": {"type": "integer", "minimum": 0},
+            "publications": {"type": "integer", "minimum": 0},
+            "publications_by_transport": {
+                "type": "object",
+                "required": ["http", "ws"],
+                "additionalProperties": {"type": "integer", "minimum": 0},
+            },
+            "deliveries": {"type": "integer", "minimum": 0},
+            "broker": _obj(
+                ["kind", "up"],
+                {"kind": {"type": "string"}, "up": {"type": "boolean"}},
+                extra=False,
+            ),
+            "draining": {"type": "boolean"},
+            "disconnects": {
+                "type": "object",
+                "additionalProperties": {"type": "integer", "minimum": 0},
+            },
+            "auth_failures": {"type": "integer", "minimum": 0},
+            "rate_limited": {"type": "integer", "minimum": 0},
+        },
+    ),
     "Health": _obj(["status"], {"status": {"type": "string", "enum": ["ok", "unavailable"]}}),
 }
 
@@ -372,6 +421,14 @@ def spec() -> dict[str, Any]:
                 ("200", "IceServers", "RTCIceServer list"),
                 errors=("403",),
                 security="client",
+            )
+        },
+        "/v1/stats": {
+            "get": _op(
+                "This node's connections, rooms and counters (the admin page)",
+                ("200", "Stats", "one node's numbers; counters since it started"),
+                errors=("403",),
+                security="key",
             )
         },
         "/v1/rooms/{room}/events": {"parameters": [_ROOM], "get": _SSE},
