@@ -2,11 +2,11 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-SYSTEM_PACKAGES := redis-server chromium nginx
+SYSTEM_PACKAGES := redis-server chromium nginx nodejs podman runc mmdebstrap
 PYTEST_ARGS ?=
 LATEST ?= .venv-latest
 
-.PHONY: run test test-latest check format system-deps clean
+.PHONY: run test test-latest check format image system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,13 +65,21 @@ format: $(VENV)/.test-installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## system-deps: redis-server, chromium, nginx and nodejs from Debian when missing (one apt-get update)
+## make image: build localhost/hubbub:latest with podman on a Debian base (docs/operations.md)
+image:
+	deploy/build-image.sh
+
+## system-deps: redis-server, chromium, nginx, nodejs and, for the image tests, podman, runc and
+## mmdebstrap from Debian when missing (one apt-get update)
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || missing="$$missing nginx"; \
 	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v podman >/dev/null 2>&1 || missing="$$missing podman"; \
+	command -v runc >/dev/null 2>&1 || test -x /usr/sbin/runc || missing="$$missing runc"; \
+	command -v mmdebstrap >/dev/null 2>&1 || missing="$$missing mmdebstrap"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
