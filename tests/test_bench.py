@@ -1,6 +1,6 @@
 """Smoke test of ``hubbub bench``: a tiny run with its own node, nothing lost, the JSON shape.
 
-No timing assertions: speed is measured by the tool, not asserted by tests (DESIGN.md)."""
+No timing assertions: speed is measured by the tool, not asserted by tests (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 * :class:`HeaderTimeoutProtocol`: uvicorn has no header-read timeout (encode/uvicorn#157), so a
   client that opens TCP and never finishes its request headers would be kept forever
-  (slowloris, HARDENING 24). This protocol closes such connections after
+  (slowloris, hardening case 24). This protocol closes such connections after
   ``HUB_HANDSHAKE_TIMEOUT`` seconds. It also lets a streaming response (SSE) write HTTP/1.1
   chunks straight to the socket (:class:`ChunkedStream`).
 * :class:`HubServer`: on SIGTERM, stop accepting, turn ready to 503, close WebSocket sessions
@@ -389,7 +389,7 @@ def server_options(settings: Any) -> dict[str, Any]:
         "http": HeaderTimeoutProtocol,
         "ws": HandshakeGuardProtocol,
         "ws_max_size": settings.max_message_bytes + 16 * 1024,
-        # Compression costs CPU per subscriber and is a decompression-bomb risk (HARDENING 17).
+        # Compression costs CPU per subscriber and is a decompression-bomb risk (hardening case 17).
         "ws_per_message_deflate": False,
         "timeout_graceful_shutdown": settings.shutdown_timeout,
         "lifespan": "on",

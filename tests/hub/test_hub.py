@@ -1,4 +1,4 @@
-"""Hub with the memory broker, no sockets (PROTOCOL.md §1-§3, §5, DESIGN.md "Recovery").
+"""Hub with the memory broker, no sockets (PROTOCOL.md §1-§3, §5, docs/design.md "Recovery").
 
 Sessions are opened with ``hub.open_session``; the frames a transport would write are read from
 ``session.queue``. The ``reply`` callback of ``subscribe`` queues a ``reply`` frame so each test

@@ -1,4 +1,4 @@
-"""Node faults behind nginx (HARDENING 39, 40; PROTOCOL.md §7): SIGTERM drains a node
+"""Node faults behind nginx (hardening cases 39, 40; PROTOCOL.md §7): SIGTERM drains a node
 mid-traffic, SIGKILL kills one; clients resume on the other node with nothing lost.
 
 Two ``hubbub serve`` subprocesses on one private Redis, Debian's nginx in front (the

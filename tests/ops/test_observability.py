@@ -156,7 +156,7 @@ async def test_readiness_during_redis_outage(redis_proc: RedisProc, node_factory
     while (await scrape(node.url))["hubbub_broker_up"] != 1:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
-    # The pub/sub connection came back: the node caught its rooms up (DESIGN.md "Redis").
+    # The pub/sub connection came back: the node caught its rooms up (docs/design.md, "The brokers").
     while (await scrape(node.url))["hubbub_broker_resyncs_total"] < 1:
         assert time.monotonic() < deadline, "no resync counted after the Redis restart"
         await asyncio.sleep(0.1)

@@ -1,4 +1,4 @@
-"""Signaling relay rules over real WebSockets (PROTOCOL.md §6, HARDENING 44)."""
+"""Signaling relay rules over real WebSockets (PROTOCOL.md §6, hardening case 44)."""
 
 from __future__ import annotations
 
@@ -299,7 +299,7 @@ def test_roles_and_helpers() -> None:
 
 
 async def test_huge_sdp_and_candidate_flood_close_the_sender_only(node: Any) -> None:
-    """HARDENING 44: a 1 MB SDP closes with 1009; a candidate flood gets rate_limited errors
+    """Hardening case 44: a 1 MB SDP closes with 1009; a candidate flood gets rate_limited errors
     and then close 4005; the target and the node are unharmed."""
     a, b = await pair(node.ws_url)
     await a.conn.send(

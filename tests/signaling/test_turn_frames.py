@@ -1,4 +1,4 @@
-"""ICE servers and TURN REST credentials on the wire (PROTOCOL.md §6, HARDENING 45): in
+"""ICE servers and TURN REST credentials on the wire (PROTOCOL.md §6, hardening case 45): in
 ``welcome``, at ``GET /v1/ice-servers`` and pushed again as an ``ice_servers`` frame before the
 credentials expire; the secret never reaches a client."""
 
@@ -133,7 +133,7 @@ async def test_the_secret_never_appears_in_any_frame(node_factory: Any) -> None:
 
 
 async def test_ice_servers_endpoint_is_rate_limited(node_factory: Any) -> None:
-    """HARDENING 45: the credential endpoint is rate-limited like the rest of the API."""
+    """Hardening case 45: the credential endpoint is rate-limited like the rest of the API."""
     node = await node_factory(**TURN, api_rate=Rate.parse("0.2/s:3"))
     auth = {"Authorization": f"Bearer {token('zoe')}"}
     async with httpx.AsyncClient(base_url=node.url) as http:

@@ -1,4 +1,4 @@
-"""Resource exhaustion at the edge (HARDENING 17, 24): slowloris connections, half-sent
+"""Resource exhaustion at the edge (hardening cases 17, 24): slowloris connections, half-sent
 headers, compression refused. Bounded in count and time; traffic to 127.0.0.1 only."""
 
 from __future__ import annotations

@@ -561,7 +561,7 @@ async def test_alg_none_token_is_refused(node: Node) -> None:
 async def test_client_that_stops_reading_is_cut_off_others_get_everything(
     node_factory: Any,
 ) -> None:
-    """HARDENING 27 for SSE: the stuck stream is closed (4001) and let go of within the farewell
+    """Hardening case 27 for SSE: the stuck stream is closed (4001) and let go of within the farewell
     grace; a healthy stream of the same room receives every message."""
     node = await node_factory(max_queue_bytes=256 * 1024)
     writer, stuck = await _stream_that_stops_reading(node)

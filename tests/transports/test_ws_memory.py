@@ -1,4 +1,4 @@
-"""What keeps an idle WebSocket connection small (bench/notes-wsmem.md), and that the behaviour
+"""What keeps an idle WebSocket connection small (bench/idle-memory.md), and that the behaviour
 around it holds: the protocol's list-based inbox and flag, one task per idle connection (the
 writer task only while frames wait), the reader interrupted by a close, ``/v1/ws`` past
 Starlette's router. Real uvicorn and real ``websockets`` clients."""

@@ -1,4 +1,4 @@
-"""RedisBroker under broker faults (HARDENING.md 33-38), each against its own redis-server.
+"""RedisBroker under broker faults (docs/hardening.md cases 33-38), each against its own redis-server.
 
 The broker runs with tiny timeouts so every fault shows within a second or two.
 """
