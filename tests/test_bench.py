@@ -19,6 +19,7 @@ import uvicorn
 from hubbub.app import create_app
 from hubbub.transports.server import HubServer, server_options
 from tests.conftest import API_KEY, Node, free_port, make_settings, need_tool, token
+from tests.helpers import until
 from tests.transports.wsclient import WS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,8 +134,8 @@ async def test_no_direct_path_with_deflate() -> None:
     server = HubServer(uvicorn.Config(app, **opts))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.get_running_loop().create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    await until(lambda: server.started or task.done(), 10, "the server to start")
+    assert server.started, task
     port = server.servers[0].sockets[0].getsockname()[1]
     node = Node(app.state.hub, server, task, port)
     try:

@@ -28,7 +28,7 @@ from hubbub.hub.errors import Unavailable
 from hubbub.hub.session import Session
 from hubbub.hub.settings import Rate
 from tests.conftest import API_KEY, Node, RedisProc, need_tool, token
-from tests.hub.brokers.brokertools import until
+from tests.helpers import until
 from tests.transports.wsclient import WS
 
 SVC = Identity("svc", api_key=True, scope="test")

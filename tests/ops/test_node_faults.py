@@ -20,6 +20,7 @@ import pytest
 import websockets
 
 from tests.conftest import RedisProc, token
+from tests.helpers import until
 from tests.ops.harness import (
     Nginx,
     NodeProc,
@@ -68,13 +69,11 @@ async def _connect_clients(nginx: Nginx, room: str, presence: bool) -> list[Resu
 async def _settle(clients: list[Resumer | SseFollower], pub: Publisher, within: float = 15) -> None:
     """Wait until every client has seen the last acked offset."""
     head = max(pub.acked)
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if all(c.last >= head for c in clients):
-            return
-        await asyncio.sleep(0.05)
-    lags = [(c.last, len(c.received), c.closes) for c in clients]
-    raise AssertionError(f"clients did not catch up to {head}: {lags}")
+    try:
+        await until(lambda: all(c.last >= head for c in clients), within, f"offset {head}")
+    except AssertionError as exc:
+        lags = [(c.last, len(c.received), c.closes) for c in clients]
+        raise AssertionError(f"clients did not catch up to {head}: {lags}") from exc
 
 
 async def _stop_clients(clients: list[Resumer]) -> None:
@@ -100,8 +99,7 @@ async def test_sigterm_drains_mid_traffic_without_loss(
 
     pub = Publisher(nginx.url, "drain", interval=0.01)
     publishing = asyncio.create_task(pub.run(MESSAGES))
-    while len(pub.acked) < MESSAGES // 3:
-        await asyncio.sleep(0.01)
+    await until(lambda: len(pub.acked) >= MESSAGES // 3, 30, "a third of the messages acked")
 
     # A keep-alive connection opened before SIGTERM watches the victim's readiness while it
     # drains (the listening socket closes at once, so new connections are refused).
@@ -166,8 +164,7 @@ async def test_sigkill_mid_stream_resumes_and_presence_expires(
 
         pub = Publisher(nginx.url, "chat:kill", interval=0.01)
         publishing = asyncio.create_task(pub.run(MESSAGES))
-        while len(pub.acked) < MESSAGES // 3:
-            await asyncio.sleep(0.01)
+        await until(lambda: len(pub.acked) >= MESSAGES // 3, 30, "a third of the messages acked")
         before = {c.sessions[-1] for c in clients}
         victim.signal(signal.SIGKILL)
         killed_at = time.monotonic()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import pytest
 import websockets
@@ -18,16 +17,10 @@ from hubbub.hub.session import Session
 from hubbub.transports.server import HandshakeGuardProtocol, _Flag, _Inbox
 from hubbub.transports.websocket import _Link
 from tests.conftest import Node, token
+from tests.helpers import until
 from tests.transports.wsclient import WS
 
 DEADLINE = 5.0
-
-
-async def until(cond: Any, deadline: float = DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while not cond():
-        assert time.monotonic() < end, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 # ---- inbox and flag ------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ from hubbub.hub.brokers.memory import MemoryBroker
 from hubbub.hub.brokers.redis import RedisBroker
 from hubbub.hub.envelope import make_body
 from hubbub.hub.errors import Conflict
-from tests.hub.brokers.brokertools import Recorder, until
+from tests.helpers import until
+from tests.hub.brokers.brokertools import Recorder
 
 
 class FakeClock:
