@@ -20,7 +20,7 @@ from hubbub.app import create_app
 from hubbub.transports.server import HubServer, server_options
 from tests.conftest import API_KEY, Node, free_port, make_settings, need_tool, token
 from tests.helpers import until
-from tests.transports.wsclient import WS
+from tests.wsclient import WS
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,7 +29,7 @@ from hubbub.hub.session import Session
 from hubbub.hub.settings import Rate
 from tests.conftest import API_KEY, Node, RedisProc, need_tool, token
 from tests.helpers import until
-from tests.transports.wsclient import WS
+from tests.wsclient import WS
 
 SVC = Identity("svc", api_key=True, scope="test")
 Factory = Callable[..., Any]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import async_playwright
 
 from tests.conftest import CHROMIUM_ARGS, chromium_path
 
@@ -24,8 +25,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 async def browser() -> AsyncIterator[Any]:
     """A headless Chromium; every ``new_context()`` is an isolated profile (own storage)."""
     exe = chromium_path()
-    pw_api = pytest.importorskip("playwright.async_api")
-    async with pw_api.async_playwright() as pw:
+    async with async_playwright() as pw:
         # Plain launch: Playwright gives the browser a fresh temporary user-data dir and
         # removes it on close.
         b = await pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)

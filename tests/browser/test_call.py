@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -22,10 +21,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
+from playwright.async_api import async_playwright
 
 from tests.browser.conftest import watch
-from tests.conftest import CHROMIUM_ARGS, chromium_path, token
+from tests.conftest import CHROMIUM_ARGS, RedisProc, chromium_path, token
 from tests.helpers import until
 
 MEDIA_ARGS = [
@@ -46,7 +47,6 @@ FRESHER_TURN = """() => {
   const peers = [...window.hubbubCall.peers.values()];
   return peers.length > 0 && peers.every(p => expiry(p.pc.getConfiguration().iceServers) > first);
 }"""
-HAVE_REDIS_BROKER = importlib.util.find_spec("hubbub.hub.brokers.redis") is not None
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -55,9 +55,8 @@ pytestmark = pytest.mark.timeout(90)
 async def media_browser() -> AsyncIterator[Any]:
     """Chromium with fake camera/microphone and loopback ICE, fresh profile."""
     exe = chromium_path()
-    pw_api = pytest.importorskip("playwright.async_api")
     with tempfile.TemporaryDirectory(prefix="hubbub-chromium-") as profile:
-        async with pw_api.async_playwright() as pw:
+        async with async_playwright() as pw:
             ctx = await pw.chromium.launch_persistent_context(
                 profile, executable_path=exe, headless=True, args=CHROMIUM_ARGS + MEDIA_ARGS,
                 viewport={"width": 1100, "height": 700},
@@ -215,16 +214,8 @@ async def two_nodes(node_factory: Any, redis_url: str | None, **kw: Any) -> tupl
     return a, b
 
 
-@pytest.fixture
-def maybe_redis(request: Any) -> str | None:
-    if not HAVE_REDIS_BROKER:
-        return None
-    r = request.getfixturevalue("redis_proc")
-    return str(r.url)
-
-
 async def test_two_pages_call_each_other(
-    node_factory: Any, media_browser: Any, maybe_redis: str | None
+    node_factory: Any, media_browser: Any, redis_proc: RedisProc
 ) -> None:
     """Two pages, each on its own node (one Redis), call each other; then one page's hub
     connection is dropped: it reconnects with a new session id and the media keeps flowing on
@@ -234,7 +225,7 @@ async def test_two_pages_call_each_other(
     # TURN credentials valid for 2 s: the pages get ice_servers frames every second and apply
     # them to their connections. (Port 9 has no TURN server: allocations fail at once, and
     # ice=loopback drops relay candidates anyway.)
-    node_a, node_b = await two_nodes(node_factory, maybe_redis, **TURN)
+    node_a, node_b = await two_nodes(node_factory, redis_proc.url, **TURN)
     room = "call:pair"
     logs: list[str] = []
     a = watch(await media_browser.new_page(), logs, "A")
@@ -315,29 +306,28 @@ async def test_two_pages_call_each_other(
         await until(lambda: rebound(b, a), 20, "B rebound after both reconnected")
         await until(lambda: more_frames(a, frames_before + 10), 10, "video after both")
         sb2 = (await call_stats(b))["session"]
-        if maybe_redis is not None:
-            # B's node goes away for real (drain: close 4000) and comes back on the same port:
-            # B reconnects to it, A rebinds once more, the call never drops.
-            frames_before = await inbound_frames(a)
-            port = node_b.port
-            await node_b.stop()
-            await node_factory(port=port, broker_url=maybe_redis, redis_prefix=PREFIX)
-            sb3 = await until(
-                lambda: b.evaluate(
-                    f"() => {{ const s = window.hubbubCall.stats(); return s.hub === 'connected'"
-                    f" && s.session !== '{sb2}' && s.session; }}"
-                ),
-                20, "B back on the restarted node",
-            )  # fmt: skip
-            await until(
-                lambda: a.evaluate(
-                    f"() => window.hubbubCall.stats().peers.some(p => p.session === '{sb3}'"
-                    " && p.connection === 'connected' && !p.left)"
-                ),
-                15, "A rebound to B's session on the restarted node",
-            )  # fmt: skip
-            assert len((await call_stats(a))["peers"]) == 1
-            await until(lambda: more_frames(a, frames_before + 10), 10, "video after restart")
+        # B's node goes away for real (drain: close 4000) and comes back on the same port:
+        # B reconnects to it, A rebinds once more, the call never drops.
+        frames_before = await inbound_frames(a)
+        port = node_b.port
+        await node_b.stop()
+        await node_factory(port=port, broker_url=redis_proc.url, redis_prefix=PREFIX)
+        sb3 = await until(
+            lambda: b.evaluate(
+                f"() => {{ const s = window.hubbubCall.stats(); return s.hub === 'connected'"
+                f" && s.session !== '{sb2}' && s.session; }}"
+            ),
+            20, "B back on the restarted node",
+        )  # fmt: skip
+        await until(
+            lambda: a.evaluate(
+                f"() => window.hubbubCall.stats().peers.some(p => p.session === '{sb3}'"
+                " && p.connection === 'connected' && !p.left)"
+            ),
+            15, "A rebound to B's session on the restarted node",
+        )  # fmt: skip
+        assert len((await call_stats(a))["peers"]) == 1
+        await until(lambda: more_frames(a, frames_before + 10), 10, "video after restart")
         # B vanishes without a bye: first its hub connection (A keeps the connection, media
         # still flows), then its peer connection (A drops B long before the 30 s grace).
         await b.evaluate("() => window.hubbubCall.client.close()")
@@ -464,7 +454,6 @@ async def test_mesh_glare_mute_hang_up_and_room_full(
         probe.stop()
         if task is not None:
             assert await asyncio.wait_for(task, 15) == 0
-    av = pytest.importorskip("av")
     with av.open(str(recording)) as container:  # a finalised, playable file with media in it
         assert sum(1 for packet in container.demux() if packet.size) > 10
 

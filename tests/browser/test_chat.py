@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,11 +25,10 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from tests.browser.conftest import watch
-from tests.conftest import make_settings, start_node, token
+from tests.conftest import RedisProc, make_settings, start_node, token
 from tests.helpers import until
 
 STATIC = Path(__file__).resolve().parents[2] / "static"
-REDIS_BROKER = importlib.util.find_spec("hubbub.hub.brokers.redis") is not None
 
 # ---- helpers for the chat page ------------------------------------------------------------
 
@@ -140,7 +138,6 @@ async def _has(page: Any, want: list[str]) -> bool:
     return await shown(page) == want
 
 
-@pytest.mark.skipif(not REDIS_BROKER, reason="hub/brokers/redis.py is not written yet")
 async def test_chat_across_two_nodes(browser: Any, redis_proc: Any) -> None:
     """Alice on node 1, bob on node 2, one Redis: messages and presence cross nodes."""
     settings = make_settings(broker_url=redis_proc.url)
@@ -192,18 +189,7 @@ async def test_chat_asks_for_a_token(browser: Any, artifacts: Path) -> None:
         await node.stop()
 
 
-@pytest.mark.parametrize(
-    "broker",
-    [
-        "memory",
-        pytest.param(
-            "redis",
-            marks=pytest.mark.skipif(
-                not REDIS_BROKER, reason="hub/brokers/redis.py is not written yet"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("broker", ["memory", "redis"])
 async def test_chat_survives_restart(
     browser: Any, artifacts: Path, request: pytest.FixtureRequest, broker: str
 ) -> None:
@@ -645,16 +631,10 @@ async def test_js_token_on_a_hub_that_admits_guests(browser: Any) -> None:
         await node.stop()
 
 
-async def test_js_sse_fallback_with_http_publish(
-    browser: Any, request: pytest.FixtureRequest
-) -> None:
+async def test_js_sse_fallback_with_http_publish(browser: Any, redis_proc: RedisProc) -> None:
     """transport: "sse": the stream for the rooms, publishes over HTTP, presence from the
     stream, and resume with the last event id across a node restart."""
-    if REDIS_BROKER:
-        redis_proc = request.getfixturevalue("redis_proc")
-        settings = make_settings(broker_url=redis_proc.url, shutdown_timeout=2)
-    else:
-        settings = make_settings(shutdown_timeout=2)
+    settings = make_settings(broker_url=redis_proc.url, shutdown_timeout=2)
     node = await start_node(settings)
     port = node.port
     logs: list[str] = []
@@ -677,14 +657,14 @@ async def test_js_sse_fallback_with_http_publish(
         await asyncio.sleep(0.3)
         assert not pending.done()
         node = await start_node(settings, port=port)
-        assert await pending == (2 if REDIS_BROKER else 1)
+        assert await pending == 2  # Redis kept the room across the restart
         await a.evaluate("client.publish('room1', 'three')")
         want = ["one", "two", "three"]
         for page in (a, b):
             await until(lambda p=page: T(p, "msgs.length >= 3"), within=20, what="3 msgs")
             await asyncio.sleep(0.2)
             assert [m[1] for m in await T(page, "msgs")] == want, dump(logs)
-            assert bool(await T(page, "gaps.length")) is not REDIS_BROKER
+            assert not await T(page, "gaps.length")
         # Kicked by the server API (4509): terminal on SSE too.
         import httpx
 

@@ -4,12 +4,9 @@ restart with Last-Event-ID (PROTOCOL.md §4), with the Redis broker keeping hist
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from hubbub.hub.auth import Identity
 from hubbub.hub.hub import Hub
@@ -17,7 +14,6 @@ from tests.browser.conftest import watch
 from tests.conftest import RedisProc, free_port, make_settings, start_node, token
 from tests.helpers import until
 
-REDIS_BROKER = importlib.util.find_spec("hubbub.hub.brokers.redis") is not None
 BACKEND = Identity(sub="backend", api_key=True)
 
 
@@ -32,7 +28,6 @@ async def state(page: Any) -> str:
     return await page.get_attribute("#state", "data-state")  # type: ignore[no-any-return]
 
 
-@pytest.mark.skipif(not REDIS_BROKER, reason="needs hub/brokers/redis.py (the Redis broker)")
 async def test_events_page_resumes_across_node_restart(
     browser: Any, redis_proc: RedisProc, artifacts: Path
 ) -> None:

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import async_playwright
 
 from hubbub.hub.settings import Rate
 from tests.conftest import API_KEY, CHROMIUM_ARGS, RedisProc, chromium_path, token
 from tests.helpers import until
 from tests.ops.harness import nginx_cluster
-from tests.transports.wsclient import WS
+from tests.wsclient import WS
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,8 +27,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 @pytest.fixture
 async def page(tmp_path: Path) -> AsyncIterator[Any]:
     exe = chromium_path()
-    pw_api = pytest.importorskip("playwright.async_api")
-    async with pw_api.async_playwright() as pw:
+    async with async_playwright() as pw:
         ctx = await pw.chromium.launch_persistent_context(
             str(tmp_path / "profile"),  # a fresh user-data dir per test
             executable_path=exe,

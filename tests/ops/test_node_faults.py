@@ -9,7 +9,6 @@ deploy/nginx.conf file), WebSocket clients that reconnect through nginx and resu
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import websockets
 
 from tests.conftest import RedisProc, token
 from tests.helpers import until
@@ -30,10 +28,9 @@ from tests.ops.harness import (
     auth_headers,
     check_exactly_once,
     metric,
-    need_redis_broker,
     nginx_cluster,
 )
-from tests.transports.wsclient import WS
+from tests.wsclient import WS
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -203,7 +200,6 @@ async def test_sigkill_mid_stream_resumes_and_presence_expires(
 
 async def test_sigterm_drains_every_worker(redis_proc: RedisProc, tmp_path: Path) -> None:
     """``hubbub serve --workers 2``: each worker drains like a single node (4000, not 1012)."""
-    need_redis_broker()
     node = NodeProc(tmp_path, redis_proc.url,
                     {"HUB_WORKERS": "2", "HUB_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT)})  # fmt: skip
     node.start()
@@ -235,10 +231,8 @@ async def test_sigterm_with_a_client_that_stopped_reading(tmp_path: Path) -> Non
     node.start()
     try:
         await node.wait_live()
-        stuck = await websockets.connect(f"{node.ws_url}?token={token('stuck')}", max_queue=1)
-        await stuck.recv()
-        await stuck.send(json.dumps({"type": "subscribe", "room": "big", "id": 1}))
-        await stuck.recv()
+        stuck = await WS.connect(node.ws_url, token("stuck"), max_queue=1)
+        await stuck.result({"type": "subscribe", "room": "big"})
         fine = await WS.connect(node.ws_url, token("fine"))
         big = "x" * 60_000
         async with httpx.AsyncClient(timeout=5) as h:
@@ -254,6 +248,6 @@ async def test_sigterm_with_a_client_that_stopped_reading(tmp_path: Path) -> Non
         took = time.monotonic() - sent
         assert rc == 0, node.logs()[-3000:]
         assert took <= timeout + 0.5, f"drain took {took:.2f}s with HUB_SHUTDOWN_TIMEOUT={timeout}"
-        stuck.transport.abort()
+        stuck.conn.transport.abort()  # type: ignore[attr-defined]
     finally:
         node.stop()

@@ -18,7 +18,7 @@ from hubbub.transports.server import HandshakeGuardProtocol, _Flag, _Inbox
 from hubbub.transports.websocket import _Link
 from tests.conftest import Node, token
 from tests.helpers import until
-from tests.transports.wsclient import WS
+from tests.wsclient import WS
 
 DEADLINE = 5.0
 
