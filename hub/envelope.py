@@ -94,7 +94,7 @@ def parse_frame(text: str | bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         if "surrogate" in str(exc):
             # Well-formed JSON text, but a string escapes half a UTF-16 pair: the frame is
-            # refused with an error, the connection stays (HARDENING 20).
+            # refused with an error, the connection stays (hardening case 20).
             raise BadString("a string holds a lone surrogate escape") from None
         raise BadRequest("frame is not valid JSON") from None
     if not isinstance(obj, dict):

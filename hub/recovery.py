@@ -1,4 +1,4 @@
-"""Recovery without gaps or duplicates (DESIGN.md), shared by every transport.
+"""Recovery without gaps or duplicates (docs/design.md, "Recovery"), shared by every transport.
 
 Two places need it:
 

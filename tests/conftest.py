@@ -193,7 +193,11 @@ async def start_node(settings: Settings, port: int = 0, **options: Any) -> Node:
 
 @pytest.fixture
 async def node_factory() -> AsyncIterator[Any]:
-    """``await node_factory(**settings)`` starts a node; all are stopped after the test."""
+    """``await node_factory(**settings)`` starts a node; all are stopped after the test, once
+    the test's WebSocket clients (:mod:`tests.wsclient`) are closed, so no node waits to drain
+    sessions nobody reads any more."""
+    from tests.wsclient import close_all  # tests.wsclient imports this module
+
     nodes: list[Node] = []
 
     async def factory(port: int = 0, **kw: Any) -> Node:
@@ -202,6 +206,7 @@ async def node_factory() -> AsyncIterator[Any]:
         return n
 
     yield factory
+    await close_all()
     for n in nodes:
         await n.stop()
 

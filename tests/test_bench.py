@@ -1,6 +1,6 @@
 """Smoke test of ``hubbub bench``: a tiny run with its own node, nothing lost, the JSON shape.
 
-No timing assertions: speed is measured by the tool, not asserted by tests (DESIGN.md)."""
+No timing assertions: speed is measured by the tool, not asserted by tests (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import uvicorn
 from hubbub.app import create_app
 from hubbub.transports.server import server_options
 from tests.conftest import API_KEY, Node, free_port, make_settings, need_tool, token
-from tests.transports.wsclient import WS
+from tests.helpers import until
+from tests.wsclient import WS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,8 +135,8 @@ async def test_plain_asgi_fallback_with_deflate_keeps_order() -> None:
     server = uvicorn.Server(uvicorn.Config(app, **opts))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.get_running_loop().create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    await until(lambda: server.started or task.done(), 10, "the server to start")
+    assert server.started, task
     port = server.servers[0].sockets[0].getsockname()[1]
     node = Node(app.state.hub, server, task, port)
     try:

@@ -17,6 +17,7 @@ from hubbub.hub.auth import Identity
 from hubbub.hub.errors import BrokerError, Unavailable
 from hubbub.hub.settings import Rate
 from tests.conftest import API_KEY, token
+from tests.helpers import until
 
 
 @pytest.fixture
@@ -85,8 +86,7 @@ async def test_sse_subscriber_resumes_after_the_stream_ends(node_factory: Any) -
 
         task = asyncio.create_task(follow())
         await hub.publish("story", 1)
-        while not got:
-            await asyncio.sleep(0.02)
+        await until(lambda: got, 5, "the first event")
         # the server ends the stream (slow consumer: reconnect); meanwhile 2 and 3 are published
         sse = [s for s in node.hub.sessions.values() if s.transport == "sse"]
         assert len(sse) == 1

@@ -28,8 +28,8 @@ from hubbub.hub.errors import Unavailable
 from hubbub.hub.session import Session
 from hubbub.hub.settings import Rate
 from tests.conftest import API_KEY, Node, RedisProc, need_tool, token
-from tests.hub.brokers.brokertools import until
-from tests.transports.wsclient import WS
+from tests.helpers import until
+from tests.wsclient import WS
 
 SVC = Identity("svc", api_key=True, scope="test")
 Factory = Callable[..., Any]
@@ -407,7 +407,7 @@ def check_delivery(
 
 
 async def test_redis_restart_mid_traffic(node_factory: Factory, redis_proc: RedisProc) -> None:
-    """HARDENING 34: 2 nodes, 200 subscribers, ~200 msg/s, Redis killed and restarted."""
+    """Hardening case 34: 2 nodes, 200 subscribers, ~200 msg/s, Redis killed and restarted."""
     settings = prefixed(redis_proc)
     a: Node = await node_factory(**settings)
     b: Node = await node_factory(**settings)
@@ -635,7 +635,7 @@ async def test_rooms_listing_sums_the_nodes(node_factory: Factory, shared_redis:
 async def test_redis_paused_then_resumed_loses_nothing(
     node_factory: Factory, redis_proc: RedisProc
 ) -> None:
-    """HARDENING 36: kill -STOP / -CONT as a partition: publishes fail fast (503), ready is
+    """Hardening case 36: kill -STOP / -CONT as a partition: publishes fail fast (503), ready is
     false meanwhile, and afterwards every acked message arrives once, in order, with no gap."""
     settings = prefixed(redis_proc)
     a: Node = await node_factory(**settings)
@@ -684,7 +684,7 @@ async def test_redis_paused_then_resumed_loses_nothing(
 async def test_deaf_pubsub_on_one_node_is_detected_and_back_filled(
     node_factory: Factory, redis_proc: RedisProc
 ) -> None:
-    """HARDENING 37: node b's pub/sub socket stays open but hears nothing (a proxy blackholes
+    """Hardening case 37: node b's pub/sub socket stays open but hears nothing (a proxy blackholes
     it): the probe notices, ready is false meanwhile, and b's subscriber still gets every
     message, from history, with no gap."""
     from tests.hub.brokers.redis_proxy import TcpProxy
@@ -760,7 +760,7 @@ async def test_serve_with_workers_runs_nodes_on_one_port(
 async def test_clients_of_a_sigkilled_node_recover_on_another(
     node_factory: Factory, shared_redis: RedisProc, tmp_path: Path
 ) -> None:
-    """HARDENING 39: node a is killed with SIGKILL mid-stream; its clients reconnect to node b
+    """Hardening case 39: node a is killed with SIGKILL mid-stream; its clients reconnect to node b
     with the last position they saw and get every message exactly once, in order."""
     from tests.ops.harness import NodeProc
 

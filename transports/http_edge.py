@@ -1,5 +1,5 @@
 """The HTTP edge shared by the /v1 API: JSON bodies (415/413/400), integer parameters, CORS
-(PROTOCOL.md §5, HARDENING 15 and 23) and JSON error bodies for Starlette's own 404/405 and for
+(PROTOCOL.md §5, hardening cases 15 and 23) and JSON error bodies for Starlette's own 404/405 and for
 unexpected exceptions (500 ``internal``, never a traceback)."""
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ async def _drain(request: Request, seen: int = 0) -> None:
 def int_param(
     request: Request, name: str, default: int, *, lo: int = 1, hi: int = MAX_LIMIT
 ) -> int:
-    """An integer query parameter, clamped to ``hi`` (HARDENING 31); non-integers and values
+    """An integer query parameter, clamped to ``hi`` (hardening case 31); non-integers and values
     below ``lo`` → 400."""
     raw = request.query_params.get(name)
     if raw is None:
@@ -151,7 +151,7 @@ def http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers or {})
     if exc.status_code == 404 and _EMPTY_NAME.match(request.url.path):
-        # `/v1/rooms//messages`: the route exists, the room name is missing (HARDENING 23)
+        # `/v1/rooms//messages`: the route exists, the room name is missing (hardening case 23)
         return error_response(BadRequest("the room or user name is missing"), headers)
     if exc.status_code == 404:
         return error_response(NotFound(f"no such endpoint: {request.url.path[:200]}"), headers)
@@ -179,7 +179,7 @@ def unexpected(request: Request, exc: Exception) -> Response:
 
 
 class CORSMiddleware:
-    """CORS per ``HUB_ALLOWED_ORIGINS`` for plain HTTP requests (PROTOCOL.md §5, HARDENING 15).
+    """CORS per ``HUB_ALLOWED_ORIGINS`` for plain HTTP requests (PROTOCOL.md §5, hardening case 15).
 
     An allowed origin gets itself echoed in ``Access-Control-Allow-Origin`` with credentials
     allowed; an origin admitted only by a ``*`` entry gets ``*`` and no credentials (never ``*``

@@ -557,7 +557,7 @@ async def _serve(
         raise
     headers = [*_HEADERS, *cors]
     if since is not None and not stream.pending:
-        # Mercure-style reconciliation header (HARDENING 42).
+        # Mercure-style reconciliation header (hardening case 42).
         value = stream.cursor() if stream.recovered else "earliest"
         headers.append((b"hubbub-last-event-id", value.encode()))
     return _StreamResponse(stream, headers)

@@ -7,10 +7,10 @@ only what has to wait (flow control, another server) is queued, and a writer tas
 queue holds frames (:class:`_Link`). Closing the session interrupts the reading task.
 
 An idle connection costs memory, not CPU, and a node holds thousands: no task, Event or closure
-per connection beyond the ASGI task (see bench/notes-wsmem.md).
+per connection beyond the ASGI task (see bench/idle-memory.md).
 
 Refusals complete the upgrade and then close with the code so browsers can see it (4501, 4510,
-4003); a bad ``Origin`` is refused with HTTP 403 at the handshake (HARDENING 13).
+4003); a bad ``Origin`` is refused with HTTP 403 at the handshake (hardening case 13).
 """
 
 from __future__ import annotations

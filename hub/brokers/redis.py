@@ -1,39 +1,13 @@
 """RedisBroker (``redis://``, ``rediss://``): many processes and machines behave as one hub.
 
-Keys (``P`` = ``HUB_REDIS_PREFIX``, default ``hubbub:``; ``{…}`` is a Redis Cluster hash tag, so
-every key of one room lives in one slot and a cluster shards by room)::
-
-    P{room:NAME}:meta           hash   epoch, offset            (no history TTL; 7+ days idle)
-    P{room:NAME}:stream         stream ID <offset>-0, fields t (ms), b (body); MAXLEN, PEXPIRE
-    P{room:NAME}:idem:SHA       string fingerprint|offset|epoch  (EX 300)
-    P{room:NAME}:presence       hash   session -> member JSON
-    P{room:NAME}:presence:exp   zset   session -> expiry (ms), refreshed by the owning node
-    P{user:SUB}:conns           zset   session -> expiry (ms), refreshed by the owning node
-    P{rooms}:index|counts|nodes|node:ID   the rooms listing, per node, dead nodes forgotten
-    P{rl:KEY}                   hash   token bucket
-    channels: P{room:NAME}:ch (room traffic), Pctl (every node), Pnode:ID (one node's inbox)
-
-The presence, ``conns``, ``{rooms}`` and ``rl`` keys are written by the node's state store
-(:class:`~hub.brokers.redis_state.RedisStateStore`), which shares this broker's connection pool.
-
-Pub/sub channels are global to a Redis server, not per database: hubs sharing one Redis need
-distinct prefixes even when their URLs name distinct databases.
-
-Room channel payloads are ``<offset>|<epoch>|<body>`` (both empty for ephemeral publications and
-room frames), so a node splits them without decoding JSON.
-
-Publishing: on one Redis every publication of a node goes over one connection, pipelined
-(:mod:`hub.brokers.redis_pipe`): concurrent publications share writes and round trips, reach
-Redis in call order, and their pub/sub messages reach the other nodes together. On Redis Cluster
-they are batched by :mod:`hub.brokers.redis_batch`, room by room.
-
-Redis Cluster: add ``cluster=true`` to the URL (``redis://node1:7000/0?cluster=true``). Commands
-then go through redis-py's ``RedisCluster`` (every script touches one slot, so rooms spread over
-the shards); the pub/sub connection goes to the node named in the URL (a cluster forwards every
-PUBLISH to every node, asynchronously: a publication made just before ``subscribe`` returned may
-still arrive after it; the hub drops it by offset), and reconnects there. Sentinel: point the URL
-at a stable address of the current primary (a TCP proxy or a VIP that follows failover); a
-failover then looks like a Redis restart: resync, and a ``gap`` if the new primary lost data.
+Implements the Broker contract of :mod:`hub.brokers.base` over one Redis server, or a Redis
+Cluster with ``cluster=true`` in the URL. Every call fails with
+:class:`~hub.errors.BrokerError` within ``timeout`` seconds when Redis is unreachable, and is
+never retried by redis-py (a retried publish could publish twice). Publications of one node
+reach Redis in call order (one Redis: :mod:`hub.brokers.redis_pipe`; a cluster:
+:mod:`hub.brokers.redis_batch`); the pub/sub link (:mod:`hub.brokers.redis_pubsub`) reports
+every reconnection as ``NodeListener.resync()``. Key layout, channels and the reasons behind
+them: docs/design.md, "The brokers".
 """
 
 from __future__ import annotations
@@ -103,7 +77,7 @@ class _PubCall:
 
 
 class RedisBroker:
-    """Broker over one Redis server. See the module docstring for the data layout."""
+    """Broker over one Redis server (key layout: docs/design.md, "The brokers")."""
 
     def __init__(
         self,

@@ -9,7 +9,7 @@ in place) and only then reports ``up`` — the broker turns that into ``NodeList
 A pub/sub connection can also stay open and receive nothing (a proxy or a detached replica
 blackholes it). A probe task publishes on the node's inbox every ``probe_interval`` seconds; when
 nothing at all has arrived for ``probe_timeout`` seconds the connection is dropped and made anew
-(HARDENING.md 37).
+(docs/hardening.md, case 37).
 """
 
 from __future__ import annotations

@@ -8,13 +8,12 @@ lines and page errors so a failing test can show what the page said. Screenshots
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import async_playwright
 
 from tests.conftest import CHROMIUM_ARGS, chromium_path
 
@@ -26,8 +25,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 async def browser() -> AsyncIterator[Any]:
     """A headless Chromium; every ``new_context()`` is an isolated profile (own storage)."""
     exe = chromium_path()
-    pw_api = pytest.importorskip("playwright.async_api")
-    async with pw_api.async_playwright() as pw:
+    async with async_playwright() as pw:
         # Plain launch: Playwright gives the browser a fresh temporary user-data dir and
         # removes it on close.
         b = await pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
@@ -48,18 +46,3 @@ def watch(page: Any, logs: list[str], name: str = "page") -> Any:
     page.on("console", lambda m: logs.append(f"{name} console.{m.type}: {m.text}"))
     page.on("pageerror", lambda e: logs.append(f"{name} PAGE ERROR: {e}"))
     return page
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], timeout: float = 10.0, what: str = "condition"
-) -> Any:
-    """Poll ``check()`` until it returns something truthy; fail with the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = await check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
-        await asyncio.sleep(0.05)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -22,10 +21,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
+from playwright.async_api import async_playwright
 
-from tests.browser.conftest import eventually, watch
-from tests.conftest import CHROMIUM_ARGS, chromium_path, token
+from tests.browser.conftest import watch
+from tests.conftest import CHROMIUM_ARGS, RedisProc, chromium_path, token
+from tests.helpers import until
 
 MEDIA_ARGS = [
     "--use-fake-ui-for-media-stream",
@@ -45,7 +47,6 @@ FRESHER_TURN = """() => {
   const peers = [...window.hubbubCall.peers.values()];
   return peers.length > 0 && peers.every(p => expiry(p.pc.getConfiguration().iceServers) > first);
 }"""
-HAVE_REDIS_BROKER = importlib.util.find_spec("hubbub.hub.brokers.redis") is not None
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -54,9 +55,8 @@ pytestmark = pytest.mark.timeout(90)
 async def media_browser() -> AsyncIterator[Any]:
     """Chromium with fake camera/microphone and loopback ICE, fresh profile."""
     exe = chromium_path()
-    pw_api = pytest.importorskip("playwright.async_api")
     with tempfile.TemporaryDirectory(prefix="hubbub-chromium-") as profile:
-        async with pw_api.async_playwright() as pw:
+        async with async_playwright() as pw:
             ctx = await pw.chromium.launch_persistent_context(
                 profile, executable_path=exe, headless=True, args=CHROMIUM_ARGS + MEDIA_ARGS,
                 viewport={"width": 1100, "height": 700},
@@ -119,26 +119,24 @@ async def test_chromium_calls_the_probe(node: Any, media_browser: Any, tmp_path:
     probe = start_probe(node, room, record)
     logs: list[str] = []
     try:
-        await eventually(
-            lambda: asyncio.sleep(0, read_record(record).get("session")), 15, "probe joined"
-        )
+        await until(lambda: read_record(record).get("session"), 15, "probe joined")
         page = watch(await media_browser.new_page(), logs, "caller")
         await page.goto(call_url(node, room, "carol", name="Carol"))
-        peers = await eventually(lambda: connected_peers(page), 20, "ICE + data channel")
+        peers = await until(lambda: connected_peers(page), 20, "ICE + data channel")
         assert peers[0]["user"] == "probe"
         # polite = smaller session id, bytewise
         me = (await call_stats(page))["session"]
         assert peers[0]["polite"] == (me.encode() < peers[0]["session"].encode())
 
         await page.evaluate("() => window.hubbubCall.send('ping over the data channel')")
-        echoed = await eventually(
+        echoed = await until(
             lambda: page.evaluate("() => window.hubbubCall.received.map(m => m.text)"), 10,
             "data-channel echo",
         )  # fmt: skip
         assert "ping over the data channel" in echoed
 
-        stats = await eventually(
-            lambda: asyncio.sleep(0, (r := read_record(record)).get("video_frames", 0) >= 15 and r),
+        stats = await until(
+            lambda: (r := read_record(record)).get("video_frames", 0) >= 15 and r,
             20, "video frames at the probe",
         )  # fmt: skip
         assert stats["ever_connected"] == 1 and stats["dc_messages"] >= 1
@@ -146,7 +144,7 @@ async def test_chromium_calls_the_probe(node: Any, media_browser: Any, tmp_path:
         assert stats["offers"] == 0 and stats["answers"] >= 1  # the new arrival offered
 
         # The probe echoes the media back: the page's tile for the probe shows video.
-        await eventually(lambda: remote_video_width(page), 15, "echoed video in the page")
+        await until(lambda: remote_video_width(page), 15, "echoed video in the page")
         ARTIFACTS.mkdir(exist_ok=True)
         await asyncio.sleep(0.5)
         await page.screenshot(path=str(ARTIFACTS / "call.png"))
@@ -155,7 +153,7 @@ async def test_chromium_calls_the_probe(node: Any, media_browser: Any, tmp_path:
         frames = read_record(record)["video_frames"]
         old = me
         await page.evaluate("() => window.hubbubCall.client.reconnect()")
-        await eventually(
+        await until(
             lambda: page.evaluate(
                 f"() => {{ const s = window.hubbubCall.stats(); return s.hub === 'connected'"
                 f" && s.session !== '{old}' && s.peers.length === 1"
@@ -163,24 +161,24 @@ async def test_chromium_calls_the_probe(node: Any, media_browser: Any, tmp_path:
             ),
             15, "page reconnected",
         )  # fmt: skip
-        after = await eventually(
-            lambda: asyncio.sleep(0, (r := read_record(record))["answers"] >= 2 and r), 15,
+        after = await until(
+            lambda: (r := read_record(record))["answers"] >= 2 and r, 15,
             "the probe answered the re-offer",
         )  # fmt: skip
         assert after["ever_connected"] == 1 and after["peers"] == 1, after
-        await eventually(
-            lambda: asyncio.sleep(0, read_record(record)["video_frames"] > frames + 15), 15,
+        await until(
+            lambda: read_record(record)["video_frames"] > frames + 15, 15,
             "video still flowing",
         )  # fmt: skip
         # An ICE restart from the page: aiortc cannot restart ICE, so the probe ends up on a
         # fresh connection (new DTLS fingerprint) and the page follows it; media resumes.
         frames = read_record(record)["video_frames"]
         await page.evaluate("() => [...window.hubbubCall.peers.values()][0].restartIce('test')")
-        await eventually(
-            lambda: asyncio.sleep(0, read_record(record)["video_frames"] > frames + 30), 20,
+        await until(
+            lambda: read_record(record)["video_frames"] > frames + 30, 20,
             "video after the ICE restart",
         )  # fmt: skip
-        await eventually(
+        await until(
             lambda: page.evaluate(
                 "() => { const s = window.hubbubCall.stats(); return s.peers.length === 1"
                 " && s.peers[0].connection === 'connected' && s.peers[0].signaling === 'stable'; }"
@@ -216,16 +214,8 @@ async def two_nodes(node_factory: Any, redis_url: str | None, **kw: Any) -> tupl
     return a, b
 
 
-@pytest.fixture
-def maybe_redis(request: Any) -> str | None:
-    if not HAVE_REDIS_BROKER:
-        return None
-    r = request.getfixturevalue("redis_proc")
-    return str(r.url)
-
-
 async def test_two_pages_call_each_other(
-    node_factory: Any, media_browser: Any, maybe_redis: str | None
+    node_factory: Any, media_browser: Any, redis_proc: RedisProc
 ) -> None:
     """Two pages, each on its own node (one Redis), call each other; then one page's hub
     connection is dropped: it reconnects with a new session id and the media keeps flowing on
@@ -235,42 +225,42 @@ async def test_two_pages_call_each_other(
     # TURN credentials valid for 2 s: the pages get ice_servers frames every second and apply
     # them to their connections. (Port 9 has no TURN server: allocations fail at once, and
     # ice=loopback drops relay candidates anyway.)
-    node_a, node_b = await two_nodes(node_factory, maybe_redis, **TURN)
+    node_a, node_b = await two_nodes(node_factory, redis_proc.url, **TURN)
     room = "call:pair"
     logs: list[str] = []
     a = watch(await media_browser.new_page(), logs, "A")
     b = watch(await media_browser.new_page(), logs, "B")
     try:
         await a.goto(call_url(node_a, room, "alice", name="Alice"))
-        await eventually(lambda: joined(a), 10, "A joined")
+        await until(lambda: joined(a), 10, "A joined")
         await b.goto(call_url(node_b, room, "bob", name="Bob"))
-        pa = await eventually(lambda: connected_peers(a), 20, "A connected")
-        pb = await eventually(lambda: connected_peers(b), 20, "B connected")
+        pa = await until(lambda: connected_peers(a), 20, "A connected")
+        pb = await until(lambda: connected_peers(b), 20, "B connected")
         sa, sb = (await call_stats(a))["session"], (await call_stats(b))["session"]
         assert pa[0]["session"] == sb and pb[0]["session"] == sa
         assert pa[0]["polite"] != pb[0]["polite"]
-        await eventually(lambda: remote_video_width(a), 15, "video at A")
-        await eventually(lambda: remote_video_width(b), 15, "video at B")
+        await until(lambda: remote_video_width(a), 15, "video at A")
+        await until(lambda: remote_video_width(b), 15, "video at B")
         await b.evaluate("() => window.hubbubCall.send('hello alice')")
-        await eventually(
+        await until(
             lambda: a.evaluate("() => window.hubbubCall.received.some(m => m.text === 'hello alice')"),
             10, "data channel B -> A",
         )  # fmt: skip
         ARTIFACTS.mkdir(exist_ok=True)
         await a.screenshot(path=str(ARTIFACTS / "call-two.png"))
-        await eventually(lambda: a.evaluate(FRESHER_TURN), 5, "pushed TURN credentials applied")
+        await until(lambda: a.evaluate(FRESHER_TURN), 5, "pushed TURN credentials applied")
 
         # Hub connection lost: new session, same media.
         frames_before = await inbound_frames(a)
         await b.evaluate("() => window.hubbubCall.client.reconnect()")
-        sb2 = await eventually(
+        sb2 = await until(
             lambda: b.evaluate(
                 f"() => {{ const s = window.hubbubCall.stats(); return s.hub === 'connected'"
                 f" && s.session !== '{sb}' && s.session; }}"
             ),
             15, "B reconnected",
         )  # fmt: skip
-        await eventually(
+        await until(
             lambda: a.evaluate(
                 f"() => window.hubbubCall.stats().peers.some(p => p.session === '{sb2}'"
                 " && p.connection === 'connected' && !p.left)"
@@ -279,17 +269,17 @@ async def test_two_pages_call_each_other(
         )  # fmt: skip
         st_a = await call_stats(a)
         assert len(st_a["peers"]) == 1, st_a
-        await eventually(
+        await until(
             lambda: more_frames(a, frames_before + 10), 10, "video keeps flowing after reconnect"
         )
         await b.evaluate("() => window.hubbubCall.send('still here')")
-        await eventually(
+        await until(
             lambda: a.evaluate("() => window.hubbubCall.received.some(m => m.text === 'still here')"),
             10, "data channel after reconnect",
         )  # fmt: skip
         # Signaling still works from the new session: an ICE restart renegotiates.
         await b.evaluate("() => [...window.hubbubCall.peers.values()][0].restartIce('test')")
-        await eventually(
+        await until(
             lambda: b.evaluate(
                 "() => { const p = window.hubbubCall.stats().peers[0];"
                 " return p.restarts === 1 && p.signaling === 'stable' && p.connection === 'connected'; }"
@@ -312,37 +302,36 @@ async def test_two_pages_call_each_other(
                 and me["peers"][0]["connection"] == "connected" and not me["peers"][0]["left"]
             )  # fmt: skip
 
-        await eventually(lambda: rebound(a, b), 20, "A rebound after both reconnected")
-        await eventually(lambda: rebound(b, a), 20, "B rebound after both reconnected")
-        await eventually(lambda: more_frames(a, frames_before + 10), 10, "video after both")
+        await until(lambda: rebound(a, b), 20, "A rebound after both reconnected")
+        await until(lambda: rebound(b, a), 20, "B rebound after both reconnected")
+        await until(lambda: more_frames(a, frames_before + 10), 10, "video after both")
         sb2 = (await call_stats(b))["session"]
-        if maybe_redis is not None:
-            # B's node goes away for real (drain: close 4000) and comes back on the same port:
-            # B reconnects to it, A rebinds once more, the call never drops.
-            frames_before = await inbound_frames(a)
-            port = node_b.port
-            await node_b.stop()
-            await node_factory(port=port, broker_url=maybe_redis, redis_prefix=PREFIX)
-            sb3 = await eventually(
-                lambda: b.evaluate(
-                    f"() => {{ const s = window.hubbubCall.stats(); return s.hub === 'connected'"
-                    f" && s.session !== '{sb2}' && s.session; }}"
-                ),
-                20, "B back on the restarted node",
-            )  # fmt: skip
-            await eventually(
-                lambda: a.evaluate(
-                    f"() => window.hubbubCall.stats().peers.some(p => p.session === '{sb3}'"
-                    " && p.connection === 'connected' && !p.left)"
-                ),
-                15, "A rebound to B's session on the restarted node",
-            )  # fmt: skip
-            assert len((await call_stats(a))["peers"]) == 1
-            await eventually(lambda: more_frames(a, frames_before + 10), 10, "video after restart")
+        # B's node goes away for real (drain: close 4000) and comes back on the same port:
+        # B reconnects to it, A rebinds once more, the call never drops.
+        frames_before = await inbound_frames(a)
+        port = node_b.port
+        await node_b.stop()
+        await node_factory(port=port, broker_url=redis_proc.url, redis_prefix=PREFIX)
+        sb3 = await until(
+            lambda: b.evaluate(
+                f"() => {{ const s = window.hubbubCall.stats(); return s.hub === 'connected'"
+                f" && s.session !== '{sb2}' && s.session; }}"
+            ),
+            20, "B back on the restarted node",
+        )  # fmt: skip
+        await until(
+            lambda: a.evaluate(
+                f"() => window.hubbubCall.stats().peers.some(p => p.session === '{sb3}'"
+                " && p.connection === 'connected' && !p.left)"
+            ),
+            15, "A rebound to B's session on the restarted node",
+        )  # fmt: skip
+        assert len((await call_stats(a))["peers"]) == 1
+        await until(lambda: more_frames(a, frames_before + 10), 10, "video after restart")
         # B vanishes without a bye: first its hub connection (A keeps the connection, media
         # still flows), then its peer connection (A drops B long before the 30 s grace).
         await b.evaluate("() => window.hubbubCall.client.close()")
-        await eventually(
+        await until(
             lambda: a.evaluate("() => window.hubbubCall.stats().peers.some(p => p.left)"), 10,
             "A saw B leave",
         )  # fmt: skip
@@ -350,7 +339,7 @@ async def test_two_pages_call_each_other(
         await b.evaluate(
             "() => { for (const p of window.hubbubCall.peers.values()) p.pc.close(); }"
         )
-        await eventually(lambda: has_n(peer_list(a), 0), 15, "A dropped the vanished peer")
+        await until(lambda: has_n(peer_list(a), 0), 15, "A dropped the vanished peer")
         assert await a.evaluate("() => document.querySelectorAll('.tile').length") == 1
     except BaseException:
         print("\n".join(logs[-80:]))
@@ -396,15 +385,15 @@ async def test_mesh_glare_mute_hang_up_and_room_full(
     task: asyncio.Task[int] | None = None
     try:
         await a.goto(call_url(node, room, "alice", name="Alice"))
-        await eventually(lambda: joined(a), 10, "A joined")
+        await until(lambda: joined(a), 10, "A joined")
         await b.goto(call_url(node, room, "bob", name="Bob"))
-        await eventually(lambda: has_n(connected_peers(a), 1), 20, "A and B connected")
+        await until(lambda: has_n(connected_peers(a), 1), 20, "A and B connected")
         # The probe arrives last: it offers to both pages (new arrivals offer).
         task = asyncio.create_task(probe.run())
         assert await probe.wait_for(lambda s: s.connected == 2 and s.video_frames > 10, 20)
         assert probe.stats.offers == 2 and probe.stats.answers == 0
-        await eventually(lambda: has_n(connected_peers(a), 2), 20, "A meshed")
-        await eventually(lambda: has_n(connected_peers(b), 2), 20, "B meshed")
+        await until(lambda: has_n(connected_peers(a), 2), 20, "A meshed")
+        await until(lambda: has_n(connected_peers(b), 2), 20, "B meshed")
         await a.evaluate("() => window.hubbubCall.send('hi bot')")
         assert await probe.wait_for(lambda s: s.dc_messages >= 1, 10)
         tiles = await a.evaluate("() => document.querySelectorAll('.tile').length")
@@ -414,15 +403,15 @@ async def test_mesh_glare_mute_hang_up_and_room_full(
         sa = (await call_stats(a))["session"]
         probe.peers[sa].post({"kind": "_restart"})
         assert await probe.wait_for(lambda s: s.ever_connected == 3 and s.connected == 2, 20)
-        await eventually(lambda: has_n(connected_peers(a), 2), 20, "A reconnected to the probe")
+        await until(lambda: has_n(connected_peers(a), 2), 20, "A reconnected to the probe")
         assert len(await peer_list(a)) == 2
-        await eventually(lambda: remote_video_width(a), 10, "video tiles")
+        await until(lambda: remote_video_width(a), 10, "video tiles")
         ARTIFACTS.mkdir(exist_ok=True)
         await a.screenshot(path=str(ARTIFACTS / "call-mesh.png"))
 
         full = watch(await media_browser.new_page(), logs, "D")
         await full.goto(call_url(node, room, "dora"))
-        await eventually(lambda: full.evaluate("() => window.hubbubJoinError"), 10, "room_full")
+        await until(lambda: full.evaluate("() => window.hubbubJoinError"), 10, "room_full")
         assert await full.evaluate("() => window.hubbubJoinError") == "room_full"
         assert "full" in (await full.inner_text("#notice"))
         await full.close()
@@ -440,8 +429,8 @@ async def test_mesh_glare_mute_hang_up_and_room_full(
             p = next(x for x in peers if x["session"] == to)
             return p["signaling"] == "stable" and p["connection"] == "connected" and p
 
-        p_pol = await eventually(lambda: settled(polite, other), 15, "glare resolved")
-        p_imp = await eventually(
+        p_pol = await until(lambda: settled(polite, other), 15, "glare resolved")
+        p_imp = await until(
             lambda: settled(impolite, sb if impolite is a else sa), 15, "glare resolved"
         )
         assert p_pol["polite"] and not p_imp["polite"]
@@ -455,7 +444,7 @@ async def test_mesh_glare_mute_hang_up_and_room_full(
 
         # Hang up: "bye" removes B everywhere at once.
         await b.click("#hangup")
-        await eventually(lambda: has_n(peer_list(a), 1), 5, "A dropped B")
+        await until(lambda: has_n(peer_list(a), 1), 5, "A dropped B")
         assert await probe.wait_for(lambda s: s.peers == 1, 5)
         assert await a.evaluate("() => document.querySelectorAll('.tile').length") == 2
     except BaseException:
@@ -465,7 +454,6 @@ async def test_mesh_glare_mute_hang_up_and_room_full(
         probe.stop()
         if task is not None:
             assert await asyncio.wait_for(task, 15) == 0
-    av = pytest.importorskip("av")
     with av.open(str(recording)) as container:  # a finalised, playable file with media in it
         assert sum(1 for packet in container.demux() if packet.size) > 10
 
@@ -490,10 +478,10 @@ async def test_tight_publish_rate_still_connects(node_factory: Any, media_browse
     b = watch(await media_browser.new_page(), logs, "B")
     try:
         await a.goto(call_url(node, "call:slow", "alice"))
-        await eventually(lambda: joined(a), 10, "A joined")
+        await until(lambda: joined(a), 10, "A joined")
         await b.goto(call_url(node, "call:slow", "bob"))
-        await eventually(lambda: connected_peers(a), 30, "A connected")
-        await eventually(lambda: connected_peers(b), 30, "B connected")
+        await until(lambda: connected_peers(a), 30, "A connected")
+        await until(lambda: connected_peers(b), 30, "B connected")
         retries = sum([(await call_stats(p))["signalRetries"] for p in (a, b)])
         assert retries >= 1  # the hub did refuse some, and they were resent
     except BaseException:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,11 +24,11 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from tests.browser.conftest import eventually, watch
-from tests.conftest import make_settings, start_node, token
+from tests.browser.conftest import watch
+from tests.conftest import RedisProc, make_settings, start_node, token
+from tests.helpers import until
 
 STATIC = Path(__file__).resolve().parents[2] / "static"
-REDIS_BROKER = importlib.util.find_spec("hubbub.hub.brokers.redis") is not None
 
 # ---- helpers for the chat page ------------------------------------------------------------
 
@@ -84,14 +83,14 @@ async def test_chat_two_users(browser: Any, artifacts: Path) -> None:
     try:
         alice = await open_chat(browser, node.url + "/", "alice", logs)
         bob = await open_chat(browser, node.url + "/", "bob", logs)
-        await eventually(lambda: _both_online(alice, 2), what="alice sees 2 online")
-        await eventually(lambda: _both_online(bob, 2), what="bob sees 2 online")
+        await until(lambda: _both_online(alice, 2), what="alice sees 2 online")
+        await until(lambda: _both_online(bob, 2), what="bob sees 2 online")
         await say(alice, "hello bob")
-        await eventually(lambda: _has(bob, ["hello bob"]), what="bob gets hello")
+        await until(lambda: _has(bob, ["hello bob"]), what="bob gets hello")
         await say(bob, "hi alice <b>not bold</b>")
         want = ["hello bob", "hi alice <b>not bold</b>"]
         for page in (alice, bob):
-            await eventually(lambda p=page: _has(p, want), what="both messages")
+            await until(lambda p=page: _has(p, want), what="both messages")
         await asyncio.sleep(0.3)  # anything extra (a duplicate) would show up now
         assert await shown(alice) == want, dump(logs)
         assert await shown(bob) == want, dump(logs)
@@ -104,18 +103,18 @@ async def test_chat_two_users(browser: Any, artifacts: Path) -> None:
 
         # History on load: a third visitor sees both messages, once, in order.
         carol = await open_chat(browser, node.url + "/", "carol", logs)
-        await eventually(lambda: _has(carol, want), what="carol gets the history")
+        await until(lambda: _has(carol, want), what="carol gets the history")
         assert await shown(carol) == want
-        await eventually(lambda: _both_online(alice, 3), what="alice sees carol join")
+        await until(lambda: _both_online(alice, 3), what="alice sees carol join")
 
         # Another room: bob joins #dev and writes; alice (not in #dev) sees nothing of it.
         await bob.fill("#new-room", "dev")
         await bob.press("#new-room", "Enter")
-        await eventually(lambda: bob.inner_text("#room-title"), what="title")
+        await until(lambda: bob.inner_text("#room-title"), what="title")
         assert await bob.inner_text("#room-title") == "#dev"
-        await eventually(lambda: _both_online(bob, 1), what="bob alone in #dev")
+        await until(lambda: _both_online(bob, 1), what="bob alone in #dev")
         await say(bob, "anyone in dev?")
-        await eventually(lambda: _has(bob, ["anyone in dev?"]), what="dev message")
+        await until(lambda: _has(bob, ["anyone in dev?"]), what="dev message")
         await bob.click('#rooms button[data-room="lobby"]')
         assert await shown(bob) == want
         assert await shown(alice) == want
@@ -139,7 +138,6 @@ async def _has(page: Any, want: list[str]) -> bool:
     return await shown(page) == want
 
 
-@pytest.mark.skipif(not REDIS_BROKER, reason="hub/brokers/redis.py is not written yet")
 async def test_chat_across_two_nodes(browser: Any, redis_proc: Any) -> None:
     """Alice on node 1, bob on node 2, one Redis: messages and presence cross nodes."""
     settings = make_settings(broker_url=redis_proc.url)
@@ -148,14 +146,14 @@ async def test_chat_across_two_nodes(browser: Any, redis_proc: Any) -> None:
     try:
         alice = await open_chat(browser, f"{n1.url}/#token={token('alice')}", "alice", logs)
         bob = await open_chat(browser, f"{n2.url}/#token={token('bob')}", "bob", logs)
-        await eventually(lambda: _both_online(alice, 2), what="alice sees bob (other node)")
-        await eventually(lambda: _both_online(bob, 2), what="bob sees alice (other node)")
+        await until(lambda: _both_online(alice, 2), what="alice sees bob (other node)")
+        await until(lambda: _both_online(bob, 2), what="bob sees alice (other node)")
         await say(alice, "from node 1")
-        await eventually(lambda: _has(bob, ["from node 1"]), what="bob gets it")
+        await until(lambda: _has(bob, ["from node 1"]), what="bob gets it")
         await say(bob, "from node 2")
         want = ["from node 1", "from node 2"]
         for page in (alice, bob):
-            await eventually(lambda p=page: _has(p, want), what="both")
+            await until(lambda p=page: _has(p, want), what="both")
         await asyncio.sleep(0.3)
         assert await shown(alice) == await shown(bob) == want, dump(logs)
     finally:
@@ -180,7 +178,7 @@ async def test_chat_asks_for_a_token(browser: Any, artifacts: Path) -> None:
         await page.click("#token-box button")
         await page.wait_for_selector('#state[data-state="connected"]')
         assert not await page.is_visible("#token-box")
-        await eventually(lambda: online(page), what="presence")
+        await until(lambda: online(page), what="presence")
         assert (await page.inner_text("#who li")).split() == ["Dora", "(you)"]  # public name
 
         other = watch(await ctx.new_page(), logs)
@@ -191,18 +189,7 @@ async def test_chat_asks_for_a_token(browser: Any, artifacts: Path) -> None:
         await node.stop()
 
 
-@pytest.mark.parametrize(
-    "broker",
-    [
-        "memory",
-        pytest.param(
-            "redis",
-            marks=pytest.mark.skipif(
-                not REDIS_BROKER, reason="hub/brokers/redis.py is not written yet"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("broker", ["memory", "redis"])
 async def test_chat_survives_restart(
     browser: Any, artifacts: Path, request: pytest.FixtureRequest, broker: str
 ) -> None:
@@ -220,10 +207,10 @@ async def test_chat_survives_restart(
     try:
         alice = await open_chat(browser, f"{node.url}/#token={token('alice')}", "alice", logs)
         bob = await open_chat(browser, f"{node.url}/#token={token('bob')}", "bob", logs)
-        await eventually(lambda: _both_online(bob, 2), what="bob sees 2 online")
+        await until(lambda: _both_online(bob, 2), what="bob sees 2 online")
         await say(alice, "a0")
         await say(bob, "b0")
-        await eventually(lambda: _has(alice, ["a0", "b0"]), what="a0 b0")
+        await until(lambda: _has(alice, ["a0", "b0"]), what="a0 b0")
 
         typed: list[str] = []
 
@@ -236,7 +223,7 @@ async def test_chat_survives_restart(
         typing = asyncio.create_task(keep_typing())
         await asyncio.sleep(0.6)
         await node.stop()
-        await eventually(
+        await until(
             lambda: bob.evaluate("document.getElementById('state').dataset.state !== 'connected'"),
             what="bob notices the restart",
         )
@@ -247,7 +234,7 @@ async def test_chat_survives_restart(
         await say(bob, "b1")
         want = ["a0", "b0", *typed, "b1"]
         for page in (alice, bob):
-            await eventually(lambda p=page: _has(p, want), timeout=30, what=f"all of {want}")
+            await until(lambda p=page: _has(p, want), within=30, what=f"all of {want}")
         await asyncio.sleep(0.5)
         await alice.screenshot(path=str(artifacts / f"chat-restart-{broker}-alice.png"))
         await bob.screenshot(path=str(artifacts / f"chat-restart-{broker}-bob.png"))
@@ -415,7 +402,7 @@ async def test_js_reconnect_after_4000_resumes_and_dedupes(browser: Any) -> None
     async with FakeHub(script) as hub:
         page = await js_page(browser, hub, logs)
         try:
-            await eventually(lambda: T(page, "msgs.length >= 4"), what="4 messages")
+            await until(lambda: T(page, "msgs.length >= 4"), what="4 messages")
         except AssertionError:
             raise AssertionError(
                 f"{hub.errors} {hub.frames} {await T(page, 'msgs')} "
@@ -438,7 +425,7 @@ async def test_js_no_reconnect_after_4501(browser: Any) -> None:
     logs: list[str] = []
     async with FakeHub(script) as hub:
         page = await js_page(browser, hub, logs)
-        await eventually(lambda: T(page, "states.includes('closed')"), what="closed")
+        await until(lambda: T(page, "states.includes('closed')"), what="closed")
         await asyncio.sleep(1.0)  # backoff base is 50 ms: a retry would have happened by now
         assert len(hub.frames) == 1, "the client reconnected after a terminal close code"
         errors = await T(page, "errors")
@@ -460,7 +447,7 @@ async def test_js_backoff_is_exponential_with_full_jitter(browser: Any) -> None:
     logs: list[str] = []
     async with FakeHub(script) as hub:
         page = await js_page(browser, hub, logs)
-        await eventually(lambda: T(page, "delays.length >= 12"), what="12 attempts")
+        await until(lambda: T(page, "delays.length >= 12"), what="12 attempts")
         await page.evaluate("client.close()")
         delays = await T(page, "delays")
         for i, d in enumerate(delays[:12]):
@@ -500,8 +487,8 @@ async def test_js_gap_epoch_change_and_heartbeat(browser: Any) -> None:
     logs: list[str] = []
     async with FakeHub(script) as hub:
         page = await js_page(browser, hub, logs)
-        await eventually(lambda: T(page, "msgs.length >= 3"), what="3 messages")
-        await eventually(lambda: asyncio.sleep(0, len(hub.frames) >= 2), timeout=8,
+        await until(lambda: T(page, "msgs.length >= 3"), what="3 messages")
+        await until(lambda: len(hub.frames) >= 2, within=8,
                          what="reconnect after a silent server")  # fmt: skip
         msgs = await T(page, "msgs")
         assert [(m[0], m[1]) for m in msgs] == [("e1", 6), ("e2", 1), ("e2", 3)], msgs
@@ -511,7 +498,7 @@ async def test_js_gap_epoch_change_and_heartbeat(browser: Any) -> None:
             {"room": "r", "epoch": "e2", "from": 2, "to": 2, "synthetic": True},
         ], gaps
         assert {"type": "pong"} in hub.frames[0]
-        await eventually(lambda: asyncio.sleep(0, len(hub.frames[1]) >= 1), what="resubscribe")
+        await until(lambda: len(hub.frames[1]) >= 1, what="resubscribe")
         assert not hub.errors, hub.errors
 
 
@@ -565,8 +552,8 @@ async def test_js_publish_queue_resend_and_tokens(browser: Any) -> None:
               client.publish("r", "p2").then((r) => T.results.push(["p2", r.offset]));
             });
         }""")
-        await eventually(lambda: asyncio.sleep(0, len(hub.frames) >= 3), what="3rd connection")
-        await eventually(lambda: T(page, "results.length >= 2"), what="both publishes resolved")
+        await until(lambda: len(hub.frames) >= 3, what="3rd connection")
+        await until(lambda: T(page, "results.length >= 2"), what="both publishes resolved")
         assert await T(page, "results") == [["p1", 1], ["p2", 2]]
         types = [f["type"] for f in hub.frames[1]]
         assert types[:4] == ["auth", "subscribe", "publish", "publish"], types
@@ -613,16 +600,16 @@ async def test_js_token_on_a_hub_that_admits_guests(browser: Any) -> None:
     logs: list[str] = []
     try:
         page = await node_page(browser, node.url, logs, token=token("alice"))
-        await eventually(lambda: page.evaluate("client.state === 'connected'"), what="connected")
+        await until(lambda: page.evaluate("client.state === 'connected'"), what="connected")
         assert await page.evaluate("client.user") == "alice", dump(logs)
-        await eventually(lambda: T(page, "members.length === 1"), what="presence")
+        await until(lambda: T(page, "members.length === 1"), what="presence")
         assert await T(page, "members") == ["alice"]
         res = await page.evaluate("client.publish('room1', 'hi')")
         assert res["offset"] == 1
-        await eventually(lambda: T(page, "msgs.length === 1"), what="own message")
+        await until(lambda: T(page, "msgs.length === 1"), what="own message")
         # And without a token it is a guest.
         guest = await node_page(browser, node.url, logs)
-        await eventually(lambda: guest.evaluate("client.state === 'connected'"), what="guest")
+        await until(lambda: guest.evaluate("client.state === 'connected'"), what="guest")
         assert (await guest.evaluate("client.user")).startswith("guest-")
         assert await T(guest, "msgs") == [[1, "hi"]]  # history: 10
         # history, presence, unsubscribe over the WebSocket
@@ -631,9 +618,9 @@ async def test_js_token_on_a_hub_that_admits_guests(browser: Any) -> None:
         pres = await guest.evaluate("client.presence('room1')")
         assert pres["sessions"] == 2, pres
         await guest.evaluate("sub.unsubscribe()")
-        await eventually(lambda: T(page, "members.length === 1"), what="guest left")
+        await until(lambda: T(page, "members.length === 1"), what="guest left")
         await page.evaluate("client.publish('room1', 'after')")
-        await eventually(lambda: T(page, "msgs.length === 2"), what="alice gets 'after'")
+        await until(lambda: T(page, "msgs.length === 2"), what="alice gets 'after'")
         await asyncio.sleep(0.3)
         assert await T(guest, "msgs") == [[1, "hi"]]
         err = await page.evaluate(
@@ -644,16 +631,10 @@ async def test_js_token_on_a_hub_that_admits_guests(browser: Any) -> None:
         await node.stop()
 
 
-async def test_js_sse_fallback_with_http_publish(
-    browser: Any, request: pytest.FixtureRequest
-) -> None:
+async def test_js_sse_fallback_with_http_publish(browser: Any, redis_proc: RedisProc) -> None:
     """transport: "sse": the stream for the rooms, publishes over HTTP, presence from the
     stream, and resume with the last event id across a node restart."""
-    if REDIS_BROKER:
-        redis_proc = request.getfixturevalue("redis_proc")
-        settings = make_settings(broker_url=redis_proc.url, shutdown_timeout=2)
-    else:
-        settings = make_settings(shutdown_timeout=2)
+    settings = make_settings(broker_url=redis_proc.url, shutdown_timeout=2)
     node = await start_node(settings)
     port = node.port
     logs: list[str] = []
@@ -661,29 +642,29 @@ async def test_js_sse_fallback_with_http_publish(
         a = await node_page(browser, node.url, logs, token=token("alice"), transport="sse")
         b = await node_page(browser, node.url, logs, token=token("bob"), transport="sse")
         for page in (a, b):
-            await eventually(lambda p=page: p.evaluate("client.state === 'connected'"), what="up")
+            await until(lambda p=page: p.evaluate("client.state === 'connected'"), what="up")
             assert await page.evaluate("client.transport") == "sse"
-        await eventually(lambda: T(a, "members.length === 2"), what="presence of both")
+        await until(lambda: T(a, "members.length === 2"), what="presence of both")
         r1 = await a.evaluate("client.publish('room1', 'one')")
         assert r1["offset"] == 1 and r1["cursor"]
-        await eventually(lambda: T(b, "msgs.length === 1"), what="bob gets one")
+        await until(lambda: T(b, "msgs.length === 1"), what="bob gets one")
         await node.stop()
-        await eventually(lambda: b.evaluate("client.state !== 'connected'"), what="b notices")
-        await eventually(lambda: a.evaluate("client.state !== 'connected'"), what="a notices")
+        await until(lambda: b.evaluate("client.state !== 'connected'"), what="b notices")
+        await until(lambda: a.evaluate("client.state !== 'connected'"), what="a notices")
         pending = asyncio.ensure_future(
             a.evaluate("client.publish('room1', 'two').then(r => r.offset)")  # queued
         )
         await asyncio.sleep(0.3)
         assert not pending.done()
         node = await start_node(settings, port=port)
-        assert await pending == (2 if REDIS_BROKER else 1)
+        assert await pending == 2  # Redis kept the room across the restart
         await a.evaluate("client.publish('room1', 'three')")
         want = ["one", "two", "three"]
         for page in (a, b):
-            await eventually(lambda p=page: T(p, "msgs.length >= 3"), timeout=20, what="3 msgs")
+            await until(lambda p=page: T(p, "msgs.length >= 3"), within=20, what="3 msgs")
             await asyncio.sleep(0.2)
             assert [m[1] for m in await T(page, "msgs")] == want, dump(logs)
-            assert bool(await T(page, "gaps.length")) is not REDIS_BROKER
+            assert not await T(page, "gaps.length")
         # Kicked by the server API (4509): terminal on SSE too.
         import httpx
 
@@ -694,7 +675,7 @@ async def test_js_sse_fallback_with_http_publish(
                 "/v1/users/bob/disconnect", json={}, headers={"Authorization": f"Bearer {API_KEY}"}
             )
             assert r.status_code == 200, r.text
-        await eventually(lambda: b.evaluate("client.state === 'closed'"), what="bob kicked")
+        await until(lambda: b.evaluate("client.state === 'closed'"), what="bob kicked")
         assert (await T(b, "errors"))[-1]["closeCode"] == 4509
         assert await a.evaluate("client.state") == "connected"
         assert not [line for line in logs if "PAGE ERROR" in line], dump(logs)
@@ -756,12 +737,12 @@ async def test_js_auto_falls_back_to_sse_behind_a_proxy(browser: Any) -> None:
         async with NoWebSocketProxy(node.port) as proxy:
             url = f"http://127.0.0.1:{proxy.port}"
             a = await node_page(browser, url, logs, token=token("alice"))
-            await eventually(lambda: a.evaluate("client.state === 'connected'"), what="up")
+            await until(lambda: a.evaluate("client.state === 'connected'"), what="up")
             assert await a.evaluate("client.transport") == "sse"
             assert proxy.refused >= 3
             res = await a.evaluate("client.publish('room1', 'via http')")
             assert res["offset"] == 1
-            await eventually(lambda: T(a, "msgs.length === 1"), what="own message via SSE")
+            await until(lambda: T(a, "msgs.length === 1"), what="own message via SSE")
             assert await T(a, "msgs") == [[1, "via http"]]
     finally:
         await node.stop()
@@ -786,7 +767,7 @@ async def test_js_token_refresh_on_a_real_node(browser: Any) -> None:
         await page.evaluate(
             NODE_HARNESS.replace("...opts,", "...opts, getToken: () => window.freshToken(),"), [{}]
         )
-        await eventually(lambda: page.evaluate("client.state === 'connected'"), what="up")
+        await until(lambda: page.evaluate("client.state === 'connected'"), what="up")
         session = await page.evaluate("client.session")
         await asyncio.sleep(6.5)  # longer than the first token lived
         assert await page.evaluate("[client.state, client.session]") == ["connected", session]
@@ -796,10 +777,8 @@ async def test_js_token_refresh_on_a_real_node(browser: Any) -> None:
 
         # ttl 6: long enough to connect on a loaded machine (else it is a plain 4501 at once)
         static = await node_page(browser, node.url, logs, token=token("bob", ttl=6))
-        await eventually(lambda: static.evaluate("T.states.includes('connected')"), what="up")
-        await eventually(
-            lambda: static.evaluate("client.state === 'closed'"), timeout=15, what="4501"
-        )
+        await until(lambda: static.evaluate("T.states.includes('connected')"), what="up")
+        await until(lambda: static.evaluate("client.state === 'closed'"), within=15, what="4501")
         errors = await T(static, "errors")
         assert errors[-1]["closeCode"] == 4501, errors
         assert "reconnecting" in await T(static, "states")
@@ -822,10 +801,10 @@ async def test_js_offline_and_back(browser: Any) -> None:
         page = watch(await ctx.new_page(), logs)
         await page.goto(node.url + "/static/style.css")
         await page.evaluate(NODE_HARNESS, [{"token": token("alice")}])
-        await eventually(lambda: page.evaluate("client.state === 'connected'"), what="up")
+        await until(lambda: page.evaluate("client.state === 'connected'"), what="up")
         await page.evaluate("client.publish('room1', 'before')")
         await ctx.set_offline(True)
-        await eventually(lambda: page.evaluate("client.state === 'offline'"), what="offline")
+        await until(lambda: page.evaluate("client.state === 'offline'"), what="offline")
         queued = asyncio.ensure_future(page.evaluate("client.publish('room1', 'mine')"))
         async with httpx.AsyncClient(base_url=node.url) as http:
             for text in ("x", "y"):
@@ -840,7 +819,7 @@ async def test_js_offline_and_back(browser: Any) -> None:
         assert not queued.done()
         await ctx.set_offline(False)
         assert (await queued)["offset"] == 4
-        await eventually(lambda: T(page, "msgs.length >= 4"), what="caught up")
+        await until(lambda: T(page, "msgs.length >= 4"), what="caught up")
         await asyncio.sleep(0.3)
         assert await T(page, "msgs") == [[1, "before"], [2, "x"], [3, "y"], [4, "mine"]]
         assert await T(page, "gaps") == []

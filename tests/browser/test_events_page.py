@@ -4,19 +4,16 @@ restart with Last-Event-ID (PROTOCOL.md §4), with the Redis broker keeping hist
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from hubbub.hub.auth import Identity
 from hubbub.hub.hub import Hub
-from tests.browser.conftest import eventually, watch
+from tests.browser.conftest import watch
 from tests.conftest import RedisProc, free_port, make_settings, start_node, token
+from tests.helpers import until
 
-REDIS_BROKER = importlib.util.find_spec("hubbub.hub.brokers.redis") is not None
 BACKEND = Identity(sub="backend", api_key=True)
 
 
@@ -31,7 +28,6 @@ async def state(page: Any) -> str:
     return await page.get_attribute("#state", "data-state")  # type: ignore[no-any-return]
 
 
-@pytest.mark.skipif(not REDIS_BROKER, reason="needs hub/brokers/redis.py (the Redis broker)")
 async def test_events_page_resumes_across_node_restart(
     browser: Any, redis_proc: RedisProc, artifacts: Path
 ) -> None:
@@ -49,11 +45,11 @@ async def test_events_page_resumes_across_node_restart(
 
         for i in range(1, 11):
             await node.hub.publish(BACKEND, "news", {"n": i})
-        await eventually(lambda: _count(page, 10), what="10 events on the page")
+        await until(lambda: _count(page, 10), what="10 events on the page")
 
         # Stop the node: the stream ends with a retry hint; EventSource keeps retrying.
         await node.stop()
-        await eventually(lambda: _is(page, "reconnecting"), what="reconnecting state")
+        await until(lambda: _is(page, "reconnecting"), what="reconnecting state")
 
         # Published while no node serves HTTP: through another hub on the same Redis.
         other = Hub(settings)
@@ -64,10 +60,10 @@ async def test_events_page_resumes_across_node_restart(
         other = None
 
         node = await start_node(settings, port)  # a new node on the same port
-        await eventually(lambda: _is(page, "open"), what="open again")
+        await until(lambda: _is(page, "open"), what="open again")
         for i in range(16, 21):
             await node.hub.publish(BACKEND, "news", {"n": i})
-        await eventually(lambda: _count(page, 20), what="20 events on the page")
+        await until(lambda: _count(page, 20), what="20 events on the page")
 
         got = await shown(page)
         assert [m["data"]["n"] for m in got] == list(range(1, 21)), logs
@@ -88,16 +84,16 @@ async def test_events_page_shows_refusal_and_expiry(browser: Any, node_factory: 
     page = watch(await ctx.new_page(), logs)
     # A bad token: 401 before the stream, EventSource gives up: the page says closed.
     await page.goto(f"{node.url}/events?rooms=a&connect=1#token=bad")
-    await eventually(lambda: _is(page, "closed"), what="closed after 401")
+    await until(lambda: _is(page, "closed"), what="closed after 401")
     assert "refused" in (await page.text_content("#state") or "")
     # A short token: hub.expired is shown, the page closes and keeps the last id for resume.
     await page.fill("#token", token("viewer", ttl=2))
     await page.click("#connect")
     await page.wait_for_selector('#state[data-state="open"]', timeout=10_000)
     await node.hub.publish(BACKEND, "a", {"hello": "<b>not html</b>"})
-    await eventually(lambda: _count(page, 1), what="one event")
+    await until(lambda: _count(page, 1), what="one event")
     assert await page.query_selector("#events li.ev .data b") is None  # text, never markup
-    await eventually(lambda: _has(page, "hub.expired"), timeout=6, what="hub.expired")
+    await until(lambda: _has(page, "hub.expired"), within=6, what="hub.expired")
     assert await state(page) == "closed"
     assert await page.input_value("#since") == await page.text_content("#last-id")
     assert not [line for line in logs if "PAGE ERROR" in line], logs

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hubbub.app import create_app
 from hubbub.hub.auth import Identity
 from hubbub.hub.hub import Hub
-from hubbub.transports.server import HubServer, server_options
+from hubbub.transports.server import server_options
 from tests.browser.conftest import eventually, watch
 from tests.conftest import API_KEY, make_settings, token
 
@@ -75,17 +75,12 @@ class Mounted:
 @pytest.fixture
 async def mounted() -> AsyncIterator[Mounted]:
     settings = make_settings()
-    inner = create_app(settings)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with inner.router.lifespan_context(inner):
-            yield
-
-    parent = Starlette(routes=[Mount(PREFIX, app=inner)], lifespan=lifespan)
+    inner = create_app(settings, handle_signals=False)
+    # Mounted the obvious way, with no lifespan wiring: the hub starts on the first request.
+    parent = Starlette(routes=[Mount(PREFIX, app=inner)])
     app = ContentSecurityPolicy(parent)
     config = uvicorn.Config(app, **{**server_options(settings), "port": 0, "log_level": "warning"})
-    server = HubServer(config)
+    server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.get_running_loop().create_task(server.serve())
     while not server.started:
@@ -97,6 +92,7 @@ async def mounted() -> AsyncIterator[Mounted]:
     try:
         yield Mounted(inner.state.hub, f"http://127.0.0.1:{port}{PREFIX}/")
     finally:
+        await inner.shutdown()
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(task, 15)

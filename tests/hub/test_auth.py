@@ -1,4 +1,4 @@
-"""Auth (PROTOCOL.md §2, HARDENING.md "Auth"): JWT verification, API keys, grants, dev mode.
+"""Auth (PROTOCOL.md §2, docs/hardening.md "Auth"): JWT verification, API keys, grants, dev mode.
 
 Every refused credential must raise the very same Unauthorized (no reason oracle).
 """

@@ -5,9 +5,9 @@ generous deadlines and nothing asserts how long something took beyond "not early
 from __future__ import annotations
 
 import asyncio
-import time
 
 from hubbub.hub.clock import TICK, Wheel, wheel
+from tests.helpers import until
 
 DEADLINE = 5.0
 
@@ -24,13 +24,6 @@ class Item:
         self.calls.append(now)
         if len(self.calls) < self.times:
             self.wheel.add(self, Wheel.tick_of(now + self.again))
-
-
-async def until(cond: object, deadline: float = DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < end, "condition not reached"
-        await asyncio.sleep(0.005)
 
 
 async def test_deadlines_run_in_order_never_early() -> None:

@@ -1,4 +1,4 @@
-"""Envelope (PROTOCOL.md §1, §3 limits; HARDENING.md "Input validation"): room and event names,
+"""Envelope (PROTOCOL.md §1, §3 limits; docs/hardening.md "Input validation"): room and event names,
 data encoding limits, frame parsing of hostile input, cursors, and the encode-once frame."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hub with the memory broker, no sockets (PROTOCOL.md §1-§3, §5, DESIGN.md "Recovery").
+"""Hub with the memory broker, no sockets (PROTOCOL.md §1-§3, §5, docs/design.md "Recovery").
 
 Sessions are opened with ``hub.open_session``; the frames a transport would write are read from
 ``session.queue``. The ``reply`` callback of ``subscribe`` queues a ``reply`` frame so each test
@@ -8,7 +8,6 @@ sees exactly where the reply falls among the replayed and live frames.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -38,6 +37,7 @@ from hubbub.hub.errors import (
 from hubbub.hub.hub import Hub
 from hubbub.hub.session import Item, Session
 from tests.conftest import API_KEY, make_settings
+from tests.helpers import until
 
 DEADLINE = 5.0  # upper bound for "eventually"; never a performance assertion
 ALL = {"subscribe": ("*",), "publish": ("*",), "signal": ("*",), "presence": ("*",)}
@@ -133,13 +133,6 @@ def offsets(frames: list[dict[str, Any]]) -> list[int]:
 
 def kinds(frames: list[dict[str, Any]]) -> list[str]:
     return [f["type"] for f in frames]
-
-
-async def until(cond: Callable[[], bool], deadline: float = DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while not cond():
-        assert time.monotonic() < end, "condition not reached"
-        await asyncio.sleep(0.005)
 
 
 async def fill(hub: Hub, room: str, n: int) -> list[dict[str, Any]]:

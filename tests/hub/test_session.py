@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
 
 import orjson
 import pytest
@@ -19,6 +18,7 @@ from hubbub.hub.envelope import Publication, make_body
 from hubbub.hub.errors import CLOSE_EXPIRED, CLOSE_NO_HEARTBEAT, CLOSE_SLOW
 from hubbub.hub.session import PING, Session, new_session_id
 from hubbub.hub.settings import Rate
+from tests.helpers import until
 
 DEADLINE = 5.0  # generous upper bound for "eventually"; never a performance assertion
 
@@ -29,13 +29,6 @@ def ident(exp: float | None = None) -> Identity:
 
 def pub(offset: int, size: int = 10) -> Publication:
     return Publication("r", offset, "E", make_body("r", b'"' + b"x" * size + b'"', ts=1))
-
-
-async def until(cond: Callable[[], bool], deadline: float = DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while not cond():
-        assert time.monotonic() < end, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 def test_session_ids() -> None:

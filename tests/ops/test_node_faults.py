@@ -1,4 +1,4 @@
-"""Node faults behind nginx (HARDENING 39, 40; PROTOCOL.md §7): SIGTERM drains a node
+"""Node faults behind nginx (hardening cases 39, 40; PROTOCOL.md §7): SIGTERM drains a node
 mid-traffic, SIGKILL kills one; clients resume on the other node with nothing lost.
 
 Two ``hubbub serve`` subprocesses on one private Redis, Debian's nginx in front (the
@@ -9,7 +9,6 @@ deploy/nginx.conf file), WebSocket clients that reconnect through nginx and resu
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -17,9 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import websockets
 
 from tests.conftest import RedisProc, token
+from tests.helpers import until
 from tests.ops.harness import (
     Nginx,
     NodeProc,
@@ -29,10 +28,9 @@ from tests.ops.harness import (
     auth_headers,
     check_exactly_once,
     metric,
-    need_redis_broker,
     nginx_cluster,
 )
-from tests.transports.wsclient import WS
+from tests.wsclient import WS
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -68,13 +66,11 @@ async def _connect_clients(nginx: Nginx, room: str, presence: bool) -> list[Resu
 async def _settle(clients: list[Resumer | SseFollower], pub: Publisher, within: float = 15) -> None:
     """Wait until every client has seen the last acked offset."""
     head = max(pub.acked)
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if all(c.last >= head for c in clients):
-            return
-        await asyncio.sleep(0.05)
-    lags = [(c.last, len(c.received), c.closes) for c in clients]
-    raise AssertionError(f"clients did not catch up to {head}: {lags}")
+    try:
+        await until(lambda: all(c.last >= head for c in clients), within, f"offset {head}")
+    except AssertionError as exc:
+        lags = [(c.last, len(c.received), c.closes) for c in clients]
+        raise AssertionError(f"clients did not catch up to {head}: {lags}") from exc
 
 
 async def _stop_clients(clients: list[Resumer]) -> None:
@@ -100,8 +96,7 @@ async def test_sigterm_drains_mid_traffic_without_loss(
 
     pub = Publisher(nginx.url, "drain", interval=0.01)
     publishing = asyncio.create_task(pub.run(MESSAGES))
-    while len(pub.acked) < MESSAGES // 3:
-        await asyncio.sleep(0.01)
+    await until(lambda: len(pub.acked) >= MESSAGES // 3, 30, "a third of the messages acked")
 
     # A keep-alive connection opened before SIGTERM watches the victim's readiness while it
     # drains (the listening socket closes at once, so new connections are refused).
@@ -166,8 +161,7 @@ async def test_sigkill_mid_stream_resumes_and_presence_expires(
 
         pub = Publisher(nginx.url, "chat:kill", interval=0.01)
         publishing = asyncio.create_task(pub.run(MESSAGES))
-        while len(pub.acked) < MESSAGES // 3:
-            await asyncio.sleep(0.01)
+        await until(lambda: len(pub.acked) >= MESSAGES // 3, 30, "a third of the messages acked")
         before = {c.sessions[-1] for c in clients}
         victim.signal(signal.SIGKILL)
         killed_at = time.monotonic()
@@ -206,7 +200,6 @@ async def test_sigkill_mid_stream_resumes_and_presence_expires(
 
 async def test_sigterm_drains_every_worker(redis_proc: RedisProc, tmp_path: Path) -> None:
     """``hubbub serve --workers 2``: each worker drains like a single node (4000, not 1012)."""
-    need_redis_broker()
     node = NodeProc(tmp_path, redis_proc.url,
                     {"HUB_WORKERS": "2", "HUB_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT)})  # fmt: skip
     node.start()
@@ -238,10 +231,8 @@ async def test_sigterm_with_a_client_that_stopped_reading(tmp_path: Path) -> Non
     node.start()
     try:
         await node.wait_live()
-        stuck = await websockets.connect(f"{node.ws_url}?token={token('stuck')}", max_queue=1)
-        await stuck.recv()
-        await stuck.send(json.dumps({"type": "subscribe", "room": "big", "id": 1}))
-        await stuck.recv()
+        stuck = await WS.connect(node.ws_url, token("stuck"), max_queue=1)
+        await stuck.result({"type": "subscribe", "room": "big"})
         fine = await WS.connect(node.ws_url, token("fine"))
         big = "x" * 60_000
         async with httpx.AsyncClient(timeout=5) as h:
@@ -257,6 +248,6 @@ async def test_sigterm_with_a_client_that_stopped_reading(tmp_path: Path) -> Non
         took = time.monotonic() - sent
         assert rc == 0, node.logs()[-3000:]
         assert took <= timeout + 0.5, f"drain took {took:.2f}s with HUB_SHUTDOWN_TIMEOUT={timeout}"
-        stuck.transport.abort()
+        stuck.conn.transport.abort()  # type: ignore[attr-defined]
     finally:
         node.stop()

@@ -1,9 +1,8 @@
-"""Signaling relay rules over real WebSockets (PROTOCOL.md §6, HARDENING 44)."""
+"""Signaling relay rules over real WebSockets (PROTOCOL.md §6, hardening case 44)."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import secrets
 from typing import Any
@@ -21,7 +20,7 @@ from hubbub.probe.negotiation import (
     same_certificate,
 )
 from tests.conftest import API_KEY
-from tests.signaling.wspeer import Client
+from tests.wsclient import WS
 
 ROOM = "call:relay"
 SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
@@ -33,9 +32,9 @@ CAND = {
 }
 
 
-async def pair(url_a: str, url_b: str | None = None, room: str = ROOM) -> tuple[Client, Client]:
-    a = await Client.open(url_a, "alice")
-    b = await Client.open(url_b or url_a, "bob")
+async def pair(url_a: str, url_b: str | None = None, room: str = ROOM) -> tuple[WS, WS]:
+    a = await WS.open(url_a, "alice")
+    b = await WS.open(url_b or url_a, "bob")
     await a.join(room)
     await b.join(room)
     return a, b
@@ -79,7 +78,7 @@ async def test_spoofed_from_and_extra_fields_are_replaced(node: Any) -> None:
 
 async def test_only_the_target_receives_it(node: Any) -> None:
     a, b = await pair(node.ws_url)
-    c = await Client.open(node.ws_url, "carol")
+    c = await WS.open(node.ws_url, "carol")
     await c.join(ROOM)
     assert (await a.signal(ROOM, b.session, {"kind": "bye"}))["type"] == "reply"
     await b.next("signal")
@@ -88,9 +87,9 @@ async def test_only_the_target_receives_it(node: Any) -> None:
 
 async def test_target_outside_the_room_is_not_found(node: Any) -> None:
     a, b = await pair(node.ws_url)
-    other = await Client.open(node.ws_url, "eve")
+    other = await WS.open(node.ws_url, "eve")
     await other.join("call:elsewhere")  # a presence member of another call room
-    watcher = await Client.open(node.ws_url, "walt")
+    watcher = await WS.open(node.ws_url, "walt")
     await watcher.join(ROOM, presence=False)  # in the room, but not a presence member
     for to in (other.session, watcher.session, secrets.token_urlsafe(16)):
         f = await a.signal(ROOM, to, {"kind": "offer", "sdp": SDP})
@@ -98,35 +97,35 @@ async def test_target_outside_the_room_is_not_found(node: Any) -> None:
     await other.nothing("signal")
     await watcher.nothing("signal")
     # a member that left is gone too
-    await b.ok({"type": "unsubscribe", "room": ROOM})
+    await b.result({"type": "unsubscribe", "room": ROOM})
     assert (await a.signal(ROOM, b.session, {"kind": "bye"}))["code"] == "not_found"
 
 
 async def test_sender_must_be_a_presence_member_with_the_signal_grant(node: Any) -> None:
-    a = await Client.open(node.ws_url, "alice")
+    a = await WS.open(node.ws_url, "alice")
     await a.join(ROOM)
     # not subscribed at all
-    x = await Client.open(node.ws_url, "xavier")
+    x = await WS.open(node.ws_url, "xavier")
     assert (await x.signal(ROOM, a.session, {"kind": "bye"}))["code"] == "forbidden"
     # subscribed without presence
     await x.join(ROOM, presence=False)
     assert (await x.signal(ROOM, a.session, {"kind": "bye"}))["code"] == "forbidden"
     # presence member without the signal grant
     grants = {"subscribe": ["call:*"], "presence": ["call:*"], "publish": [], "signal": []}
-    n = await Client.open(node.ws_url, "nosig", hub=grants)
+    n = await WS.open(node.ws_url, "nosig", hub=grants)
     await n.join(ROOM)
     assert (await n.signal(ROOM, a.session, {"kind": "offer", "sdp": SDP}))["code"] == "forbidden"
     # a signal grant for other rooms only
     grants2 = {**grants, "signal": ["call:other-*"]}
-    m = await Client.open(node.ws_url, "narrow", hub=grants2)
+    m = await WS.open(node.ws_url, "narrow", hub=grants2)
     await m.join(ROOM)
     assert (await m.signal(ROOM, a.session, {"kind": "bye"}))["code"] == "forbidden"
     await a.nothing("signal")
 
 
 async def test_non_call_room_is_forbidden(node: Any) -> None:
-    a = await Client.open(node.ws_url, "alice")
-    b = await Client.open(node.ws_url, "bob")
+    a = await WS.open(node.ws_url, "alice")
+    b = await WS.open(node.ws_url, "bob")
     await a.join("lobby")
     await b.join("lobby")
     f = await a.signal("lobby", b.session, {"kind": "offer", "sdp": SDP})
@@ -158,14 +157,14 @@ BAD_SHAPES: list[Any] = [
 
 
 async def test_bad_shapes_are_bad_request(node: Any) -> None:
-    b = await Client.open(node.ws_url, "bob")
+    b = await WS.open(node.ws_url, "bob")
     await b.join(ROOM)
-    a: Client | None = None
+    a: WS | None = None
     for i, data in enumerate(BAD_SHAPES):
         if i % 8 == 0:  # 10 bad frames close the connection with 4500: use a fresh one
             if a is not None:
                 await a.close()
-            a = await Client.open(node.ws_url, f"alice{i}")
+            a = await WS.open(node.ws_url, f"alice{i}")
             await a.join(ROOM)
         assert a is not None
         f = await a.signal(ROOM, b.session, data)
@@ -196,26 +195,26 @@ async def test_bad_room_and_target(node: Any) -> None:
 async def test_room_full_at_max_peers(node_factory: Any) -> None:
     node = await node_factory(signal_max_peers=2)
     _a, b = await pair(node.ws_url)
-    c = await Client.open(node.ws_url, "carol")
+    c = await WS.open(node.ws_url, "carol")
     f = await c.call({"type": "subscribe", "room": ROOM, "presence": True})
     assert f["type"] == "error" and f["code"] == "room_full", f
     # watching without presence is not joining the call
     await c.join(ROOM, presence=False)
     # a seat frees up when someone leaves
-    await b.ok({"type": "unsubscribe", "room": ROOM})
-    d = await Client.open(node.ws_url, "dave")
+    await b.result({"type": "unsubscribe", "room": ROOM})
+    d = await WS.open(node.ws_url, "dave")
     members = (await d.join(ROOM))["presence"]
     assert {m["user"] for m in members} == {"alice", "dave"}
     # other rooms are not call rooms: no limit there
     for who in ("p1", "p2", "p3"):
-        await (await Client.open(node.ws_url, who)).join("lobby")
+        await (await WS.open(node.ws_url, who)).join("lobby")
 
 
 async def test_signals_are_never_stored(node: Any) -> None:
     a, b = await pair(node.ws_url)
     for _ in range(3):
         await a.signal(ROOM, b.session, {"kind": "offer", "sdp": SDP})
-    hist = await a.ok({"type": "history", "room": ROOM})
+    hist = await a.result({"type": "history", "room": ROOM})
     assert hist["messages"] == []
     async with httpx.AsyncClient(base_url=node.url) as http:
         r = await http.get(
@@ -223,8 +222,8 @@ async def test_signals_are_never_stored(node: Any) -> None:
         )
     assert r.status_code == 200 and r.json()["messages"] == []
     # a late subscriber replays nothing from the call
-    late = await Client.open(node.ws_url, "late")
-    await late.ok({"type": "subscribe", "room": ROOM, "since": {"epoch": "x", "offset": 0}})
+    late = await WS.open(node.ws_url, "late")
+    await late.result({"type": "subscribe", "room": ROOM, "since": {"epoch": "x", "offset": 0}})
     await late.nothing("message")
     await late.nothing("signal", 0.05)
 
@@ -243,10 +242,6 @@ async def test_signals_count_against_the_publish_rate(node_factory: Any) -> None
     assert (await a.call({"type": "publish", "room": "x", "data": 1}))["code"] == "rate_limited"
 
 
-HAVE_REDIS_BROKER = importlib.util.find_spec("hubbub.hub.brokers.redis") is not None
-
-
-@pytest.mark.skipif(not HAVE_REDIS_BROKER, reason="hub/brokers/redis.py is missing")
 async def test_relay_across_two_nodes_on_one_redis(node_factory: Any, redis_proc: Any) -> None:
     prefix = "sigtest:"
     n1 = await node_factory(broker_url=redis_proc.url, redis_prefix=prefix)
@@ -259,13 +254,13 @@ async def test_relay_across_two_nodes_on_one_redis(node_factory: Any, redis_proc
     assert (await b.signal(ROOM, a.session, {"kind": "answer", "sdp": SDP}))["type"] == "reply"
     assert (await a.next("signal"))["from"]["session"] == b.session
     # a session on the other node that is not in the room
-    stranger = await Client.open(n2.ws_url, "stranger")
+    stranger = await WS.open(n2.ws_url, "stranger")
     await stranger.join("call:other")
     assert (await a.signal(ROOM, stranger.session, {"kind": "bye"}))["code"] == "not_found"
     await stranger.nothing("signal")
     # room_full counts members on every node
     n3 = await node_factory(broker_url=redis_proc.url, redis_prefix=prefix, signal_max_peers=2)
-    c = await Client.open(n3.ws_url, "carol")
+    c = await WS.open(n3.ws_url, "carol")
     assert (await c.call({"type": "subscribe", "room": ROOM, "presence": True}))["code"] == (
         "room_full"
     )
@@ -299,7 +294,7 @@ def test_roles_and_helpers() -> None:
 
 
 async def test_huge_sdp_and_candidate_flood_close_the_sender_only(node: Any) -> None:
-    """HARDENING 44: a 1 MB SDP closes with 1009; a candidate flood gets rate_limited errors
+    """Hardening case 44: a 1 MB SDP closes with 1009; a candidate flood gets rate_limited errors
     and then close 4005; the target and the node are unharmed."""
     a, b = await pair(node.ws_url)
     await a.conn.send(
@@ -310,7 +305,7 @@ async def test_huge_sdp_and_candidate_flood_close_the_sender_only(node: Any) -> 
         while True:
             await a.recv()
     assert exc.value.rcvd is not None and exc.value.rcvd.code == 1009
-    flooder = await Client.open(node.ws_url, "flood")
+    flooder = await WS.open(node.ws_url, "flood")
     await flooder.join(ROOM)
     frame = json.dumps({"type": "signal", "room": ROOM, "to": b.session,
                         "data": {"kind": "candidate", "candidate": CAND}})  # fmt: skip
@@ -337,19 +332,18 @@ async def test_huge_sdp_and_candidate_flood_close_the_sender_only(node: Any) -> 
     assert 0 < got < 200  # the burst went through, the rest was refused
     async with httpx.AsyncClient(base_url=node.url) as http:
         assert (await http.get("/health/ready")).status_code == 200
-    c = await Client.open(node.ws_url, "canary")
+    c = await WS.open(node.ws_url, "canary")
     await c.join(ROOM)
     assert (await c.signal(ROOM, b.session, {"kind": "bye"}))["type"] == "reply"
 
 
-@pytest.mark.skipif(not HAVE_REDIS_BROKER, reason="hub/brokers/redis.py is missing")
 async def test_room_full_holds_under_concurrent_joins(node_factory: Any, redis_proc: Any) -> None:
     """Concurrent joins on two nodes never overfill a call room (the member count is checked
     and the member added in one atomic broker step)."""
     kw = {"broker_url": redis_proc.url, "redis_prefix": "race:", "signal_max_peers": 2}
     n1 = await node_factory(**kw)
     n2 = await node_factory(**kw)
-    clients = [await Client.open((n1, n2)[i % 2].ws_url, f"u{i}") for i in range(6)]
+    clients = [await WS.open((n1, n2)[i % 2].ws_url, f"u{i}") for i in range(6)]
     frames = await asyncio.gather(
         *(c.call({"type": "subscribe", "room": "call:race", "presence": True}) for c in clients)
     )

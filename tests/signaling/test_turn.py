@@ -1,4 +1,4 @@
-"""TURN REST credentials and the ICE server list (PROTOCOL.md §6, HARDENING 45)."""
+"""TURN REST credentials and the ICE server list (PROTOCOL.md §6, hardening case 45)."""
 
 from __future__ import annotations
 

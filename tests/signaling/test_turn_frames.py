@@ -1,4 +1,4 @@
-"""ICE servers and TURN REST credentials on the wire (PROTOCOL.md §6, HARDENING 45): in
+"""ICE servers and TURN REST credentials on the wire (PROTOCOL.md §6, hardening case 45): in
 ``welcome``, at ``GET /v1/ice-servers`` and pushed again as an ``ice_servers`` frame before the
 credentials expire; the secret never reaches a client."""
 
@@ -16,7 +16,7 @@ import httpx
 from hubbub.hub.settings import Rate
 from hubbub.signaling.turn import ice_servers, refresh_period, turn_credentials
 from tests.conftest import API_KEY, make_settings, token
-from tests.signaling.wspeer import Client
+from tests.wsclient import WS
 
 TURN_SECRET = "turn-shared-secret-DO-NOT-LEAK-4f1c9a"
 TURN = {
@@ -61,19 +61,19 @@ def test_refresh_period_leaves_a_margin() -> None:
 
 async def test_welcome_carries_ice_servers(node_factory: Any) -> None:
     node = await node_factory(**TURN, turn_ttl=900.0)
-    c = await Client.open(node.ws_url, "alice")
+    c = await WS.open(node.ws_url, "alice")
     servers = c.welcome["ice_servers"]
     assert servers[0] == {"urls": ["stun:127.0.0.1:3478"]}
     check_turn_entry(servers[1], "alice", 900, time.time())
     # without TURN or STUN configured there is nothing to send
     plain = await node_factory()
-    c2 = await Client.open(plain.ws_url, "alice")
+    c2 = await WS.open(plain.ws_url, "alice")
     assert "ice_servers" not in c2.welcome
 
 
 async def test_ice_servers_frame_is_pushed_before_expiry(node_factory: Any) -> None:
     node = await node_factory(**TURN, turn_ttl=2.0)
-    c = await Client.open(node.ws_url, "alice")
+    c = await WS.open(node.ws_url, "alice")
     t0 = time.monotonic()
     first_expiry = check_turn_entry(c.welcome["ice_servers"][1], "alice", 2, time.time())
     f1 = await c.next("ice_servers", 3)
@@ -91,7 +91,7 @@ async def test_ice_servers_frame_is_pushed_before_expiry(node_factory: Any) -> N
 
 async def test_no_refresh_frames_without_turn(node_factory: Any) -> None:
     node = await node_factory(stun_urls=("stun:127.0.0.1:3478",), turn_ttl=1.0)
-    c = await Client.open(node.ws_url, "alice")
+    c = await WS.open(node.ws_url, "alice")
     assert c.welcome["ice_servers"] == [{"urls": ["stun:127.0.0.1:3478"]}]
     await c.nothing("ice_servers", 1.2)
 
@@ -115,16 +115,17 @@ async def test_http_ice_servers_needs_a_client_token(node_factory: Any) -> None:
 
 async def test_the_secret_never_appears_in_any_frame(node_factory: Any) -> None:
     node = await node_factory(**TURN, turn_ttl=1.0)
-    a = await Client.open(node.ws_url, "alice")
-    b = await Client.open(node.ws_url, "bob")
+    a = await WS.open(node.ws_url, "alice", record=True)
+    b = await WS.open(node.ws_url, "bob", record=True)
     await a.join("call:s")
     await b.join("call:s")
-    await a.ok({"type": "presence", "room": "call:s"})
+    await a.result({"type": "presence", "room": "call:s"})
     await a.signal("call:s", b.session, {"kind": "offer", "sdp": "v=0\r\n"})
     await b.next("signal")
     await a.call({"type": "bogus"})
     await a.next("ice_servers", 2)
     await b.next("ice_servers", 2)
+    assert a.raw is not None and b.raw is not None
     frames = a.raw + b.raw
     assert len(frames) >= 6
     for text in frames:
@@ -133,7 +134,7 @@ async def test_the_secret_never_appears_in_any_frame(node_factory: Any) -> None:
 
 
 async def test_ice_servers_endpoint_is_rate_limited(node_factory: Any) -> None:
-    """HARDENING 45: the credential endpoint is rate-limited like the rest of the API."""
+    """Hardening case 45: the credential endpoint is rate-limited like the rest of the API."""
     node = await node_factory(**TURN, api_rate=Rate.parse("0.2/s:3"))
     auth = {"Authorization": f"Bearer {token('zoe')}"}
     async with httpx.AsyncClient(base_url=node.url) as http:

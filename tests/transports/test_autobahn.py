@@ -1,4 +1,4 @@
-"""The Autobahn fuzzing client against Hubbub's WebSocket stack (HARDENING 22).
+"""The Autobahn fuzzing client against Hubbub's WebSocket stack (hardening case 22).
 
 ``kosoku`` runs the Autobahn TestSuite's case files (framing, fragmentation, pings, close codes,
 UTF-8 validation, limits) with a native runner, so no Python 2 or container is needed. The cases
@@ -11,7 +11,7 @@ Expected: every case passes, except
 
 * 9.* cases whose messages exceed the limit (``HUB_MAX_MESSAGE_BYTES`` + 16 KiB): those must end
   with close code 1009 (message too big), the documented answer;
-* 12.* and 13.* (permessage-deflate): compression is off by design (HARDENING 17), so they are
+* 12.* and 13.* (permessage-deflate): compression is off by design (hardening case 17), so they are
   not run.
 """
 

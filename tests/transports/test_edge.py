@@ -1,4 +1,4 @@
-"""Origin checks and redaction at the edge (HARDENING 13-15, 43)."""
+"""Origin checks and redaction at the edge (hardening cases 13-15, 43)."""
 
 from __future__ import annotations
 

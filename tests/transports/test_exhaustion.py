@@ -1,4 +1,4 @@
-"""Resource exhaustion at the edge (HARDENING 17, 24): slowloris connections, half-sent
+"""Resource exhaustion at the edge (hardening cases 17, 24): slowloris connections, half-sent
 headers, compression refused. Bounded in count and time; traffic to 127.0.0.1 only."""
 
 from __future__ import annotations
@@ -8,10 +8,8 @@ import contextlib
 import os
 from typing import Any
 
-import websockets
-
 from tests.conftest import token
-from tests.transports.wsclient import WS
+from tests.wsclient import WS
 
 
 def _rss_kib() -> int:
@@ -70,10 +68,11 @@ async def test_keepalive_request_with_slow_headers_is_cut(node_factory: Any) -> 
 
 
 async def test_permessage_deflate_is_not_negotiated(node: Any) -> None:
-    conn = await websockets.connect(node.ws_url + f"?token={token()}")  # offers deflate
-    ext = conn.response.headers.get("Sec-WebSocket-Extensions") if conn.response else None
+    ws = await WS.connect(node.ws_url, token())  # websockets offers deflate by default
+    response = ws.conn.response
+    ext = response.headers.get("Sec-WebSocket-Extensions") if response else None
     assert not ext
-    await conn.close()
+    await ws.close()
 
 
 async def test_many_sessions_come_and_go(node: Any) -> None:

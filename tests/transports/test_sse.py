@@ -17,6 +17,7 @@ from hubbub.hub.auth import Identity
 from hubbub.hub.envelope import Position, make_cursor
 from hubbub.hub.session import Session
 from tests.conftest import API_KEY, Node, make_settings, start_node, token
+from tests.helpers import until
 
 BACKEND = Identity(sub="backend", api_key=True)
 
@@ -125,10 +126,7 @@ async def publish(node: Node, room: str, n: int = 1, **kw: Any) -> list[dict[str
 
 
 async def wait_sessions(node: Node, n: int = 0, within: float = 3.0) -> None:
-    deadline = time.monotonic() + within
-    while len(node.hub.sessions) != n:
-        assert time.monotonic() < deadline, f"{len(node.hub.sessions)} sessions, expected {n}"
-        await asyncio.sleep(0.02)
+    await until(lambda: len(node.hub.sessions) == n, within, f"{n} sessions on the node")
 
 
 async def _stream_that_stops_reading(node: Node) -> tuple[asyncio.StreamWriter, Session]:
@@ -561,7 +559,7 @@ async def test_alg_none_token_is_refused(node: Node) -> None:
 async def test_client_that_stops_reading_is_cut_off_others_get_everything(
     node_factory: Any,
 ) -> None:
-    """HARDENING 27 for SSE: the stuck stream is closed (4001) and let go of within the farewell
+    """Hardening case 27 for SSE: the stuck stream is closed (4001) and let go of within the farewell
     grace; a healthy stream of the same room receives every message."""
     node = await node_factory(max_queue_bytes=256 * 1024)
     writer, stuck = await _stream_that_stops_reading(node)

@@ -12,7 +12,7 @@ from hubbub.transports import openapi
 from hubbub.transports.http import node_stats
 from tests.conftest import API_KEY, make_settings, token
 from tests.transports.test_openapi import validate
-from tests.transports.wsclient import WS
+from tests.wsclient import WS
 
 KEY = {"Authorization": f"Bearer {API_KEY}"}
 

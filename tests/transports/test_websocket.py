@@ -12,7 +12,7 @@ import pytest
 import websockets
 
 from tests.conftest import API_KEY, SECRET, Node, token
-from tests.transports.wsclient import WS
+from tests.wsclient import WS
 
 
 async def test_welcome_and_frame_round_trip(node: Node) -> None:

@@ -1,4 +1,4 @@
-"""What keeps an idle WebSocket connection small (bench/notes-wsmem.md), and that the behaviour
+"""What keeps an idle WebSocket connection small (bench/idle-memory.md), and that the behaviour
 around it holds: the protocol's list-based inbox and flag, one task per idle connection (the
 writer task only while frames wait), the reader interrupted by a close, ``/v1/ws`` past
 Starlette's router. Real uvicorn and real ``websockets`` clients."""
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import pytest
 import websockets
@@ -19,16 +18,10 @@ from hubbub.transports.flow import Flag
 from hubbub.transports.websocket import _Link
 from hubbub.transports.wsconn import WSConnection
 from tests.conftest import Node, token
-from tests.transports.wsclient import WS
+from tests.helpers import until
+from tests.wsclient import WS
 
 DEADLINE = 5.0
-
-
-async def until(cond: Any, deadline: float = DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while not cond():
-        assert time.monotonic() < end, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 # ---- flag ------------------------------------------------------------------------------

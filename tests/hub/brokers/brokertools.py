@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,13 +31,3 @@ class Recorder:
 
     def of(self, room: str) -> list[Publication]:
         return [p for p in self.pubs if p.room == room]
-
-
-async def until(cond: Callable[[], bool], within: float = 3.0) -> None:
-    """Wait until ``cond()`` holds (fail after ``within`` seconds)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)

@@ -24,7 +24,8 @@ from hubbub.hub.brokers.redis import RedisBroker
 from hubbub.hub.brokers.redis_state import RedisStateStore
 from hubbub.hub.envelope import make_body
 from hubbub.hub.errors import Conflict, RoomFull
-from tests.hub.brokers.brokertools import Recorder, until
+from tests.helpers import until
+from tests.hub.brokers.brokertools import Recorder
 
 
 class FakeClock:

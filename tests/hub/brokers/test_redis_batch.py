@@ -21,7 +21,7 @@ from hubbub.hub.brokers.redis_batch import PublishLane
 from hubbub.hub.envelope import make_body
 from hubbub.hub.errors import BrokerError
 from tests.conftest import RedisProc, need_tool
-from tests.hub.brokers.brokertools import until
+from tests.helpers import until
 from tests.hub.brokers.conftest import TIMEOUT, Make
 from tests.hub.brokers.redis_proxy import TcpProxy
 

@@ -1,4 +1,4 @@
-"""RedisBroker under broker faults (HARDENING.md 33-38), each against its own redis-server.
+"""RedisBroker under broker faults (docs/hardening.md cases 33-38), each against its own redis-server.
 
 The broker runs with tiny timeouts so every fault shows within a second or two.
 """
@@ -18,7 +18,7 @@ from hubbub.hub.brokers.base import Idempotency, Member
 from hubbub.hub.envelope import make_body
 from hubbub.hub.errors import BrokerError
 from tests.conftest import RedisProc, need_tool
-from tests.hub.brokers.brokertools import until
+from tests.helpers import until
 from tests.hub.brokers.conftest import TIMEOUT, Make, MakeNode
 from tests.hub.brokers.redis_proxy import TcpProxy
 
