@@ -26,8 +26,9 @@ from hubbub.app import create_app
 from hubbub.hub.auth import Identity
 from hubbub.hub.hub import Hub
 from hubbub.transports.server import server_options
-from tests.browser.conftest import eventually, watch
+from tests.browser.conftest import watch
 from tests.conftest import API_KEY, make_settings, token
+from tests.helpers import until as eventually
 
 pytestmark = pytest.mark.timeout(90)
 
