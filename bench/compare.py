@@ -69,7 +69,10 @@ def start(server: str, port: int, key: str, pin: bool) -> subprocess.Popen[bytes
         env.update(HUB_API_KEYS=key, HUB_API_RATE="0", HUB_LOG_LEVEL="warning",
                    HUB_BROKER_URL="memory://")  # fmt: skip
         env.pop("HUB_JWT_SECRET", None)
-        cmd = [PY, "-m", "hubbub.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        module = "hubbub.cli"
+        if server.startswith("hubbub-before") and not (Path(BASELINE[0]) / "hubbub").is_dir():
+            module = "transports.cli"  # a checkout from before the hubbub package
+        cmd = [PY, "-m", module, "serve", "--host", "127.0.0.1", "--port", str(port)]
     if pin:
         cmd = ["taskset", "-c", "0", *cmd]
     cwd = BASELINE[0] if server.startswith("hubbub-before") else ROOT
