@@ -464,12 +464,11 @@ async def test_presence_limit_is_atomic(make_state: StateFactory) -> None:
     assert {m.session for m in await b.presence_list("call:x")} == {present[0].session, "late"}
 
 
+@pytest.mark.parametrize("make_state", ["redis", "redis-cluster"], indirect=True)
 async def test_nodes_share_state_and_close_forgets_its_own(make_state: StateFactory) -> None:
     """Two nodes of one cluster (same prefix) see each other's entries; a node that closes
     removes its own. (One process has one memory store: Redis only.)"""
     first = await make_state()
-    if first.kind == "memory":
-        pytest.skip("a memory store belongs to one process")
     assert isinstance(first.state, RedisStateStore)
     prefix = first.state.prefix
     second = await make_state(prefix=prefix)
