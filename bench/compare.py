@@ -153,7 +153,7 @@ def table(runs: dict[tuple[str, int], list[dict[str, Any]]], servers: list[str],
             sat = sum(1 for r in rs if r["loadgen"]["saturated"])
             lines.append(
                 f"| {n} | {s} | {med(d):,.0f} | {spread(d)} | "
-                f"{med(d) / ref_d:.2f}x | {med(c):,.0f} | {med(c) / ref_c if ref_c else 0:.2f}x | "
+                f"{med(d) / ref_d if ref_d else 0:.2f}x | {med(c):,.0f} | {med(c) / ref_c if ref_c else 0:.2f}x | "
                 f"{p99:.1f} | {rss:.1f} | {lost} / {dup} / {disc} | {sat}/{len(rs)} |"
             )
     return lines
