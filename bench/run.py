@@ -54,14 +54,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transport", choices=("ws", "sse", "mixed"), default="ws",
                    help="subscribers' transport; mixed: half WebSocket, half SSE, at once")  # fmt: skip
     p.add_argument("--publish", choices=("http", "ws"), default="http", help="how to publish")
-    p.add_argument("--subscribers", type=int, default=1000)
-    p.add_argument("--rooms", type=int, default=1)
+    p.add_argument("--subscribers", type=int, default=1000,
+                   help="subscriber connections in all (default 1000)")  # fmt: skip
+    p.add_argument("--rooms", type=int, default=1,
+                   help="rooms the subscribers spread over (default 1)")  # fmt: skip
     p.add_argument("--rate", type=float, default=0.0,
                    help="publications per second in total (0: as fast as the closed loop allows)")  # fmt: skip
     p.add_argument("--window", type=int, default=32,
                    help="closed loop: publications in flight per subscriber, on average")  # fmt: skip
-    p.add_argument("--duration", type=float, default=10.0)
-    p.add_argument("--size", type=int, default=100, help="payload (data) bytes")
+    p.add_argument("--duration", type=float, default=10.0,
+                   help="seconds of measured publishing (default 10)")  # fmt: skip
+    p.add_argument("--size", type=int, default=100, help="payload (data) bytes (default 100)")
     p.add_argument("--workers", type=int, default=2, help="subscriber processes")
     p.add_argument("--pin", action="store_true", help="server on core 0, load generator on core 1")
     p.add_argument("--loadgen", choices=("python", "node"), default="python",

@@ -303,11 +303,18 @@ def mint_token(
 ) -> tuple[str, int]:
     """Sign a client JWT with the configured HS secret. Returns (token, expires_at).
 
-    Raises ConfigError when no HS secret and HS algorithm are configured.
+    Raises ConfigError when no HS secret and HS algorithm are configured, or when ``ttl`` (s)
+    is not within (0, ``HUB_JWT_MAX_TTL``].
     """
     alg = next((a for a in settings.jwt_algorithms if a.startswith("HS")), None)
     if not settings.jwt_secret or alg is None:
         raise ConfigError("minting tokens needs HUB_JWT_SECRET and an HS* algorithm")
+    if not 0 < ttl <= settings.jwt_max_ttl:
+        # A token the hub would refuse (expired, or exp past HUB_JWT_MAX_TTL) helps nobody.
+        raise ConfigError(
+            f"the token's lifetime must be more than 0 and at most HUB_JWT_MAX_TTL "
+            f"({settings.jwt_max_ttl:g} s); got {ttl:g} s"
+        )
     exp = int(time.time() + ttl)
     claims: dict[str, Any] = {"sub": sub, "exp": exp, "iat": int(time.time())}
     if hub is not None:

@@ -129,24 +129,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hubbub", description="Hubbub real-time messaging hub")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run a node")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
+    s.add_argument("--host", help="address to bind (HUB_HOST; default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="TCP port to bind (HUB_PORT; default 8000)")
     s.add_argument("--broker", help="memory:// (default), redis://host:6379/0, rediss://…")
     s.add_argument("--workers", type=int, help="processes on one port (needs a Redis broker)")
     s.add_argument("--config", help="TOML file with HUB_* settings")
     s.set_defaults(func=cmd_serve)
     t = sub.add_parser("token", help="print a client JWT signed with HUB_JWT_SECRET")
-    t.add_argument("--sub", required=True)
-    t.add_argument("--ttl", type=float, default=3600.0)
-    t.add_argument("--name")
+    t.add_argument("--sub", required=True, help="the user id the token names (its sub claim)")
+    t.add_argument("--ttl", type=float, default=3600.0,
+                   help="lifetime in seconds, more than 0 and at most HUB_JWT_MAX_TTL "
+                   "(default 3600)")  # fmt: skip
+    t.add_argument("--name", help="display name shown in presence")
     t.add_argument("--info", help="JSON object shown in presence")
-    t.add_argument("--config")
+    t.add_argument("--config", help="TOML file with HUB_* settings")
     for kind in GRANT_KINDS:
         t.add_argument(f"--{kind}", action="append", metavar="PATTERN",
                        help=f"grant {kind} on rooms matching PATTERN (repeatable)")  # fmt: skip
     t.set_defaults(func=cmd_token)
     pr = sub.add_parser("probe", help="join a call room as a WebRTC peer (aiortc) and echo")
-    pr.add_argument("room")
+    pr.add_argument("room", help="the call room to join")
     pr.add_argument("--url", default="ws://127.0.0.1:8000/v1/ws", help="the hub's /v1/ws URL")
     pr.add_argument("--token", help="client JWT (default: HUBBUB_TOKEN env, or none in dev mode)")
     pr.add_argument("--record", help="x.json: counters (frames, data-channel messages) "
