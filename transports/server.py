@@ -54,7 +54,8 @@ def fast_path_problem() -> str | None:
         return f"uvicorn's ServerState has no {', '.join(missing)}"
     # (No Config is made here: making one configures uvicorn's logging.)
     params = inspect.signature(uvicorn.Config).parameters
-    missing = [n for n in ("http", *CONFIG_FIELDS[1:]) if n not in params]
+    wanted = ("http", "timeout_graceful_shutdown", *CONFIG_FIELDS[1:])
+    missing = [n for n in wanted if n not in params]
     if missing:
         return f"uvicorn.Config takes no {', '.join(missing)}"
     if "self.loaded_app" not in (_source(uvicorn.Config) or "self.loaded_app"):

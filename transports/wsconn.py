@@ -59,7 +59,10 @@ class _ServerProtocol(ServerProtocol):
     message"; the Autobahn suite's case 7.1.5 expects a clean close)."""
 
     def recv_frame(self, frame: Frame) -> None:
-        if frame.opcode is Opcode.CLOSE:
+        # ``current_size`` (websockets 16+) is the size of the message being assembled, None
+        # between messages. Where it is missing, such a close is answered 1002 as websockets
+        # does by itself: stricter, not wrong.
+        if frame.opcode is Opcode.CLOSE and getattr(self, "current_size", None) is not None:
             self.current_size = None
         super().recv_frame(frame)
 
