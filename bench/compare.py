@@ -7,6 +7,8 @@ Servers (each started fresh for every measurement, bound to 127.0.0.1, pinned to
 * ``socketio``: bench/sio_server.py, python-socketio on uvicorn (needs the ``bench`` extra);
 * ``hubbub``: ``hubbub serve`` (memory://), WebSocket subscribers;
 * ``hubbub-sse``: the same node, SSE subscribers.
+* ``hubbub-asgi`` / ``hubbub-asgi-sse``: the same app on stock uvicorn (its own httptools and
+  websockets-sansio protocols): the plain-ASGI path, without Hubbub's direct writes.
 
 The load is ``hubbub bench --url … --publish ws`` (same client code and publisher for every
 server, only the dialect differs). Rounds are interleaved (round 1 of every server, then round 2…)
@@ -73,6 +75,11 @@ def start(server: str, port: int, key: str, pin: bool) -> subprocess.Popen[bytes
         if server.startswith("hubbub-before") and not (Path(BASELINE[0]) / "hubbub").is_dir():
             module = "transports.cli"  # a checkout from before the hubbub package
         cmd = [PY, "-m", module, "serve", "--host", "127.0.0.1", "--port", str(port)]
+        if server.startswith("hubbub-asgi"):  # the plain-ASGI path: stock uvicorn protocols
+            cmd = [PY, "-m", "uvicorn", "hubbub.app:app_from_env", "--factory",
+                   "--host", "127.0.0.1", "--port", str(port), "--http", "httptools",
+                   "--ws", "websockets-sansio", "--ws-per-message-deflate", "false",
+                   "--log-level", "warning"]  # fmt: skip
     if pin:
         cmd = ["taskset", "-c", "0", *cmd]
     cwd = BASELINE[0] if server.startswith("hubbub-before") else ROOT
