@@ -283,7 +283,10 @@ function renderWho() {
     li.dataset.session = m.session;
     li.dataset.user = m.user;
     const self = m.session === client.session;
-    li.append(self ? myName() || m.user : nicks.get(m.session) || m.name || m.user);
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = self ? myName() || m.user : nicks.get(m.session) || m.name || m.user;
+    li.append(name);
     if (self) {
       const me = document.createElement("span");
       me.className = "me";
