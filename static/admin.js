@@ -54,7 +54,7 @@
     if (apiKey) showLogin(`That API key was refused ${why}.`, "API key refused");
     else showLogin(`This hub refused the stats request ${why}. The admin page needs an API key: ` +
                    "one of the hub's HUB_API_KEYS (a hub in dev mode has none: set HUB_API_KEYS " +
-                   "and restart it). Enter the key below.", "API key needed");
+                   "and restart it). Enter the key above.", "API key needed");
   }
 
   function setStatus(text, kind) {

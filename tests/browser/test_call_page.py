@@ -113,7 +113,7 @@ async def test_call_page_hint_and_names_in_the_log(
         await until(lambda: logged(a, "Bob reconnected"), 15, "A rebound B's new session")
         await b.click("#hangup")
         await until(lambda: logged(a, "Bob left the call"), 15, "B left")
-        assert await b.is_visible("#hint")  # back to the empty stage: the hint again
+        await until(lambda: b.is_visible("#hint"), what="B's empty stage shows the hint again")
 
         lines = await log_lines(a)
         texts = [line["text"] for line in lines]
