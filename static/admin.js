@@ -25,8 +25,12 @@
     return key;
   }
 
+  /** A request with the API key (none when there is no key yet). Rejects with an Error
+   * carrying `status`; a 401 (and a 403 for GET v1/stats) means "no usable API key": the
+   * page stops and asks for one. */
   async function api(method, path, body) {
-    const opts = { method, headers: { Authorization: "Bearer " + apiKey }, cache: "no-store" };
+    const opts = { method, headers: {}, cache: "no-store" };
+    if (apiKey) opts.headers.Authorization = "Bearer " + apiKey;
     if (body !== undefined) {
       opts.headers["Content-Type"] = "application/json";
       opts.body = JSON.stringify(body);
@@ -34,32 +38,56 @@
     const r = await fetch(path, opts);
     let data = null;
     try { data = await r.json(); } catch (_) { data = null; }
-    if (r.status === 401) { showLogin("That API key was refused."); }
     if (!r.ok) {
       const err = (data && data.error) || { code: String(r.status), message: r.statusText };
-      throw new Error(`${r.status} ${err.code}: ${err.message}`);
+      const e = new Error(`${r.status} ${err.code}: ${err.message}`);
+      e.status = r.status;
+      if (r.status === 401 || (r.status === 403 && path === "v1/stats")) refused(e);
+      throw e;
     }
     return data;
   }
 
-  function showLogin(message) {
+  /** The hub refused the page's credentials (or their absence): say why, ask for a key. */
+  function refused(err) {
+    const why = `(${err.message})`;
+    if (apiKey) showLogin(`That API key was refused ${why}.`, "API key refused");
+    else showLogin(`This hub refused the stats request ${why}. The admin page needs an API key: ` +
+                   "one of the hub's HUB_API_KEYS (a hub in dev mode has none: set HUB_API_KEYS " +
+                   "and restart it). Enter the key above.", "API key needed");
+  }
+
+  function setStatus(text, kind) {
+    $("conn-dot").className = "dot" + (kind ? " " + kind : "");
+    $("conn-text").textContent = text;
+  }
+
+  function showLogin(message, status) {
+    stop();
     apiKey = null;
     sessionStorage.removeItem(KEY_STORE);
+    setStatus(status || "API key needed", "bad");
+    $("nodes-count").textContent = "";
     $("app").hidden = true;
     $("login").hidden = false;
     setOut("login-out", message || "", message ? "err" : "");
     $("login-key").focus();
   }
 
+  /** Open the page with `key` (null: try without one, for a hub that allows it). */
   async function open(key) {
-    apiKey = key;
+    apiKey = key || null;
+    setStatus("connecting…", "");
     try {
-      await api("GET", "v1/rooms?limit=1");
+      await api("GET", "v1/stats");
     } catch (e) {
-      if (apiKey !== null) showLogin(String(e.message || e));
+      // 401/403 were answered by refused(); anything else (network, 5xx) is shown as it is.
+      if (e.status !== 401 && e.status !== 403) {
+        showLogin(`The stats request failed: ${e.message || e}`, "stats unreachable");
+      }
       return;
     }
-    sessionStorage.setItem(KEY_STORE, key);
+    if (apiKey) sessionStorage.setItem(KEY_STORE, apiKey);
     $("login").hidden = true;
     $("app").hidden = false;
     start();
@@ -104,9 +132,9 @@
   async function tick() {
     // Two requests per tick: behind a balancer they often reach different nodes.
     const results = await Promise.allSettled([sampleOnce(), sampleOnce()]);
+    if (!timers.length) return; // refused meanwhile: the page asks for a key now
     const ok = results.some((r) => r.status === "fulfilled");
-    $("conn-dot").className = "dot " + (ok ? "ok" : "bad");
-    $("conn-text").textContent = ok ? "live" : "stats unreachable";
+    setStatus(ok ? "live" : "stats unreachable", ok ? "ok" : "bad");
     const now = Date.now();
     let pub = 0, del = 0, ws = 0, sse = 0, subs = 0, live = 0;
     for (const n of nodes.values()) {
@@ -334,16 +362,19 @@
   }
 
   // ---- wiring ---------------------------------------------------------------------------
-  let started = false;
+  let timers = [];
   function start() {
-    if (started) return;
-    started = true;
+    if (timers.length) return;
     tick();
     loadRooms();
-    setInterval(tick, 1000);
-    setInterval(loadRooms, 5000);
-    window.addEventListener("resize", drawChart);
+    timers = [setInterval(tick, 1000), setInterval(loadRooms, 5000)];
   }
+
+  function stop() {
+    for (const t of timers) clearInterval(t);
+    timers = [];
+  }
+  window.addEventListener("resize", drawChart);
 
   const onSubmit = (id, fn) => $(id).addEventListener("submit", (ev) => { ev.preventDefault(); fn(); });
   onSubmit("login-form", () => open($("login-key").value.trim()));
@@ -352,6 +383,5 @@
   onSubmit("publish-form", publish);
   onSubmit("kick-form", kick);
 
-  const key = keyFromFragment() || sessionStorage.getItem(KEY_STORE);
-  if (key) open(key); else showLogin("");
+  open(keyFromFragment() || sessionStorage.getItem(KEY_STORE));
 })();

@@ -4,7 +4,7 @@
 // URL: call?room=call:demo[&autojoin=1][&ice=loopback][&media=audio|none]#token=JWT  (the token stays in the
 // fragment: never sent to the server in a request line, removed from the URL bar at once).
 
-import { Call } from "./call.js";
+import { Call, memberName } from "./call.js";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
@@ -16,13 +16,18 @@ if (frag.has("token")) {
   history.replaceState(null, "", location.pathname + location.search);
 }
 $("room-name").textContent = room;
+$("hint-room").textContent = room;
+$("hint-link").textContent = new URL(`?room=${encodeURIComponent(room).replace(/%3A/gi, ":")}`, location.href).href;
 let call = null;
 const tiles = new Map(); // session | "me" -> tile element
 
-function log(text) {
-  console.info(`[call] ${text}`);
+/** A line in the log. Lines name people; the session id they are about (if any) is kept as
+ * the line's tooltip, for whoever debugs a call. */
+function log(text, session = null) {
+  console.info(`[call] ${text}${session ? ` [${session}]` : ""}`);
   const li = document.createElement("li");
   li.textContent = `${new Date().toLocaleTimeString()} ${text}`;
+  if (session) li.title = `session ${session}`;
   $("log").append(li);
   while ($("log").children.length > 50) $("log").firstChild.remove();
   $("log").scrollTop = $("log").scrollHeight;
@@ -65,9 +70,9 @@ function renderPeer(peer, event) {
     const el = tiles.get(key);
     if (el) el.remove();
     tiles.delete(key);
-    log(`${peer.member.name || peer.member.user || peer.session} left the call`);
+    log(`${memberName(peer.member)} left the call`, peer.session);
   } else {
-    const name = peer.member.name || peer.member.user || peer.session.slice(0, 6);
+    const name = memberName(peer.member);
     const el = tile(key, name, peer.stream);
     el.dataset.conn = peer.state;
     el.dataset.session = peer.session;
@@ -94,6 +99,7 @@ function renderMe() {
 }
 
 function setJoined(joined) {
+  $("hint").hidden = joined; // the empty stage explains itself until a call starts
   $("join").disabled = joined;
   $("mic").disabled = $("cam").disabled = $("hangup").disabled = !joined;
 }
@@ -117,7 +123,7 @@ async function join() {
         notice("The hub refused the token.");
       }
     },
-    onData: (peer, text) => log(`${peer.member.name || peer.member.user}: ${text}`),
+    onData: (peer, text) => log(`${memberName(peer.member)}: ${text}`, peer.session),
     onError: (err) => {
       if (err.code === "room_full") notice("This call is full.");
       else if (err.code === "forbidden") notice(`Not allowed: ${err.message}`);
@@ -129,7 +135,8 @@ async function join() {
   try {
     await call.start();
     renderMe();
-    log(`joined ${room} as ${call.session}`);
+    const me = call.sub.members.get(call.session) || { user: call.client.user };
+    log(`joined ${room} as ${memberName(me)}`, call.session);
   } catch (err) {
     const msg = err && err.name === "NotAllowedError" ? "Camera/microphone permission denied." : `${err.code || err.name || "error"}: ${err.message || err}`;
     notice(`Could not join: ${msg}`);

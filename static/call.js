@@ -27,6 +27,12 @@ const LEAVE_GRACE_MS = 30000; // keep a connected peer this long after its sessi
 const DISCONNECTED_RESTART_MS = 2500; // ICE "disconnected" this long -> restart ICE
 const ANSWER_TIMEOUT_MS = 10000; // an offer unanswered this long is made again
 
+/** How people see a member in logs and labels: its public name, else its user id. Session ids
+ * are for machines: they change on every reconnect. */
+export function memberName(member) {
+  return (member && (member.name || member.user)) || "someone";
+}
+
 /** The peer whose session id sorts first (bytewise; ids are ASCII base64url) is polite. */
 export function isPolite(own, remote) {
   return own < remote;
@@ -114,6 +120,11 @@ class Peer {
     return this.pc.connectionState;
   }
 
+  /** The remote member's name for people (see memberName). */
+  get name() {
+    return memberName(this.member);
+  }
+
   signal(data) {
     this.call._signal(this.session, data, this);
   }
@@ -137,7 +148,7 @@ class Peer {
    * collision check then only needs `makingOffer` and the signaling state. */
   negotiate({ force = false } = {}) {
     this.chain = this.chain.then(() => this._negotiate(force)).catch((err) => {
-      this.call._log(`offer to ${this.session} failed: ${err}`);
+      this.call._log(`offer to ${this.name} failed: ${err}`, this.session);
     });
     return this.chain;
   }
@@ -172,7 +183,7 @@ class Peer {
       const local = this.pc.localDescription;
       if (this.closed || this.pc.signalingState !== "have-local-offer" || !local) return;
       if (local.sdp !== sdp) return;
-      this.call._log(`no answer from ${this.session}; offering again`);
+      this.call._log(`no answer from ${this.name}; offering again`, this.session);
       this.negotiate({ force: true });
     }, ANSWER_TIMEOUT_MS);
   }
@@ -183,7 +194,7 @@ class Peer {
       if (!this.closed && this.pc.signalingState === "have-local-offer") {
         await this.pc.setLocalDescription({ type: "rollback" });
       }
-    }).catch((err) => this.call._log(`rollback failed: ${err}`));
+    }).catch((err) => this.call._log(`rollback with ${this.name} failed: ${err}`, this.session));
   }
 
   /** Our offer to session `to` was refused (`not_found`): if this connection has been rebound
@@ -196,7 +207,7 @@ class Peer {
   restartIce(why) {
     if (this.closed || this.leftAt) return; // a peer that left is dropped, not restarted
     this.restarts++;
-    this.call._log(`ICE restart with ${this.session} (${why})`);
+    this.call._log(`ICE restart with ${this.name} (${why})`, this.session);
     this.pc.restartIce(); // fires negotiationneeded -> an offer with fresh ICE credentials
   }
 
@@ -220,7 +231,7 @@ class Peer {
   /** Handle one signal from the remote, in arrival order. */
   receive(data) {
     this.chain = this.chain.then(() => this._receive(data)).catch((err) => {
-      this.call._log(`signal ${data.kind} from ${this.session} failed: ${err}`);
+      this.call._log(`signal ${data.kind} from ${this.name} failed: ${err}`, this.session);
     });
     return this.chain;
   }
@@ -251,7 +262,7 @@ class Peer {
         this.settingRemoteAnswer = false;
       }
       for (const init of this.early.splice(0)) {
-        await this._addCandidate(init).catch((err) => this.call._log(`early candidate: ${err}`));
+        await this._addCandidate(init).catch((err) => this.call._log(`early candidate from ${this.name}: ${err}`, this.session));
       }
       if (description.type === "offer") {
         this.addLocalTracks(); // reuses the offered transceivers: no extra m-lines
@@ -307,7 +318,8 @@ class Peer {
  *   onPeer(peer, event)    "add" | "change" | "remove"
  *   onState(state, info)   the hub connection state (hubbub.js State)
  *   onData(peer, text)     a data-channel message
- *   onError(err), onLog(text)
+ *   onError(err)
+ *   onLog(text, session)   a line for people; `session`: the session id it is about, if any
  */
 export class Call {
   constructor(opts) {
@@ -353,7 +365,7 @@ export class Call {
     if (c.welcome) this._welcome(c.welcome);
     this.sub = c.subscribe(this.room, {
       presence: true,
-      onJoin: (m) => m.session !== this.session && this._log(`${m.name || m.user} joined`),
+      onJoin: (m) => m.session !== this.session && this._log(`${memberName(m)} joined`, m.session),
       onLeave: (m) => this._left(m),
       onError: (err) => this._call("onError", err),
     });
@@ -460,8 +472,16 @@ export class Call {
     }
   }
 
-  _log(text) {
-    this._call("onLog", text);
+  _log(text, session = null) {
+    this._call("onLog", text, session);
+  }
+
+  /** A session's name for people: its peer's member, else its presence member. */
+  _nameOf(session) {
+    const p = this.peers.get(session);
+    if (p) return p.name;
+    const m = this.sub && this.sub.members.get(session);
+    return m ? memberName(m) : "a session that left";
   }
 
   _candidateAllowed(init) {
@@ -525,7 +545,7 @@ export class Call {
   }
 
   _rebind(peer, session, member) {
-    this._log(`peer ${peer.session} is now ${session}`);
+    this._log(`${memberName(member || peer.member)} reconnected (new session)`, `${peer.session} → ${session}`);
     this.peers.delete(peer.session);
     const stale = this.peers.get(session);
     if (stale && stale !== peer) this._drop(stale);
@@ -568,7 +588,7 @@ export class Call {
       // answer we offer afresh from the new connection.
       const remote = peer.pc.remoteDescription;
       if (remote && sameCertificate(remote.sdp, data.sdp) === false) {
-        this._log(`peer ${from} replaced its connection`);
+        this._log(`${peer.name} replaced its connection`, from);
         const member = peer.member;
         this._drop(peer);
         peer = this._addPeer(from, member);
@@ -653,7 +673,8 @@ export class Call {
         } else if (err && err.code === "not_found") {
           if (item.data.kind === "offer" && item.peer) item.peer.offerLost(item.to);
         } else if (err && err.code !== "disconnected") {
-          this._log(`signal ${item.data.kind} to ${item.to}: ${err.code || err}`);
+          const to = item.peer ? item.peer.name : this._nameOf(item.to);
+          this._log(`signal ${item.data.kind} to ${to}: ${err.code || err}`, item.to);
         }
       });
     }

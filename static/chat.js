@@ -8,6 +8,7 @@ const $ = (id) => document.getElementById(id);
 const store = {
   get: (k, d) => { try { return localStorage.getItem(k) ?? d; } catch { return d; } },
   set: (k, v) => { try { localStorage.setItem(k, v); } catch { /* private mode */ } },
+  del: (k) => { try { localStorage.removeItem(k); } catch { /* private mode */ } },
 };
 
 // ---- settings: nickname, rooms, token --------------------------------------------------
@@ -17,15 +18,11 @@ if (params.has("token")) {
   sessionStorage.setItem("hubbub.token", token);
   history.replaceState(null, "", location.pathname + location.search); // keep it out of the URL bar
 }
-let nick = store.get("hubbub.nick", "") || `guest-${Math.random().toString(36).slice(2, 6)}`;
-$("nick").value = nick;
-$("nick").addEventListener("change", () => {
-  nick = $("nick").value.trim() || nick;
-  $("nick").value = nick;
-  store.set("hubbub.nick", nick);
-  for (const name of rooms.keys()) announce(name);
-});
-store.set("hubbub.nick", nick);
+// The nickname the user chose ("" = none: the page shows the name the hub knows for this
+// session, see myName). Earlier versions stored a made-up "guest-xxxx" here: not a choice.
+let chosen = store.get("hubbub.nick", "");
+if (/^guest-[a-z0-9]{4}$/.test(chosen)) chosen = "";
+if (!chosen) store.del("hubbub.nick");
 
 const ROOM_RE = /^[A-Za-z0-9_.:-]{1,128}$/;
 let roomNames = JSON.parse(store.get("hubbub.rooms", '["lobby"]')).filter((r) => ROOM_RE.test(r) && !/^\.+$/.test(r));
@@ -76,7 +73,11 @@ function openRoom(name) {
     presence: true,
     onMessage: (m) => {
       delivered.push({ room: name, offset: m.offset, epoch: m.epoch, event: m.event, cid: m.data && m.data.cid });
-      if (m.from && m.data && typeof m.data.nick === "string") nicks.set(m.from.session, m.data.nick.slice(0, 32));
+      if (m.from && m.data && typeof m.data.nick === "string") {
+        const said = m.data.nick.trim().slice(0, 32);
+        if (said) nicks.set(m.from.session, said);
+        else if (m.event === "nick") nicks.delete(m.from.session);
+      }
       if (m.event === "nick") {
         if (name === current) renderWho();
         return;
@@ -90,19 +91,66 @@ function openRoom(name) {
       // Tell newcomers who we are (guests have random ids); small rooms only.
       if (m.session !== client.session && r.members.length <= 20) setTimeout(() => announce(name), Math.random() * 500);
     },
-    onPresence: (members) => { r.members = members; if (name === current) renderWho(); },
+    onPresence: (members) => {
+      r.members = members;
+      if (name === current) renderWho();
+      showMyName();
+    },
     onError: (err) => system(name, `${err.code}: ${err.message}`, "error"),
   });
   r.sub.ready.then(() => announce(name), () => {});
 }
 
-/** An ephemeral "nick" message: not stored, shown in the online list only. */
+/** An ephemeral "nick" message: not stored, shown in the online list only. An empty nick
+ * means "none chosen": the others show this session's public name or user id. */
 function announce(name) {
   if (client.state !== State.CONNECTED || !rooms.has(name)) return;
-  client.publish(name, { nick }, { event: "nick", ephemeral: true }).catch(() => {});
+  client.publish(name, { nick: chosen }, { event: "nick", ephemeral: true }).catch(() => {});
 }
 client.on("state", (s) => {
   if (s === State.CONNECTED) for (const name of rooms.keys()) announce(name);
+  showMyName();
+});
+
+// ---- who am I: one name for the header, the nickname box, the online list and messages ---
+/** This session's own presence member (it carries the token's public `name`), if known. */
+function ownMember() {
+  for (const r of rooms.values()) {
+    const m = r.members.find((x) => x.session === client.session);
+    if (m) return m;
+  }
+  return null;
+}
+
+/** The name the hub knows for this session: the token's public name, else the user id
+ * (`welcome.user`: a guest id in dev mode). */
+function hubName() {
+  return (ownMember() && ownMember().name) || client.user || "";
+}
+
+/** What this page calls its user everywhere: the chosen nickname, else the hub's name. */
+function myName() {
+  return chosen || hubName();
+}
+
+function showMyName() {
+  const name = myName();
+  // Never overwrite what the user is typing.
+  if (document.activeElement !== $("nick")) $("nick").value = name;
+  $("room-meta").hidden = !name;
+  $("me").textContent = name;
+  $("me").title = client.user && client.user !== name ? `user ${client.user}` : "";
+}
+
+$("nick").addEventListener("change", () => {
+  const typed = $("nick").value.trim().slice(0, 32);
+  chosen = typed && typed !== hubName() ? typed : ""; // empty: back to the hub's name
+  if (chosen) store.set("hubbub.nick", chosen);
+  else store.del("hubbub.nick");
+  $("nick").value = myName();
+  showMyName();
+  renderWho();
+  for (const name of rooms.keys()) announce(name);
 });
 
 function closeRoom(name) {
@@ -234,8 +282,12 @@ function renderWho() {
     const li = document.createElement("li");
     li.dataset.session = m.session;
     li.dataset.user = m.user;
-    li.append(m.name || nicks.get(m.session) || m.user);
-    if (m.session === client.session) {
+    const self = m.session === client.session;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = self ? myName() || m.user : nicks.get(m.session) || m.name || m.user;
+    li.append(name);
+    if (self) {
       const me = document.createElement("span");
       me.className = "me";
       me.textContent = "(you)";
@@ -244,7 +296,6 @@ function renderWho() {
     ul.append(li);
   }
   $("who-count").textContent = members.length ? `· ${members.length}` : "";
-  $("room-meta").textContent = client.user ? `you are ${client.user}` : "";
 }
 
 function renderMessages() {
@@ -283,7 +334,7 @@ $("composer").addEventListener("submit", (ev) => {
   if (!text) return;
   $("text").value = "";
   const cid = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
-  const data = { nick, text, cid };
+  const data = { nick: myName(), text, cid };
   const room = current;
   mine.add(cid);
   const item = { data, pending: true, mine: true };
@@ -316,3 +367,4 @@ $("token-box").addEventListener("submit", (ev) => {
 // Rooms are all subscribed (unread counts); the current one is shown.
 for (const name of roomNames) openRoom(name);
 select(current);
+showMyName();
