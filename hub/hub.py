@@ -47,7 +47,7 @@ from hubbub.hub.errors import (
 from hubbub.hub.metrics import Metrics
 from hubbub.hub.recovery import Seam, go_live, replay
 from hubbub.hub.rooms import RoomIndex, RoomState
-from hubbub.hub.session import Session, Subscription
+from hubbub.hub.session import SIGNAL, Control, Session, Subscription
 from hubbub.hub.settings import Settings
 
 log = logging.getLogger("hubbub.hub")
@@ -506,26 +506,29 @@ class Hub(Delivery):
 
     # ---- directed frames (signaling) -------------------------------------------------------
     async def direct(self, session: Session, room: str, to: Any, frame: dict[str, Any]) -> None:
-        """Send ``frame`` to session ``to``, a presence member of ``room`` on any node.
-        The sender must be a presence member. Raises Forbidden, NotFound, Unavailable."""
+        """Send ``frame`` (a signaling frame: a :class:`Control` of kind ``signal``) to session
+        ``to``, a presence member of ``room`` on any node. The sender must be a presence
+        member. Raises Forbidden, NotFound, Unavailable."""
         sub = session.subs.get(room)
         if sub is None or not sub.presence:
             raise Forbidden(f"not a presence member of {room}", details={"room": room})
         if not isinstance(to, str) or not 0 < len(to) <= 64:
             raise BadRequest("to must be a session id")
-        text = orjson.dumps(frame).decode()
+        encoded = orjson.dumps(frame)
         local = self.sessions.get(to)
         if local is not None:  # on this node: its own subscription says whether it is a member
             local_sub = local.subs.get(room)
             if local_sub is None or not local_sub.presence:
                 raise NotFound(f"no session {to} in {room}", details={"room": room})
-            local.offer(text)
+            local.offer(Control(SIGNAL, encoded))
             return
         target = next((m for m in await self._presence_members(room) if m.session == to), None)
         if target is None:
             raise NotFound(f"no session {to} in {room}", details={"room": room})
         try:
-            await self.broker.send_control({"t": "direct", "to": to, "frame": text}, target.node)
+            await self.broker.send_control(
+                {"t": "direct", "to": to, "frame": encoded.decode()}, target.node
+            )
         except BrokerError:
             raise Unavailable("broker unavailable") from None
 
