@@ -19,9 +19,10 @@ A transport supplies what differs:
 * ``cache``, an :class:`Encoder`: what an item becomes on the wire, built once per item for
   every subscriber when it can be shared (the fan-out offers one item to all its sessions in a
   row, so one entry is enough);
-* :meth:`DirectWriter.frame`: a batch of encoded frames as the bytes of one write (SSE: one
-  HTTP chunk); :meth:`DirectWriter.write`: writing them on the direct path;
-  :meth:`DirectWriter.wait_writable`: waiting until the connection takes more;
+* the connection's flow-control flag and its direct ``write`` (``WSConnection.write_now``,
+  ``ChunkedStream.write``); :meth:`DirectWriter.frame`: a batch of encoded frames as the bytes
+  of one write (SSE: one HTTP chunk); :meth:`DirectWriter.wait_writable`: waiting until the
+  connection takes more (SSE bounds the wait);
 * :meth:`DirectWriter.send_items`: the ASGI ``send`` fallback, for a server without a direct
   path or for what the direct path refused.
 """
@@ -29,7 +30,8 @@ A transport supplies what differs:
 from __future__ import annotations
 
 from collections import Counter
-from typing import Protocol
+from collections.abc import Callable
+from typing import ClassVar, Protocol
 
 from hubbub.hub.metrics import Metrics
 from hubbub.hub.session import Item
@@ -55,29 +57,53 @@ class Encoder(Protocol):
         item is then taken and dropped). A shared cache also sets ``item`` and ``data``."""
 
 
+def _refuse(data: bytes) -> bool:
+    return False
+
+
 class DirectWriter:
     """``Session.direct`` for one connection, and the writer of what its session queued.
 
-    ``transport`` names the connection's kind in the ``frames_sent``/``bytes_sent`` counters;
-    ``bytes_sent`` counts the bytes handed to the connection. ``writable`` is the connection's
-    flow-control flag (set while below its high-water mark); None when the server offers no
-    direct path: the writer then refuses every frame and :meth:`write_items` sends everything
-    through :meth:`send_items`."""
+    ``writable`` is the connection's flow-control flag (set while below its high-water mark)
+    and ``write`` writes bytes on the direct path (False, writing nothing, once the connection
+    is gone or no longer takes frames that way); both None when the server offers no direct
+    path: the writer then refuses every frame and :meth:`write_items` sends everything through
+    :meth:`send_items`. Counted in ``frames_sent``/``bytes_sent`` under :attr:`TRANSPORT`
+    (``bytes_sent``: the bytes handed to the connection)."""
 
-    __slots__ = ("busy", "bytes_sent", "cache", "direct", "frames_sent", "pending", "transport",
-                 "writable")  # fmt: skip
+    TRANSPORT: ClassVar[str] = ""
+    PLAIN: ClassVar[bool] = True
+    """Frames are written back to back (WebSocket); False: :meth:`frame` wraps each write."""
+
+    __slots__ = ("busy", "bytes_sent", "cache", "frames_sent", "pending", "plain", "sink",
+                 "transport", "writable")  # fmt: skip
 
     def __init__(
-        self, transport: str, metrics: Metrics | None, cache: Encoder, writable: Flag | None
+        self,
+        metrics: Metrics | None,
+        cache: Encoder,
+        writable: Flag | None,
+        write: Callable[[bytes], bool] | None,
     ) -> None:
-        self.transport = transport
+        # Per instance, not read from the class on each flush: slots are the fastest attributes.
+        self.transport = self.TRANSPORT
+        self.plain = self.PLAIN
         self.frames_sent: Counter[str] = metrics.frames_sent if metrics else Counter()
         self.bytes_sent: Counter[str] = metrics.bytes_sent if metrics else Counter()
         self.cache = cache
-        self.direct = writable is not None
-        self.writable = writable if writable is not None else _NO_PATH
+        self.writable = _NO_PATH if writable is None or write is None else writable
+        self.sink = _refuse if write is None else write
         self.busy = False  # write_items holds frames taken from the queue: keep the order
         self.pending: list[bytes] = []  # accepted from the fan-out, not yet written
+
+    @property
+    def direct(self) -> bool:
+        """The server offers a direct path (it may since have gone away)."""
+        return self.writable is not _NO_PATH
+
+    def detach(self) -> None:
+        """The response or connection is over: write nothing more on the direct path."""
+        self.sink = _refuse
 
     # ---- the fan-out's side: per subscriber and frame, so kept short ------------------------
     def __call__(self, item: Item) -> bool:
@@ -107,11 +133,14 @@ class DirectWriter:
         pending = self.pending
         if not pending:
             return
-        data = self.frame(pending)
+        if self.plain:
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+        else:
+            data = self.frame(pending)
         self.frames_sent[self.transport] += len(pending)
         self.bytes_sent[self.transport] += len(data)
         pending.clear()
-        self.write(data)
+        self.sink(data)
 
     # ---- the session's queue ------------------------------------------------------------------
     async def write_items(self, items: list[Item]) -> bool:
@@ -147,7 +176,7 @@ class DirectWriter:
                 if not self.writable.is_set():
                     await self.wait_writable()
                 piece = self.frame(run)
-                if not self.write(piece):
+                if not self.sink(piece):
                     return done
                 self.frames_sent[self.transport] += len(run)
                 self.bytes_sent[self.transport] += len(piece)
@@ -157,13 +186,8 @@ class DirectWriter:
 
     # ---- what a transport supplies ----------------------------------------------------------
     def frame(self, frames: list[bytes]) -> bytes:
-        """Encoded frames as the bytes of one write (here: joined)."""
+        """Encoded frames as the bytes of one write (here: joined; see :attr:`PLAIN`)."""
         return frames[0] if len(frames) == 1 else b"".join(frames)
-
-    def write(self, data: bytes) -> bool:
-        """Write on the direct path; False, writing nothing, when the connection is gone or
-        no longer takes frames this way."""
-        raise NotImplementedError
 
     async def wait_writable(self) -> None:
         """Wait until the connection is below its low-water mark (or gone)."""

@@ -255,7 +255,7 @@ class EventStream:
         finally:
             session.direct = None
             writer.flush()
-            writer.out = None
+            writer.detach()
             if out is not None:
                 out.detach()
             if watcher is not None:
@@ -297,14 +297,18 @@ class _Writer(DirectWriter):
     by :meth:`EventStream.wait_for_client`. Without ``out``, blocks go through the ASGI
     ``send`` in pieces of about 64 KiB."""
 
-    __slots__ = ("out", "send", "stream")
+    TRANSPORT = "sse"
+    PLAIN = False
+    __slots__ = ("send", "stream")
 
     def __init__(self, stream: EventStream, out: ChunkedStream | None, send: Send) -> None:
         cache = blocks if stream.single else stream.cursor
-        writable = out.conn.writable if out is not None else None
-        super().__init__("sse", stream.hub.metrics, cache, writable)
+        metrics = stream.hub.metrics
+        if out is None:
+            super().__init__(metrics, cache, None, None)
+        else:
+            super().__init__(metrics, cache, out.conn.writable, out.write)
         self.stream = stream
-        self.out = out
         self.send = send
 
     def frame(self, frames: list[bytes]) -> bytes:
@@ -315,10 +319,6 @@ class _Writer(DirectWriter):
             return cache.chunk if only is cache.data else http_chunk(only)
         size = sum(map(len, frames))
         return b"".join([b"%x\r\n" % size, *frames, b"\r\n"])
-
-    def write(self, data: bytes) -> bool:
-        out = self.out
-        return out is not None and out.write(data)
 
     async def wait_writable(self) -> None:
         await self.stream.wait_for_client(self.writable.wait())
@@ -341,7 +341,7 @@ class _Writer(DirectWriter):
         chunk = http_chunk(data)
         self.frames_sent["sse"] += 1
         self.bytes_sent["sse"] += len(chunk)
-        return self.write(chunk)
+        return self.sink(chunk)
 
     async def _send_blocks(self, data: list[bytes]) -> bool:
         self.frames_sent["sse"] += len(data)

@@ -286,16 +286,15 @@ class _Writer(DirectWriter):
     drops what a connection that went away cannot take); without Hubbub's protocol, one ASGI
     ``websocket.send`` per frame."""
 
-    __slots__ = ("proto", "ws")
+    TRANSPORT = "ws"
+    __slots__ = ("ws",)
 
     def __init__(self, ws: WebSocket, proto: WSConnection | None, metrics: Metrics | None):
-        super().__init__("ws", metrics, _frames, proto.writable if proto is not None else None)
+        if proto is None:
+            super().__init__(metrics, _frames, None, None)
+        else:
+            super().__init__(metrics, _frames, proto.writable, proto.write_now)
         self.ws = ws
-        self.proto = proto
-
-    def write(self, data: bytes) -> bool:
-        proto = self.proto
-        return proto is not None and proto.write_now(data)
 
     async def send_items(self, items: list[Item]) -> bool:
         send = self.ws.send
