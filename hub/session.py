@@ -62,7 +62,7 @@ class Control:
 
     @property
     def text(self) -> str:
-        """The frame as ``str`` (ASGI text frames need str). Control frames are ASCII JSON."""
+        """The frame as ``str`` (ASGI text frames need str)."""
         return self.frame.decode()
 
     def decoded(self) -> dict[str, Any]:

@@ -60,9 +60,9 @@ def pub_block(cursor: str | None, event: str, frame: bytes) -> bytes:
 def control_block(item: Control) -> bytes | None:
     """The block of a control frame that needs no cursor (None: not for SSE; gaps are the
     encoders' own)."""
-    if item is PING:
-        return PING_BLOCK
     kind = item.kind
+    if kind == PING.kind:
+        return PING_BLOCK
     if kind in (JOIN, LEAVE, PRESENCE):
         return block(event=f"hub.{kind}", data=item.text).encode()
     return None
