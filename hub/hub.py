@@ -514,21 +514,19 @@ class Hub(Delivery):
             raise Forbidden(f"not a presence member of {room}", details={"room": room})
         if not isinstance(to, str) or not 0 < len(to) <= 64:
             raise BadRequest("to must be a session id")
-        encoded = orjson.dumps(frame)
+        text = orjson.dumps(frame).decode()
         local = self.sessions.get(to)
         if local is not None:  # on this node: its own subscription says whether it is a member
             local_sub = local.subs.get(room)
             if local_sub is None or not local_sub.presence:
                 raise NotFound(f"no session {to} in {room}", details={"room": room})
-            local.offer(Control(SIGNAL, encoded))
+            local.offer(Control(SIGNAL, text.encode()))
             return
         target = next((m for m in await self._presence_members(room) if m.session == to), None)
         if target is None:
             raise NotFound(f"no session {to} in {room}", details={"room": room})
         try:
-            await self.broker.send_control(
-                {"t": "direct", "to": to, "frame": encoded.decode()}, target.node
-            )
+            await self.broker.send_control({"t": "direct", "to": to, "frame": text}, target.node)
         except BrokerError:
             raise Unavailable("broker unavailable") from None
 
