@@ -18,7 +18,7 @@ from hubbub.hub.errors import CLOSE_KICKED, CLOSE_SLOW, BrokerError
 from hubbub.hub.metrics import Metrics
 from hubbub.hub.recovery import catch_up
 from hubbub.hub.rooms import RoomIndex, RoomState
-from hubbub.hub.session import Session
+from hubbub.hub.session import SIGNAL, Control, Session
 
 log = logging.getLogger("hubbub.hub")
 
@@ -77,10 +77,10 @@ class Delivery:
                     session.offer(pub)
         elif kind in ("join", "leave"):
             subject = pub.decoded().get("session")
-            text = pub.body.decode()
+            control = Control(kind, pub.body)  # one object for every member: cached by identity
             for session, sub in room.subs.items():
                 if sub.presence and session.id != subject:
-                    session.offer(text)
+                    session.offer(control)
 
     def _send_gap(self, room: RoomState, gap: dict[str, Any]) -> None:
         self.metrics.recoveries["gap"] += 1
@@ -125,7 +125,8 @@ class Delivery:
         elif kind == "direct":
             target = self.sessions.get(str(message.get("to")))
             if target is not None and isinstance(message.get("frame"), str):
-                target.offer(message["frame"])
+                # Directed frames are signaling frames (Hub.direct, signaling/relay.py).
+                target.offer(Control(SIGNAL, message["frame"].encode()))
 
     def resync(self) -> None:
         self.metrics.resyncs += 1

@@ -47,7 +47,7 @@ from hubbub.hub.errors import (
 from hubbub.hub.metrics import Metrics
 from hubbub.hub.recovery import Seam, go_live, replay
 from hubbub.hub.rooms import RoomIndex, RoomState
-from hubbub.hub.session import Session, Subscription
+from hubbub.hub.session import SIGNAL, Control, Session, Subscription
 from hubbub.hub.settings import Settings
 
 log = logging.getLogger("hubbub.hub")
@@ -506,8 +506,9 @@ class Hub(Delivery):
 
     # ---- directed frames (signaling) -------------------------------------------------------
     async def direct(self, session: Session, room: str, to: Any, frame: dict[str, Any]) -> None:
-        """Send ``frame`` to session ``to``, a presence member of ``room`` on any node.
-        The sender must be a presence member. Raises Forbidden, NotFound, Unavailable."""
+        """Send ``frame`` (a signaling frame: a :class:`Control` of kind ``signal``) to session
+        ``to``, a presence member of ``room`` on any node. The sender must be a presence
+        member. Raises Forbidden, NotFound, Unavailable."""
         sub = session.subs.get(room)
         if sub is None or not sub.presence:
             raise Forbidden(f"not a presence member of {room}", details={"room": room})
@@ -519,7 +520,7 @@ class Hub(Delivery):
             local_sub = local.subs.get(room)
             if local_sub is None or not local_sub.presence:
                 raise NotFound(f"no session {to} in {room}", details={"room": room})
-            local.offer(text)
+            local.offer(Control(SIGNAL, text.encode()))
             return
         target = next((m for m in await self._presence_members(room) if m.session == to), None)
         if target is None:

@@ -5,6 +5,10 @@ A session owns a bounded outbound queue that the hub fills with :meth:`Session.o
 queue passes ``max_queue`` frames or ``max_queue_bytes`` the session is closed with 4001 (slow
 consumer); the client resumes from history and loses nothing still stored.
 
+Queue items are typed: a :class:`~hub.envelope.Publication` (a room's message, the same object
+for every subscriber) or a :class:`Control`, a frame the hub makes itself, with its kind and its
+encoded bytes. Transports decide what to write from the type and the kind alone.
+
 Heartbeat and token expiry (PROTOCOL.md §3) are deadlines in the event loop's timer wheel
 (:mod:`hub.clock`), not tasks or timer handles, so an idle session costs a few objects.
 """
@@ -19,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from hubbub.hub.auth import Identity
 from hubbub.hub.clock import Wheel, wheel
 from hubbub.hub.envelope import Publication, frame_bytes
@@ -31,8 +37,53 @@ from hubbub.hub.errors import (
 from hubbub.hub.ratelimit import UNLIMITED, TokenBucket
 from hubbub.hub.settings import Rate
 
-Item = str | Publication
-PING = '{"type":"ping"}'
+
+class Control:
+    """A frame the hub writes on its own behalf (not a room's message): its ``kind`` (the frame's
+    ``type``: ``ping``, ``pong``, ``reply``, ``error``, ``welcome``, ``join``, ``leave``,
+    ``presence``, ``gap``, ``signal``, ``ice_servers``, ``expiring``, ``disconnect``…) and
+    ``frame``, its JSON text as bytes, encoded once. Like :attr:`Publication.frame`, ``frame`` is
+    exactly what a WebSocket client receives; :attr:`text` is the same as ``str``.
+
+    One object may go to many sessions (a presence ``join`` fanned out to a room): transports
+    cache what they build from it by identity."""
+
+    __slots__ = ("_decoded", "frame", "kind")
+
+    def __init__(self, kind: str, frame: bytes) -> None:
+        self.kind = kind
+        self.frame = frame
+        self._decoded: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, obj: dict[str, Any]) -> Control:
+        """The control frame of ``obj`` (a dict with a string ``type``, its kind)."""
+        return cls(obj["type"], frame_bytes(obj))
+
+    @property
+    def text(self) -> str:
+        """The frame as ``str`` (ASGI text frames need str)."""
+        return self.frame.decode()
+
+    def decoded(self) -> dict[str, Any]:
+        """The frame as a dict (decoded once, for the few transports that read a field)."""
+        d = self._decoded
+        if d is None:
+            d = self._decoded = orjson.loads(self.frame)
+        return d
+
+    def __repr__(self) -> str:
+        return f"<Control {self.kind} {self.frame[:60]!r}>"
+
+
+# Kinds the transports tell apart (SSE writes these and drops the others).
+GAP, JOIN, LEAVE, PRESENCE, SIGNAL = "gap", "join", "leave", "presence", "signal"
+
+Item = Publication | Control
+"""What a session's queue holds and what its ``direct`` writer is offered."""
+
+PING = Control("ping", b'{"type":"ping"}')
+"""The heartbeat ping: one shared object for every session."""
 
 
 def new_session_id() -> str:
@@ -169,7 +220,7 @@ class Session:
                 return
             if q is None:
                 q = self._queue = deque()
-        size = len(item.frame) if isinstance(item, Publication) else len(item)
+        size = len(item.frame)
         live = len(q) - self.pushed
         if live >= self.max_queue or self.queued_bytes + size > self.max_queue_bytes:
             self.close(CLOSE_SLOW, "slow consumer: outbound queue full")
@@ -179,8 +230,9 @@ class Session:
         self._wake()
 
     def send(self, obj: dict[str, Any]) -> None:
-        """Queue a control frame (reply, error, join, gap…)."""
-        self.offer(frame_bytes(obj).decode())
+        """Offer the control frame of ``obj`` (reply, error, gap…: a dict with a string
+        ``type``, see :class:`Control`)."""
+        self.offer(Control.of(obj))
 
     def push(self, item: Item) -> None:
         """Queue a replayed frame: not counted against the queue limits (PROTOCOL.md §3).

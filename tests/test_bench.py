@@ -102,7 +102,7 @@ def test_node_loadgen_reference_servers(script: str, dialect: str) -> None:
     assert r["deliveries"] == r["published"] * 20
 
 
-# ---- the WebSocket fan-out fast path (transports/websocket.py _DirectWriter) ----------------
+# ---- the WebSocket fan-out fast path (transports/direct.py DirectWriter) --------------------
 
 
 async def _fan_out_in_order(node: Node, n: int = 400, subscribers: int = 3) -> list[Any]:

@@ -48,9 +48,7 @@ def frames(session: Session) -> list[dict[str, Any]]:
     """Take every queued frame of a hub session, decoded."""
     out = []
     while session.queue:
-        item = session.queue.popleft()
-        raw = item.frame if isinstance(item, Publication) else item
-        out.append(json.loads(raw))
+        out.append(json.loads(session.queue.popleft().frame))
     session.queued_bytes = 0
     return out
 
@@ -181,7 +179,7 @@ async def test_kick_and_direct_frames_reach_other_nodes(
     await a.hub.subscribe(sa, "call:1", presence=True)
     await b.hub.subscribe(sb, "call:1", presence=True)
     await a.hub.direct(sa, "call:1", sb.id, {"type": "signal", "data": "offer"})
-    await until(lambda: any(json.loads(str(f)).get("data") == "offer" for f in sb.queue))
+    await until(lambda: any(json.loads(f.frame).get("data") == "offer" for f in sb.queue))
     assert await b.hub.disconnect_user("alice") == 1
     await until(lambda: sa.closed is not None, 1.0)
     assert sa.closed is not None and sa.closed.code == 4509

@@ -1,9 +1,12 @@
-"""What every transport does the same way at the edge: credentials, origins, error bodies,
-and redaction of secrets in anything that gets logged."""
+"""What every transport does the same way at the edge: the admission of a client (origin,
+credential, rate, authentication: :func:`admit`), error bodies, and redaction of secrets in
+anything that gets logged."""
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import Any
 
@@ -11,7 +14,16 @@ import orjson
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
-from hubbub.hub.errors import HubError, Unauthorized
+from hubbub.hub.auth import Identity
+from hubbub.hub.errors import (
+    BrokerError,
+    Forbidden,
+    HubError,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+)
+from hubbub.hub.hub import Hub
 from hubbub.hub.settings import Settings
 
 TOKEN_COOKIE = "hubbub_token"
@@ -89,6 +101,85 @@ def origin_allowed(conn: HTTPConnection, settings: Settings) -> bool:
     return False
 
 
+# ---- admission ----------------------------------------------------------------------------------
+async def admit(
+    hub: Hub,
+    conn: HTTPConnection,
+    *,
+    rate: dict[str, str] | None = None,
+    accepted: Callable[[], Awaitable[None]] | None = None,
+    late: Callable[[], Awaitable[str | None]] | None = None,
+) -> Identity:
+    """Who the client of ``conn`` is, after the checks every transport runs before serving it,
+    the cheapest refusal first:
+
+    1. Origin (:func:`origin_allowed`): refused with Forbidden ``origin not allowed``, the
+       only Forbidden raised here, always before ``accepted`` is awaited. Credentials may ride
+       on a cookie, so a cross-site page must not get a session or an answer at all.
+    2. ``accepted()``, when given (the WebSocket completes its upgrade here, so that later
+       refusals are close codes a browser can see).
+    3. The credential (:func:`credential`); a malformed ``Authorization`` raises Unauthorized,
+       after the rate check when there is one.
+    4. With ``rate`` (the HTTP API): ``HUB_API_RATE`` per API key, else per client IP, through
+       ``hub.state`` (the bucket is cluster-wide on Redis); the ``RateLimit-*`` headers are
+       added to ``rate``. Raises RateLimited (with ``Retry-After``) or Unavailable.
+    5. No credential, no anonymous access and ``late`` given: ``await late()`` for one (the
+       WebSocket's first ``auth`` frame; it raises Unauthorized for anything else).
+    6. Authentication (``hub.auth``): Unauthorized.
+
+    Every Unauthorized counts in ``hubbub_auth_failures_total``."""
+    if not origin_allowed(conn, hub.settings):
+        raise Forbidden("origin not allowed")
+    if accepted is not None:
+        await accepted()
+    bad: Unauthorized | None = None
+    try:
+        bearer = credential(conn)
+    except Unauthorized as exc:
+        bearer, bad = None, exc
+    if rate is not None:
+        await _take_rate(hub, conn, bearer, rate)
+    try:
+        if bad is not None:
+            raise bad
+        if bearer is None and late is not None and not hub.settings.anonymous:
+            bearer = await late()
+        return hub.auth.authenticate(bearer)
+    except Unauthorized:
+        hub.metrics.auth_failures += 1
+        raise
+
+
+async def _take_rate(
+    hub: Hub, conn: HTTPConnection, bearer: str | None, headers: dict[str, str]
+) -> None:
+    """One request against ``HUB_API_RATE`` (per API key, else per client IP)."""
+    rate = hub.settings.api_rate
+    if not rate.enabled:
+        return
+    key_ident = hub.auth.api_key_identity(bearer) if bearer else None
+    if key_ident is not None:
+        bucket = "http:" + key_ident.scope
+    else:
+        bucket = "http:ip:" + (conn.client.host if conn.client else "unknown")
+    try:
+        allowed, remaining, reset = await hub.state.take(bucket, rate.rate, rate.burst)
+    except BrokerError:
+        raise Unavailable("broker unavailable", retry_after=1.0) from None
+    headers["RateLimit-Limit"] = str(int(rate.burst))
+    headers["RateLimit-Remaining"] = str(max(0, math.floor(remaining)))
+    headers["RateLimit-Reset"] = str(max(0, math.ceil(reset)))
+    if not allowed:
+        hub.metrics.rate_limited += 1
+        wait = max(1, math.ceil((1.0 - remaining) / rate.rate))
+        raise RateLimited(
+            f"over the API rate limit of {rate.rate:g}/s (burst {rate.burst:g})",
+            retry_after=float(wait),
+            details={"retry_after": wait},
+        )
+
+
+# ---- answers -------------------------------------------------------------------------------------
 def error_response(exc: HubError, headers: dict[str, str] | None = None) -> Response:
     """The JSON error body of PROTOCOL.md §5 with the error's status."""
     h = dict(headers or {})

@@ -1,6 +1,7 @@
 """One write per connection per loop iteration, for every transport's direct-write path.
 
-The fan-out hands frames to a connection's direct writer, which only collects them; the first
+The fan-out hands frames to a connection's direct writer
+(:class:`hubbub.transports.direct.DirectWriter`), which only collects them; the first
 frame a writer collects in a loop iteration registers it here, and one ``call_soon`` callback
 then calls ``flush()`` on every registered writer. So every publication fanned out in the same
 iteration leaves in one ``transport.write`` per connection (WebSocket frames and SSE chunks

@@ -1,6 +1,7 @@
 """HTTP API (PROTOCOL.md §5), health, metrics and the OpenAPI document.
 
-Every /v1 endpoint runs the same guard, in this order (cheapest refusal first):
+Every /v1 endpoint runs the same guard, in this order (cheapest refusal first; steps 1-3 are
+the admission every transport runs, :func:`hubbub.transports.edge.admit`):
 
 1. Origin: a browser request from an origin that is neither ours nor in ``HUB_ALLOWED_ORIGINS``
    → 403 (credentials may ride on a cookie; CORS alone does not stop a request from being made).
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,16 +38,14 @@ from hubbub.hub.errors import (
     Forbidden,
     HubError,
     Internal,
-    RateLimited,
     TooLarge,
-    Unauthorized,
     Unavailable,
 )
 from hubbub.hub.hub import Hub, PreparedPublish
 from hubbub.hub.settings import GRANT_KINDS, Settings
 from hubbub.signaling.turn import ice_servers
 from hubbub.transports import openapi
-from hubbub.transports.edge import credential, error_response, json_response, origin_allowed
+from hubbub.transports.edge import admit, error_response, json_response
 from hubbub.transports.http_edge import (
     CORSMiddleware,
     http_exception,
@@ -86,49 +84,9 @@ class Api:
         self.hub = hub
         self.settings: Settings = hub.settings
 
-    async def _rate(self, request: Request, bearer: str | None, headers: dict[str, str]) -> None:
-        rate = self.settings.api_rate
-        if not rate.enabled:
-            return
-        key_ident = self.hub.auth.api_key_identity(bearer) if bearer else None
-        if key_ident is not None:
-            bucket = "http:" + key_ident.scope
-        else:
-            bucket = "http:ip:" + (request.client.host if request.client else "unknown")
-        try:
-            allowed, remaining, reset = await self.hub.state.take(bucket, rate.rate, rate.burst)
-        except BrokerError:
-            raise Unavailable("broker unavailable", retry_after=1.0) from None
-        headers["RateLimit-Limit"] = str(int(rate.burst))
-        headers["RateLimit-Remaining"] = str(max(0, math.floor(remaining)))
-        headers["RateLimit-Reset"] = str(max(0, math.ceil(reset)))
-        if not allowed:
-            self.hub.metrics.rate_limited += 1
-            wait = max(1, math.ceil((1.0 - remaining) / rate.rate))
-            raise RateLimited(
-                f"over the API rate limit of {rate.rate:g}/s (burst {rate.burst:g})",
-                retry_after=float(wait),
-                details={"retry_after": wait},
-            )
-
     async def guard(self, request: Request, headers: dict[str, str]) -> Call:
-        if not origin_allowed(request, self.settings):
-            raise Forbidden("origin not allowed")
-        bad: HubError | None = None
-        try:
-            bearer = credential(request)
-        except Unauthorized as exc:
-            bearer, bad = None, exc
-        await self._rate(request, bearer, headers)
-        if bad is not None:
-            self.hub.metrics.auth_failures += 1
-            raise bad
-        try:
-            ident = self.hub.auth.authenticate(bearer)
-        except Unauthorized:
-            self.hub.metrics.auth_failures += 1
-            raise
-        return Call(ident, headers)
+        """Origin, rate, authentication (:func:`~hubbub.transports.edge.admit`)."""
+        return Call(await admit(self.hub, request, rate=headers), headers)
 
     def endpoint(self, fn: Handler) -> Callable[[Request], Awaitable[Response]]:
         """Wrap ``fn(request, call) -> (body, status)`` with the guard and the error envelope."""

@@ -1,9 +1,17 @@
-"""What an SSE stream writes, as bytes: blocks (WHATWG HTML §9.2), built once per publication.
+"""What an SSE stream writes, as bytes: blocks (WHATWG HTML §9.2), built once per item.
 
-:class:`BlockCache` turns the publication being fanned out into its block and HTTP chunk once for
-every subscriber (the fan-out offers one publication to all its sessions in a row, so one entry
-is enough). The rest are the other blocks a stream writes: control events, the farewell, the
-``: ping`` comment, and the piecing of queued batches into writes.
+Queue items become blocks by their type and kind alone (:func:`control_block`): a publication
+is an ``event: <its event or message>`` whose ``data:`` is its WebSocket frame; ``ping`` is the
+``: ping`` comment; ``join``/``leave``/``presence`` are ``hub.join``/``hub.leave``/
+``hub.presence``; ``gap`` is ``hub.gap``, whose ``id:`` moves the cursor; other control frames
+(replies, errors…) are not for SSE and are dropped.
+
+Two encoders (:class:`hubbub.transports.direct.Encoder`): a one-room stream's blocks are the same
+bytes for every subscriber (its cursor is the event's own position), so :data:`blocks`, one
+:class:`BlockCache` shared by every stream, builds each item's block and HTTP chunk once; a
+multi-room stream's cursor names every room, so its :class:`Cursor` builds its own blocks. The
+rest are the other blocks a stream writes: the farewell, and the piecing of queued batches into
+writes when the ASGI ``send`` carries them.
 """
 
 from __future__ import annotations
@@ -14,11 +22,12 @@ import orjson
 
 from hubbub.hub.envelope import Position, Publication, make_cursor
 from hubbub.hub.errors import CLOSE_EXPIRED, Disconnect
+from hubbub.hub.session import GAP, JOIN, LEAVE, PING, PRESENCE, Control, Item
+from hubbub.transports.direct import WRITE_PIECE
 from hubbub.transports.server import http_chunk
 
 SEP = "\n"
 PING_BLOCK = b": ping\n\n"
-WRITE_PIECE = 64 * 1024  # queued batches are written in chunks of about this size
 
 
 def retry_hint(settings_ms: int) -> int:
@@ -48,33 +57,111 @@ def pub_block(cursor: str | None, event: str, frame: bytes) -> bytes:
     return head.encode() + frame + b"\n\n"
 
 
-class BlockCache:
-    """What a publication becomes on SSE, built once for every subscriber (the fan-out offers
-    one publication to all its sessions in a row, so one entry is enough): ``part``, the room's
-    part of the cursor (empty for an ephemeral publication); ``block``, the block of a one-room
-    stream (whose cursor is that part alone) or of an ephemeral publication; ``chunk``, that
-    block framed as an HTTP chunk."""
+def control_block(item: Control) -> bytes | None:
+    """The block of a control frame that needs no cursor (None: not for SSE; gaps are the
+    encoders' own)."""
+    kind = item.kind
+    if kind == PING.kind:
+        return PING_BLOCK
+    if kind in (JOIN, LEAVE, PRESENCE):
+        return block(event=f"hub.{kind}", data=item.text).encode()
+    return None
 
-    __slots__ = ("block", "chunk", "event", "item", "part")
+
+def gap_block(cursor: str, item: Control) -> bytes:
+    return block(id_=cursor, event="hub.gap", data=item.text).encode()
+
+
+def gap_position(item: Control) -> tuple[str, Position]:
+    """The room a ``gap`` frame is about and the position it moves the client to."""
+    frame = item.decoded()
+    return str(frame["room"]), Position(str(frame["epoch"]), int(frame["to"]))
+
+
+class BlockCache:
+    """The blocks of one-room streams, the same bytes for every subscriber, built once per item
+    (the fan-out offers one item to all its sessions in a row, so one entry is enough).
+
+    ``item`` is the cached item; ``data`` its block; ``chunk`` that block framed as an HTTP
+    chunk. For a publication also ``part``, its room's part of the cursor (empty when ephemeral)
+    and ``event``, its SSE event name, which a multi-room stream's :class:`Cursor` reuses."""
+
+    __slots__ = ("chunk", "data", "event", "item", "part")
 
     def __init__(self) -> None:
-        self.item: Publication | None = None
+        self.item: Item | None = None
         self.part = self.event = ""
-        self.block = self.chunk = b""
+        self.data = self.chunk = b""
 
-    def get(self, pub: Publication) -> None:
-        """Make ``pub`` the cached publication (the caller checks ``pub is cache.item``)."""
-        self.event = pub.event or "message"
-        if pub.offset is None or pub.epoch is None:
-            self.part = ""
+    def encode(self, item: Item) -> bytes | None:
+        """Make ``item`` the cached item; its block, or None (not for SSE, nothing cached)."""
+        if isinstance(item, Publication):
+            self.event = event = item.event or "message"
+            if item.offset is None or item.epoch is None:
+                self.part = ""
+            else:
+                self.part = make_cursor({item.room: Position(item.epoch, item.offset)})
+            data = pub_block(self.part, event, item.frame)
+        elif item.kind == GAP:
+            room, pos = gap_position(item)
+            data = gap_block(make_cursor({room: pos}), item)
         else:
-            self.part = make_cursor({pub.room: Position(pub.epoch, pub.offset)})
-        self.block = pub_block(self.part, self.event, pub.frame)
-        self.chunk = http_chunk(self.block)
-        self.item = pub
+            encoded = control_block(item)
+            if encoded is None:
+                return None
+            data = encoded
+        self.data, self.chunk, self.item = data, http_chunk(data), item
+        return data
 
 
 blocks = BlockCache()
+
+
+class Cursor:
+    """What the client of one stream has, per room (``positions``), as the one cursor that
+    resumes every room at once (:meth:`text`, each event's ``id:``); and the encoder of a
+    multi-room stream's items, whose cursors move as its events are written. ``item`` is
+    always None: nothing it builds is shared."""
+
+    __slots__ = ("data", "item", "parts", "positions")
+
+    def __init__(self) -> None:
+        self.positions: dict[str, Position] = {}
+        self.parts: dict[str, str] = {}  # room -> its part of the cursor (one hash per event)
+        self.item: Item | None = None
+        self.data = b""
+
+    def move(self, room: str, pos: Position) -> None:
+        self.positions[room] = pos
+        self.parts[room] = make_cursor({room: pos})
+
+    def order(self, rooms: list[str]) -> None:
+        """Keep the rooms in ``rooms``' order (the order of the cursor's parts)."""
+        self.positions = {r: self.positions[r] for r in rooms if r in self.positions}
+
+    def text(self) -> str:
+        """The cursor of every room (what ``make_cursor(positions)`` gives, without hashing
+        again the rooms that did not move)."""
+        return "~".join(self.parts[room] for room in self.positions)
+
+    def encode(self, item: Item) -> bytes | None:
+        """``item``'s block in this stream, moving the cursor; None when not for SSE."""
+        if isinstance(item, Publication):
+            cache = blocks
+            if item is not cache.item:
+                cache.encode(item)
+            if not cache.part:  # ephemeral: no position, the shared block
+                return cache.data
+            assert item.epoch is not None and item.offset is not None
+            self.positions[item.room] = Position(item.epoch, item.offset)
+            self.parts[item.room] = cache.part
+            return pub_block(self.text(), cache.event, item.frame)
+        if item.kind == GAP:
+            room, pos = gap_position(item)
+            if room in self.positions:
+                self.move(room, pos)
+            return gap_block(self.text(), item)
+        return control_block(item)
 
 
 def farewell(closed: Disconnect, retry_ms: int) -> str:

@@ -2,9 +2,9 @@
 
 One connection = one :class:`~hub.session.Session` and one task, the ASGI one: it reads and
 handles client frames one at a time (so one publisher's publications keep their order). Frames to
-the client are written by the fan-out itself when the socket is writable (:class:`_DirectWriter`);
-only what has to wait (flow control, another server) is queued, and a writer task runs while the
-queue holds frames (:class:`_Link`). Closing the session interrupts the reading task.
+the client are written by the fan-out itself when the socket is writable (:class:`_Writer`, the
+shared :class:`~hubbub.transports.direct.DirectWriter`); only what has to wait (flow control,
+another server) is queued, and a writer task runs while the queue holds frames (:class:`_Link`). Closing the session interrupts the reading task.
 
 An idle connection costs memory, not CPU, and a node holds thousands: no task, Event or closure
 per connection beyond the ASGI task (see bench/idle-memory.md).
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
 
@@ -28,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hubbub.hub.auth import Identity
-from hubbub.hub.envelope import BadString, Publication, frame_bytes, parse_frame
+from hubbub.hub.envelope import BadString, frame_bytes, parse_frame
 from hubbub.hub.errors import (
     CLOSE_BROKER,
     CLOSE_INTERNAL,
@@ -39,6 +38,7 @@ from hubbub.hub.errors import (
     CLOSE_UNAUTHORIZED,
     BadRequest,
     Disconnect,
+    Forbidden,
     HubError,
     RateLimited,
     Unauthorized,
@@ -49,8 +49,8 @@ from hubbub.hub.metrics import Metrics
 from hubbub.hub.session import Item, Session
 from hubbub.signaling.relay import relay_signal
 from hubbub.signaling.turn import arm_ice_refresh, ice_servers
-from hubbub.transports.edge import credential, origin_allowed
-from hubbub.transports.flush import flusher
+from hubbub.transports.direct import DirectWriter
+from hubbub.transports.edge import admit
 from hubbub.transports.ws_frames import FrameHandler
 from hubbub.transports.wsconn import WSConnection, text_frame_header
 
@@ -65,30 +65,44 @@ async def _close(ws: WebSocket, code: int, reason: str = "") -> None:
         await ws.close(code, reason[:120])
 
 
-async def _authenticate(hub: Hub, ws: WebSocket) -> Identity | None:
-    """Credentials from header/cookie/query, else the first ``auth`` frame within
-    ``auth_timeout``. Returns None after closing the socket with 4501."""
+async def _auth_frame(hub: Hub, ws: WebSocket) -> str:
+    """The token of the client's first frame, an ``auth`` frame within ``auth_timeout``
+    (:func:`~hubbub.transports.edge.admit`'s ``late``). Raises Unauthorized for anything else,
+    Disconnect when the client goes away meanwhile."""
     try:
-        cred = credential(_handshake(ws))
-        if cred is None and not hub.settings.anonymous:
-            try:
-                msg = await asyncio.wait_for(ws.receive(), hub.settings.auth_timeout)
-            except TimeoutError:
-                raise Unauthorized("no auth frame in time") from None
-            if msg["type"] == "websocket.disconnect":
-                return None
-            text = msg.get("text")
-            if text is None:
-                raise Unauthorized()
-            frame = parse_frame(text)
-            if frame.get("type") != "auth" or not isinstance(frame.get("token"), str):
-                raise Unauthorized()
-            cred = frame["token"]
-        return hub.auth.authenticate(cred)
+        msg = await asyncio.wait_for(ws.receive(), hub.settings.auth_timeout)
+    except TimeoutError:
+        raise Unauthorized("no auth frame in time") from None
+    if msg["type"] == "websocket.disconnect":
+        raise Disconnect(int(msg.get("code") or 1005), "client closed")
+    text = msg.get("text")
+    if text is None:
+        raise Unauthorized()
+    try:
+        frame = parse_frame(text)
+    except HubError:
+        raise Unauthorized() from None
+    if frame.get("type") != "auth" or not isinstance(frame.get("token"), str):
+        raise Unauthorized()
+    token: str = frame["token"]
+    return token
+
+
+async def _admit(hub: Hub, ws: WebSocket) -> Identity | None:
+    """The client's identity (:func:`~hubbub.transports.edge.admit`): credentials from
+    header/cookie/query, else the first ``auth`` frame. Returns None after refusing: a bad
+    ``Origin`` before the upgrade (HTTP 403), anything else after it with close 4501."""
+    try:
+        return await admit(
+            hub, _handshake(ws), accepted=ws.accept, late=lambda: _auth_frame(hub, ws)
+        )
+    except Forbidden:  # the origin: before accept, so HTTP 403 at the handshake
+        await ws.close(CLOSE_ORIGIN)
+    except Disconnect:
+        pass  # the client went away before authenticating
     except (HubError, ValueError):
-        hub.metrics.auth_failures += 1
         await _close(ws, CLOSE_UNAUTHORIZED, "unauthorized")
-        return None
+    return None
 
 
 def _forget_request(ws: WebSocket) -> None:
@@ -109,12 +123,7 @@ def _handshake(ws: WebSocket) -> HTTPConnection:
 
 async def ws_endpoint(ws: WebSocket) -> None:
     hub: Hub = ws.app.state.hub
-    settings = hub.settings
-    if not origin_allowed(_handshake(ws), settings):
-        await ws.close(CLOSE_ORIGIN)  # before accept: HTTP 403 at the handshake
-        return
-    await ws.accept()
-    ident = await _authenticate(hub, ws)
+    ident = await _admit(hub, ws)
     if ident is None:
         return
     _forget_request(ws)
@@ -193,27 +202,23 @@ async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
 class _Link:
     """One connection's outbound side and the hook that ends its reading.
 
-    Installed as the session's ``direct`` writer (when the server is Hubbub's own uvicorn
-    protocol) and ``waker``. A queued frame starts the writer task, which ends as soon as the
-    queue is empty again; closing the session cancels the task that reads (:attr:`reader`, the
-    ASGI task while it is in :func:`_reader`), unless the close comes from that task itself."""
+    Its :class:`_Writer` is installed as the session's ``direct`` writer (when the server is
+    Hubbub's own uvicorn protocol) and :meth:`wake` as its ``waker``. A queued frame starts the
+    writer task, which ends as soon as the queue is empty again; closing the session cancels
+    the task that reads (:attr:`reader`, the ASGI task while it is in :func:`_reader`), unless
+    the close comes from that task itself."""
 
-    __slots__ = ("direct", "frames", "interrupted", "proto", "reader", "sent", "session",
-                 "writer", "ws")  # fmt: skip
+    __slots__ = ("interrupted", "out", "proto", "reader", "session", "writer")
 
     def __init__(self, ws: WebSocket, session: Session, metrics: Metrics | None) -> None:
-        self.ws = ws
         self.session = session
-        self.frames, self.sent = (
-            (metrics.frames_sent, metrics.bytes_sent) if metrics else (Counter(), Counter())
-        )
         proto = self.proto = _protocol(ws)
-        # Hubbub's own connection never negotiates extensions, so frames built once fit all.
-        self.direct = _DirectWriter(proto, self.frames, self.sent) if proto is not None else None
+        self.out = _Writer(ws, proto, metrics)
         self.writer: asyncio.Task[None] | None = None
         self.reader: asyncio.Task[Any] | None = None
         self.interrupted = False
-        session.direct = self.direct
+        if proto is not None:
+            session.direct = self.out
         session.waker = self.wake
 
     def wake(self) -> None:
@@ -236,166 +241,75 @@ class _Link:
         if writer is not None:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
-        if self.direct is not None:
-            self.direct.flush()
+        self.out.flush()
 
     async def _write(self) -> None:
-        """Write what is queued until the queue is empty, then end (see :func:`_drain`)."""
+        """Write what is queued until the queue is empty, then end. A lost connection closes
+        the session with 1006."""
+        session = self.session
         try:
-            await _drain(self.ws, self.session, self.proto, self.direct, self.frames, self.sent)
+            while items := session.take():
+                await self.out.write_items(items)
+        except (OSError, RuntimeError, WebSocketDisconnect):
+            session.close(1006, "connection lost")
         except Exception:
-            log.exception("writer failed (session %s)", self.session.id)
-            self.session.close(CLOSE_INTERNAL, "internal error")
+            log.exception("writer failed (session %s)", session.id)
+            session.close(CLOSE_INTERNAL, "internal error")
         finally:
             self.writer = None
 
 
 class _FrameCache:
-    """The wire frame of the item being fanned out, built once for every subscriber (the fan-out
-    offers one publication to all its sessions in a row, so one entry is enough)."""
+    """The WebSocket frame of the item being fanned out, built once for every subscriber (the
+    fan-out offers one item to all its sessions in a row, so one entry is enough). Hubbub's own
+    connection never negotiates extensions, so a frame built once fits every connection."""
 
-    __slots__ = ("frame", "item", "size")
+    __slots__ = ("data", "item")
 
     def __init__(self) -> None:
         self.item: Item | None = None
-        self.frame = b""
-        self.size = 0
+        self.data = b""
 
-    def get(self, item: Item) -> bytes:
-        if item is not self.item:
-            payload = item.frame if isinstance(item, Publication) else item.encode()
-            self.item, self.size = item, len(payload)
-            self.frame = text_frame_header(len(payload)) + payload
-        return self.frame
+    def encode(self, item: Item) -> bytes:
+        payload = item.frame
+        self.data = data = text_frame_header(len(payload)) + payload
+        self.item = item
+        return data
 
 
 _frames = _FrameCache()
 
 
-class _DirectWriter:
-    """``Session.direct`` for a WebSocket: take a frame without waking the writer task.
+class _Writer(DirectWriter):
+    """A WebSocket's writer (:class:`~hubbub.transports.direct.DirectWriter`): frames built by
+    :data:`_frames`, written by ``proto.write_now`` (which checks the connection is open and
+    drops what a connection that went away cannot take); without Hubbub's protocol, one ASGI
+    ``websocket.send`` per frame."""
 
-    Accepted frames are collected per connection and written by one ``flush_all`` callback
-    scheduled on the loop (``call_soon``): every publication fanned out in the same loop
-    iteration leaves with one ``transport.write`` (one syscall) per subscriber, instead of
-    one per frame. Under light load that is one frame per write, as soon as the fan-out
-    returns; under heavy load frames coalesce. A frame is refused (the session queues it
-    for the writer task) while the writer holds frames or the socket is not writable
-    (asyncio flow control), so the order holds and a slow consumer still fills its queue."""
+    TRANSPORT = "ws"
+    __slots__ = ("ws",)
 
-    __slots__ = ("busy", "bytes_sent", "frames_sent", "pending", "proto", "size", "writable")
+    def __init__(self, ws: WebSocket, proto: WSConnection | None, metrics: Metrics | None):
+        if proto is None:
+            super().__init__(metrics, _frames, None, None)
+        else:
+            super().__init__(metrics, _frames, proto.writable, proto.write_now)
+        self.ws = ws
 
-    MAX_PENDING = 64  # frames per connection before writing without waiting for the flush
-
-    def __init__(self, proto: WSConnection, frames: Counter[str], sent: Counter[str]):
-        self.proto = proto
-        self.writable = proto.writable  # set unless the transport is over its high-water mark
-        self.busy = False  # the writer holds frames taken from the queue: keep the order
-        self.pending: list[bytes] = []
-        self.size = 0
-        self.frames_sent = frames
-        self.bytes_sent = sent
-
-    def __call__(self, item: Item) -> bool:
-        # Per subscriber and frame: keep this short. Only flow control is checked here; the
-        # connection state (open, no close sent, no extension) is checked once per flush by
-        # write_now, which drops what a connection that went away meanwhile cannot take.
-        if self.busy or not self.writable.is_set():
-            return False
-        cache = _frames
-        if item is not cache.item:
-            cache.get(item)
-        pending = self.pending
-        pending.append(cache.frame)
-        self.size += cache.size
-        if len(pending) == 1:
-            flusher.add(self)
-        elif len(pending) >= self.MAX_PENDING:
-            self.flush()
+    async def send_items(self, items: list[Item]) -> bool:
+        send = self.ws.send
+        size = 0
+        for item in items:
+            size += len(item.frame)
+            await send({"type": "websocket.send", "text": item.text})
+        self.frames_sent["ws"] += len(items)
+        self.bytes_sent["ws"] += size
         return True
-
-    def flush(self) -> None:
-        """Write what was accepted (dropped if the connection went away meanwhile)."""
-        pending = self.pending
-        if not pending:
-            return
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        self.frames_sent["ws"] += len(pending)
-        self.bytes_sent["ws"] += self.size
-        pending.clear()
-        self.size = 0
-        self.proto.write_now(data)
 
 
 def _protocol(ws: WebSocket) -> WSConnection | None:
     proto = (ws.scope.get("extensions") or {}).get("hubbub.ws")
     return proto if isinstance(proto, WSConnection) else None
-
-
-WRITE_CHUNK = 64 * 1024
-
-
-async def _write_framed(proto: Any, items: list[Any]) -> tuple[int, int]:
-    """Write queued items as pre-built frames, about WRITE_CHUNK bytes per ``transport.write``,
-    waiting for the socket to drain before each piece: asyncio's flow control then keeps a
-    client that stops reading from absorbing more than one piece beyond its queue limit.
-    Returns (items written, bytes written); fewer items when the protocol refused."""
-    done = size = pending = 0
-    chunks: list[bytes] = []
-    last = len(items) - 1
-    for i, item in enumerate(items):
-        chunks.append(_frames.get(item))
-        pending += _frames.size
-        if pending >= WRITE_CHUNK or i == last:
-            await proto.writable.wait()
-            if not proto.write_now(b"".join(chunks)):
-                return done, size
-            done, size, pending = i + 1, size + pending, 0
-            chunks = []
-    return done, size
-
-
-async def _drain(
-    ws: WebSocket,
-    session: Session,
-    proto: WSConnection | None,
-    direct: _DirectWriter | None,
-    frames: Counter[str],
-    sent: Counter[str],
-) -> None:
-    """Write every queued frame, the same bytes for every subscriber, until the queue is empty.
-
-    On Hubbub's own uvicorn protocol, the fan-out writes most frames without this
-    (:class:`_DirectWriter`); what got queued meanwhile is joined and written in pieces of
-    about 64 KiB, each once the socket is writable (:func:`_write_framed`). Elsewhere (another
-    server), frames go one by one through the ASGI ``send``. A lost connection closes the
-    session with 1006."""
-    send = ws.send
-    try:
-        while items := session.take():
-            size = 0
-            if direct is not None:
-                direct.flush()  # older than anything in the queue
-                direct.busy = True
-            try:
-                done = 0
-                if proto is not None:
-                    done, size = await _write_framed(proto, items)
-                for item in items[done:]:  # not on our protocol, or it refused: ASGI send
-                    if isinstance(item, Publication):
-                        text = item.text
-                        size += len(item.frame)
-                    else:
-                        text = item
-                        size += len(item)  # control frames: ASCII JSON, chars == bytes
-                    await send({"type": "websocket.send", "text": text})
-            finally:
-                if direct is not None:
-                    direct.busy = False
-            frames["ws"] += len(items)
-            sent["ws"] += size
-    except (OSError, RuntimeError, WebSocketDisconnect):
-        session.close(1006, "connection lost")
 
 
 async def _reader(ws: WebSocket, session: Session, handler: FrameHandler) -> None:

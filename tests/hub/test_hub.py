@@ -107,7 +107,7 @@ def api(hub: Hub) -> Identity:
 
 
 def decode(item: Item) -> dict[str, Any]:
-    return orjson.loads(item.frame if isinstance(item, Publication) else item)  # type: ignore[no-any-return]
+    return orjson.loads(item.frame)  # type: ignore[no-any-return]
 
 
 def take(session: Session) -> list[dict[str, Any]]:

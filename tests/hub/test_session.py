@@ -16,7 +16,7 @@ import pytest
 from hubbub.hub.auth import Identity
 from hubbub.hub.envelope import Publication, make_body
 from hubbub.hub.errors import CLOSE_EXPIRED, CLOSE_NO_HEARTBEAT, CLOSE_SLOW
-from hubbub.hub.session import PING, Session, new_session_id
+from hubbub.hub.session import PING, Control, Session, new_session_id
 from hubbub.hub.settings import Rate
 from tests.helpers import until
 
@@ -31,6 +31,10 @@ def pub(offset: int, size: int = 10) -> Publication:
     return Publication("r", offset, "E", make_body("r", b'"' + b"x" * size + b'"', ts=1))
 
 
+def ctl(name: str) -> Control:
+    return Control.of({"type": "note", "name": name})
+
+
 def test_session_ids() -> None:
     ids = {new_session_id() for _ in range(1000)}
     assert len(ids) == 1000
@@ -42,13 +46,15 @@ def test_session_ids() -> None:
 
 async def test_offer_and_next_batch() -> None:
     s = Session(ident(), "ws", max_queue=10)
-    s.offer("a")
+    a = ctl("a")
+    s.offer(a)
     s.send({"type": "reply", "id": 1, "result": {}})
     s.offer(pub(1))
     items = await s.next_batch()
-    assert items[0] == "a"
-    assert isinstance(items[1], str)
-    assert orjson.loads(items[1]) == {"type": "reply", "id": 1, "result": {}}
+    assert items[0] is a
+    assert isinstance(items[1], Control) and items[1].kind == "reply"
+    assert orjson.loads(items[1].frame) == {"type": "reply", "id": 1, "result": {}}
+    assert items[1].text == items[1].frame.decode()
     assert isinstance(items[2], Publication)
     assert not s.queue and s.queued_bytes == 0
 
@@ -58,8 +64,9 @@ async def test_next_batch_waits_for_an_offer() -> None:
     waiter = asyncio.create_task(s.next_batch())
     await asyncio.sleep(0.01)
     assert not waiter.done()
-    s.offer("x")
-    assert await asyncio.wait_for(waiter, DEADLINE) == ["x"]
+    x = ctl("x")
+    s.offer(x)
+    assert await asyncio.wait_for(waiter, DEADLINE) == [x]
 
 
 async def test_offer_beyond_max_queue_closes_4001_and_drops_queue() -> None:
@@ -95,8 +102,8 @@ async def test_offer_beyond_max_queue_bytes_closes_4001() -> None:
 async def test_draining_the_queue_resets_the_limits() -> None:
     s = Session(ident(), "ws", max_queue=2, max_queue_bytes=10_000)
     for round_ in range(5):
-        s.offer(f"a{round_}")
-        s.offer(f"b{round_}")
+        s.offer(ctl(f"a{round_}"))
+        s.offer(ctl(f"b{round_}"))
         assert len(await s.next_batch()) == 2
     assert s.closed is None
 
@@ -109,10 +116,10 @@ async def test_push_bypasses_the_limits() -> None:
     # Replayed frames do not count against HUB_MAX_QUEUE (PROTOCOL.md §3): live frames still
     # fit up to the limit after them (regression: pushed frames used to count, so the subscribe
     # reply after a replay closed a session with a small max_queue).
-    s.offer("live-1")
-    s.offer("live-2")
+    s.offer(ctl("live-1"))
+    s.offer(ctl("live-2"))
     assert s.closed is None and len(s.queue) == 52
-    s.offer("live-3")
+    s.offer(ctl("live-3"))
     assert s.closed is not None and s.closed.code == CLOSE_SLOW
 
 

@@ -1,0 +1,352 @@
+"""One Server-Sent Events stream (the endpoint is :mod:`hubbub.transports.sse`).
+
+Cursor bookkeeping. The stream keeps one :class:`~hub.envelope.Position` per room: "what the
+client has" (:class:`~hubbub.transports.sse_blocks.Cursor`). The first block's ``id:`` is, per
+room, the position the client resumed from (not the head: the replayed events follow and must
+not be skipped when the browser reconnects right then) or, for a room joined live, the subscribe
+result's head. Every stored publication and every ``hub.gap`` moves its room's position and
+carries the cursor of *all* rooms as its ``id:``, so the browser's automatic ``Last-Event-ID``
+resumes every room at once. Events without a stored position (ephemeral messages,
+``hub.join``/``hub.leave``/``hub.presence``, ``hub.expired``, ``hub.disconnect``) carry no
+``id:``.
+
+Replay and backpressure. :meth:`Hub.subscribe` queues replayed frames and waits until the
+session's queue is nearly empty (:meth:`Session.drained`), so while we subscribe (before anything
+may be written) a collector task moves queued frames into a local buffer. The buffer is bounded
+by ``HUB_MAX_QUEUE_BYTES``: rooms subscribed with a resume position go last, and once the buffer
+passes the bound the remaining resumed rooms are subscribed after the first block, while the
+writer streams (their first-block positions are their resume positions, known up front; a room
+joined live never waits, so its head is always known before the first block).
+
+Writing. Each event is encoded once per item, not per subscriber, where it can be
+(:mod:`hubbub.transports.sse_blocks`). On Hubbub's uvicorn protocol
+(:class:`hubbub.transports.h1.HttpConnection`) the stream's :class:`_Writer` (the shared
+:class:`~hubbub.transports.direct.DirectWriter`) is installed as the session's ``direct`` writer
+once the first block and the replay are out: the fan-out's blocks leave as one HTTP chunk per
+loop iteration, and no task wakes per subscriber. It refuses (the session queues) while the
+socket is over its high-water mark or while the stream's coroutine holds frames it took from the
+queue, so the order holds and a client that stops reading fills its queue: ``HUB_MAX_QUEUE`` →
+4001, as for WebSocket. Elsewhere (another server, HTTP/1.0) every batch goes through the ASGI
+``send``.
+
+One coroutine per stream (the ASGI call itself) waits on the session; no task group. The
+``: ping`` heartbeat is the session's own heartbeat timer (its ``ping`` frame becomes the
+comment). A client going away is noticed by the protocol's ``connection_lost`` (elsewhere, by a
+task reading ``receive`` for ``http.disconnect``) and closes the session. A write that waits
+for the client longer than the send timeout (30 s, at least two ping intervals) drops the
+stream with 4001. A session closed with a reconnect code ends the stream with ``retry: <ms>``
+and ``event: hub.disconnect``; token expiry (4004) with ``event: hub.expired``. A client that
+does not take these last events within ``FAREWELL_GRACE`` seconds of the close is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+
+from hubbub.hub.envelope import Position, parse_since
+from hubbub.hub.errors import CLOSE_NORMAL, CLOSE_SLOW, BadRequest, Disconnect, HubError
+from hubbub.hub.hub import Hub
+from hubbub.hub.session import Control, Item, Session
+from hubbub.transports.direct import DirectWriter
+from hubbub.transports.h1 import ChunkedStream, HttpConnection, http_chunk
+from hubbub.transports.sse_blocks import Cursor, block, blocks, control_block, farewell, pieces
+
+log = logging.getLogger("hubbub.sse")
+
+SEND_TIMEOUT = 30.0  # a client that reads nothing for this long is dropped
+FAREWELL_GRACE = 3.0  # after the session closed, time to write the last events
+
+
+class EventStream:
+    """One SSE stream's state: its session, its rooms and the client's position in each.
+
+    :meth:`subscribe` runs before the response starts (it raises HubError for refusals);
+    :meth:`respond` writes the response until the session closes; :meth:`close` always runs at
+    the end. ``send_timeout``: how long one write may wait for the client (at least two ping
+    intervals are allowed).
+    """
+
+    __slots__ = ("_late", "_timeout", "buffered", "buffered_bytes", "closed_at", "cursor",
+                 "garbage", "gone", "hub", "pending", "prelude", "presence", "recovered",
+                 "resume", "rooms", "send_timeout", "session", "since", "single")  # fmt: skip
+
+    def __init__(
+        self,
+        hub: Hub,
+        session: Session,
+        rooms: list[str],
+        since: str | None,
+        presence: bool,
+        *,
+        send_timeout: float = SEND_TIMEOUT,
+    ) -> None:
+        self.hub = hub
+        self.session = session
+        self.rooms = rooms
+        self.single = len(rooms) == 1  # its blocks are then the same for every subscriber
+        self.since = since
+        self.presence = presence
+        self.send_timeout = send_timeout
+        self.cursor = Cursor()
+        self.buffered: list[Item] = []
+        self.buffered_bytes = 0
+        self.pending: list[str] = []  # resumed rooms subscribed after the first block
+        self.prelude: list[Control] = []  # hub.presence events, right after the first block
+        self.recovered = True
+        self._late: asyncio.Task[None] | None = None
+        self.gone = False  # the client went away: nothing more to write
+        self.closed_at: float | None = None  # loop time the session closed
+        self._timeout: asyncio.Timeout | None = None  # the current wait for the client
+        try:
+            self.resume = parse_since(since, rooms) if since is not None else {}
+            self.garbage = False
+        except BadRequest:
+            # Unparseable: the hub answers every room with a gap from 1 (§4), so all are resumed.
+            self.resume = {r: Position(None, 0) for r in rooms}
+            self.garbage = True
+
+    # ---- subscribing ------------------------------------------------------------------------
+    def _start_position(self, room: str, result: dict[str, Any] | None) -> Position:
+        """What the client has in ``room`` before anything of this stream is written."""
+        epoch = None if result is None else result["epoch"]
+        pos = self.resume.get(room)
+        if pos is None:
+            assert result is not None
+            return Position(epoch, result["offset"])
+        if self.garbage:
+            return Position(epoch, 0)
+        return Position(pos.epoch or epoch, pos.offset)
+
+    async def _subscribe_one(self, room: str) -> dict[str, Any]:
+        since = self.since if room in self.resume else None
+        result = await self.hub.subscribe(self.session, room, since=since, presence=self.presence)
+        if room in self.resume and not result.get("recovered"):
+            self.recovered = False
+        if "presence" in result:
+            members = result["presence"]
+            self.prelude.append(Control.of({"type": "presence", "room": room, "members": members}))
+        return result
+
+    async def subscribe(self) -> None:
+        """Subscribe every room (live ones first) before anything is written. Raises the
+        hub's errors (Forbidden, BadRequest, RoomFull, Unavailable…)."""
+        collector = asyncio.get_running_loop().create_task(self._collect())
+        cursor = self.cursor
+        try:
+            order = [r for r in self.rooms if r not in self.resume]
+            order += [r for r in self.rooms if r in self.resume]
+            for i, room in enumerate(order):
+                if self.session.closed is not None:
+                    break
+                if room in self.resume and self.buffered_bytes > self.session.max_queue_bytes:
+                    self.pending = order[i:]
+                    for late in self.pending:
+                        cursor.move(late, self._start_position(late, None))
+                    break
+                cursor.move(room, self._start_position(room, await self._subscribe_one(room)))
+        finally:
+            collector.cancel()
+            await asyncio.wait([collector])
+        cursor.order(self.rooms)
+
+    async def _collect(self) -> None:
+        # Keeps the session's queue short while Hub.subscribe replays (it waits for that).
+        while batch := await self.session.next_batch():
+            self.buffered.extend(batch)
+            self.buffered_bytes += sum(len(i.frame) for i in batch)
+
+    async def _subscribe_late(self) -> None:
+        try:
+            for room in self.pending:
+                if self.session.closed is not None:
+                    return
+                result = await self._subscribe_one(room)
+                pos = self.cursor.positions[room]
+                if pos.epoch is None:  # nothing written for it yet: learn its epoch
+                    self.cursor.move(room, Position(result["epoch"], pos.offset))
+                for pre in self.prelude:
+                    self.session.offer(pre)
+                self.prelude = []
+        except HubError as exc:  # the stream has started: end it with the error's close code
+            self.session.close(exc.close_code, exc.message)
+        except Exception:
+            log.exception("late subscribe failed")
+            self.session.close(1011, "internal error")
+
+    def first_block(self) -> bytes:
+        """The ``retry:`` hint and the cursor of every room, then the prelude's events."""
+        first = block(retry=self.hub.settings.sse_retry_ms, id_=self.cursor.text()).encode()
+        prelude, self.prelude = self.prelude, []
+        return first + b"".join(b for b in map(control_block, prelude) if b is not None)
+
+    # ---- the response -----------------------------------------------------------------------
+    def _closed(self, _why: Disconnect) -> None:
+        # Session.on_close: from now on, waits for the client last at most FAREWELL_GRACE.
+        self.closed_at = asyncio.get_running_loop().time()
+        if self._timeout is not None:
+            when = self._timeout.when()
+            limit = self.closed_at + FAREWELL_GRACE
+            if when is None or when > limit:
+                self._timeout.reschedule(limit)
+
+    def _lost(self) -> None:
+        self.gone = True
+        self.session.close(CLOSE_NORMAL, "client went away")
+
+    async def wait_for_client(self, aw: Any) -> None:
+        """Await one wait on the client (its socket draining, an ASGI send) within the send
+        timeout, or within what is left of ``FAREWELL_GRACE`` once the session is closed
+        (:meth:`_closed` shortens a wait already running). Raises TimeoutError."""
+        if self.closed_at is None:
+            patience = max(self.send_timeout, 2 * self.hub.settings.sse_ping_interval)
+            when = asyncio.get_running_loop().time() + patience
+        else:
+            when = self.closed_at + FAREWELL_GRACE
+        self._timeout = asyncio.timeout_at(when)
+        try:
+            async with self._timeout:
+                await aw
+        finally:
+            self._timeout = None
+
+    async def _watch(self, receive: Receive) -> None:
+        # Without the direct path nothing else notices a client that goes away.
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._lost()
+
+    async def respond(self, scope: Scope, receive: Receive, send: Send,
+                      headers: list[tuple[bytes, bytes]]) -> None:  # fmt: skip
+        """Write the response: first block, prelude, replay, live; ends when the session
+        closes, with the farewell block when the client is still there."""
+        session = self.session
+        session.on_close(self._closed)
+        if session.closed is not None:
+            self._closed(session.closed)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self.first_block(), "more_body": True})
+        proto = (scope.get("extensions") or {}).get("hubbub.http")
+        out = proto.chunked_stream(scope) if isinstance(proto, HttpConnection) else None
+        writer = _Writer(self, out, send)
+        watcher = None
+        loop = asyncio.get_running_loop()
+        if out is None:
+            watcher = loop.create_task(self._watch(receive))
+        else:
+            out.on_lost = self._lost
+        if self.pending:
+            self._late = loop.create_task(self._subscribe_late())
+        interval = self.hub.settings.sse_ping_interval
+        session.start_heartbeat(interval, 0.0, client_pongs=False)  # PING → ": ping"
+        try:
+            await self._stream(writer)
+        except TimeoutError:
+            if session.closed is None:
+                log.info("sse client stopped reading; stream dropped")
+                session.close(CLOSE_SLOW, "slow consumer: client stopped reading")
+            else:
+                log.info("sse client did not take its last events in time; stream dropped")
+            if out is not None:
+                out.abort()
+        finally:
+            session.direct = None
+            writer.flush()
+            writer.detach()
+            if out is not None:
+                out.detach()
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _stream(self, writer: _Writer) -> None:
+        session = self.session
+        items, self.buffered = self.buffered, []
+        while True:
+            if items and not await writer.write_items(items):
+                return
+            if writer.direct and session.direct is None and session.closed is None:
+                session.direct = writer  # the queue is empty or taken: fan-out may write now
+            items = await session.next_batch()
+            if not items:
+                break
+        session.direct = None
+        writer.flush()
+        closed = session.closed
+        if self.gone or closed is None:
+            return
+        last = farewell(closed, self.hub.settings.sse_retry_ms).encode()
+        if await writer.write_last(last):
+            end = {"type": "http.response.body", "body": b"", "more_body": False}
+            await self.wait_for_client(writer.send(end))
+
+    async def close(self) -> None:
+        if self._late is not None:
+            self._late.cancel()
+            await asyncio.wait([self._late])
+        await self.hub.close_session(self.session)
+
+
+class _Writer(DirectWriter):
+    """An SSE stream's writer (:class:`~hubbub.transports.direct.DirectWriter`): blocks from
+    the shared :data:`~hubbub.transports.sse_blocks.blocks` (a one-room stream) or from the
+    stream's :class:`~hubbub.transports.sse_blocks.Cursor`; each write one HTTP chunk on the
+    :class:`~hubbub.transports.h1.ChunkedStream` ``out``; every wait for the client bounded
+    by :meth:`EventStream.wait_for_client`. Without ``out``, blocks go through the ASGI
+    ``send`` in pieces of about 64 KiB."""
+
+    TRANSPORT = "sse"
+    PLAIN = False
+    __slots__ = ("send", "stream")
+
+    def __init__(self, stream: EventStream, out: ChunkedStream | None, send: Send) -> None:
+        cache = blocks if stream.single else stream.cursor
+        metrics = stream.hub.metrics
+        if out is None:
+            super().__init__(metrics, cache, None, None)
+        else:
+            super().__init__(metrics, cache, out.conn.writable, out.write)
+        self.stream = stream
+        self.send = send
+
+    def frame(self, frames: list[bytes]) -> bytes:
+        """Blocks as one HTTP chunk: the client parses one chunk header per write."""
+        if len(frames) == 1:
+            only = frames[0]
+            cache = blocks
+            return cache.chunk if only is cache.data else http_chunk(only)
+        size = sum(map(len, frames))
+        return b"".join([b"%x\r\n" % size, *frames, b"\r\n"])
+
+    async def wait_writable(self) -> None:
+        await self.stream.wait_for_client(self.writable.wait())
+
+    async def send_items(self, items: list[Item]) -> bool:
+        if self.direct:
+            return False  # the direct path refused: the client is gone
+        cache = self.cache
+        encoded = (cache.data if item is cache.item else cache.encode(item) for item in items)
+        return await self._send_blocks([b for b in encoded if b is not None])
+
+    async def write_last(self, data: bytes) -> bool:
+        """Write one last block (the farewell) after everything else; False when the client
+        is gone."""
+        self.flush()
+        if not self.direct:
+            return await self._send_blocks([data])
+        if not self.writable.is_set():
+            await self.wait_writable()
+        chunk = http_chunk(data)
+        self.frames_sent["sse"] += 1
+        self.bytes_sent["sse"] += len(chunk)
+        return self.sink(chunk)
+
+    async def _send_blocks(self, data: list[bytes]) -> bool:
+        self.frames_sent["sse"] += len(data)
+        for piece in pieces(data):
+            self.bytes_sent["sse"] += len(piece)
+            body = {"type": "http.response.body", "body": piece, "more_body": True}
+            await self.stream.wait_for_client(self.send(body))
+        return True
