@@ -18,7 +18,8 @@ import inspect
 import logging
 from typing import Any
 
-from hubbub.transports.h1 import HEADER_TIMEOUT, ChunkedStream, HttpConnection, http_chunk
+from hubbub.transports.h1 import HEADER_TIMEOUT, HttpConnection
+from hubbub.transports.h1_cycle import ChunkedStream, http_chunk
 from hubbub.transports.wsconn import WSConnection, text_frame_header
 
 __all__ = [

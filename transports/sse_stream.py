@@ -52,7 +52,8 @@ from hubbub.hub.errors import CLOSE_NORMAL, CLOSE_SLOW, BadRequest, Disconnect, 
 from hubbub.hub.hub import Hub
 from hubbub.hub.session import Control, Item, Session
 from hubbub.transports.direct import DirectWriter
-from hubbub.transports.h1 import ChunkedStream, HttpConnection, http_chunk
+from hubbub.transports.h1 import HttpConnection
+from hubbub.transports.h1_cycle import ChunkedStream, http_chunk
 from hubbub.transports.sse_blocks import Cursor, block, blocks, control_block, farewell, pieces
 
 log = logging.getLogger("hubbub.sse")

@@ -28,7 +28,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from hubbub.transports.flow import Flag
-from hubbub.transports.h1 import access_parts
+from hubbub.transports.h1_cycle import access_parts
 
 if TYPE_CHECKING:
     from hubbub.transports.h1 import HttpConnection
