@@ -176,11 +176,15 @@ async def admit(
     if rate is not None:
         await _take_rate(hub, conn, bearer, rate)
     try:
-        if bad is not None:
-            raise bad
-        if bearer is None and late is not None and not anonymous:
-            bearer = await late()
-        return hub.auth.authenticate(bearer)
+        try:
+            if bad is not None:
+                raise bad
+            if bearer is None and late is not None and not anonymous:
+                bearer = await late()
+        except Unauthorized as exc:  # refused before authentication: count its reason too
+            hub.auth.failures[exc.reason] += 1
+            raise
+        return hub.auth.authenticate(bearer)  # counts its own reasons
     except Unauthorized as exc:
         hub.metrics.auth_failures += 1
         # The reason is for the operator only: the client's answer is the same for every one.

@@ -52,6 +52,9 @@ async def test_empty_token_is_refused_at_once(
         assert "empty" not in r.text
     for transport in ("ws", "sse", "http"):
         assert f"{transport}: login refused: empty" in caplog.text, caplog.text
+    async with httpx.AsyncClient(base_url=node.url, timeout=10) as http:
+        metrics = (await http.get("/metrics")).text
+    assert 'hubbub_auth_refusals_total{reason="empty"} 3' in metrics
 
 
 @pytest.mark.parametrize(("how", "headers", "query"), EMPTY_WAYS, ids=[w[0] for w in EMPTY_WAYS])
