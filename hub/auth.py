@@ -218,13 +218,14 @@ class Authenticator:
             return self._verify(token)
         except Unauthorized as exc:
             self.failures[exc.reason] += 1
-            # The reason goes to the log, never to the client (one answer for every reason).
-            log.info("token refused: %s", exc.reason)
+            # The reason goes to the log, never to the client (one answer for every reason);
+            # the transport that admitted the client logs it at info level, naming itself.
+            log.debug("token refused: %s", exc.reason)
             raise
         except Exception as exc:  # every failure looks the same to the client
             reason = _REASONS.get(type(exc), "invalid")
             self.failures[reason] += 1
-            log.info("token refused: %s (%s)", reason, type(exc).__name__)
+            log.debug("token refused: %s (%s)", reason, type(exc).__name__)
             raise Unauthorized(reason=reason) from None
 
     def _key_for(self, alg: str, header: dict[str, Any]) -> Any:

@@ -53,8 +53,9 @@
     const why = `(${err.message})`;
     if (apiKey) showLogin(`That API key was refused ${why}.`, "API key refused");
     else showLogin(`This hub refused the stats request ${why}. The admin page needs an API key: ` +
-                   "one of the hub's HUB_API_KEYS (a hub in dev mode has none: set HUB_API_KEYS " +
-                   "and restart it). Enter the key above.", "API key needed");
+                   "one of the hub's HUB_API_KEYS (a hub in dev mode has none and answers the " +
+                   "admin page without a key only on a loopback address such as 127.0.0.1). " +
+                   "Enter the key above.", "API key needed");
   }
 
   function setStatus(text, kind) {
@@ -69,6 +70,7 @@
     setStatus(status || "API key needed", "bad");
     $("nodes-count").textContent = "";
     $("app").hidden = true;
+    $("dev-note").hidden = true;
     $("login").hidden = false;
     setOut("login-out", message || "", message ? "err" : "");
     $("login-key").focus();
@@ -78,8 +80,9 @@
   async function open(key) {
     apiKey = key || null;
     setStatus("connecting…", "");
+    let first;
     try {
-      await api("GET", "v1/stats");
+      first = await api("GET", "v1/stats");
     } catch (e) {
       // 401/403 were answered by refused(); anything else (network, 5xx) is shown as it is.
       if (e.status !== 401 && e.status !== 403) {
@@ -88,6 +91,8 @@
       return;
     }
     if (apiKey) sessionStorage.setItem(KEY_STORE, apiKey);
+    // A hub in dev mode (no secret, no API key) answers a loopback page without a key.
+    $("dev-note").hidden = !(first && first.dev_mode);
     $("login").hidden = true;
     $("app").hidden = false;
     start();

@@ -4,6 +4,8 @@ anything that gets logged."""
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable
@@ -26,6 +28,8 @@ from hubbub.hub.errors import (
 from hubbub.hub.hub import Hub
 from hubbub.hub.settings import Settings
 
+log = logging.getLogger("hubbub.edge")
+
 TOKEN_COOKIE = "hubbub_token"
 _REDACT_RE = re.compile(r"((?:^|[?&])(?:token|access_token|key)=)[^&\s]*", re.IGNORECASE)
 
@@ -47,23 +51,45 @@ def redact(text: str) -> str:
     return _REDACT_RE.sub(r"\1[redacted]", text)
 
 
-def credential(conn: HTTPConnection) -> str | None:
-    """The first present of the ``Authorization: Bearer`` header, the ``hubbub_token`` cookie and
-    the ``token`` query parameter (PROTOCOL.md §3 "Connecting"). A malformed Authorization
-    header raises Unauthorized."""
+def credential(conn: HTTPConnection, anonymous: bool = False) -> str | None:
+    """The first non-empty of the ``Authorization: Bearer`` header, the ``hubbub_token`` cookie
+    and the ``token`` query parameter (PROTOCOL.md §3 "Connecting"). An Authorization header
+    of another scheme raises Unauthorized (reason ``malformed``).
+
+    When one was given but all given are empty (``Bearer`` with nothing, ``hubbub_token=``,
+    ``?token=``), that is a mistake, not a missing credential: Unauthorized (reason ``empty``)
+    at once, so a WebSocket is not left waiting for an ``auth`` frame. With ``anonymous``
+    (guests allowed) an empty one counts as none."""
+    empty = False
     header = conn.headers.get("authorization")
     if header is not None:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise Unauthorized()
-        return value.strip()
-    cookie = conn.cookies.get(TOKEN_COOKIE)
-    if cookie:
-        return cookie
-    token = conn.query_params.get("token")
-    if token:
-        return token
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            raise Unauthorized(reason="malformed")
+        if value.strip():
+            return value.strip()
+        empty = True
+    for given in (conn.cookies.get(TOKEN_COOKIE), conn.query_params.get("token")):
+        if given:
+            return given
+        empty = empty or given is not None
+    if empty and not anonymous:
+        raise Unauthorized(reason="empty")
     return None
+
+
+def is_loopback(conn: HTTPConnection) -> bool:
+    """Whether the client's address (the TCP peer) is a loopback address (127.0.0.0/8, ::1)."""
+    host = conn.client.host if conn.client else ""
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _shown(text: str) -> str:
+    """``text`` safe for one log line: escaped (no control characters), at most 200 characters."""
+    return ascii(text[:200])
 
 
 @lru_cache(maxsize=256)
@@ -109,6 +135,7 @@ async def admit(
     rate: dict[str, str] | None = None,
     accepted: Callable[[], Awaitable[None]] | None = None,
     late: Callable[[], Awaitable[str | None]] | None = None,
+    transport: str = "http",
 ) -> Identity:
     """Who the client of ``conn`` is, after the checks every transport runs before serving it,
     the cheapest refusal first:
@@ -127,26 +154,41 @@ async def admit(
        WebSocket's first ``auth`` frame; it raises Unauthorized for anything else).
     6. Authentication (``hub.auth``): Unauthorized.
 
-    Every Unauthorized counts in ``hubbub_auth_failures_total``."""
+    Every Unauthorized counts in ``hubbub_auth_failures_total``. Refusals are logged at info
+    level on ``hubbub.edge``, naming ``transport`` and the reason (expired, signature,
+    malformed, ttl, unknown_key, missing, empty…) or the refused origin; the client's answer
+    never says why."""
     if not origin_allowed(conn, hub.settings):
+        log.info(
+            "%s: origin refused: %s is neither this hub's origin nor in HUB_ALLOWED_ORIGINS",
+            transport,
+            _shown(conn.headers.get("origin", "")),
+        )
         raise Forbidden("origin not allowed")
     if accepted is not None:
         await accepted()
+    anonymous = hub.settings.anonymous
     bad: Unauthorized | None = None
     try:
-        bearer = credential(conn)
+        bearer = credential(conn, anonymous)
     except Unauthorized as exc:
         bearer, bad = None, exc
     if rate is not None:
         await _take_rate(hub, conn, bearer, rate)
     try:
-        if bad is not None:
-            raise bad
-        if bearer is None and late is not None and not hub.settings.anonymous:
-            bearer = await late()
-        return hub.auth.authenticate(bearer)
-    except Unauthorized:
+        try:
+            if bad is not None:
+                raise bad
+            if bearer is None and late is not None and not anonymous:
+                bearer = await late()
+        except Unauthorized as exc:  # refused before authentication: count its reason too
+            hub.auth.failures[exc.reason] += 1
+            raise
+        return hub.auth.authenticate(bearer)  # counts its own reasons
+    except Unauthorized as exc:
         hub.metrics.auth_failures += 1
+        # The reason is for the operator only: the client's answer is the same for every one.
+        log.info("%s: login refused: %s", transport, exc.reason)
         raise
 
 

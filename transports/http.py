@@ -45,7 +45,7 @@ from hubbub.hub.hub import Hub, PreparedPublish
 from hubbub.hub.settings import GRANT_KINDS, Settings
 from hubbub.signaling.turn import ice_servers
 from hubbub.transports import openapi
-from hubbub.transports.edge import admit, error_response, json_response
+from hubbub.transports.edge import admit, error_response, is_loopback, json_response
 from hubbub.transports.http_edge import (
     CORSMiddleware,
     http_exception,
@@ -66,13 +66,16 @@ Handler = Callable[[Request, "Call"], Awaitable[tuple[Any, int]]]
 
 @dataclass(slots=True)
 class Call:
-    """One API request after the guard: who is calling and the headers every answer carries."""
+    """One API request after the guard: who is calling and the headers every answer carries.
+    ``local_admin``: a dev-mode guest on a loopback address (see :meth:`Api.guard`)."""
 
     identity: Identity
     headers: dict[str, str] = field(default_factory=dict)
+    local_admin: bool = False
 
     def need_api_key(self) -> None:
-        if not self.identity.api_key:
+        """The admin endpoints: an API key, or a dev-mode guest on loopback."""
+        if not (self.identity.api_key or self.local_admin):
             raise Forbidden("this endpoint needs an API key")
 
 
@@ -85,8 +88,15 @@ class Api:
         self.settings: Settings = hub.settings
 
     async def guard(self, request: Request, headers: dict[str, str]) -> Call:
-        """Origin, rate, authentication (:func:`~hubbub.transports.edge.admit`)."""
-        return Call(await admit(self.hub, request, rate=headers), headers)
+        """Origin, rate, authentication (:func:`~hubbub.transports.edge.admit`).
+
+        In dev mode (no secret, key or API key: nobody could hold an API key) a guest whose
+        address is loopback may use the admin endpoints, so the admin page works under
+        ``make run``; the CLI binds only loopback addresses in dev mode. Anywhere else they
+        still need an API key."""
+        ident = await admit(self.hub, request, rate=headers)
+        local = self.settings.dev_mode and ident.guest and is_loopback(request)
+        return Call(ident, headers, local_admin=local)
 
     def endpoint(self, fn: Handler) -> Callable[[Request], Awaitable[Response]]:
         """Wrap ``fn(request, call) -> (body, status)`` with the guard and the error envelope."""
@@ -252,7 +262,8 @@ def node_stats(hub: Hub) -> dict[str, Any]:
     """This node's numbers as JSON (``GET /v1/stats``, the admin page): the gauges of /metrics
     read now, and its counters since the node started. Counters only grow; a reader gets rates
     from two answers of the same ``node`` and their ``time`` (Unix seconds). The broker is named
-    by its scheme only (its URL may hold a password)."""
+    by its scheme only (its URL may hold a password). ``dev_mode``: the hub has no secret, key
+    or API key (loopback guests may use the admin endpoints)."""
     m = hub.metrics
     sessions = list(hub.sessions.values())
     return {
@@ -270,6 +281,7 @@ def node_stats(hub: Hub) -> dict[str, Any]:
             "up": bool(hub.broker_up),
         },
         "draining": bool(hub.draining),
+        "dev_mode": hub.settings.dev_mode,
         "disconnects": {str(code): n for code, n in sorted(m.disconnects.items())},
         "auth_failures": m.auth_failures,
         "rate_limited": m.rate_limited,

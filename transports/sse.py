@@ -110,7 +110,7 @@ async def _serve(
     # without CORS headers: a cross-site page must not open sessions (presence joins) with our
     # cookie.
     try:
-        identity = await admit(hub, conn)
+        identity = await admit(hub, conn, transport="sse")
         rooms = _rooms(names)
         presence = _flag(conn.query_params.get("presence"), "presence")
         for room in rooms:

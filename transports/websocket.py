@@ -72,18 +72,18 @@ async def _auth_frame(hub: Hub, ws: WebSocket) -> str:
     try:
         msg = await asyncio.wait_for(ws.receive(), hub.settings.auth_timeout)
     except TimeoutError:
-        raise Unauthorized("no auth frame in time") from None
+        raise Unauthorized("no auth frame in time", reason="no_auth_frame") from None
     if msg["type"] == "websocket.disconnect":
         raise Disconnect(int(msg.get("code") or 1005), "client closed")
     text = msg.get("text")
     if text is None:
-        raise Unauthorized()
+        raise Unauthorized(reason="not_an_auth_frame")
     try:
         frame = parse_frame(text)
     except HubError:
-        raise Unauthorized() from None
+        raise Unauthorized(reason="not_an_auth_frame") from None
     if frame.get("type") != "auth" or not isinstance(frame.get("token"), str):
-        raise Unauthorized()
+        raise Unauthorized(reason="not_an_auth_frame")
     token: str = frame["token"]
     return token
 
@@ -94,7 +94,11 @@ async def _admit(hub: Hub, ws: WebSocket) -> Identity | None:
     ``Origin`` before the upgrade (HTTP 403), anything else after it with close 4501."""
     try:
         return await admit(
-            hub, _handshake(ws), accepted=ws.accept, late=lambda: _auth_frame(hub, ws)
+            hub,
+            _handshake(ws),
+            accepted=ws.accept,
+            late=lambda: _auth_frame(hub, ws),
+            transport="ws",
         )
     except Forbidden:  # the origin: before accept, so HTTP 403 at the handshake
         await ws.close(CLOSE_ORIGIN)

@@ -52,6 +52,11 @@ export function openWebSocket(c, gen) {
   ws.onclose = (ev) => {
     if (gen !== c._gen) return;
     if (!c._opened && !c._browserOffline()) c._wsFailures++;
+    // Refused (4501) while the token rode in an auth frame: the hub may have refused something
+    // the browser sent on its own (an empty hubbub_token cookie is refused at once, before any
+    // frame). The next token (after a refusal: the one the page asks for) goes in ?token=,
+    // which the hub reads when the cookie is empty.
+    if (ev.code === 4501 && c._tokenIn === "frame") c._tokenIn = "query";
     lost(c, ev.code || 1006, ev.reason || "");
   };
   ws.onerror = () => {}; // always followed by close
