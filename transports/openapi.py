@@ -223,9 +223,14 @@ SCHEMAS: dict[str, Any] = {
             "disconnects",
             "auth_failures",
             "rate_limited",
+            "dev_mode",
         ],
         {
             "node": {"type": "string"},
+            "dev_mode": {
+                "type": "boolean",
+                "description": "no secret and no API key: admin endpoints open on loopback",
+            },
             "time": {"type": "number", "description": "Unix seconds of this answer"},
             "connections": {
                 "type": "object",
