@@ -37,7 +37,9 @@ def text_files() -> list[Path]:
     out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(ROOT):
         dirnames[:] = sorted(
-            d for d in dirnames if d not in SKIP_DIRS and not d.endswith(".egg-info")
+            d
+            for d in dirnames
+            if d not in SKIP_DIRS and not d.endswith(".egg-info") and not d.startswith(".venv")
         )
         for name in sorted(filenames):
             path = Path(dirpath) / name
