@@ -77,6 +77,7 @@ class HttpConnection(asyncio.Protocol):
         self.pipeline: list[Cycle] = []
         self.stream: ChunkedStream | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.idle = False  # the timer is the keep-alive one (no request started)
         # the request being parsed
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -123,8 +124,10 @@ class HttpConnection(asyncio.Protocol):
         self.writable.set()
 
     def data_received(self, data: bytes) -> None:
-        if self.timer is not None and self.cycle is None:
-            self._arm(HEADER_TIMEOUT)  # a keep-alive connection starts its next request
+        if self.idle:
+            # A keep-alive connection starts its next request: from now on its headers have
+            # HUB_HANDSHAKE_TIMEOUT in all, however slowly they trickle in.
+            self._arm(HEADER_TIMEOUT)
         if self.refused:
             return
         try:
@@ -280,6 +283,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self.resume_reading()
         self._arm(float(self.config.timeout_keep_alive))
+        self.idle = True
 
     def chunked_stream(self, scope: Any) -> ChunkedStream | None:
         """A :class:`ChunkedStream` for the response to ``scope``, or None (then use the ASGI
@@ -313,6 +317,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
+        self.idle = False
         self.timer = self.loop.call_later(seconds, self._expired)
 
     def _disarm(self) -> None:

@@ -110,3 +110,29 @@ def test_a_uvicorn_without_what_the_protocol_needs_falls_back(
         options = server.server_options(make_settings())
     assert "http" not in options
     assert "uvicorn's own protocols" in caplog.text and "tasks" in caplog.text
+
+
+async def test_headers_trickling_in_still_time_out(node_factory: Any) -> None:
+    """A client that sends one header byte every 0.2 s (slowloris) is closed once
+    HUB_HANDSHAKE_TIMEOUT has passed since its request began, not kept while bytes trickle."""
+    node = await node_factory(handshake_timeout=1.0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    try:
+        writer.write(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+        closed = False
+        for _ in range(40):  # up to 8 s of trickling
+            writer.write(b"X")
+            try:
+                await writer.drain()
+                data = await asyncio.wait_for(reader.read(1024), 0.2)
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+            if data == b"":
+                closed = True
+                break
+        assert closed, "the server kept a connection whose headers never ended"
+    finally:
+        writer.close()
