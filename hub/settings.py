@@ -152,6 +152,10 @@ class Settings:
     handshake_timeout: float = _seconds(10.0, "time to send HTTP request headers", high=3600)
     broker_timeout: float = _seconds(5.0, "deadline of each broker call", high=3600)
     workers: int = _count(1, "worker processes (more than 1 needs Redis)", high=1024)
+    metrics_token: str | None = _setting(
+        None, Kind.OPTIONAL_TEXT, "bearer token /metrics requires (unset: /metrics is open)",
+        secret=True,
+    )  # fmt: skip
 
     # ---- derived -------------------------------------------------------------------------
     @property

@@ -17,6 +17,7 @@ unexpected exceptions (500 ``internal``, never a traceback).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,7 @@ from hubbub.hub.errors import (
     HubError,
     Internal,
     TooLarge,
+    Unauthorized,
     Unavailable,
 )
 from hubbub.hub.hub import Hub, PreparedPublish
@@ -299,7 +301,16 @@ def routes(hub: Hub) -> list[BaseRoute]:
         ok = await hub.ready()
         return json_response({"status": "ok" if ok else "unavailable"}, 200 if ok else 503)
 
+    metrics_token = (hub.settings.metrics_token or "").encode()
+
     async def metrics(request: Request) -> Response:
+        # With HUB_METRICS_TOKEN set, only ``Authorization: Bearer <it>`` reads the metrics.
+        if metrics_token:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), metrics_token
+            ):
+                raise Unauthorized("/metrics needs Authorization: Bearer <HUB_METRICS_TOKEN>")
         return PlainTextResponse(hub.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def openapi_json(request: Request) -> Response:

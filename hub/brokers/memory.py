@@ -4,6 +4,14 @@
 Rooms live in dicts; history is a deque per room bounded by size and age. Delivery is a direct
 call into the node listener, so it is never lost and ``resync`` is never needed. A restart loses
 everything, and rooms then start a new epoch.
+
+Reading a room keeps nothing: a room (epoch, offset, history) is forgotten once it has no
+subscriber and no retained publication, so subscribing to, or reading, rooms that are never
+published leaves nothing behind (presence needs a subscription, so "no subscriber" also means
+"no presence member"). A room read or subscribed again after that starts a new epoch at offset 0,
+which is never a gap. Bookkeeping is O(1) amortized per call: idempotency keys expire in
+insertion order (their TTL is constant), and rooms whose publications may all have expired are
+found in order of their last publication.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 import secrets
 import string
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,8 +63,13 @@ class MemoryBroker:
         self.history_ttl = history_ttl
         self._clock = clock
         self._rooms: dict[str, _Room] = {}
+        # rooms with publications, oldest last publication first (for forgetting expired rooms)
+        self._published: OrderedDict[str, float] = OrderedDict()
         self._subscribed: set[str] = set()
-        self._idem: dict[tuple[str, str, str], tuple[float, str, PublishResult]] = {}
+        # idempotency keys, in insertion order = expiry order (constant TTL, monotonic clock)
+        self._idem: OrderedDict[tuple[str, str, str], tuple[float, str, PublishResult]] = (
+            OrderedDict()
+        )
         self._listener: NodeListener | None = None
         self._node = ""
 
@@ -87,10 +100,46 @@ class MemoryBroker:
             while h and h[0][0] < cutoff:
                 h.popleft()
 
+    def room_count(self) -> int:
+        """Rooms this broker holds state for (epoch, offset, history)."""
+        return len(self._rooms)
+
+    def idempotency_count(self) -> int:
+        """Idempotency keys held (expired ones go at the next keyed publish)."""
+        return len(self._idem)
+
     def _expire_idem(self, now: float) -> None:
-        if len(self._idem) > 1024 or (self._idem and now % 1 < 0.01):
-            for k in [k for k, v in self._idem.items() if v[0] < now]:
-                del self._idem[k]
+        """Drop expired keys from the front: touches only the expired ones and the first live."""
+        idem = self._idem
+        while idem:
+            k, v = next(iter(idem.items()))
+            if v[0] >= now:
+                return
+            del idem[k]
+
+    def _forget_if_idle(self, room: str) -> None:
+        """Forget ``room`` if no node subscribes to it and it retains no publication."""
+        r = self._rooms.get(room)
+        if r is None or room in self._subscribed:
+            return
+        self._trim(r)
+        if not r.history:
+            del self._rooms[room]
+            self._published.pop(room, None)
+
+    def _sweep(self, now: float) -> None:
+        """Forget up to two rooms whose publications have all expired (amortized O(1))."""
+        if self.history_ttl <= 0:
+            return
+        cutoff = now - self.history_ttl
+        for _ in range(2):
+            if not self._published:
+                return
+            room, last = next(iter(self._published.items()))
+            if last >= cutoff:
+                return
+            del self._published[room]  # no retained publication: only a subscriber keeps it
+            self._forget_if_idle(room)
 
     async def publish(
         self,
@@ -120,11 +169,17 @@ class MemoryBroker:
             r.history.append((now, pub))
             self._trim(r)
             result = PublishResult(room, r.offset, r.epoch)
+            self._published[room] = now
+            self._published.move_to_end(room)
+            self._sweep(now)
         if idempotency is not None:
             k = (idempotency.scope, room, idempotency.key)
+            self._idem.pop(k, None)  # an expired entry not yet dropped: re-insert at the end
             self._idem[k] = (now + IDEMPOTENCY_TTL, idempotency.fingerprint, result)
         if room in self._subscribed and self._listener is not None:
             self._listener.deliver(pub)
+        if not ephemeral:
+            self._forget_if_idle(room)  # history_size 0: nothing retained
         return result
 
     async def publish_frame(self, room: str, frame: bytes) -> None:
@@ -136,6 +191,8 @@ class MemoryBroker:
 
     async def unsubscribe(self, room: str) -> None:
         self._subscribed.discard(room)
+        self._forget_if_idle(room)
+        self._sweep(self._clock())
 
     async def history(
         self, room: str, *, after: int | None = None, limit: int = 100
@@ -150,10 +207,12 @@ class MemoryBroker:
         else:
             start = max(0, after + 1 - first)
             picked = items[start : start + limit]
+        self._forget_if_idle(room)
         return HistoryPage(epoch=r.epoch, head=r.offset, first=first, publications=picked)
 
     async def position(self, room: str) -> tuple[str, int]:
         r = self._room(room)
+        self._forget_if_idle(room)
         return r.epoch, r.offset
 
     # ---- control ---------------------------------------------------------------------------

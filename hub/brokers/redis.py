@@ -62,6 +62,7 @@ def split_cluster_flag(url: str) -> tuple[str, bool]:
 
 T = TypeVar("T")
 META_TTL = 7 * 86400
+READ_TTL = 600  # seconds a room's meta created by a read alone lives (PROTOCOL: reads keep nothing)
 _PUBLISH_SHA = hashlib.sha1(lua.PUBLISH.encode()).hexdigest()
 
 
@@ -102,6 +103,7 @@ class RedisBroker:
         self.max_connections = max_connections
         self._ttl_ms = int(history_ttl * 1000)
         self._meta_ttl = max(META_TTL, math.ceil(history_ttl * 10))
+        self._read_ttl = READ_TTL
         self._listener: NodeListener | None = None
         self.node = ""
         self._redis: Any = None  # redis.asyncio.Redis or RedisCluster
@@ -396,7 +398,7 @@ class RedisBroker:
                     self._ttl_ms,
                     "" if after is None else int(after),
                     max(0, int(limit)),
-                    self._meta_ttl,
+                    self._read_ttl,
                 ],
             )
         )
@@ -408,7 +410,7 @@ class RedisBroker:
         res = await self.call(
             self._s_position(
                 keys=[self._rk(room, "meta"), self._rk(room, "stream")],
-                args=[new_epoch(), self._meta_ttl],
+                args=[new_epoch(), self._read_ttl],
             )
         )
         return res[0].decode(), int(res[1])

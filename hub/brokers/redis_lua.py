@@ -34,6 +34,20 @@ local function ensure_meta(meta, stream, epoch, meta_ttl)
 end
 """
 
+# A read (history, position) of a room that has never been published keeps nothing for long:
+# the meta it creates, or finds without an offset, lives ``read_ttl`` seconds (at most 600) from
+# this read. The room's first publication (``ensure_meta`` + EXPIRE in PUBLISH) makes it durable.
+_ENSURE_META_READ = """
+local function ensure_meta_read(meta, stream, epoch, read_ttl)
+  if redis.call('HSETNX', meta, 'epoch', epoch) == 1 then
+    redis.call('DEL', stream)
+    redis.call('EXPIRE', meta, read_ttl)
+  elseif redis.call('HEXISTS', meta, 'offset') == 0 then
+    redis.call('EXPIRE', meta, read_ttl)
+  end
+end
+"""
+
 # Remove the prefix of the stream older than ttl_ms (binary search on the contiguous offsets).
 _TRIM_EXPIRED = """
 local function entry_ts(stream, off)
@@ -98,14 +112,14 @@ return {'ok', off, ep}
 
 HISTORY = (
     _NOW_MS
-    + _ENSURE_META
+    + _ENSURE_META_READ
     + _TRIM_EXPIRED
     + """
 -- KEYS: meta, stream
--- ARGV: epoch, history_ttl_ms, after ('' = newest), limit, meta_ttl_s
+-- ARGV: epoch, history_ttl_ms, after ('' = newest), limit, read_ttl_s
 -- returns {epoch, head, first, offset1, body1, offset2, body2, ...}
 local meta, stream = KEYS[1], KEYS[2]
-ensure_meta(meta, stream, ARGV[1], ARGV[5])
+ensure_meta_read(meta, stream, ARGV[1], ARGV[5])
 local m = redis.call('HMGET', meta, 'epoch', 'offset')
 local head = tonumber(m[2] or '0')
 trim_expired(stream, head, tonumber(ARGV[2]), now)
@@ -136,10 +150,10 @@ return out
 )
 
 POSITION = (
-    _ENSURE_META
+    _ENSURE_META_READ
     + """
--- KEYS: meta, stream; ARGV: epoch, meta_ttl_s
-ensure_meta(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+-- KEYS: meta, stream; ARGV: epoch, read_ttl_s
+ensure_meta_read(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
 return {m[1], m[2] or '0'}
 """

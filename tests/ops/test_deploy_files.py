@@ -4,10 +4,14 @@ compose spec, kubernetes-validate). nginx is also exercised for real in test_ngi
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,7 @@ import pytest
 import yaml
 
 from hubbub.hub.settings import Settings
-from tests.conftest import need_tool
+from tests.conftest import free_port, need_tool
 from tests.ops.harness import Nginx, render_nginx
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +80,10 @@ def test_nginx_conf_passes_nginx_t_and_fits_the_heartbeat(tmp_path: Path) -> Non
     log_format = text[text.index("log_format") : text.index(";", text.index("log_format"))]
     assert "$request " not in log_format and "$request_uri" not in log_format
     assert "$args" not in log_format and "$query_string" not in log_format
+    # The client's X-Forwarded-For is replaced, never appended to; /metrics is not published.
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in text
+    assert "$proxy_add_x_forwarded_for" not in text
+    assert "return 404;" in _location(text, "^~ /metrics")
 
 
 # ---- compose -----------------------------------------------------------------------------------
@@ -86,16 +94,113 @@ def test_compose_has_redis_two_nodes_and_nginx() -> None:
     for name in ("node1", "node2"):
         node = services[name]
         env = node["environment"]
-        assert env["HUB_BROKER_URL"].startswith("redis://redis:")
+        # Secrets (the broker URL with the Redis password among them) come from an env file.
+        assert [f["path"] for f in node["env_file"]] == ["hubbub.env"]
+        assert not {"HUB_BROKER_URL", "HUB_JWT_SECRET", "HUB_API_KEYS"} & set(env)
         assert seconds(node["stop_grace_period"]) > float(env["HUB_SHUTDOWN_TIMEOUT"])
         assert node["build"]["dockerfile"] == "deploy/Dockerfile"
         assert "/health/ready" in " ".join(node["healthcheck"]["test"])
     nginx = services["nginx"]
     assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in nginx["volumes"]
+    # Only nginx's fixed address may set X-Forwarded-For (PROTOCOL.md §8, proxies).
+    nginx_ip = nginx["networks"]["hubbub"]["ipv4_address"]
+    subnet = doc["networks"]["hubbub"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(nginx_ip) in ipaddress.ip_network(subnet)
+    for name in ("node1", "node2"):
+        assert services[name]["environment"]["FORWARDED_ALLOW_IPS"] == nginx_ip
     assert {"node1", "node2"} <= set(nginx["depends_on"])
     # nginx.conf's upstream names are the compose service names.
     conf = (DEPLOY / "nginx.conf").read_text()
     assert "server node1:8000" in conf and "server node2:8000" in conf
+
+
+def test_compose_redis_requires_its_password() -> None:
+    doc: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    redis = doc["services"]["redis"]
+    assert [f["path"] for f in redis["env_file"]] == ["redis.env"]
+    assert "ports" not in redis  # reachable on the compose network only
+    script = redis["command"][-1]
+    assert "requirepass" in script and "REDIS_PASSWORD" in script
+    assert "REDIS_PASSWORD" in " ".join(redis["healthcheck"]["test"])
+    assert "url=redis://:" in (DEPLOY / "compose.yaml").read_text().replace("_URL=", " url=")
+    assert "*.env" in (DEPLOY / ".gitignore").read_text().split()
+
+
+def run_redis_script(script: str, tmp: Path) -> int:
+    """Run a shipped Redis start script with a real redis-server on a free loopback port and
+    return that port (the script's ``exec redis-server`` line gets the test's addresses)."""
+    port = free_port()
+    conf = tmp / "redis.conf"
+    exe = need_tool("redis-server")
+    script = script.replace(
+        "exec redis-server /tmp/redis.conf ",
+        f"exec {exe} /tmp/redis.conf --port {port} --bind 127.0.0.1 --dir {tmp} ",
+    ).replace("/tmp/redis.conf", str(conf))
+    assert str(conf) in script and f"--port {port}" in script
+    env = {**os.environ, "REDIS_PASSWORD": "s3cret-redis-password"}
+    proc = subprocess.Popen(["sh", "-c", script], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return port if proc.poll() is None else -1
+
+
+def _check_redis_password(port: int) -> None:
+    import redis
+    from redis.exceptions import AuthenticationError, ResponseError
+
+    anon = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        with pytest.raises((AuthenticationError, ResponseError)):
+            anon.set("k", "v")
+    finally:
+        anon.close()
+    good = redis.Redis.from_url(f"redis://:s3cret-redis-password@127.0.0.1:{port}/0")
+    try:
+        assert good.ping()
+    finally:
+        good.close()
+
+
+@pytest.mark.parametrize("where", ["compose", "k8s"])
+def test_shipped_redis_start_script_sets_the_password(where: str, tmp_path: Path) -> None:
+    """The very start script of compose.yaml / k8s/redis.yaml run with a real redis-server:
+    without the password nothing works, with it the redis://:…@ URL does."""
+    if where == "compose":
+        doc = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+        script = doc["services"]["redis"]["command"][-1].replace("$$", "$")
+    else:
+        docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "redis.yaml").read_text()))
+        sts = next(d for d in docs if d["kind"] == "StatefulSet")
+        script = sts["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    port = run_redis_script(script, tmp_path)
+    assert port > 0, "the redis start script failed"
+    try:
+        _check_redis_password(port)
+        assert "s3cret" not in " ".join(_cmdlines(port))  # not in the process list
+    finally:
+        subprocess.run([need_tool("redis-cli"), "-p", str(port), "-a", "s3cret-redis-password",
+                        "--no-auth-warning", "shutdown", "nosave"], capture_output=True,
+                       timeout=10)  # fmt: skip
+
+
+def _cmdlines(port: int) -> list[str]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if f"--port {port}" in cmd or f"127.0.0.1:{port}" in cmd:
+                out.append(cmd)
+    assert out, "redis-server not found in the process list"
+    return out
 
 
 def test_compose_matches_the_compose_spec() -> None:
@@ -143,13 +248,39 @@ def test_dockerfile_passes_hadolint() -> None:
 
 
 # ---- Kubernetes --------------------------------------------------------------------------------
+def _k8s_all() -> list[dict[str, Any]]:
+    return [
+        doc
+        for path in sorted((DEPLOY / "k8s").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+
+
 def _k8s() -> dict[str, dict[str, Any]]:
-    docs: dict[str, dict[str, Any]] = {}
-    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                docs[doc["kind"]] = doc
-    return docs
+    """The Hubbub node's objects by kind (Redis has its own, in redis.yaml)."""
+    return {d["kind"]: d for d in _k8s_all() if d["metadata"]["name"] == "hubbub"}
+
+
+def test_k8s_secrets_proxies_and_redis_password() -> None:
+    (c,) = _k8s()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    for name, key in (("HUB_BROKER_URL", "broker-url"), ("HUB_METRICS_TOKEN", "metrics-token"),
+                      ("HUB_JWT_SECRET", "jwt-secret"), ("HUB_API_KEYS", "api-keys")):  # fmt: skip
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "hubbub", "key": key}
+    trusted = env["FORWARDED_ALLOW_IPS"]["value"]
+    assert "*" not in trusted
+    for part in trusted.split(","):
+        ipaddress.ip_network(part.strip())  # addresses or networks, nothing else
+    redis = {d["kind"]: d for d in _k8s_all() if d["metadata"]["name"] == "redis"}
+    assert redis["Service"]["spec"]["type"] == "ClusterIP"
+    (rc,) = redis["StatefulSet"]["spec"]["template"]["spec"]["containers"]
+    renv = {e["name"]: e for e in rc["env"]}
+    assert renv["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "hubbub-redis"
+    assert "requirepass" in rc["command"][-1]
+    assert (
+        'broker-url="redis://:$p@redis:6379/0"' in (DEPLOY / "k8s" / "deployment.yaml").read_text()
+    )
 
 
 def test_k8s_probes_grace_and_disruption_budget() -> None:
@@ -172,7 +303,7 @@ def test_k8s_probes_grace_and_disruption_budget() -> None:
     assert c["livenessProbe"]["httpGet"]["path"] == "/health/live"
     for probe in (c["readinessProbe"], c["livenessProbe"]):
         assert probe["httpGet"]["port"] in ports
-    assert any(e["name"] == "HUB_BROKER_URL" and e["value"].startswith("redis") for e in c["env"])
+    assert any(e["name"] == "HUB_BROKER_URL" for e in c["env"])
     assert dep["spec"]["replicas"] >= 2
     svc = docs["Service"]
     assert svc["spec"]["selector"].items() <= labels.items()
@@ -199,6 +330,9 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     drain = float(re.search(r"HUB_SHUTDOWN_TIMEOUT=(\d+)", text).group(1))  # type: ignore[union-attr]
     assert seconds(unit["TimeoutStopSec"]) > drain
     assert unit["ExecStart"].split()[1:3] == ["serve", "--host"]
+    # Behind nginx on the same host: X-Forwarded-For is taken from loopback only.
+    assert "FORWARDED_ALLOW_IPS=127.0.0.1" in unit["Environment"].split()
+    assert unit["ExecStart"].split()[3] == "127.0.0.1"
     exe = need_tool("systemd-analyze")
     # verify checks that ExecStart exists: point it at this checkout's hubbub.
     here = Path(sys.executable).parent / "hubbub"

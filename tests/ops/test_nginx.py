@@ -59,15 +59,16 @@ async def test_websocket_through_nginx_reaches_both_nodes(
         assert [m["data"]["i"] for m in msgs] == [0, 1, 2]
         assert [m["offset"] for m in msgs] == [1, 2, 3]
         await c.close()
-    # /metrics through the balancer reaches one node per request; the admin page tells them
-    # apart by hubbub_node_info: both show up after a few scrapes.
+    # /metrics is not published through the balancer (PROTOCOL.md §8): each node is scraped
+    # directly, and the two nodes tell themselves apart by hubbub_node_info.
     seen: set[str] = set()
     async with httpx.AsyncClient(timeout=5) as h:
-        for _ in range(20):
-            text = (await h.get(f"{nginx.url}/metrics")).text
+        for path in ("/metrics", "/metrics/", "//metrics", "/%6detrics", "/metrics?x=1"):
+            r = await h.get(f"{nginx.url}{path}")
+            assert r.status_code == 404 and "hubbub_" not in r.text, path
+        for n in nodes:
+            text = (await h.get(f"{n.url}/metrics")).text
             seen |= set(re.findall(r'hubbub_node_info\{node="([^"]+)"\}', text))
-            if len(seen) == 2:
-                break
     assert len(seen) == 2, seen
     # The query string (and so ?token=…) never reaches nginx's access log.
     log = nginx.access_log()
@@ -145,3 +146,49 @@ async def test_sse_through_nginx_unbuffered_and_resumes(
                 assert live["data"] == {"i": 5} and live["offset"] == 6
             finally:
                 reader.cancel()
+
+
+async def _bucket_addresses(redis_url: str) -> set[str]:
+    """The client addresses of the HTTP rate buckets (``http:ip:<addr>``) in Redis."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = [k.decode() async for k in r.scan_iter(match="*http:ip:*")]
+    finally:
+        await r.aclose()
+    return {k.split("http:ip:", 1)[1].rstrip("}") for k in keys}
+
+
+async def test_client_sent_forwarded_for_does_not_pick_the_address(
+    redis_proc: RedisProc, tmp_path: Path
+) -> None:
+    """Behind the shipped nginx config, a client's own ``X-Forwarded-For`` never becomes the
+    address the node rate-limits by; nginx's (the trusted proxy's) header does. The client
+    connects from 127.0.0.2 and from 127.0.0.1 (the proxy's own address, the hardest case)."""
+    env = {"HUB_API_RATE": "1000/s:2000", "FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    async with nginx_cluster(tmp_path, redis_proc.url, n=1, **env) as (nginx, (node,)):
+        hdr = {"Authorization": f"Bearer {token('reader')}", "X-Forwarded-For": "6.6.6.6"}
+        for source in ("127.0.0.2", "127.0.0.1"):
+            transport = httpx.AsyncHTTPTransport(local_address=source)
+            async with httpx.AsyncClient(transport=transport, timeout=5) as h:
+                r = await h.get(f"{nginx.url}/v1/rooms/lobby/messages", headers=hdr)
+                assert r.status_code == 200, r.text
+                assert "RateLimit-Remaining" in r.headers
+        assert await _bucket_addresses(redis_proc.url) == {"127.0.0.2", "127.0.0.1"}
+
+        # Straight to the node from an address it does not trust: the header is ignored.
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with httpx.AsyncClient(transport=transport, timeout=5) as h:
+            r = await h.get(f"{node.url}/v1/rooms/lobby/messages",
+                            headers={**hdr, "X-Forwarded-For": "7.7.7.7"})  # fmt: skip
+            assert r.status_code == 200
+        assert await _bucket_addresses(redis_proc.url) == {"127.0.0.2", "127.0.0.1"}
+
+        # From the trusted proxy address, `hubbub serve` does read the header (uvicorn's
+        # proxy-headers middleware wraps the app on Hubbub's own HTTP protocol too).
+        async with httpx.AsyncClient(timeout=5) as h:
+            r = await h.get(f"{node.url}/v1/rooms/lobby/messages",
+                            headers={**hdr, "X-Forwarded-For": "198.51.100.7"})  # fmt: skip
+            assert r.status_code == 200
+        assert "198.51.100.7" in await _bucket_addresses(redis_proc.url)

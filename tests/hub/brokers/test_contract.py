@@ -222,8 +222,12 @@ async def test_concurrent_publishes_reach_the_broker_in_call_order(make: Factory
 
 
 async def test_epoch_is_random_per_room_and_stable(make: Factory) -> None:
+    """The epoch is stable while the room is kept: subscribed to, or retaining publications
+    (an unread, unpublished room may be forgotten: see test_reads_keep_nothing)."""
     env = await make()
     b = env.broker
+    for room in ("a", "b", "c"):
+        await b.subscribe(room)
     e1, h1 = await b.position("a")
     e2, h2 = await b.position("b")
     assert re.fullmatch(r"[A-Za-z0-9]{8}", e1) and re.fullmatch(r"[A-Za-z0-9]{8}", e2)
@@ -268,6 +272,7 @@ async def test_history_is_bounded_by_size(make: Factory) -> None:
 async def test_history_is_bounded_by_age(make: Factory) -> None:
     env = await make(history_ttl=0.4)
     b = env.broker
+    await b.subscribe("t")  # a subscribed room is kept after its history expires
     await b.publish("t", body("t", 1))
     await b.publish("t", body("t", 2))
     await env.advance(0.6)
@@ -279,7 +284,7 @@ async def test_history_is_bounded_by_age(make: Factory) -> None:
     await env.advance(0.6)
     page = await b.history("t", after=0)
     assert (page.publications, page.head, page.first, page.epoch) == ([], 3, 4, r.epoch)
-    # the offset counter outlives the history
+    # the offset counter of a kept room outlives the history
     assert (await b.publish("t", body("t", 4))).offset == 4
 
 
