@@ -118,7 +118,8 @@ def go_live(
             continue
         if pub.epoch != epoch:
             assert pub.epoch is not None
-            session.send(gap_frame(sub.room, pub.epoch, 1, pub.offset - 1))
+            if last > 0 or pub.offset > 1:  # offset 0 and nothing lost: not a gap
+                session.send(gap_frame(sub.room, pub.epoch, 1, pub.offset - 1))
             epoch, last = pub.epoch, pub.offset - 1
         if pub.offset <= last:
             continue
@@ -144,8 +145,9 @@ async def catch_up(
         page = await broker.history(room.name, after=room.offset, limit=PAGE)
         if room.epoch != page.epoch:
             page = await broker.history(room.name, after=0, limit=PAGE)
+            if room.offset > 0 or page.first > 1:  # offset 0 and nothing lost: not a gap
+                send_gap(room, gap_frame(room.name, page.epoch, 1, page.first - 1))
             room.epoch, room.offset = page.epoch, page.first - 1
-            send_gap(room, gap_frame(room.name, page.epoch, 1, page.first - 1))
         elif page.first > room.offset + 1:
             send_gap(room, gap_frame(room.name, page.epoch, room.offset + 1, page.first - 1))
             room.offset = page.first - 1
