@@ -261,11 +261,12 @@ class Settings:
                 )
 
     def check_serving(self) -> None:
-        """Refuse to serve dev mode (no secret, public key, JWKS or API key: anyone may use
+        """:meth:`validate`, then refuse to serve dev mode (no secret, public key, JWKS or API key: anyone may use
         every room) on an address other than loopback; raises ConfigError. Every entry point
         that serves calls it: ``hubbub serve``, its ``--workers`` children and
         :func:`hubbub.create_app`. (A dev-mode app also refuses requests whose ``Host`` does
         not name loopback, for the bind the app cannot see.)"""
+        self.validate()
         if self.dev_mode and not is_loopback_host(self.host):
             raise ConfigError(
                 f"refusing to bind {self.host} in dev mode (no HUB_JWT_SECRET, public key, "
