@@ -24,7 +24,15 @@ from urllib.parse import parse_qsl, urlsplit
 
 from hubbub.hub.errors import ConfigError
 from hubbub.hub.specs import SPEC, Kind, Spec, spec_of
-from hubbub.hub.values import GRANT_KINDS, Invalid, Rate, parse_bool, parse_grants, redact_url
+from hubbub.hub.values import (
+    GRANT_KINDS,
+    Invalid,
+    Rate,
+    is_loopback_host,
+    parse_bool,
+    parse_grants,
+    redact_url,
+)
 
 __all__ = ["GRANT_KINDS", "Rate", "Settings", "parse_grants"]
 
@@ -38,6 +46,8 @@ JWT_ALGORITHMS = (
     "ES256", "ES384", "ES512", "EdDSA",
 )  # fmt: skip
 NOT_SETTINGS = ("HUB_CONFIG",)  # HUB_* variables read elsewhere
+MIN_JWT_SECRET_BYTES = 32  # an HMAC key guessable offline from one token when shorter
+MIN_API_KEY_CHARS = 16
 
 
 def _setting(default: Any, kind: Kind, help: str, **spec: Any) -> Any:
@@ -232,6 +242,41 @@ class Settings:
             )
         if self.turn_urls and not self.turn_secret:
             raise ConfigError("HUB_TURN_SECRET is required when HUB_TURN_URLS is set")
+        self._check_strength()
+
+    def _check_strength(self) -> None:
+        """Outside dev mode, refuse credentials short enough to guess: a ``HUB_JWT_SECRET`` of
+        fewer than 32 bytes (UTF-8) or an ``HUB_API_KEYS`` entry of fewer than 16 characters.
+        The message names the setting (and the key's position), never the value."""
+        if self.dev_mode:
+            return
+        if self.jwt_secret is not None and len(self.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise ConfigError(
+                f"HUB_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes long "
+                "(value not shown: it is secret); generate one with "
+                "`openssl rand -hex 32`"
+            )
+        for i, key in enumerate(self.api_keys, 1):
+            if len(key) < MIN_API_KEY_CHARS:
+                raise ConfigError(
+                    f"HUB_API_KEYS: key {i} of {len(self.api_keys)} is shorter than "
+                    f"{MIN_API_KEY_CHARS} characters (value not shown: it is secret); "
+                    "generate one with `openssl rand -hex 24`"
+                )
+
+    def check_serving(self) -> None:
+        """:meth:`validate`, then refuse to serve dev mode (no secret, public key, JWKS or API key: anyone may use
+        every room) on an address other than loopback; raises ConfigError. Every entry point
+        that serves calls it: ``hubbub serve``, its ``--workers`` children and
+        :func:`hubbub.create_app`. (A dev-mode app also refuses requests whose ``Host`` does
+        not name loopback, for the bind the app cannot see.)"""
+        self.validate()
+        if self.dev_mode and not is_loopback_host(self.host):
+            raise ConfigError(
+                f"refusing to bind {self.host} in dev mode (no HUB_JWT_SECRET, public key, "
+                "JWKS or API key configured): anyone could use every room. Configure "
+                "credentials or bind 127.0.0.1."
+            )
 
 
 def env_name(name: str) -> str:

@@ -7,6 +7,7 @@ that knows what counts as a boolean, a list, a rate or a set of grants.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -110,3 +111,46 @@ def redact_url(url: str) -> str:
     host = parts.netloc.rpartition("@")[2]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a bind address: ``localhost``, an IPv4 or IPv6 literal, brackets
+    allowed) names this machine's loopback interface only."""
+    host = host.strip().lower().rstrip(".")
+    if host == "localhost":
+        return True
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def host_header_is_loopback(value: str | None) -> bool:
+    """Whether an HTTP ``Host`` header names loopback: ``localhost``, ``127.0.0.1`` (any
+    127.0.0.0/8 literal) or ``[::1]``, each with or without a port. Anything else, a missing
+    header, or a malformed port is not."""
+    if not value:
+        return False
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, sep, rest = value[1:].partition("]")
+        if not sep:
+            return False
+        port = rest[1:] if rest.startswith(":") else rest
+        if rest and not rest.startswith(":"):
+            return False
+        name = f"[{name}]"
+    else:
+        name, _, port = value.partition(":")
+    if port and not (port.isdigit() and port.isascii() and int(port) <= 65535):
+        return False
+    if name == "localhost":
+        return True
+    if not name.startswith("["):
+        try:  # only dotted IPv4 here; IPv6 literals need brackets in a Host header
+            return ipaddress.IPv4Address(name).is_loopback
+        except ValueError:
+            return False
+    return is_loopback_host(name)

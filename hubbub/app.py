@@ -28,13 +28,45 @@ from hubbub.hub.errors import NotFound
 from hubbub.hub.hub import Hub
 from hubbub.hub.settings import Settings
 from hubbub.transports import h1, http, sse, websocket
-from hubbub.transports.edge import error_response, route_path
+from hubbub.transports.edge import (
+    error_response,
+    foreign_host,
+    refuse_foreign_host,
+    route_path,
+)
 
 log = logging.getLogger("hubbub.app")
 # The pages and scripts ship inside the package (hubbub/static), found the same way in a
 # checkout, an editable install and a wheel.
 STATIC = Path(str(files("hubbub.static")))
 PAGES = {"/": "chat.html", "/events": "events.html", "/call": "call.html", "/admin": "admin.html"}
+# The pages load only their own scripts (ES modules and admin.js, no inline script), styles
+# (inline <style> and style attributes too), a data: favicon, and talk to their own origin
+# (fetch, EventSource and WebSocket: CSP Level 3 'self' covers ws:/wss: of the same host);
+# the call page shows MediaStreams (srcObject). No page may be framed.
+PAGE_CSP = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data:",
+        "media-src 'self' blob: mediastream:",
+        "connect-src 'self'",
+        "font-src 'self'",
+        "manifest-src 'self'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "object-src 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": PAGE_CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
 # What an in-process publish acts as: a backend holding an API key (every grant).
 IN_PROCESS = Identity(sub="in-process", api_key=True, scope="in-process")
 
@@ -44,7 +76,7 @@ def _page(name: str) -> Route:
         path = STATIC / name
         if not path.exists():
             return error_response(NotFound(f"{name} is not installed"))
-        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+        return FileResponse(path, headers=PAGE_HEADERS)
 
     return endpoint  # type: ignore[return-value]
 
@@ -85,6 +117,9 @@ class HubApp(Starlette):
         kind = scope["type"]
         if kind == "lifespan":
             await self._lifespan(receive, send)
+            return
+        if foreign_host(scope, self.settings):  # dev mode: DNS rebinding
+            await refuse_foreign_host(scope, receive, send)
             return
         if not self._started:
             await self.start()
@@ -205,9 +240,14 @@ def create_app(
     TOML file) exactly as ``hubbub serve`` reads them; a bad value raises
     :class:`hubbub.hub.errors.ConfigError` naming the variable. ``hub`` lets tests share a
     hub; by default the app builds its own. ``handle_signals=False`` leaves SIGTERM/SIGINT
-    alone (the embedding application then calls :meth:`HubApp.shutdown` itself)."""
+    alone (the embedding application then calls :meth:`HubApp.shutdown` itself).
+
+    Dev mode (no secret, public key, JWKS or API key) with a ``host`` setting that is not
+    loopback raises ConfigError (:meth:`Settings.check_serving`); whatever the server binds,
+    a dev-mode app answers 403 to requests whose ``Host`` does not name loopback."""
     if settings is None:
         settings = Settings.load()
+    settings.check_serving()
     the_hub = hub or Hub(settings)
     h1.HEADER_TIMEOUT = settings.handshake_timeout
     routes: list[BaseRoute] = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import signal
@@ -13,15 +12,6 @@ from typing import Any
 from hubbub.hub.auth import mint_token
 from hubbub.hub.errors import ConfigError
 from hubbub.hub.settings import GRANT_KINDS, Settings
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -58,13 +48,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(
         args, host=args.host, port=args.port, broker_url=args.broker, workers=args.workers
     )
-    if settings.dev_mode and not _is_loopback(settings.host):
-        print(
-            f"hubbub: refusing to bind {settings.host} in dev mode (no HUB_JWT_SECRET, public "
-            "key, JWKS or API key configured): anyone could use every room. Configure "
-            "credentials or bind 127.0.0.1.",
-            file=sys.stderr,
-        )
+    try:
+        settings.check_serving()
+    except ConfigError as exc:
+        print(f"hubbub: {exc}", file=sys.stderr)
         return 2
     log_config = setup_logging(settings.log_format, settings.log_level)
     _open_files_to_hard_limit()

@@ -1,7 +1,10 @@
 """Logging set-up: ``text`` for humans, ``json`` one object per line; secrets redacted.
 
-Every record passes :class:`RedactFilter`, which scrubs ``token=``/``key=`` query values and
-bearer credentials from the message, so access logs never carry a token (PROTOCOL.md §3).
+Every record passes :class:`RedactFilter`, which scrubs ``token=``/``key=`` query values (their
+names percent-encoded or not), bearer credentials, cookies and the password of any URL
+(``redis://:pw@host``) from the message, so logs never carry a token (PROTOCOL.md §3). In text
+format a message's control characters are escaped (``\n`` → ``\\n``): a value that reached a log
+line (a user id, a header) cannot start a line of its own. JSON lines escape them anyway.
 """
 
 from __future__ import annotations
@@ -19,11 +22,39 @@ from hubbub.transports.edge import redact
 _BEARER_RE = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 # uvicorn logs request headers at debug level: a Cookie header may carry ``hubbub_token``.
 _COOKIE_RE = re.compile(r"((?:^|\s)(?:set-)?cookie:\s*).*", re.IGNORECASE)
+# scheme://user:password@host: the password ends at the last "@" before the host.
+_URL_PASSWORD_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s/]*@")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def scrub(text: str) -> str:
+    """``text`` without credentials: query tokens and keys, bearer values, cookies, URL
+    passwords (replaced by ``[redacted]`` / ``***``)."""
     text = _COOKIE_RE.sub(r"\1[redacted]", redact(text))
+    text = _URL_PASSWORD_RE.sub(r"\1***@", text)
     return _BEARER_RE.sub(r"\1[redacted]", text)
+
+
+def escape_controls(text: str) -> str:
+    """Control characters (CR, LF, ESC, …, and the Unicode line separators) as ``\\n``,
+    ``\\r``, ``\\t`` or ``\\xNN`` / ``\\uNNNN`` escapes."""
+    return _CONTROL_RE.sub(_escape_one, text)
+
+
+def _escape_one(m: re.Match[str]) -> str:
+    return repr(m.group(0))[1:-1]
+
+
+class TextFormatter(logging.Formatter):
+    """``<time> <LEVEL> <logger>: <message>``, the message's control characters escaped (a
+    traceback, added below the message, keeps its lines)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
 
 class RedactFilter(logging.Filter):
@@ -72,7 +103,7 @@ def setup_logging(fmt: str = "text", level: str = "info") -> dict[str, Any]:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

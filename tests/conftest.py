@@ -29,7 +29,7 @@ from hubbub.transports.server import server_options
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SECRET = "test-secret-0123456789abcdef0123456789"
-API_KEY = "test-api-key"
+API_KEY = "test-api-key-0123456789abcdef"
 
 
 def need_tool(name: str) -> str:

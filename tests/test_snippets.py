@@ -20,7 +20,7 @@ from tests.conftest import token
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "<!-- snippet: runs -->"
 FENCE = re.compile(r"^```(\w*)\s*$")
-API_KEY = "dev-key"
+API_KEY = "dev-key-0123456789abcdef"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """What every transport does the same way at the edge: the admission of a client (origin,
-credential, rate, authentication: :func:`admit`), error bodies, and redaction of secrets in
-anything that gets logged."""
+credential, rate, authentication: :func:`admit`), the dev-mode ``Host`` guard
+(:func:`refuse_foreign_host`), error bodies, and redaction of secrets in anything that gets
+logged."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import re
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import Any
+from urllib.parse import unquote_plus
 
 import orjson
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from hubbub.hub.auth import Identity
 from hubbub.hub.errors import (
@@ -27,11 +30,14 @@ from hubbub.hub.errors import (
 )
 from hubbub.hub.hub import Hub
 from hubbub.hub.settings import Settings
+from hubbub.hub.values import host_header_is_loopback
 
 log = logging.getLogger("hubbub.edge")
 
 TOKEN_COOKIE = "hubbub_token"
-_REDACT_RE = re.compile(r"((?:^|[?&])(?:token|access_token|key)=)[^&\s]*", re.IGNORECASE)
+REDACTED_PARAMS = frozenset({"token", "access_token", "key"})
+# A query parameter: its name (maybe percent-encoded) and its value, up to ``&`` or a blank.
+_PARAM_RE = re.compile(r"(^|[?&])([^=&?\s]+)=([^&\s]*)")
 
 
 def route_path(scope: Any) -> str:
@@ -47,8 +53,18 @@ def route_path(scope: Any) -> str:
 
 
 def redact(text: str) -> str:
-    """Replace the values of ``token=``/``access_token=``/``key=`` query parameters."""
-    return _REDACT_RE.sub(r"\1[redacted]", text)
+    """Replace the values of ``token=``/``access_token=``/``key=`` query parameters, however
+    their names are spelled: any case, percent-encoded (``%74oken=``) or with ``+``."""
+    if "=" not in text:
+        return text
+    return _PARAM_RE.sub(_redact_param, text)
+
+
+def _redact_param(m: re.Match[str]) -> str:
+    name = unquote_plus(m.group(2)).strip().lower()
+    if name in REDACTED_PARAMS:
+        return f"{m.group(1)}{m.group(2)}=[redacted]"
+    return m.group(0)
 
 
 def credential(conn: HTTPConnection, anonymous: bool = False) -> str | None:
@@ -125,6 +141,36 @@ def origin_allowed(conn: HTTPConnection, settings: Settings) -> bool:
         if pattern == "*" or _origin_pattern(pattern.rstrip("/")).fullmatch(origin):
             return True
     return False
+
+
+def _hosts(scope: Scope) -> list[str]:
+    return [bytes(v).decode("latin-1") for k, v in scope.get("headers", ()) if k.lower() == b"host"]
+
+
+def foreign_host(scope: Scope, settings: Settings) -> bool:
+    """Whether a dev-mode node must refuse this HTTP or WebSocket request: its ``Host``
+    does not name loopback (``localhost``, ``127.0.0.1``, ``[::1]``, any port). A dev-mode
+    node lets anyone use every room, so a page on another site that resolves its own name to
+    127.0.0.1 (DNS rebinding) must not reach it. No ``Host``, or several of which one is
+    foreign, is refused too. Outside dev mode every ``Host`` passes."""
+    if not settings.dev_mode or scope["type"] not in ("http", "websocket"):
+        return False
+    hosts = _hosts(scope)
+    return not hosts or not all(host_header_is_loopback(h) for h in hosts)
+
+
+async def refuse_foreign_host(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer a request :func:`foreign_host` refused: HTTP ``403`` with the JSON error body
+    (code ``forbidden``); a WebSocket handshake is refused with 403 before the upgrade."""
+    log.info(
+        "dev mode: refused a request for Host %s (only loopback names are served in dev mode)",
+        _shown(", ".join(_hosts(scope))),
+    )
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    exc = Forbidden("dev mode answers only requests for localhost, 127.0.0.1 or [::1]")
+    await error_response(exc)(scope, receive, send)
 
 
 # ---- admission ----------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""Every page works when the app is mounted under a path prefix (``/hub``) and served with a
-Content-Security-Policy that allows no inline script: chat (WebSocket), events (EventSource),
-admin (HTTP API, GET v1/stats) and call, in Debian's Chromium. Nothing may be requested outside
-the prefix, and the browser must report no CSP violation.
+"""Every page works when the app is mounted under a path prefix (``/hub``) and served with the
+Content-Security-Policy the app sends itself (no inline script, no framing; hardening case 56):
+chat (WebSocket), events (EventSource), admin (HTTP API, GET v1/stats) and call, in Debian's
+Chromium. Nothing may be requested outside the prefix, and the browser must report no CSP
+violation.
 
 The parent app is a plain Starlette app that mounts ``create_app(settings)`` at ``/hub`` and
 runs the inner app's lifespan from its own (mounted apps get no lifespan events).
@@ -20,7 +21,6 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hubbub.app import create_app
 from hubbub.hub.auth import Identity
@@ -33,10 +33,6 @@ from tests.helpers import until as eventually
 pytestmark = pytest.mark.timeout(90)
 
 PREFIX = "/hub"
-CSP = (
-    "default-src 'self'; script-src 'self'; connect-src 'self'; "
-    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none'; base-uri 'self'"
-)
 BACKEND = Identity(sub="backend", api_key=True)
 # Recorded before any page script runs (init scripts are not subject to the page's CSP).
 CSP_WATCH = """
@@ -44,27 +40,6 @@ window.__csp = [];
 document.addEventListener("securitypolicyviolation",
   (e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`));
 """
-
-
-class ContentSecurityPolicy:
-    """ASGI middleware: ``Content-Security-Policy`` on every HTTP response."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_csp(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.append((b"content-security-policy", CSP.encode()))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_csp)
 
 
 @dataclass
@@ -79,8 +54,9 @@ async def mounted() -> AsyncIterator[Mounted]:
     inner = create_app(settings, handle_signals=False)
     # Mounted the obvious way, with no lifespan wiring: the hub starts on the first request.
     parent = Starlette(routes=[Mount(PREFIX, app=inner)])
-    app = ContentSecurityPolicy(parent)
-    config = uvicorn.Config(app, **{**server_options(settings), "port": 0, "log_level": "warning"})
+    config = uvicorn.Config(
+        parent, **{**server_options(settings), "port": 0, "log_level": "warning"}
+    )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.get_running_loop().create_task(server.serve())
@@ -116,7 +92,14 @@ async def open_page(browser: Any, url: str, logs: list[str], name: str) -> Any:
 
     page.on("response", on_response)
     page.on("request", on_request)
-    await page.goto(url)
+    response = await page.goto(url)
+    assert response is not None
+    headers = response.headers
+    csp = headers["content-security-policy"]
+    script_src = next(d for d in csp.split(";") if d.strip().startswith("script-src"))
+    assert "'unsafe-inline'" not in script_src and "frame-ancestors 'none'" in csp, csp
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "no-referrer"
     return page
 
 
@@ -230,3 +213,18 @@ async def test_inline_script_would_be_blocked(browser: Any, mounted: Mounted) ->
     )
     await eventually(lambda: page.evaluate("window.__csp.length > 0"), what="a CSP violation")
     assert await page.evaluate("window.__inlineRan === undefined")
+
+
+async def test_pages_cannot_be_framed(browser: Any, mounted: Mounted) -> None:
+    """``frame-ancestors 'none'``: another origin's page (``localhost`` instead of
+    ``127.0.0.1``) that frames the chat page gets an empty frame."""
+    ctx = await browser.new_context()
+    page = await ctx.new_page()
+    other = mounted.url.replace("127.0.0.1", "localhost")
+    # A page of the other origin: the hub's 404 JSON, replaced by a document with an iframe.
+    await page.goto(other + "static/style.css")
+    await page.set_content(f'<iframe id="f" src="{mounted.url}"></iframe>')
+    await asyncio.sleep(1.0)
+    frame = page.frame_locator("#f")
+    assert await frame.locator("#nick").count() == 0
+    await ctx.close()

@@ -556,7 +556,7 @@ def test_grants_from_token_and_defaults() -> None:
 
 
 def test_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    authn = hs_auth(api_keys=("key-one", "key-two-rotated"))
+    authn = hs_auth(api_keys=("key-one-0123456789", "key-two-rotated-0123456789"))
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 
@@ -565,19 +565,20 @@ def test_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(a, b)
 
     monkeypatch.setattr("hubbub.hub.auth.hmac.compare_digest", spy)
-    one = authn.authenticate("key-one")
-    two = authn.authenticate("key-two-rotated")
+    one = authn.authenticate("key-one-0123456789")
+    two = authn.authenticate("key-two-rotated-0123456789")
     assert one.api_key and two.api_key
     assert one.scope != two.scope and one.scope.startswith("key:")
     assert "key-one" not in one.scope  # the scope never carries the key itself
     assert calls, "API keys must be compared with hmac.compare_digest"
-    for bad in ("key-on", "key-one ", "KEY-ONE", "key-one-x", "ключ"):
+    for bad in ("key-one-012345678", "key-one-0123456789 ", "KEY-ONE-0123456789",
+                "key-one-0123456789-x", "ключ"):  # fmt: skip
         refused(authn, bad)
-    assert authn.api_key_identity("key-on") is None
+    assert authn.api_key_identity("key-one-012345678") is None
 
 
 def test_api_key_identity_can_use_tokens_too() -> None:
-    authn = hs_auth(api_keys=("k",))
+    authn = hs_auth(api_keys=("k" * 16,))
     assert authn.authenticate(hs(claims())).sub == "alice"
 
 

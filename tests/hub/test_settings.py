@@ -21,20 +21,22 @@ from hubbub.hub.specs import Kind, spec_of
 ROOT = Path(__file__).resolve().parents[2]
 HUBBUB = str(Path(sys.executable).parent / "hubbub")
 
+K1, K2, K3 = ("key-one-0123456789", "key-two-0123456789", "key-three-0123456789")
+
 # Every variable of PROTOCOL.md §7 with a non-default value and the field value expected.
 ENV_CASES: list[tuple[str, str, str, Any]] = [
     ("HUB_HOST", "0.0.0.0", "host", "0.0.0.0"),
     ("HUB_PORT", "9123", "port", 9123),
     ("HUB_BROKER_URL", "redis://example:6379/2", "broker_url", "redis://example:6379/2"),
     ("HUB_REDIS_PREFIX", "other:", "redis_prefix", "other:"),
-    ("HUB_JWT_SECRET", "s3cret", "jwt_secret", "s3cret"),
+    ("HUB_JWT_SECRET", "s3cret" * 6, "jwt_secret", "s3cret" * 6),
     ("HUB_JWT_PUBLIC_KEY", "{pem}", "jwt_public_key", "{pem}"),
     ("HUB_JWT_JWKS_FILE", "{jwks}", "jwt_jwks_file", "{jwks}"),
     ("HUB_JWT_ALGORITHMS", "HS256, RS256,EdDSA", "jwt_algorithms", ("HS256", "RS256", "EdDSA")),
     ("HUB_JWT_AUDIENCE", "hub-aud", "jwt_audience", "hub-aud"),
     ("HUB_JWT_ISSUER", "https://issuer.example", "jwt_issuer", "https://issuer.example"),
     ("HUB_JWT_MAX_TTL", "120", "jwt_max_ttl", 120.0),
-    ("HUB_API_KEYS", "k1, k2,k3", "api_keys", ("k1", "k2", "k3")),
+    ("HUB_API_KEYS", f"{K1}, {K2},{K3}", "api_keys", (K1, K2, K3)),
     (
         "HUB_DEFAULT_GRANTS",
         "subscribe=chat:*,news;publish=chat:*",
@@ -145,9 +147,9 @@ def test_env_cases_cover_protocol_table() -> None:
 
 
 def test_api_keys_end_dev_mode_and_anonymous_can_be_forced() -> None:
-    s = Settings.load({"HUB_API_KEYS": "k"})
+    s = Settings.load({"HUB_API_KEYS": K1})
     assert not s.dev_mode and not s.anonymous
-    s = Settings.load({"HUB_JWT_SECRET": "x", "HUB_ALLOW_ANONYMOUS": "yes"})
+    s = Settings.load({"HUB_JWT_SECRET": "x" * 32, "HUB_ALLOW_ANONYMOUS": "yes"})
     assert not s.dev_mode and s.anonymous
     s = Settings.load({"HUB_ALLOW_ANONYMOUS": "false"})
     assert s.dev_mode and not s.anonymous

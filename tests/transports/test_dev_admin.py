@@ -43,7 +43,7 @@ async def test_dev_mode_admin_endpoints_refuse_other_addresses() -> None:
     app = create_app(make_settings(**DEV), handle_signals=False)
     transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 40000))
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://hub") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
             for method, path in (("GET", "/v1/stats"), ("GET", "/v1/rooms"),
                                  ("POST", "/v1/users/bob/disconnect")):  # fmt: skip
                 r = await http.request(method, path)
