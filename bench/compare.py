@@ -100,7 +100,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def measure(server: str, n: int, args: argparse.Namespace, rate: float = 0.0) -> dict[str, Any]:
-    key = "cmp-" + secrets.token_urlsafe(8)
+    key = "cmp-" + secrets.token_urlsafe(16)
     port = free_port()
     proc = start(server, port, key, args.pin)
     try:
