@@ -1,4 +1,4 @@
-"""``hubbub serve | token | probe | bench`` (PROTOCOL.md §7)."""
+"""``hubbub serve | token | probe | bench | soak`` (PROTOCOL.md §7)."""
 
 from __future__ import annotations
 
@@ -112,6 +112,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from hubbub.bench.soak import cmd_soak as run_soak
+
+    return run_soak(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hubbub", description="Hubbub real-time messaging hub")
     sub = p.add_subparsers(dest="command", required=True)
@@ -150,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure fan-out: deliveries/s, latency, loss, server cost")
     bench_arguments(b)
     b.set_defaults(func=cmd_bench)
+    from hubbub.bench.soak import add_arguments as soak_arguments
+
+    sk = sub.add_parser("soak", help="randomized faults on a private cluster, then check nothing "
+                        "acknowledged was lost")  # fmt: skip
+    soak_arguments(sk)
+    sk.set_defaults(func=cmd_soak)
     return p
 
 

@@ -1,0 +1,195 @@
+"""``hubbub soak``: a randomized fault run and a checker that proves nothing acknowledged was lost.
+
+It starts a private ``redis-server`` and ``--nodes`` nodes on 127.0.0.1, HTTP publishers (with
+idempotency keys and retries) at ``--rate`` across ``--rooms`` rooms, ``--clients`` followers
+(WebSocket, and about one in five SSE) that resume after every disconnect, and a fault schedule
+drawn from ``--seed`` (:mod:`hubbub.bench.soak_faults`). After ``--duration`` seconds the
+publishers stop, the followers get a settle time to catch up, history is read back, and
+:mod:`hubbub.bench.soak_check` checks every client life. Exit status: 0 clean, 1 violations,
+2 the run could not be carried out. ``--out`` receives ``summary.json`` and, on a violation,
+the offending clients' logs and the acknowledgements. Every process is stopped by pid at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hubbub.bench.soak_check import Report, check
+from hubbub.bench.soak_clients import Follower, Publisher, SseFollower, WsFollower
+from hubbub.bench.soak_faults import FAULT_KINDS, Cluster, Injector, SoakError, schedule
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of publishing and faults")
+    p.add_argument("--seed", type=int, default=1, help="seed of the fault schedule and the load")
+    p.add_argument("--nodes", type=int, default=2, help="nodes to start (at least 2)")
+    p.add_argument("--rooms", type=int, default=4, help="rooms to publish to")
+    p.add_argument("--clients", type=int, default=20, help="following clients (1 in 5 over SSE)")
+    p.add_argument("--rate", type=float, default=50.0, help="publications per second in total")
+    p.add_argument("--settle", type=float, default=10.0,
+                   help="at most this many seconds for clients to catch up at the end")  # fmt: skip
+    p.add_argument(
+        "--out", help="folder for the summary and offending logs (default: a new temp dir)"
+    )
+
+
+def _check_args(a: argparse.Namespace) -> str | None:
+    if not 1 <= a.duration <= 86_400:
+        return "--duration must be between 1 and 86400 seconds"
+    if not 2 <= a.nodes <= 16:
+        return "--nodes must be between 2 and 16"
+    if not 1 <= a.rooms <= 10_000 or not 1 <= a.clients <= 10_000:
+        return "--rooms and --clients must be between 1 and 10000"
+    if not 0 < a.rate <= 10_000:
+        return "--rate must be more than 0 and at most 10000"
+    if not 0 <= a.settle <= 600:
+        return "--settle must be between 0 and 600"
+    return None
+
+
+async def _history(urls: list[str], key: str, room: str) -> dict[str, Any]:
+    """``{"epoch", "messages"}``: every stored publication of ``room``, oldest first, read
+    through the history API."""
+    out: list[dict[str, Any]] = []
+    since = "0"
+    async with httpx.AsyncClient(timeout=10) as c:
+        for _ in range(100_000):
+            r = await c.get(f"{urls[0]}/v1/rooms/{room}/messages",
+                            params={"since": since, "limit": 1000},
+                            headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+            r.raise_for_status()
+            body = r.json()
+            out += [{"epoch": m["epoch"], "offset": m["offset"], "key": m["data"].get("key")}
+                    for m in body["messages"]]  # fmt: skip
+            if not body["more"] or not body["messages"]:
+                return {"epoch": body["epoch"], "messages": out}
+            since = body["cursor"]
+    raise SoakError(f"history of {room} did not end")
+
+
+async def _settle(followers: list[Follower], acks: list[dict[str, Any]], within: float) -> None:
+    """Wait until every follower is live at its room's last acknowledged offset (or ``within``)."""
+    head: dict[str, tuple[str, int]] = {}
+    for a in acks:
+        if a["offset"] >= head.get(a["room"], ("", -1))[1]:
+            head[a["room"]] = (a["epoch"], a["offset"])
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if all(f.live and f.pos is not None and f.pos[1] >= head.get(f.room, ("", 0))[1]
+               for f in followers):  # fmt: skip
+            return
+        await asyncio.sleep(0.1)
+
+
+async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]]:
+    """One run; returns the checker's report and the summary."""
+    key, secret = secrets.token_urlsafe(24), secrets.token_urlsafe(32)
+    cluster = Cluster(out, a.nodes, key, secret, history=max(10_000, int(a.rate * a.duration * 2)))
+    rng = random.Random(a.seed)
+    rooms = [f"soak-{a.seed}-{i}" for i in range(a.rooms)]
+    try:
+        await cluster.start()
+        followers: list[Follower] = []
+        for i in range(a.clients):
+            cls = SseFollower if i % 5 == 4 else WsFollower
+            followers.append(cls(f"c{i}", rooms[i % len(rooms)], cluster.urls, key,
+                                 random.Random(rng.random())))  # fmt: skip
+        tasks = [asyncio.create_task(f.run()) for f in followers]
+        await _settle(followers, [], 10.0)  # everyone subscribed before publishing starts
+
+        def drop(n: int) -> int:
+            chosen = rng.sample(followers, min(n, len(followers)))
+            for f in chosen:
+                f.drop()
+            return len(chosen)
+
+        faults = schedule(a.seed, a.duration, a.nodes)
+        injector = Injector(cluster, faults, drop)
+        pub = Publisher(cluster.urls, key, rooms, a.rate, a.seed)
+        stop = asyncio.Event()
+        t0 = time.monotonic()
+        pub_task = asyncio.create_task(pub.run(stop))
+        inj_task = asyncio.create_task(injector.run(t0))
+        await asyncio.sleep(a.duration)
+        await inj_task  # a last restart may overrun the duration a little
+        stop.set()
+        await pub_task
+        await _settle(followers, pub.acks, a.settle)
+        for f in followers:
+            f.finish()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        history = {r: await _history(cluster.urls, key, r) for r in rooms}
+    finally:
+        cluster.close()
+    lives = [life for f in followers for life in f.lives]
+    rep = check(pub.acks, lives, history)
+    summary = {
+        "seed": a.seed, "duration": a.duration, "nodes": a.nodes, "rooms": a.rooms,
+        "clients": a.clients, "rate": a.rate,
+        "faults": {k: injector.done.get(k, 0) for k in FAULT_KINDS},
+        "fault_log": injector.log,
+        "publishes": {"sent": pub.sent, "acknowledged": len(pub.acks), "retries": pub.retries,
+                      "failed": len(pub.failed)},
+        "deliveries_checked": rep.deliveries, "client_lives": rep.lives, "resumes": rep.resumes,
+        "final_lives": rep.final_lives, "gaps": dict(rep.gaps),
+        "skips_without_acknowledged_loss": rep.unacked_skips,
+        "violations": len(rep.violations),
+    }  # fmt: skip
+    if not rep.ok:
+        bad = rep.offending_clients()
+        (out / "violations.json").write_text(json.dumps(rep.violations, indent=1))
+        (out / "acks.json").write_text(json.dumps(pub.acks))
+        (out / "failed_publishes.json").write_text(json.dumps(pub.failed, indent=1))
+        for f in followers:
+            if f.cid in bad:
+                (out / f"client-{f.cid}.json").write_text(json.dumps(f.lives, indent=1))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return rep, summary
+
+
+def _print(summary: dict[str, Any], rep: Report, out: Path) -> None:
+    p = summary["publishes"]
+    print(f"hubbub soak: seed {summary['seed']}, {summary['nodes']} nodes, {summary['rooms']} "
+          f"rooms, {summary['clients']} clients, {summary['rate']:g}/s for {summary['duration']:g}s")  # fmt: skip
+    print("faults: " + ", ".join(f"{k} {v}" for k, v in summary["faults"].items()))
+    print(f"publishes: {p['sent']} sent, {p['acknowledged']} acknowledged, {p['retries']} "
+          f"retries, {p['failed']} failed")  # fmt: skip
+    print(f"deliveries checked: {summary['deliveries_checked']}; client lives: "
+          f"{summary['client_lives']}; resumes: {summary['resumes']}; open at the end: "
+          f"{summary['final_lives']}")  # fmt: skip
+    gaps = ", ".join(f"{k} {v}" for k, v in summary["gaps"].items()) or "none"
+    print(f"gaps: {gaps}")
+    print(f"violations: {summary['violations']}")
+    for v in rep.violations[:20]:
+        print(f"  {json.dumps(v)[:300]}")
+    print(f"output: {out}")
+
+
+def cmd_soak(a: argparse.Namespace) -> int:
+    err = _check_args(a)
+    if err:
+        print(f"hubbub soak: {err}", file=sys.stderr)
+        return 2
+    out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="hubbub-soak-"))
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        rep, summary = asyncio.run(soak(a, out))
+    except SoakError as exc:
+        print(f"hubbub soak: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hubbub soak: interrupted; every process was stopped", file=sys.stderr)
+        return 130
+    _print(summary, rep, out)
+    return 0 if rep.ok else 1

@@ -1,0 +1,99 @@
+"""``hubbub soak``: the checker on hand-made logs, and a short seeded run on a real cluster
+(a private redis-server, two nodes, every fault kind) that must come out clean."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hubbub.bench.soak_check import check
+from hubbub.bench.soak_faults import FAULT_KINDS, NODE_FAULTS, schedule
+from tests.conftest import need_tool
+
+ROOT = Path(__file__).resolve().parents[1]
+E = "ep1"
+ACKS = [{"room": "r", "epoch": E, "offset": o, "key": f"k{o}"} for o in range(1, 6)]
+STORED = [{"epoch": E, "offset": o, "key": f"k{o}"} for o in range(1, 6)]
+HISTORY = {"r": {"epoch": E, "messages": STORED}}
+
+
+def life(
+    events: list[list[Any]], since: list[Any] | None = None, final: bool = True
+) -> dict[str, Any]:
+    return {"client": "c0", "life": 0, "kind": "ws", "room": "r", "since": since,
+            "final": final, "events": events}  # fmt: skip
+
+
+def msgs(*offsets: int) -> list[list[Any]]:
+    return [["msg", E, o] for o in offsets]
+
+
+def rules(rep: Any) -> list[str]:
+    return [v["rule"] for v in rep.violations]
+
+
+def test_checker_passes_a_clean_run_and_a_covered_gap() -> None:
+    assert check(ACKS, [life([["start", E, 0], *msgs(1, 2, 3, 4, 5)])], HISTORY).ok
+    resumed = life([["gap", E, 3, 4], *msgs(5)], since=[E, 2])
+    rep = check(ACKS, [life([["start", E, 0], *msgs(1, 2)], final=False), resumed], HISTORY)
+    assert rep.ok, rep.violations
+    assert rep.resumes == 1 and rep.deliveries == 3 and sum(rep.gaps.values()) == 1
+    new_epoch = life([["start", E, 2], ["gap", "ep2", 1, 0]])
+    assert check(ACKS[:2], [new_epoch], {"r": {"epoch": "ep2", "messages": []}}).ok
+
+
+def test_checker_finds_a_duplicate() -> None:
+    rep = check(ACKS, [life([["start", E, 0], *msgs(1, 2, 2, 3, 4, 5)])], HISTORY)
+    assert rules(rep) == ["duplicate"] and rep.offending_clients() == {"c0"}
+
+
+def test_checker_finds_a_missing_acknowledged_offset_without_gap() -> None:
+    rep = check(ACKS, [life([*msgs(4, 5)], since=[E, 2])], HISTORY)
+    assert rules(rep) == ["acknowledged offsets not delivered and no gap"]
+    assert rep.violations[0]["offsets"] == [3]
+    rep = check(ACKS, [life([["start", E, 0], *msgs(1, 2, 3)])], HISTORY)
+    assert rules(rep) == ["acknowledged offsets never delivered by the end"]
+
+
+def test_checker_finds_disorder_and_history_faults() -> None:
+    rep = check(ACKS, [life([["start", E, 0], *msgs(1, 3, 2, 4, 5)])], HISTORY)
+    assert "out of order" in rules(rep)
+    twice = {"r": {"epoch": E, "messages": [*STORED, {"epoch": E, "offset": 6, "key": "k5"}]}}
+    assert rules(check(ACKS, [], twice)) == ["idempotency key stored twice"]
+    assert rules(check(ACKS, [], {"r": {"epoch": E, "messages": STORED[1:]}})) == [
+        "acknowledged publication missing from history"
+    ]
+
+
+def test_schedule_is_seeded_and_has_every_kind() -> None:
+    a, b = schedule(7, 20, 2), schedule(7, 20, 2)
+    assert a == b and a != schedule(8, 20, 2)
+    assert {f.kind for f in a} == set(FAULT_KINDS)
+    assert all(0 <= f.node < 2 for f in a if f.kind in NODE_FAULTS)
+
+
+def test_bad_arguments_get_a_clear_error() -> None:
+    r = subprocess.run([sys.executable, "-m", "hubbub", "soak", "--nodes", "1"],
+                       capture_output=True, text=True, timeout=30, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 2 and "--nodes must be between 2 and 16" in r.stderr
+
+
+def test_soak_twenty_seconds_is_clean(tmp_path: Path) -> None:
+    need_tool("redis-server")
+    out = tmp_path / "soak"
+    argv = [sys.executable, "-m", "hubbub", "soak", "--duration", "20", "--seed", "7",
+            "--nodes", "2", "--rooms", "4", "--clients", "20", "--rate", "50", "--out", str(out)]  # fmt: skip
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=90, cwd=ROOT)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"soak did not finish: {exc.stdout!r} {exc.stderr!r}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(summary["faults"][k] >= 1 for k in FAULT_KINDS), summary["faults"]
+    assert summary["deliveries_checked"] > 0 and summary["resumes"] > 0
+    assert summary["violations"] == 0 and "violations: 0" in r.stdout
