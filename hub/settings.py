@@ -152,7 +152,7 @@ class Settings:
     turn_urls: tuple[str, ...] = _setting((), Kind.LIST, "TURN URLs for ICE")
     turn_secret: str | None = _setting(None, Kind.OPTIONAL_TEXT,
                                        "TURN REST shared secret", secret=True)  # fmt: skip
-    turn_ttl: float = _seconds(3600.0, "lifetime of TURN credentials", high=YEAR)
+    turn_ttl: float = _seconds(3600.0, "lifetime of TURN credentials", high=DAY)
     shutdown_timeout: float = _seconds(30.0, "drain time on SIGTERM", zero=True)
     log_format: str = _setting("text", Kind.CHOICE, "log line format", choices=("text", "json"))
     log_level: str = _setting("info", Kind.CHOICE, "least severe level logged",

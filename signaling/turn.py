@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hubbub.hub.auth import Identity
 from hubbub.hub.session import Session
 from hubbub.hub.settings import Settings
 
@@ -48,6 +49,13 @@ def ice_servers(settings: Settings, sub: str, now: float | None = None) -> dict[
     return {"ice_servers": servers, "ttl": int(settings.turn_ttl)}
 
 
+def may_get_ice(identity: Identity) -> bool:
+    """Whether ``identity`` may receive ICE servers (and so TURN credentials): only one that
+    holds a ``signal`` grant, for any room pattern. TURN relays media for calls; an identity that
+    may join no call has no use for a relay and must not get one. API keys hold every grant."""
+    return identity.api_key or bool(identity.grants.get("signal"))
+
+
 def refresh_period(ttl: float) -> float:
     """Seconds between ``ice_servers`` pushes: the credentials' TTL minus a lead of 20 % (at
     most 5 minutes, at least 1 s or half the TTL), so a client always holds valid ones."""
@@ -62,9 +70,10 @@ def arm_ice_refresh(
     ``session`` every :func:`refresh_period` (PROTOCOL.md §6: "sent before the credentials
     expire"); the first push comes one period after ``welcome``, which carried the first set.
 
-    Does nothing without TURN (STUN entries never expire). Timers are plain ``call_later``
+    Does nothing without TURN (STUN entries never expire) or when the session's identity may
+    not get ICE servers (:func:`may_get_ice`). Timers are plain ``call_later``
     handles (no task per session) and are cancelled when the session closes."""
-    if not (settings.turn_urls and settings.turn_secret):
+    if not (settings.turn_urls and settings.turn_secret) or not may_get_ice(session.identity):
         return
     loop = asyncio.get_running_loop()
     period = refresh_period(settings.turn_ttl)

@@ -45,7 +45,7 @@ from hubbub.hub.errors import (
 )
 from hubbub.hub.hub import Hub, PreparedPublish
 from hubbub.hub.settings import GRANT_KINDS, Settings
-from hubbub.signaling.turn import ice_servers
+from hubbub.signaling.turn import ice_servers, may_get_ice
 from hubbub.transports import openapi
 from hubbub.transports.edge import admit, error_response, is_loopback, json_response
 from hubbub.transports.http_edge import (
@@ -254,7 +254,7 @@ class Api:
         ident = call.identity
         if ident.api_key:
             raise Forbidden("ICE servers are issued to client tokens only, not to API keys")
-        if not ident.grants.get("signal"):
+        if not may_get_ice(ident):
             # TURN relays media for calls: a token that may join no call gets no credentials
             raise Forbidden("ICE servers need a signal grant")
         return ice_servers(self.settings, ident.sub), 200

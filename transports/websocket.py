@@ -48,7 +48,7 @@ from hubbub.hub.hub import Hub
 from hubbub.hub.metrics import Metrics
 from hubbub.hub.session import Item, Session
 from hubbub.signaling.relay import relay_signal
-from hubbub.signaling.turn import arm_ice_refresh, ice_servers
+from hubbub.signaling.turn import arm_ice_refresh, ice_servers, may_get_ice
 from hubbub.transports.direct import DirectWriter
 from hubbub.transports.edge import admit
 from hubbub.transports.ws_frames import FrameHandler
@@ -167,9 +167,10 @@ def _welcome(hub: Hub, session: Session) -> dict[str, Any]:
     left = ident.expires_in()
     if left is not None:
         welcome["expires_in"] = round(left, 3)
-    ice = ice_servers(s, ident.sub)
-    if ice["ice_servers"]:
-        welcome["ice_servers"] = ice["ice_servers"]
+    if may_get_ice(ident):  # TURN credentials go to signalers only
+        ice = ice_servers(s, ident.sub)
+        if ice["ice_servers"]:
+            welcome["ice_servers"] = ice["ice_servers"]
     return welcome
 
 
