@@ -123,6 +123,26 @@ def _is_pem_key(text: str) -> bool:
         return False
 
 
+@dataclass(frozen=True, slots=True)
+class _JwksKey:
+    """One key of the JWKS file with the ``alg`` and ``use`` members it was published with
+    (``None`` when absent; PyJWK infers an algorithm when ``alg`` is absent, so it cannot tell)."""
+
+    jwk: PyJWK
+    alg: Any
+    use: Any
+
+    def key_for(self, alg: str) -> Any:
+        """The key, for a token signed with ``alg``. RFC 7517 §4.2/§4.4: a key published with an
+        ``alg`` serves that algorithm only, and one with a ``use`` serves signatures only when
+        it is ``sig``; any other pairing is refused like any bad token."""
+        if self.alg is not None and self.alg != alg:
+            raise Unauthorized(reason="key_algorithm")
+        if self.use is not None and self.use != "sig":
+            raise Unauthorized(reason="key_use")
+        return self.jwk.key
+
+
 def _parse_hub_claim(claim: Any) -> dict[str, tuple[str, ...]]:
     if not isinstance(claim, dict):
         raise ValueError("hub claim must be an object")
@@ -157,8 +177,8 @@ class Authenticator:
         self._api_keys = [k.encode() for k in settings.api_keys]
         self.failures: Counter[str] = Counter()  # refusals by reason (metrics only)
         self._public_key: Any = None
-        self._jwks: dict[str, PyJWK] = {}
-        self._jwks_list: list[PyJWK] = []
+        self._jwks: dict[str, _JwksKey] = {}
+        self._jwks_list: list[_JwksKey] = []
         if settings.jwt_public_key:
             text = settings.jwt_public_key
             if "-----BEGIN" not in text:
@@ -175,10 +195,10 @@ class Authenticator:
             try:
                 data = json.loads(Path(path).read_text())
                 for raw in data.get("keys", []):
-                    k = PyJWK(raw)
+                    k = _JwksKey(PyJWK(raw), raw.get("alg"), raw.get("use"))
                     self._jwks_list.append(k)
-                    if k.key_id:
-                        self._jwks[k.key_id] = k
+                    if k.jwk.key_id:
+                        self._jwks[k.jwk.key_id] = k
             except (OSError, ValueError, jwt.PyJWTError) as exc:
                 raise ConfigError(f"HUB_JWT_JWKS_FILE={path!r}: {exc}") from None
 
@@ -236,9 +256,9 @@ class Authenticator:
         kid = header.get("kid")
         if self._jwks_list:
             if isinstance(kid, str) and kid in self._jwks:
-                return self._jwks[kid].key
+                return self._jwks[kid].key_for(alg)
             if kid is None and len(self._jwks_list) == 1:
-                return self._jwks_list[0].key
+                return self._jwks_list[0].key_for(alg)
             if kid is not None and self._public_key is None:
                 raise Unauthorized(reason="unknown_key")
         if self._public_key is not None:
