@@ -173,6 +173,20 @@ async def refuse_foreign_host(scope: Scope, receive: Receive, send: Send) -> Non
     await error_response(exc)(scope, receive, send)
 
 
+def cross_site_cookie(conn: HTTPConnection) -> bool:
+    """Whether ``conn`` is a cross-site request (``Sec-Fetch-Site: cross-site``) that would be
+    authenticated by the ``hubbub_token`` cookie: the cookie is set and no ``Authorization``
+    header carries a credential (:func:`credential` prefers the header, then the cookie). Such a
+    request comes from a page on another site (an ``<img>``, a ``<script>``, an
+    ``EventSource``, a WebSocket) that the browser lends the user's cookie to."""
+    if conn.headers.get("sec-fetch-site", "").strip().lower() != "cross-site":
+        return False
+    if not conn.cookies.get(TOKEN_COOKIE):
+        return False
+    _scheme, _, value = conn.headers.get("authorization", "").strip().partition(" ")
+    return not value.strip()
+
+
 # ---- admission ----------------------------------------------------------------------------------
 async def admit(
     hub: Hub,
@@ -187,8 +201,11 @@ async def admit(
     the cheapest refusal first:
 
     1. Origin (:func:`origin_allowed`): refused with Forbidden ``origin not allowed``, the
-       only Forbidden raised here, always before ``accepted`` is awaited. Credentials may ride
-       on a cookie, so a cross-site page must not get a session or an answer at all.
+       only Forbidden raised here (with the next), always before ``accepted`` is awaited. Credentials may ride
+       on a cookie, so a cross-site page must not get a session or an answer at all. A
+       cross-site request authenticated by the cookie (:func:`cross_site_cookie`) must also
+       carry an allowed ``Origin``: without one it gets the same Forbidden (browsers send no
+       ``Origin`` for an ``<img>`` or a ``<script>``).
     2. ``accepted()``, when given (the WebSocket completes its upgrade here, so that later
        refusals are close codes a browser can see).
     3. The credential (:func:`credential`); a malformed ``Authorization`` raises Unauthorized,
@@ -211,6 +228,10 @@ async def admit(
             _shown(conn.headers.get("origin", "")),
         )
         raise Forbidden("origin not allowed")
+    if cross_site_cookie(conn) and "origin" not in conn.headers:
+        log.info("%s: refused a cross-site request authenticated by the %s cookie without an "
+                 "Origin", transport, TOKEN_COOKIE)  # fmt: skip
+        raise Forbidden("a cross-site request authenticated by cookie needs an allowed Origin")
     if accepted is not None:
         await accepted()
     anonymous = hub.settings.anonymous
