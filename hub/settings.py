@@ -143,6 +143,10 @@ class Settings:
     client_publish_rate: Rate = _setting(  # noqa: RUF009
         Rate(20.0, 40.0), Kind.RATE, "publishes per session"
     )
+    client_command_rate: Rate = _setting(  # noqa: RUF009
+        Rate(50.0, 100.0), Kind.RATE,
+        "subscribe, unsubscribe, history and presence frames per session",
+    )  # fmt: skip
     api_rate: Rate = _setting(  # noqa: RUF009
         Rate(1000.0, 2000.0), Kind.RATE, "HTTP requests per API key or client IP"
     )

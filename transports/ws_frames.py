@@ -13,6 +13,13 @@ holds: the broker call is made in the task's first step (``Hub.publish_prepared`
 first steps run in creation order. At most :data:`MAX_PUBLISHES_IN_FLIGHT` are in flight per
 connection (the reader then waits, so a fast publisher meets TCP backpressure), and every other
 frame waits until none is in flight, so it sees the effect of the publications sent before it.
+
+Reads and subscriptions are metered too: every ``subscribe``, ``unsubscribe``, ``history`` and
+``presence`` frame of a client session takes a token from the session's
+``HUB_CLIENT_COMMAND_RATE`` bucket before anything else is done; over budget it is answered
+``error rate_limited`` (temporary) and nothing is served (publishes and signals have their own
+``HUB_CLIENT_PUBLISH_RATE`` bucket; ``ping``/``pong`` are free). API-key sessions are not
+metered, as for publishes.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from hubbub.hub.errors import (
     Unauthorized,
 )
 from hubbub.hub.hub import Hub, PreparedPublish
+from hubbub.hub.ratelimit import UNLIMITED, TokenBucket
 from hubbub.hub.session import Session
 
 log = logging.getLogger("hubbub.ws")
@@ -53,6 +61,8 @@ def _frame_id(frame: dict[str, Any]) -> int | None:
 # per-instance dict of bound methods cost about 0.9 KiB per idle connection).
 _FRAME_TYPES = frozenset(("subscribe", "unsubscribe", "publish", "history", "presence",
                           "refresh", "signal", "ping", "pong", "auth"))  # fmt: skip
+# Frame types that draw on HUB_CLIENT_COMMAND_RATE.
+_METERED = frozenset(("subscribe", "unsubscribe", "history", "presence"))
 
 
 class FrameHandler:
@@ -65,12 +75,16 @@ class FrameHandler:
         self.in_flight = 0  # publishes whose broker call has not ended
         # Set whenever in_flight goes down; made on the first wait (idle connections carry none).
         self._changed: asyncio.Event | None = None
+        # HUB_CLIENT_COMMAND_RATE, made on the first metered frame (idle connections carry none).
+        self._commands: TokenBucket | None = None
 
     async def handle(self, frame: dict[str, Any]) -> None:
         fid = _frame_id(frame)
         kind = frame["type"]
         if kind not in _FRAME_TYPES:
             raise BadRequest(f"unknown frame type {kind[:32]!r}")
+        if kind in _METERED:
+            self._take_command()
         if self.in_flight and kind != "publish":
             await self._wait_in_flight(0)
         await getattr(self, kind)(frame, fid)
@@ -93,6 +107,16 @@ class FrameHandler:
     def _take_rate(self) -> None:
         if not self.session.rate.take():
             raise RateLimited("publish rate exceeded (HUB_CLIENT_PUBLISH_RATE)")
+        self.session.rate_strikes = 0
+
+    def _take_command(self) -> None:
+        bucket = self._commands
+        if bucket is None:
+            rate = self.hub.settings.client_command_rate
+            unmetered = self.session.identity.api_key or not rate.enabled
+            bucket = self._commands = UNLIMITED if unmetered else TokenBucket.of(rate)
+        if not bucket.take():
+            raise RateLimited("frame rate exceeded (HUB_CLIENT_COMMAND_RATE)")
         self.session.rate_strikes = 0
 
     # ---- handlers --------------------------------------------------------------------------
