@@ -173,22 +173,29 @@ class Node:
             await asyncio.wait_for(self.task, 15)
 
 
-async def start_node(settings: Settings, port: int = 0, **options: Any) -> Node:
-    """Start a node in this event loop on 127.0.0.1 (port 0: any free port). ``options``
-    override uvicorn's (e.g. ``http="h11"``)."""
-    app = create_app(settings, handle_signals=False)
-    opts = {**server_options(settings), "port": port, "log_level": "warning", **options}
-    config = uvicorn.Config(app, **opts)
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+async def serve(
+    app: Any, settings: Settings, port: int = 0, fast_path: bool | None = None, **options: Any
+) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    """Serve ``app`` in this event loop on 127.0.0.1 with a node's uvicorn options
+    (``server_options``; ``options`` override them, e.g. ``http="h11"``). Returns the server,
+    its task and the port it listens on, once it listens."""
+    opts = {**server_options(settings, fast_path), "port": port, "log_level": "warning", **options}
+    server = uvicorn.Server(uvicorn.Config(app, **opts))
     task = asyncio.get_running_loop().create_task(server.serve())
     while not server.started:
         if task.done():
             task.result()
             raise RuntimeError("server stopped during start-up")
         await asyncio.sleep(0.01)
-    sock = server.servers[0].sockets[0]
-    return Node(app.state.hub, server, task, sock.getsockname()[1])
+    return server, task, server.servers[0].sockets[0].getsockname()[1]
+
+
+async def start_node(settings: Settings, port: int = 0, **options: Any) -> Node:
+    """Start a node in this event loop on 127.0.0.1 (port 0: any free port). ``options``
+    override uvicorn's (e.g. ``http="h11"``)."""
+    app = create_app(settings, handle_signals=False)
+    server, task, bound = await serve(app, settings, port, **options)
+    return Node(app.state.hub, server, task, bound)
 
 
 @pytest.fixture

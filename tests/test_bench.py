@@ -4,7 +4,6 @@ No timing assertions: speed is measured by the tool, not asserted by tests (docs
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import subprocess
@@ -14,12 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from hubbub.app import create_app
-from hubbub.transports.server import server_options
-from tests.conftest import API_KEY, Node, free_port, make_settings, need_tool, token
-from tests.helpers import until
+from tests.conftest import API_KEY, Node, free_port, make_settings, need_tool, serve, token
 from tests.wsclient import WS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,14 +126,9 @@ async def test_plain_asgi_fallback_with_deflate_keeps_order() -> None:
     """On uvicorn's own protocols (the plain-ASGI fallback), with per-message deflate on, no
     direct path is offered: every frame goes through the queue and the ASGI send, in order."""
     app = create_app(make_settings(), handle_signals=False)
-    opts = {**server_options(app.state.settings, fast_path=False), "port": 0,
-            "log_level": "warning", "ws_per_message_deflate": True}  # fmt: skip
-    server = uvicorn.Server(uvicorn.Config(app, **opts))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.get_running_loop().create_task(server.serve())
-    await until(lambda: server.started or task.done(), 10, "the server to start")
-    assert server.started, task
-    port = server.servers[0].sockets[0].getsockname()[1]
+    server, task, port = await serve(
+        app, app.settings, fast_path=False, ws_per_message_deflate=True
+    )
     node = Node(app.state.hub, server, task, port)
     try:
         directs = await _fan_out_in_order(node, n=100, subscribers=2)

@@ -18,16 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from hubbub.app import create_app
 from hubbub.hub.auth import Identity
 from hubbub.hub.hub import Hub
-from hubbub.transports.server import server_options
 from tests.browser.conftest import watch
-from tests.conftest import API_KEY, make_settings, token
+from tests.conftest import API_KEY, make_settings, serve, token
 from tests.helpers import until as eventually
 
 pytestmark = pytest.mark.timeout(90)
@@ -54,18 +52,7 @@ async def mounted() -> AsyncIterator[Mounted]:
     inner = create_app(settings, handle_signals=False)
     # Mounted the obvious way, with no lifespan wiring: the hub starts on the first request.
     parent = Starlette(routes=[Mount(PREFIX, app=inner)])
-    config = uvicorn.Config(
-        parent, **{**server_options(settings), "port": 0, "log_level": "warning"}
-    )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.get_running_loop().create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("server stopped during start-up")
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    server, task, port = await serve(parent, settings)
     try:
         yield Mounted(inner.state.hub, f"http://127.0.0.1:{port}{PREFIX}/")
     finally:
