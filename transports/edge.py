@@ -5,7 +5,6 @@ logged."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import re
@@ -30,7 +29,7 @@ from hubbub.hub.errors import (
 )
 from hubbub.hub.hub import Hub
 from hubbub.hub.settings import Settings
-from hubbub.hub.values import host_header_is_loopback
+from hubbub.hub.values import host_header_is_loopback, is_loopback_host
 
 log = logging.getLogger("hubbub.edge")
 
@@ -96,11 +95,7 @@ def credential(conn: HTTPConnection, anonymous: bool = False) -> str | None:
 
 def is_loopback(conn: HTTPConnection) -> bool:
     """Whether the client's address (the TCP peer) is a loopback address (127.0.0.0/8, ::1)."""
-    host = conn.client.host if conn.client else ""
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(conn.client.host) if conn.client else False
 
 
 def _shown(text: str) -> str:
