@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import secrets
-import signal
 import socket
 import statistics
 import subprocess
@@ -33,16 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hubbub.bench.run import free_port, stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 SERVERS = ("websockets", "socketio", "hubbub", "hubbub-sse")
 BASELINE = [""]  # --baseline: a checkout of an older Hubbub, run as "hubbub-before[-sse]"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -89,16 +84,6 @@ def start(server: str, port: int, key: str, pin: bool) -> subprocess.Popen[bytes
     return proc
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def measure(server: str, n: int, args: argparse.Namespace, rate: float = 0.0) -> dict[str, Any]:
     key = "cmp-" + secrets.token_urlsafe(16)
     port = free_port()
@@ -121,7 +106,7 @@ def measure(server: str, n: int, args: argparse.Namespace, rate: float = 0.0) ->
         result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
         return result
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 def med(values: list[float]) -> float:

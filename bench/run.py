@@ -148,16 +148,23 @@ def start_nodes(
     return nodes
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM (a node drains), SIGKILL after ``timeout`` seconds; returns once it exited."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def stop_nodes(nodes: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
-    for _, proc in nodes:
+    for _, proc in nodes:  # every node drains at once
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
     for _, proc in nodes:
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 # ---- statistics --------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from hubbub.bench.run import free_port
+from hubbub.bench.run import free_port, stop_process
 
 NODE_FAULTS = ("kill", "term", "stop")
 FAULT_KINDS = (*NODE_FAULTS, "client_drop")
@@ -86,12 +86,7 @@ class Node:
         if self.stopped:
             p.send_signal(signal.SIGCONT)
             self.stopped = False
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(8)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+        stop_process(p, 8)
 
 
 class Cluster:
