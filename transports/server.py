@@ -14,6 +14,7 @@ node logs why and runs on uvicorn's own protocols instead: slower fan-out, same 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from typing import Any
@@ -49,19 +50,26 @@ def fast_path_problem() -> str | None:
         from uvicorn.server import Server, ServerState
     except ImportError as exc:
         return f"missing module: {exc.name}"
-    state = ServerState()
+    return _problem(ServerState, uvicorn.Config, Server)
+
+
+@functools.cache
+def _problem(state_class: Any, config_class: Any, server_class: Any) -> str | None:
+    """:func:`fast_path_problem` for these classes (reading their source takes ~15 ms, and
+    every node a process starts asks)."""
+    state = state_class()
     missing = [name for name in STATE_FIELDS if not hasattr(state, name)]
     if missing:
         return f"uvicorn's ServerState has no {', '.join(missing)}"
     # (No Config is made here: making one configures uvicorn's logging.)
-    params = inspect.signature(uvicorn.Config).parameters
+    params = inspect.signature(config_class).parameters
     wanted = ("http", "timeout_graceful_shutdown", *CONFIG_FIELDS[1:])
     missing = [n for n in wanted if n not in params]
     if missing:
         return f"uvicorn.Config takes no {', '.join(missing)}"
-    if "self.loaded_app" not in (_source(uvicorn.Config) or "self.loaded_app"):
+    if "self.loaded_app" not in (_source(config_class) or "self.loaded_app"):
         return "uvicorn.Config no longer sets loaded_app"
-    source = _source(Server)
+    source = _source(server_class)
     if source is not None and not all(f"{arg}=" in source for arg in PROTOCOL_ARGS):
         return "uvicorn no longer builds protocols with config=, server_state=, app_state="
     return None
