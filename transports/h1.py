@@ -89,7 +89,10 @@ class HttpConnection(asyncio.Protocol):
 
     @property
     def default_headers(self) -> list[tuple[bytes, bytes]]:
-        return list(self.server_state.default_headers)
+        """The server's headers for every response (``Date``, …), as uvicorn keeps them
+        (uvicorn replaces the list each second; it is only read here)."""
+        headers: list[tuple[bytes, bytes]] = self.server_state.default_headers
+        return headers
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
