@@ -250,10 +250,12 @@ class RedisStateStore:
         if not calls:
             return
         if not self._conn.cluster:
-            pipe = redis.pipeline(transaction=False)
-            for script, keys, args in calls:
-                await script(keys=keys, args=args, client=pipe)
-            await pipe.execute()
+            # ``async with``: redis-py keeps the pipeline's connection when loading the scripts
+            # fails (a dropped connection, a cancel) and only the exit gives it back to the pool.
+            async with redis.pipeline(transaction=False) as pipe:
+                for script, keys, args in calls:
+                    await script(keys=keys, args=args, client=pipe)
+                await pipe.execute()
             return
         for i in range(0, len(calls), 100):
             await asyncio.gather(

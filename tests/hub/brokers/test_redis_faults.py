@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import subprocess
+import warnings
 from typing import Any
 
 import pytest
@@ -245,6 +247,30 @@ async def test_refresh_rebuilds_presence_after_redis_lost_its_data(
     assert [m.session for m in await state.presence_list("p")] == ["s1"]
     assert await state.connection_count("alice") == 1
     assert await state.list_rooms("", None, 10) == ([("p", 1)], None)
+
+
+async def test_refresh_cut_short_while_loading_scripts_leaks_no_connection(
+    make_node: MakeNode, redis_proc: RedisProc
+) -> None:
+    """A refresh whose pipeline is interrupted while it checks its scripts (Redis paused past the
+    call timeout) gives its connection back: no pipeline is left holding one."""
+    _, state, _ = await make_node()
+    await state.connection_add("alice", "s1")
+    gc.collect()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        redis_cli(redis_proc, "CLIENT", "PAUSE", str(int(TIMEOUT * 3000)), "ALL")
+        refused = False
+        try:
+            await state.refresh_once()
+        except BrokerError:  # not kept: its traceback would keep the pipeline alive
+            refused = True
+        gc.collect()
+    assert refused
+    assert [str(w.message) for w in caught if "Unclosed" in str(w.message)] == []
+    await asyncio.sleep(TIMEOUT * 3)
+    await state.refresh_once()  # Redis is back: the pool still has connections to give
+    assert await state.connection_count("alice") == 1
 
 
 async def test_noscript_after_script_flush_reloads(make: Make, redis_proc: RedisProc) -> None:
