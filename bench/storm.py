@@ -30,13 +30,21 @@ from typing import Any
 import httpx
 import jwt
 
-from hubbub.bench.run import free_port, percentile, raise_fd_limit, stop_process, wait_ready
+from hubbub.bench.run import (
+    free_port,
+    percentile,
+    proc_cpu_s,
+    raise_fd_limit,
+    stop_process,
+    wait_ready,
+)
 from hubbub.bench.storm_client import StormJob, storm_worker
 
 FALSE_OUTAGE_CLOSE = "4003"
 
 
-def _redis(port: int, pin: bool) -> subprocess.Popen[bytes]:
+def start_redis(port: int, pin: bool) -> subprocess.Popen[bytes]:
+    """A private redis-server on 127.0.0.1:``port``, no persistence (``pin``: on core 1)."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise SystemExit(
@@ -49,7 +57,7 @@ def _redis(port: int, pin: bool) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
 
-def _wait_redis(port: int, proc: subprocess.Popen[bytes]) -> None:
+def wait_redis(port: int, proc: subprocess.Popen[bytes]) -> None:
     import socket
 
     deadline = time.monotonic() + 10
@@ -125,10 +133,10 @@ def run_storm(args: Any) -> dict[str, Any]:
     secret = secrets.token_urlsafe(32)
     rooms = [f"storm-{i:03d}" for i in range(max(1, args.rooms))]
     redis_port = free_port()
-    redis = _redis(redis_port, args.pin)
+    redis = start_redis(redis_port, args.pin)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        _wait_redis(redis_port, redis)
+        wait_redis(redis_port, redis)
         env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
         env.update(HUB_API_KEYS=key, HUB_JWT_SECRET=secret, HUB_API_RATE="0",
                    HUB_LOG_LEVEL="warning", HUB_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
@@ -210,6 +218,7 @@ async def _drive(args: Any, n: int, key: str, rooms: list[str], ports: list[int]
     profiler = _profiler(procs[1].pid)
     if profiler is not None:
         await asyncio.sleep(0.5)
+    cpu0 = proc_cpu_s(procs[1].pid)
     t0 = time.monotonic_ns()
     procs[0].send_signal(signal.SIGTERM)
     deadline = time.monotonic() + args.storm_timeout
@@ -223,6 +232,7 @@ async def _drive(args: Any, n: int, key: str, rooms: list[str], ports: list[int]
         msg = p.recv()
         assert msg[0] == "resumed", msg
     t_end = time.monotonic_ns()
+    cpu_b = proc_cpu_s(procs[1].pid) - cpu0
     if profiler is not None:
         await asyncio.get_running_loop().run_in_executor(None, profiler.wait)
     await asyncio.sleep(1.0)
@@ -237,7 +247,10 @@ async def _drive(args: Any, n: int, key: str, rooms: list[str], ports: list[int]
             if msg[0] == "done":
                 reports.append(msg[1])
                 break
-    return _figures(n, t0, t_end, opened_s, resumed_all, pub, reports)
+    return {
+        **_figures(n, t0, t_end, opened_s, resumed_all, pub, reports),
+        "node_b_cpu_s": round(cpu_b, 2),
+    }
 
 
 def _figures(n: int, t0: int, t_end: int, opened_s: float, resumed_all: bool, pub: Publisher,
@@ -289,7 +302,7 @@ def render_storm(r: dict[str, Any]) -> str:
         f"  opened on A in {r['open_s']} s",
         f"  resumed {r['resumed']}/{r['clients']} ({r['recovered']} recovered: true), after the "
         f"SIGTERM: p50 {r['resume_p50_ms']} ms, p99 {r['resume_p99_ms']} ms, "
-        f"last {r['resume_last_ms']} ms",
+        f"last {r['resume_last_ms']} ms; node B used {r['node_b_cpu_s']} CPU-s meanwhile",
         f"  lost {r['lost']}, duplicated {r['duplicated']}, gaps {r['gaps']}",
         f"  false outages (unavailable / 4003): {r['false_outages']}; errors {r['errors']}; "
         f"closes {r['closes']}",

@@ -106,6 +106,7 @@ class Hub(Delivery):
         self.broker_up = False
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._registering: set[asyncio.Task[Any]] = set()  # background connection_add calls
 
     # ---- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -162,25 +163,43 @@ class Hub(Delivery):
             # Backends (API keys) are limited per key over HTTP, not per session.
             publish_rate=None if identity.api_key else s.client_publish_rate,
         )
-        try:
-            async with self.admission:
-                count = await self.state.connection_add(identity.sub, session.id)
-        except BrokerError:
-            raise Unavailable("broker unavailable") from None
-        if (
-            s.max_connections_per_user
-            and count > s.max_connections_per_user
-            and not identity.api_key
-        ):
-            with contextlib.suppress(BrokerError):
-                await self.state.connection_remove(identity.sub, session.id)
-            raise Disconnect(CLOSE_LIMIT, "connection limit reached")
+        limit = 0 if identity.api_key else s.max_connections_per_user
+        if limit:  # the cluster-wide count decides: wait for it
+            try:
+                async with self.admission:
+                    count = await self.state.connection_add(identity.sub, session.id)
+            except BrokerError:
+                with contextlib.suppress(BrokerError):  # forget it locally too
+                    await self.state.connection_remove(identity.sub, session.id)
+                raise Unavailable("broker unavailable") from None
+            if count > limit:
+                with contextlib.suppress(BrokerError):
+                    await self.state.connection_remove(identity.sub, session.id)
+                raise Disconnect(CLOSE_LIMIT, "connection limit reached")
+        else:
+            # Nothing waits on the count: the registration is written in the background (one
+            # Redis round trip fewer per connect); the state store keeps it and its refresh
+            # loop writes it again should this write fail. A broker known to be down (its
+            # link says so, no round trip) still refuses the session, as the count would.
+            if not self.broker_up:
+                raise Unavailable("broker unavailable")
+            task = self.spawn(self._register(identity.sub, session.id))
+            self._registering.add(task)
+            task.add_done_callback(self._registering.discard)
         self.sessions[session.id] = session
         self.by_user.setdefault(identity.sub, set()).add(session)
         self.metrics.connections[transport] += 1
         log.info("session %s opened: user %s via %s", session.id, identity.sub, transport,
                  extra=_log_context(session))  # fmt: skip
         return session
+
+    async def _register(self, user: str, session: str) -> None:
+        with contextlib.suppress(BrokerError):
+            await self.state.connection_add(user, session)
+
+    async def _count_room(self, room: str, delta: int) -> None:
+        with contextlib.suppress(BrokerError):
+            await self.state.room_sessions(room, delta)
 
     async def close_session(self, session: Session) -> None:
         """Forget a session: leave its rooms and presence. Idempotent; never raises."""
@@ -285,14 +304,20 @@ class Hub(Delivery):
                 )
         sub = Subscription(name, presence=presence)
         session.subs[name] = sub
+        counted = False
         try:
             async with self.admission:
                 room = await self._join_room(name)
                 room.subs[session] = sub
-                await self.state.room_sessions(name, 1)
+                # The rooms listing's count: written in the background (the state store keeps
+                # this node's counts and its refresh loop writes them again after a failure).
+                self.spawn(self._count_room(name, 1))
+                counted = True
                 seam: Seam = await replay(self.broker, session, name, pos, history)
         except BaseException:
             session.subs.pop(name, None)
+            if counted:
+                self.spawn(self._count_room(name, -1))
             r = self.rooms.get(name)
             if r is not None and session in r.subs:
                 del r.subs[session]
@@ -332,12 +357,12 @@ class Hub(Delivery):
         if log.isEnabledFor(logging.DEBUG):
             log.debug("session %s left %s", session.id, name,
                       extra={**_log_context(session), "room": name})  # fmt: skip
+        self.spawn(self._count_room(name, -1))
         try:
             if sub.presence:
                 await self.state.presence_remove(name, session.id)
                 frame = self._presence_frame("leave", self._member(session, name))
                 await self.broker.publish_frame(name, frame)
-            await self.state.room_sessions(name, -1)
         finally:
             await self._maybe_leave_room(room)
 
@@ -540,6 +565,8 @@ class Hub(Delivery):
     # ---- kicks -------------------------------------------------------------------------------
     async def disconnect_user(self, user: str, reason: str = "disconnected by the server") -> int:
         """Close every session of ``user`` on every node with 4509; returns how many."""
+        if self._registering:  # count this node's newest sessions too
+            await asyncio.wait(list(self._registering))
         try:
             n = await self.state.connection_count(user)
             await self.broker.send_control({"t": "kick", "user": user, "reason": reason})

@@ -168,14 +168,18 @@ class StateStore(Protocol):
     async def presence_list(self, room: str) -> list[Member]: ...
 
     async def connection_add(self, user: str, session: str) -> int:
-        """Register a live session of ``user``; returns the user's session count, cluster-wide."""
+        """Register a live session of ``user``; returns the user's session count, cluster-wide.
+        The registration stands locally even when the write fails with BrokerError (it is
+        written again with the store's refresh); a caller that gives up on the session calls
+        :meth:`connection_remove`."""
 
     async def connection_remove(self, user: str, session: str) -> None: ...
 
     async def connection_count(self, user: str) -> int: ...
 
     async def room_sessions(self, room: str, delta: int) -> None:
-        """Adjust this node's count of sessions in ``room`` (for the rooms listing)."""
+        """Adjust this node's count of sessions in ``room`` (for the rooms listing). The count
+        stands locally even when the write fails (written again with the store's refresh)."""
 
     async def list_rooms(
         self, prefix: str, cursor: str | None, limit: int

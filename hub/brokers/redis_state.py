@@ -182,17 +182,12 @@ class RedisStateStore:
         return f"{self.prefix}{{user:{user}}}:conns"
 
     async def connection_add(self, user: str, session: str) -> int:
-        own = self._conns.setdefault(user, set())
-        own.add(session)
-        try:
-            n = await self._conn.run(
-                self._s_conn_add, [self._conn_key(user)], [session, self._presence_ms]
-            )
-        except BrokerError:
-            own.discard(session)
-            if not own:
-                self._conns.pop(user, None)
-            raise
+        # Kept locally even when the write fails: the refresh loop writes it again. A caller
+        # that gives up on the session calls connection_remove.
+        self._conns.setdefault(user, set()).add(session)
+        n = await self._conn.run(
+            self._s_conn_add, [self._conn_key(user)], [session, self._presence_ms]
+        )
         return int(n)
 
     async def connection_remove(self, user: str, session: str) -> None:
@@ -218,14 +213,9 @@ class RedisStateStore:
         else:
             self._room_counts.pop(room, None)
             self._rooms_zeroed.add(room)
-        try:
-            await self._conn.run(self._s_room_set, *self._room_set_args(room, max(n, 0)))
-        except BrokerError:
-            if delta > 0:  # the caller gives up on this session: undo; a decrement stands
-                self._room_counts[room] = n - delta
-                if n - delta <= 0:
-                    self._room_counts.pop(room, None)
-            raise
+        # This node's count is the truth: a failed write is written again by the refresh loop
+        # (a caller that gives up on a session adjusts the count back itself).
+        await self._conn.run(self._s_room_set, *self._room_set_args(room, max(n, 0)))
         if n <= 0:
             self._rooms_zeroed.discard(room)
 
