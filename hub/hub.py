@@ -48,6 +48,7 @@ from hubbub.hub.errors import (
 from hubbub.hub.metrics import Metrics
 from hubbub.hub.ratelimit import TokenBucket
 from hubbub.hub.recovery import Seam, gap_frame, go_live, replay
+from hubbub.hub.room_agreement import RoomAgreement
 from hubbub.hub.room_options import RoomOptions, RoomRules, check_room_access
 from hubbub.hub.rooms import RoomIndex, RoomState
 from hubbub.hub.session import SIGNAL, Control, Session, Subscription
@@ -112,17 +113,27 @@ class Hub(Delivery):
         self.broker_up = False
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.room_agreement: RoomAgreement | None = None  # Redis: do all nodes agree?
 
     # ---- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
         await self.broker.start(self, self.node_id)
         await self.state.start(self.node_id)
+        if hasattr(self.broker, "client") and hasattr(self.broker, "call"):  # Redis
+            ttl = self.settings.presence_ttl
+            self.room_agreement = RoomAgreement(
+                self.broker, self.node_id, self.room_rules.digest(), ttl=ttl,
+                interval=min(5.0, ttl / 3),
+            )  # fmt: skip
+            self.spawn(self.room_agreement.run())
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         for s in list(self.sessions.values()):
             s.close(CLOSE_SHUTDOWN, "server shutting down")
+        if self.room_agreement is not None:
+            await self.room_agreement.close()
         try:
             await self.state.close()
         finally:
@@ -148,6 +159,8 @@ class Hub(Delivery):
     async def ready(self) -> bool:
         if self.draining:
             return False
+        if self.room_agreement is not None and self.room_agreement.mismatch:
+            return False  # its room options differ from the cluster's (logged)
         try:
             return await asyncio.wait_for(self.broker.ready(), self.settings.broker_timeout)
         except (TimeoutError, BrokerError, OSError):

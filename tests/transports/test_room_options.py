@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from hubbub.hub.room_options import parse_tables
 from hubbub.hub.settings import Settings
 from tests.conftest import API_KEY, Node, RedisProc, make_settings, start_node, token
+from tests.helpers import until
 from tests.transports.test_sse import sse
 from tests.wsclient import WS, close_all
 
@@ -28,6 +29,7 @@ TABLES = [
     {"pattern": "meet:*", "signal": True, "max_subscribers": 2},
     {"pattern": "small:*", "max_message_bytes": 100, "recover": False, "join_leave": False},
     {"pattern": "open:*", "anonymous": True},
+    {"pattern": "brief:*", "history_ttl": 0.4},
     {"pattern": "chat:*", "history_size": 999},  # never used: the first match wins
 ]
 KEY = {"Authorization": f"Bearer {API_KEY}"}
@@ -95,6 +97,22 @@ async def test_history_size_per_pattern(nodes: tuple[Node, Node]) -> None:
             assert await r.xlen(f"{prefix}{{room:other}}:stream") == 8
         finally:
             await r.aclose()
+
+
+async def test_history_ttl_per_pattern(nodes: tuple[Node, Node]) -> None:
+    a, b = nodes
+    for room in ("brief:t", "other:t"):
+        assert (await api_publish(a, room, 1)).status_code == 201
+
+    async def kept(room: str) -> int:
+        return len((await api_get(b, f"/v1/rooms/{room}/messages")).json()["messages"])
+
+    await until(lambda: _zero(kept("brief:t")), 5.0, "brief:t history expired")
+    assert await kept("other:t") == 1
+
+
+async def _zero(n: Any) -> bool:
+    return await n == 0
 
 
 async def test_client_publish_only_backends(nodes: tuple[Node, Node]) -> None:
@@ -221,3 +239,42 @@ def test_config_file_reaches_the_node_settings(tmp_path: Path) -> None:
     path.write_text('[[rooms]]\npattern = "chat:*"\npresence = "off"\nhistory_size = 1000\n')
     s = Settings.load({}, config_file=str(path))
     assert s.rooms[0].pattern == "chat:*" and s.rooms[0].get("presence") is False
+
+
+async def test_nodes_that_disagree_turn_not_ready(shared_redis: RedisProc) -> None:
+    """Two nodes with other [[rooms]] tables: the one outvoted (a tie goes to the node seen
+    first) logs it, shows it in /metrics and answers /health/ready with 503."""
+    kw = {"broker_url": shared_redis.url, "redis_prefix": f"t{secrets.token_hex(4)}:",
+          "broker_timeout": 2.0, "shutdown_timeout": 1.0, "presence_ttl": 1.5}  # fmt: skip
+    other = parse_tables([{"pattern": "chat:*", "history_size": 7}], "other.toml")
+    a = await start_node(room_settings(**kw))
+    started = [a]
+    try:
+        agreement = a.hub.room_agreement
+        assert agreement is not None
+        await until(lambda: agreement.cluster is not None, 5.0, "a's first check")
+        b = await start_node(make_settings(rooms=other, **kw))
+        started.append(b)
+
+        async def ready(n: Node) -> int:
+            return (await api_get(n, "/health/ready")).status_code
+
+        async def mismatch(n: Node) -> bool:
+            text = (await api_get(n, "/metrics")).text
+            return "\nhubbub_room_options_mismatch 1\n" in text
+
+        await until(lambda: _is(ready(b), 503), 5.0, "b not ready")
+        assert await mismatch(b) and not await mismatch(a)
+        assert await ready(a) == 200
+        c = await start_node(make_settings(rooms=other, **kw))  # now a is outvoted
+        started.append(c)
+        await until(lambda: _is(ready(a), 503), 5.0, "a not ready")
+        await until(lambda: _is(ready(b), 200), 5.0, "b ready again")
+        assert await ready(c) == 200 and await mismatch(a)
+    finally:
+        for n in started:
+            await n.stop()
+
+
+async def _is(value: Any, expected: Any) -> bool:
+    return await value == expected
