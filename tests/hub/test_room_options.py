@@ -201,3 +201,15 @@ async def test_memory_broker_keeps_history_per_room() -> None:
     now[0] += 2.0
     kept = {r: len((await broker.history(r)).publications) for r in ("small", "brief", "other")}
     assert kept == {"small": 2, "brief": 0, "other": 5}
+
+
+def test_the_worked_example_of_the_docs_loads(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    example = doc.split("## Worked example", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    example = example.replace("…at least 32 bytes…", SECRET).replace("…backend key…", API_KEY)
+    rules = RoomRules(load(tmp_path, example))
+    chat, feed, call = rules.get("chat:lobby"), rules.get("feed:prices"), rules.get("call:x")
+    assert (chat.presence, chat.history_size, chat.publish_rate.rate) == (True, 1000, 5.0)
+    assert (feed.client_publish, feed.presence, feed.join_leave) == (False, False, False)
+    assert call.signal and rules.max_peers("call:x") == 8 and not call.recover
+    assert not rules.is_call_room("lobby") and rules.get("lobby").history_size == 100
