@@ -125,7 +125,7 @@ class Hub(Delivery):
                 self.broker, self.node_id, self.room_rules.digest(), ttl=ttl,
                 interval=min(5.0, ttl / 3),
             )  # fmt: skip
-            self.spawn(self.room_agreement.run())
+            self.room_agreement.start()
 
     async def stop(self) -> None:
         for task in list(self._tasks):

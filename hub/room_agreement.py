@@ -80,6 +80,7 @@ class RoomAgreement:
         self.cluster: str | None = None
         self._script: Any = None
         self._stopped = False
+        self._task: asyncio.Task[None] | None = None
 
     async def check(self) -> bool:
         """Refresh this node's entry and compare; returns :attr:`mismatch`. Raises
@@ -108,6 +109,10 @@ class RoomAgreement:
         self.mismatch, self.cluster = mismatch, cluster
         return mismatch
 
+    def start(self) -> None:
+        """Run :meth:`run` in a task of its own until :meth:`close`."""
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="room-agreement")
+
     async def run(self) -> None:
         """Check every ``interval`` seconds until :meth:`close`."""
         while not self._stopped:
@@ -116,7 +121,12 @@ class RoomAgreement:
             await asyncio.sleep(self.interval)
 
     async def close(self) -> None:
-        """Stop counting this node (best effort)."""
+        """Stop the task and stop counting this node (best effort)."""
         self._stopped = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         with contextlib.suppress(Exception):
             await self.broker.call(self.broker.client.hdel(self.key, self.node))

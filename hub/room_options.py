@@ -279,8 +279,10 @@ class RoomRules:
         for key, (_, setting) in KEYS.items():
             if t is not None and t.sets(key):
                 src = f"{t.name} in {t.file}" if t.file else t.name
-            elif key == "signal" and not self.signal_from_tables:
-                src = "HUB_SIGNAL_ROOMS"
+            elif key == "signal":
+                src = (
+                    "default (tables set signal)" if self.signal_from_tables else "HUB_SIGNAL_ROOMS"
+                )
             elif key == "anonymous":
                 src = "HUB_ALLOW_ANONYMOUS"
             elif setting is not None:
