@@ -30,6 +30,7 @@ TABLES = [
     {"pattern": "small:*", "max_message_bytes": 100, "recover": False, "join_leave": False},
     {"pattern": "open:*", "anonymous": True},
     {"pattern": "brief:*", "history_ttl": 0.4},
+    {"pattern": "none:*", "history_size": 0},
     {"pattern": "chat:*", "history_size": 999},  # never used: the first match wins
 ]
 KEY = {"Authorization": f"Bearer {API_KEY}"}
@@ -109,6 +110,9 @@ async def test_history_ttl_per_pattern(nodes: tuple[Node, Node]) -> None:
 
     await until(lambda: _zero(kept("brief:t")), 5.0, "brief:t history expired")
     assert await kept("other:t") == 1
+    for i in range(3):  # no history at all: published, delivered, never kept
+        assert (await api_publish(a, "none:t", i)).status_code == 201
+    assert await kept("none:t") == 0
 
 
 async def _zero(n: Any) -> bool:
@@ -218,6 +222,8 @@ async def test_no_recovery_and_no_join_leave(nodes: tuple[Node, Node]) -> None:
     res = await other.result({"type": "subscribe", "room": "small:p", "presence": True})
     assert len(res["presence"]) == 2  # presence still listed, but nobody is announced
     await ws.nothing("join")
+    await other.result({"type": "unsubscribe", "room": "small:p"})
+    await ws.nothing("leave")
 
 
 async def test_anonymous_only_where_a_table_allows(nodes: tuple[Node, Node]) -> None:
@@ -231,7 +237,8 @@ async def test_anonymous_only_where_a_table_allows(nodes: tuple[Node, Node]) -> 
     assert r.status_code == 200  # the API key is no guest
     async with httpx.AsyncClient(base_url=a.url, timeout=10) as c:
         r = await c.get("/v1/rooms/lobby/messages")
-    assert r.status_code == 403
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+        assert (await c.get("/v1/rooms/open:x/messages")).status_code == 200
 
 
 def test_config_file_reaches_the_node_settings(tmp_path: Path) -> None:
