@@ -119,7 +119,7 @@ class Hub(Delivery):
     async def start(self) -> None:
         await self.broker.start(self, self.node_id)
         await self.state.start(self.node_id)
-        if hasattr(self.broker, "client") and hasattr(self.broker, "call"):  # Redis
+        if hasattr(self.broker, "script") and hasattr(self.broker, "run"):  # Redis
             ttl = self.settings.presence_ttl
             self.room_agreement = RoomAgreement(
                 self.broker, self.node_id, self.room_rules.digest(), ttl=ttl,

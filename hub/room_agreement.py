@@ -70,7 +70,7 @@ class RoomAgreement:
     """The agreement check of one node on a Redis broker (see the module docstring)."""
 
     def __init__(self, broker: Any, node: str, digest: str, *, ttl: float, interval: float) -> None:
-        self.broker = broker  # a RedisBroker: ``client`` and ``call``
+        self.broker = broker  # a RedisBroker: ``script``, ``run``, ``call`` and ``client``
         self.node = node
         self.digest = digest
         self.ttl = ttl
@@ -86,9 +86,9 @@ class RoomAgreement:
         """Refresh this node's entry and compare; returns :attr:`mismatch`. Raises
         BrokerError when Redis cannot be reached."""
         if self._script is None:
-            self._script = self.broker.client.register_script(REFRESH)
-        raw = await self.broker.call(
-            self._script(keys=[self.key], args=[self.node, self.digest, int(self.ttl * 1000)])
+            self._script = self.broker.script(REFRESH)
+        raw = await self.broker.run(
+            self._script, [self.key], [self.node, self.digest, int(self.ttl * 1000)]
         )
         entries = [
             (raw[i].decode(), raw[i + 1].decode(), int(raw[i + 2])) for i in range(0, len(raw), 3)
