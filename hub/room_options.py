@@ -311,6 +311,25 @@ def check_room_access(opts: RoomOptions, ident: Any, room: str, action: str) -> 
         raise Forbidden(f"only backends (API keys) publish to room {room}", details=details)
 
 
+def guest_grants(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """The grants of a guest. Guests allowed globally (``HUB_ALLOW_ANONYMOUS``, dev mode):
+    ``HUB_DEFAULT_GRANTS``. Guests let in only by tables with ``anonymous = true``: each kind
+    ``HUB_DEFAULT_GRANTS`` gives, on those tables' patterns only; ``signal`` (and so TURN
+    credentials) only on the tables that are call rooms too, when tables say which are."""
+    s = settings
+    grants = dict(s.default_grants)
+    if s.dev_mode if s.allow_anonymous is None else s.allow_anonymous:
+        return grants
+    open_tables = [t for t in s.rooms if t.get("anonymous") is True]
+    by_signal = any(t.sets("signal") for t in s.rooms)
+    for kind, patterns in grants.items():
+        tables = open_tables
+        if kind == "signal" and by_signal:
+            tables = [t for t in open_tables if t.get("signal") is True]
+        grants[kind] = tuple(t.pattern for t in tables) if patterns else ()
+    return grants
+
+
 def _canonical(v: Any) -> Any:
     if isinstance(v, Rate):
         return [v.rate, v.burst]

@@ -213,3 +213,18 @@ def test_the_worked_example_of_the_docs_loads(tmp_path: Path) -> None:
     assert (feed.client_publish, feed.presence, feed.join_leave) == (False, False, False)
     assert call.signal and rules.max_peers("call:x") == 8 and not call.recover
     assert not rules.is_call_room("lobby") and rules.get("lobby").history_size == 100
+
+
+def test_guests_let_in_by_tables_hold_only_those_rooms(tmp_path: Path) -> None:
+    from hubbub.hub.auth import Authenticator
+    from hubbub.signaling.turn import may_get_ice
+
+    env = {"HUB_JWT_SECRET": SECRET}
+    text = '[[rooms]]\npattern = "open:*"\nanonymous = true\n'
+    guest = Authenticator(load(tmp_path, text + "signal = false\n", env)).guest()
+    assert guest.can("subscribe", "open:1") and not guest.can("subscribe", "lobby")
+    assert not guest.can("signal", "open:1") and not may_get_ice(guest)  # no TURN credentials
+    guest = Authenticator(load(tmp_path, text + "signal = true\n", env)).guest()
+    assert guest.can("signal", "open:1") and may_get_ice(guest)  # an open call room
+    everyone = Authenticator(load(tmp_path, text, {**env, "HUB_ALLOW_ANONYMOUS": "1"})).guest()
+    assert everyone.can("subscribe", "lobby")  # guests allowed globally: the default grants
