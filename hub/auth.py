@@ -227,10 +227,12 @@ class Authenticator:
         return self.verify_token(credential)
 
     def guest(self) -> Identity:
+        """A guest: ``HUB_DEFAULT_GRANTS``, narrowed to the rooms of [[rooms]] tables with
+        ``anonymous = true`` when only those tables let guests in (hub.room_options)."""
+        from hubbub.hub.room_options import guest_grants
+
         sub = "guest-" + secrets.token_hex(4)
-        return Identity(
-            sub=sub, grants=dict(self.settings.default_grants), guest=True, scope=f"sub:{sub}"
-        )
+        return Identity(sub=sub, grants=guest_grants(self.settings), guest=True, scope=f"sub:{sub}")
 
     def verify_token(self, token: str) -> Identity:
         """Verify a client JWT. Raises Unauthorized (always the same message)."""

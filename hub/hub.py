@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from hubbub.hub.auth import Authenticator, Identity, grant_matches
+from hubbub.hub.auth import Authenticator, Identity
 from hubbub.hub.brokers.base import Broker, Idempotency, Member, StateStore, backends_from_url
 from hubbub.hub.delivery import Delivery
 from hubbub.hub.envelope import (
@@ -41,11 +41,15 @@ from hubbub.hub.errors import (
     Disconnect,
     Forbidden,
     NotFound,
+    RateLimited,
     RoomFull,
     Unavailable,
 )
 from hubbub.hub.metrics import Metrics
-from hubbub.hub.recovery import Seam, go_live, replay
+from hubbub.hub.ratelimit import TokenBucket
+from hubbub.hub.recovery import Seam, gap_frame, go_live, replay
+from hubbub.hub.room_agreement import RoomAgreement
+from hubbub.hub.room_options import RoomOptions, RoomRules, check_room_access
 from hubbub.hub.rooms import RoomIndex, RoomState
 from hubbub.hub.session import SIGNAL, Control, Session, Subscription
 from hubbub.hub.settings import Settings
@@ -76,11 +80,14 @@ class Hub(Delivery):
         self, settings: Settings, broker: Broker | None = None, state: StateStore | None = None
     ) -> None:
         self.settings = settings
+        self.room_rules = RoomRules(settings)
         if broker is None:
             broker, default_state = backends_from_url(
                 settings.broker_url,
                 history_size=settings.history_size,
                 history_ttl=settings.history_ttl,
+                room_history=self.room_rules.history_of if self.room_rules.history_varies else None,
+                longest_ttl=self.room_rules.longest_ttl(),
                 prefix=settings.redis_prefix,
                 presence_ttl=settings.presence_ttl,
                 timeout=settings.broker_timeout,
@@ -107,17 +114,27 @@ class Hub(Delivery):
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._registering: set[asyncio.Task[Any]] = set()  # background connection_add calls
+        self.room_agreement: RoomAgreement | None = None  # Redis: do all nodes agree?
 
     # ---- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
         await self.broker.start(self, self.node_id)
         await self.state.start(self.node_id)
+        if hasattr(self.broker, "script") and hasattr(self.broker, "run"):  # Redis
+            ttl = self.settings.presence_ttl
+            self.room_agreement = RoomAgreement(
+                self.broker, self.node_id, self.room_rules.digest(), ttl=ttl,
+                interval=min(5.0, ttl / 3),
+            )  # fmt: skip
+            self.room_agreement.start()
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         for s in list(self.sessions.values()):
             s.close(CLOSE_SHUTDOWN, "server shutting down")
+        if self.room_agreement is not None:
+            await self.room_agreement.close()
         try:
             await self.state.close()
         finally:
@@ -143,6 +160,8 @@ class Hub(Delivery):
     async def ready(self) -> bool:
         if self.draining:
             return False
+        if self.room_agreement is not None and self.room_agreement.mismatch:
+            return False  # its room options differ from the cluster's (logged)
         try:
             return await asyncio.wait_for(self.broker.ready(), self.settings.broker_timeout)
         except (TimeoutError, BrokerError, OSError):
@@ -227,7 +246,16 @@ class Hub(Delivery):
 
     # ---- rooms -------------------------------------------------------------------------------
     def is_call_room(self, room: str) -> bool:
-        return any(grant_matches(p, room) for p in self.settings.signal_rooms)
+        return self.room_rules.is_call_room(room)
+
+    def room_options(self, ident: Identity, room: str, action: str) -> RoomOptions | None:
+        """The options of ``room`` when [[rooms]] tables exist (None otherwise: the global
+        settings apply), after refusing a guest where guests are not allowed."""
+        if not self.room_rules.active:
+            return None
+        opts = self.room_rules.get(room)
+        check_room_access(opts, ident, room, action)
+        return opts
 
     async def _join_room(self, name: str) -> RoomState:
         room = self.rooms.get(name)
@@ -276,6 +304,7 @@ class Hub(Delivery):
             raise Forbidden(f"no subscribe grant for room {name}", details={"room": name})
         if presence and not ident.can("presence", name):
             raise Forbidden(f"no presence grant for room {name}", details={"room": name})
+        opts = self.room_options(ident, name, "presence" if presence else "subscribe")
         if name in session.subs:
             raise Conflict(f"already subscribed to {name}", details={"room": name})
         limit = self.settings.max_subscriptions
@@ -295,12 +324,18 @@ class Hub(Delivery):
                 pos = parse_since(since, [name]).get(name)
             except BadRequest:
                 pos = Position("-", 0)  # unparseable: gap from 1, then everything retained
+        resumed = None
+        if opts is not None:
+            await self._check_subscribers(opts, name)
+            if pos is not None and not opts.recover:  # no replay: a gap, then live
+                resumed, pos, history = pos, None, None
         if presence and self.is_call_room(name):
             members = await self._presence_members(name)
-            if len(members) >= self.settings.signal_max_peers:
+            peers = self.room_rules.max_peers(name)
+            if len(members) >= peers:
                 raise RoomFull(
-                    f"call room {name} is full ({self.settings.signal_max_peers} peers)",
-                    details={"room": name, "limit": self.settings.signal_max_peers},
+                    f"call room {name} is full ({peers} peers)",
+                    details={"room": name, "limit": peers},
                 )
         sub = Subscription(name, presence=presence)
         session.subs[name] = sub
@@ -314,6 +349,8 @@ class Hub(Delivery):
                 self.spawn(self._count_room(name, 1))
                 counted = True
                 seam: Seam = await replay(self.broker, session, name, pos, history)
+                if resumed is not None:
+                    _send_resume_gap(session, name, resumed, seam)
         except BaseException:
             session.subs.pop(name, None)
             if counted:
@@ -328,10 +365,11 @@ class Hub(Delivery):
             member = self._member(session, name)
             # Call rooms: the cap is enforced atomically by the broker (the check above only
             # saves a replay); concurrent joins on several nodes cannot overfill the room.
-            cap = self.settings.signal_max_peers if self.is_call_room(name) else None
+            cap = self.room_rules.max_peers(name) if self.is_call_room(name) else None
             try:
                 await self.state.presence_add(member, limit=cap)
-                await self.broker.publish_frame(name, self._presence_frame("join", member))
+                if opts is None or opts.join_leave:
+                    await self.broker.publish_frame(name, self._presence_frame("join", member))
                 result["presence"] = [m.public() for m in await self._presence_members(name)]
             except RoomFull:
                 sub.presence = False  # never announced: leave without a leave frame
@@ -361,10 +399,28 @@ class Hub(Delivery):
         try:
             if sub.presence:
                 await self.state.presence_remove(name, session.id)
-                frame = self._presence_frame("leave", self._member(session, name))
-                await self.broker.publish_frame(name, frame)
+                if self.room_rules.get(name).join_leave:
+                    frame = self._presence_frame("leave", self._member(session, name))
+                    await self.broker.publish_frame(name, frame)
         finally:
             await self._maybe_leave_room(room)
+
+    async def _check_subscribers(self, opts: RoomOptions, name: str) -> None:
+        """Refuse with RoomFull when ``name`` already has ``max_subscribers`` sessions on all
+        nodes (counted from the rooms listing: subscribers joining at the same moment on
+        several nodes may pass the limit together)."""
+        limit = opts.max_subscribers
+        if not limit:
+            return
+        try:
+            rooms, _ = await self.state.list_rooms(name, None, 1)
+        except BrokerError:
+            raise Unavailable("broker unavailable") from None
+        if rooms and rooms[0][0] == name and rooms[0][1] >= limit:
+            raise RoomFull(
+                f"room {name} is full ({limit} subscribers)",
+                details={"room": name, "limit": limit},
+            )
 
     async def _maybe_leave_room(self, room: RoomState) -> None:
         if not room.subs and self.rooms.get(room.name) is room:
@@ -400,6 +456,7 @@ class Hub(Delivery):
         check_room(room)
         if not ident.can("presence", room):
             raise Forbidden(f"no presence grant for room {room}", details={"room": room})
+        self.room_options(ident, room, "presence")
         members = await self._presence_members(room)
         return {
             "members": [m.public() for m in members],
@@ -425,7 +482,29 @@ class Hub(Delivery):
         prepared = self.prepare_publish(
             ident, room, data, event=event, ephemeral=ephemeral, key=key, session=session
         )
+        if session is None and not ident.api_key and self.room_rules.active:
+            await self._take_room_rate(ident, prepared.room)
         return await self.publish_prepared(prepared)
+
+    async def _take_room_rate(self, ident: Identity, room: str) -> None:
+        """A room's ``publish_rate`` for a client without a session (HTTP): one bucket per
+        credential and room, shared by the cluster. Raises RateLimited, Unavailable."""
+        rate = self.room_rules.get(room).publish_rate
+        if not rate.enabled:
+            return
+        try:
+            allowed, _, _ = await self.state.take(
+                f"room-pub:{room}:{ident.scope or ident.sub}", rate.rate, rate.burst
+            )
+        except BrokerError:
+            raise Unavailable("broker unavailable") from None
+        if not allowed:
+            self.metrics.rate_limited += 1
+            raise RateLimited(
+                f"publish rate of room {room} exceeded ({rate.rate:g}/s)",
+                details={"room": room},
+                retry_after=max(1.0, 1.0 / rate.rate),
+            )
 
     def prepare_publish(
         self,
@@ -448,7 +527,14 @@ class Hub(Delivery):
             raise BadRequest("idempotency key must be a string of 1 to 256 characters")
         if not ident.can("publish", room):
             raise Forbidden(f"no publish grant for room {room}", details={"room": room})
-        data_json = encode_data(data, self.settings.max_message_bytes)
+        limit = self.settings.max_message_bytes
+        if self.room_rules.active:
+            opts = self.room_rules.get(room)
+            check_room_access(opts, ident, room, "publish")
+            limit = opts.max_message_bytes
+            if session is not None and opts.publish_rate.enabled and not ident.api_key:
+                _take_session_room_rate(session, room, opts)
+        data_json = encode_data(data, limit)
         sender = None
         if not ident.api_key:
             sender = {"user": ident.sub}
@@ -498,6 +584,7 @@ class Hub(Delivery):
         check_room(room)
         if not ident.can("subscribe", room):
             raise Forbidden(f"no subscribe grant for room {room}", details={"room": room})
+        self.room_options(ident, room, "history")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise BadRequest("limit must be an integer >= 1")
         limit = min(limit, 1000)
@@ -573,6 +660,31 @@ class Hub(Delivery):
         except BrokerError:
             raise Unavailable("broker unavailable") from None
         return n
+
+
+def _take_session_room_rate(session: Session, room: str, opts: RoomOptions) -> None:
+    """A room's ``publish_rate`` for one session. Raises RateLimited."""
+    rates = session.room_rates
+    if rates is None:
+        rates = session.room_rates = {}
+    bucket = rates.get(room)
+    if bucket is None:
+        if len(rates) >= 1024:  # bounded: a session publishing to many rooms starts afresh
+            rates.clear()
+        bucket = rates[room] = TokenBucket.of(opts.publish_rate)
+    if not bucket.take():
+        raise RateLimited(
+            f"publish rate of room {room} exceeded ({opts.publish_rate.rate:g}/s)",
+            details={"room": room},
+        )
+
+
+def _send_resume_gap(session: Session, room: str, since: Position, seam: Seam) -> None:
+    """A room without recovery: what the session asked to resume is skipped, said by a gap."""
+    if (since.epoch is not None and since.epoch != seam.epoch) or since.offset > seam.offset:
+        session.send(gap_frame(room, seam.epoch, 1, seam.offset))
+    elif since.offset < seam.offset:
+        session.send(gap_frame(room, seam.epoch, since.offset + 1, seam.offset))
 
 
 def _log_context(session: Session) -> dict[str, Any]:

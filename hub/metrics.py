@@ -120,6 +120,10 @@ class Metrics:
                    [("", int(bool(hub.broker_up)))])  # fmt: skip
             metric("draining", "gauge", "1 while the node drains (SIGTERM).",
                    [("", int(bool(hub.draining)))])  # fmt: skip
+            agreement = getattr(hub, "room_agreement", None)
+            metric("room_options_mismatch", "gauge",
+                   "1 when this node's [[rooms]] options differ from the cluster's (not ready).",
+                   [("", int(bool(agreement is not None and agreement.mismatch)))])  # fmt: skip
         metric("publications_total", "counter", "Publications accepted by this node, by transport.",
                by(self.published, "transport", "http", "ws"))  # fmt: skip
         metric("deliveries_total", "counter", "Messages fanned out to local sessions.",

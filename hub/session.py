@@ -145,6 +145,7 @@ class Session:
         "queued_bytes",
         "rate",
         "rate_strikes",
+        "room_rates",
         "subs",
         "transport",
         "waker",
@@ -175,6 +176,8 @@ class Session:
             else UNLIMITED
         )  # fmt: skip
         self.rate_strikes = 0
+        # Per-room publish buckets ([[rooms]] publish_rate), made on the first publish there.
+        self.room_rates: dict[str, TokenBucket] | None = None
         self.bad_frames = 0
         self._waiter: asyncio.Future[None] | None = None
         # Set by a transport that can write a frame synchronously; returns False to make the

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from hubbub.hub.errors import ConfigError
+from hubbub.hub.room_options import RoomTable, parse_tables
 from hubbub.hub.specs import SPEC, Kind, Spec, spec_of
 from hubbub.hub.values import (
     GRANT_KINDS,
@@ -176,6 +177,10 @@ class Settings:
         None, Kind.OPTIONAL_TEXT, "bearer token /metrics requires (unset: /metrics is open)",
         secret=True,
     )  # fmt: skip
+    # Per-room options: only from [[rooms]] tables of the TOML file (hub.room_options).
+    rooms: tuple[RoomTable, ...] = _setting(
+        (), Kind.ROOMS, "per-room options: [[rooms]] tables of the --config file"
+    )
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -185,7 +190,16 @@ class Settings:
 
     @property
     def anonymous(self) -> bool:
-        return self.dev_mode if self.allow_anonymous is None else self.allow_anonymous
+        """Guests may connect: the global setting, or a [[rooms]] table with anonymous = true
+        (guests then use only the rooms that allow them, see hub.room_options)."""
+        on = self.dev_mode if self.allow_anonymous is None else self.allow_anonymous
+        return on or any(t.get("anonymous") is True for t in self.rooms)
+
+    @property
+    def largest_message_bytes(self) -> int:
+        """``max_message_bytes`` of the room allowing the most (frame limits follow it)."""
+        rooms = [int(t.get("max_message_bytes", 0)) for t in self.rooms]
+        return max([self.max_message_bytes, *rooms])
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -315,7 +329,12 @@ def _read_file(path: str, specs: Mapping[str, Spec]) -> dict[str, tuple[str, Any
     if not isinstance(section, dict):
         raise ConfigError(f"config file {path!r}: [hubbub] must be a table")
     out: dict[str, tuple[str, Any]] = {}
+    if section is not data and "rooms" in data:  # [[rooms]] beside a [hubbub] table
+        out["rooms"] = (f"[[rooms]] in {path}", parse_tables(data["rooms"], path))
     for key, value in section.items():
+        if key == "rooms":
+            out["rooms"] = (f"[[rooms]] in {path}", parse_tables(value, path))
+            continue
         name = key.lower().removeprefix("hub_")
         if name not in specs:
             raise ConfigError(f"unknown setting {key} in {path}{_hint(env_name(name))}")

@@ -371,8 +371,9 @@ async def _reader(ws: WebSocket, session: Session, handler: FrameHandler) -> Non
 
 
 def session_frame_limit(hub: Hub) -> int:
-    """Largest accepted frame: ``HUB_MAX_MESSAGE_BYTES`` + 16 KiB (PROTOCOL.md §3)."""
-    return hub.settings.max_message_bytes + 16 * 1024
+    """Largest accepted frame: ``HUB_MAX_MESSAGE_BYTES`` (or a [[rooms]] table's larger
+    ``max_message_bytes``) + 16 KiB (PROTOCOL.md §3)."""
+    return hub.settings.largest_message_bytes + 16 * 1024
 
 
 PATH = "/v1/ws"

@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import logging
 import math
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -92,6 +92,8 @@ class RedisBroker:
         probe_interval: float | None = None,
         probe_timeout: float | None = None,
         max_connections: int = 64,
+        room_history: Callable[[str], tuple[int, float]] | None = None,
+        longest_ttl: float | None = None,
         **_: Any,
     ) -> None:
         self.url = url
@@ -103,7 +105,9 @@ class RedisBroker:
         self.probe_timeout = probe_timeout or max(3 * self.probe_interval, timeout)
         self.max_connections = max_connections
         self._ttl_ms = int(history_ttl * 1000)
-        self._meta_ttl = max(META_TTL, math.ceil(history_ttl * 10))
+        # Per-room (size, ttl s) when rooms differ ([[rooms]]): they reach the scripts as ARGV.
+        self._room_history = room_history
+        self._meta_ttl = max(META_TTL, math.ceil((longest_ttl or history_ttl) * 10))
         self._read_ttl = READ_TTL
         self._listener: NodeListener | None = None
         self.node = ""
@@ -312,14 +316,18 @@ class RedisBroker:
                 idempotency.scope.encode() + b"\0" + idempotency.key.encode()
             ).hexdigest()
             idem, fp = self._rk(room, "idem:" + digest), idempotency.fingerprint
+        size, ttl_ms = self.history_size, self._ttl_ms
+        if self._room_history is not None:
+            size, ttl = self._room_history(room)
+            ttl_ms = int(ttl * 1000)
         call = _PubCall(
             room,
             (meta, self._rk(room, "stream"), idem),
             (
                 new_epoch(),
                 body,
-                self.history_size,
-                self._ttl_ms,
+                size,
+                ttl_ms,
                 self._channel(room),
                 fp,
                 int(IDEMPOTENCY_TTL),
@@ -412,12 +420,15 @@ class RedisBroker:
     async def history(
         self, room: str, *, after: int | None = None, limit: int = 100
     ) -> HistoryPage:
+        ttl_ms = self._ttl_ms
+        if self._room_history is not None:
+            ttl_ms = int(self._room_history(room)[1] * 1000)
         res = await self.run(
             self._s_history,
             [self._rk(room, "meta"), self._rk(room, "stream")],
             [
                 new_epoch(),
-                self._ttl_ms,
+                ttl_ms,
                 "" if after is None else int(after),
                 max(0, int(limit)),
                 self._read_ttl,
