@@ -113,7 +113,6 @@ class Hub(Delivery):
         self.broker_up = False
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._registering: set[asyncio.Task[Any]] = set()  # background connection_add calls
         self.room_agreement: RoomAgreement | None = None  # Redis: do all nodes agree?
 
     # ---- life cycle ------------------------------------------------------------------------
@@ -202,23 +201,13 @@ class Hub(Delivery):
             # link says so, no round trip) still refuses the session, as the count would.
             if not self.broker_up:
                 raise Unavailable("broker unavailable")
-            task = self.spawn(self._register(identity.sub, session.id))
-            self._registering.add(task)
-            task.add_done_callback(self._registering.discard)
+            self.state.connection_add_nowait(identity.sub, session.id)
         self.sessions[session.id] = session
         self.by_user.setdefault(identity.sub, set()).add(session)
         self.metrics.connections[transport] += 1
         log.info("session %s opened: user %s via %s", session.id, identity.sub, transport,
                  extra=_log_context(session))  # fmt: skip
         return session
-
-    async def _register(self, user: str, session: str) -> None:
-        with contextlib.suppress(BrokerError):
-            await self.state.connection_add(user, session)
-
-    async def _count_room(self, room: str, delta: int) -> None:
-        with contextlib.suppress(BrokerError):
-            await self.state.room_sessions(room, delta)
 
     async def close_session(self, session: Session) -> None:
         """Forget a session: leave its rooms and presence. Idempotent; never raises."""
@@ -346,7 +335,7 @@ class Hub(Delivery):
                 room.subs[session] = sub
                 # The rooms listing's count: written in the background (the state store keeps
                 # this node's counts and its refresh loop writes them again after a failure).
-                self.spawn(self._count_room(name, 1))
+                self.state.room_sessions_nowait(name, 1)
                 counted = True
                 seam: Seam = await replay(self.broker, session, name, pos, history)
                 if resumed is not None:
@@ -354,7 +343,7 @@ class Hub(Delivery):
         except BaseException:
             session.subs.pop(name, None)
             if counted:
-                self.spawn(self._count_room(name, -1))
+                self.state.room_sessions_nowait(name, -1)
             r = self.rooms.get(name)
             if r is not None and session in r.subs:
                 del r.subs[session]
@@ -395,7 +384,7 @@ class Hub(Delivery):
         if log.isEnabledFor(logging.DEBUG):
             log.debug("session %s left %s", session.id, name,
                       extra={**_log_context(session), "room": name})  # fmt: skip
-        self.spawn(self._count_room(name, -1))
+        self.state.room_sessions_nowait(name, -1)
         try:
             if sub.presence:
                 await self.state.presence_remove(name, session.id)
@@ -652,8 +641,6 @@ class Hub(Delivery):
     # ---- kicks -------------------------------------------------------------------------------
     async def disconnect_user(self, user: str, reason: str = "disconnected by the server") -> int:
         """Close every session of ``user`` on every node with 4509; returns how many."""
-        if self._registering:  # count this node's newest sessions too
-            await asyncio.wait(list(self._registering))
         try:
             n = await self.state.connection_count(user)
             await self.broker.send_control({"t": "kick", "user": user, "reason": reason})

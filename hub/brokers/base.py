@@ -173,6 +173,11 @@ class StateStore(Protocol):
         written again with the store's refresh); a caller that gives up on the session calls
         :meth:`connection_remove`."""
 
+    def connection_add_nowait(self, user: str, session: str) -> None:
+        """:meth:`connection_add` without waiting for the count: the write goes out in the
+        background (ordered before any later call of this store) and its failure is repaired
+        by the store's refresh."""
+
     async def connection_remove(self, user: str, session: str) -> None: ...
 
     async def connection_count(self, user: str) -> int: ...
@@ -180,6 +185,9 @@ class StateStore(Protocol):
     async def room_sessions(self, room: str, delta: int) -> None:
         """Adjust this node's count of sessions in ``room`` (for the rooms listing). The count
         stands locally even when the write fails (written again with the store's refresh)."""
+
+    def room_sessions_nowait(self, room: str, delta: int) -> None:
+        """:meth:`room_sessions` in the background, as :meth:`connection_add_nowait`."""
 
     async def list_rooms(
         self, prefix: str, cursor: str | None, limit: int

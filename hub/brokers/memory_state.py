@@ -57,6 +57,9 @@ class MemoryStateStore:
         s.add(session)
         return len(s)
 
+    def connection_add_nowait(self, user: str, session: str) -> None:
+        self._conns.setdefault(user, set()).add(session)
+
     async def connection_remove(self, user: str, session: str) -> None:
         s = self._conns.get(user)
         if s is not None:
@@ -68,6 +71,9 @@ class MemoryStateStore:
         return len(self._conns.get(user, ()))
 
     async def room_sessions(self, room: str, delta: int) -> None:
+        self.room_sessions_nowait(room, delta)
+
+    def room_sessions_nowait(self, room: str, delta: int) -> None:
         n = self._room_sessions.get(room, 0) + delta
         if n > 0:
             self._room_sessions[room] = n

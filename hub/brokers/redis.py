@@ -120,6 +120,7 @@ class RedisBroker:
         self.cluster = False  # set by start() from the URL
         self._pipe: PublishPipe | None = None  # one Redis: publishes pipelined on one connection
         self._calls: PublishPipe | None = None  # one Redis: every other script call, pipelined
+        self._casts: set[asyncio.Task[None]] = set()  # a cluster's casts under way
         self._lane: PublishLane[_PubCall, Any] = PublishLane(self._run_batch)
 
     # ---- keys ------------------------------------------------------------------------------------
@@ -270,6 +271,21 @@ class RedisBroker:
         if self._calls is not None:
             return self.call(self._calls.call("EVALSHA", script.sha, len(keys), *keys, *args))
         return self.call(script(keys=list(keys), args=list(args)))
+
+    def cast(self, script: Script, keys: Sequence[Any], args: Sequence[Any] = ()) -> None:
+        """Run a script of :meth:`script` without waiting for it; its failures are dropped
+        (for writes something else repeats, as the state store's refresh). One Redis: queued
+        on the calls pipe in call order, so a later :meth:`run` sees it; a cluster: a task."""
+        if self._calls is not None:
+            self._calls.cast("EVALSHA", script.sha, len(keys), *keys, *args)
+            return
+        task = asyncio.get_running_loop().create_task(self._cast_task(script, keys, args))
+        self._casts.add(task)
+        task.add_done_callback(self._casts.discard)
+
+    async def _cast_task(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> None:
+        with contextlib.suppress(BrokerError, RedisError):
+            await self.run(script, keys, args)
 
     def _on_state(self, up: bool) -> None:
         if self._listener is None:

@@ -49,6 +49,9 @@ class RedisConnection(Protocol):
     def run(self, script: Script, keys: Sequence[Any], args: Sequence[Any] = ()) -> Awaitable[Any]:
         """Run a registered script within the broker timeout (BrokerError on failure)."""
 
+    def cast(self, script: Script, keys: Sequence[Any], args: Sequence[Any] = ()) -> None:
+        """Run a registered script without waiting; failures are dropped."""
+
 
 class RedisStateStore:
     """The StateStore of :mod:`hub.brokers.base` over Redis. Start it after its broker and
@@ -190,6 +193,10 @@ class RedisStateStore:
         )
         return int(n)
 
+    def connection_add_nowait(self, user: str, session: str) -> None:
+        self._conns.setdefault(user, set()).add(session)
+        self._conn.cast(self._s_conn_add, [self._conn_key(user)], [session, self._presence_ms])
+
     async def connection_remove(self, user: str, session: str) -> None:
         own = self._conns.get(user)
         if own is not None:
@@ -205,7 +212,11 @@ class RedisStateStore:
         keys = [*self._rooms_keys, self._node_set_prefix + self.node]
         return keys, [self.node, room, n, self._presence_ms]
 
-    async def room_sessions(self, room: str, delta: int) -> None:
+    def room_sessions_nowait(self, room: str, delta: int) -> None:
+        n = self._count(room, delta)
+        self._conn.cast(self._s_room_set, *self._room_set_args(room, max(n, 0)))
+
+    def _count(self, room: str, delta: int) -> int:
         n = self._room_counts.get(room, 0) + delta
         if n > 0:
             self._room_counts[room] = n
@@ -213,6 +224,10 @@ class RedisStateStore:
         else:
             self._room_counts.pop(room, None)
             self._rooms_zeroed.add(room)
+        return n
+
+    async def room_sessions(self, room: str, delta: int) -> None:
+        n = self._count(room, delta)
         # This node's count is the truth: a failed write is written again by the refresh loop
         # (a caller that gives up on a session adjusts the count back itself).
         await self._conn.run(self._s_room_set, *self._room_set_args(room, max(n, 0)))
