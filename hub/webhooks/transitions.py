@@ -1,0 +1,203 @@
+"""Cluster-wide transitions behind ``room.*`` and ``member.*`` webhooks.
+
+A node reports its own transitions (its first local session joined room R: ``room_up``; its last
+one left: ``room_down``; a presence session was added or removed: ``member_up`` /
+``member_down``); the store decides, atomically for the whole cluster, whether that is an event:
+
+* ``room_up`` → 1 (``room.occupied``) when no node had the room and no vacate was pending;
+  0 when a pending vacate is cancelled (a reconnect within the delay: no event); 2 when a
+  pending vacate was overdue (its checker never ran): ``room.vacated`` then ``room.occupied``.
+* ``room_down`` → a token when this was the last node: the caller runs ``vacate_check(room,
+  token)`` after ``HUB_WEBHOOK_VACATED_DELAY``; True there means ``room.vacated``.
+* ``member_up`` → True for the user's first presence session in the room (``member.joined``);
+  ``member_down`` → True for the last one (``member.left``).
+
+:class:`MemoryTransitions` keeps this in the process; :class:`RedisTransitions` in Redis, with
+Lua scripts on the room's hash tag (``<prefix>{room:<name>}:wh:nodes``, ``…:wh:vac``,
+``…:wh:m:<user>``), server time for deadlines. Redis failures raise BrokerError.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, Protocol
+
+from hubbub.hub.brokers.redis_lua import room_key
+
+_NOW_MS = """
+local _t = redis.call('TIME')
+local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
+"""
+
+# KEYS nodes, vac; ARGV node
+ROOM_UP = (
+    _NOW_MS
+    + """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 0 or redis.call('SCARD', KEYS[1]) ~= 1 then
+  return 0
+end
+local v = redis.call('GET', KEYS[2])
+if not v then return 1 end
+redis.call('DEL', KEYS[2])
+local deadline = tonumber(string.match(v, ':(%d+)$') or '0')
+if now >= deadline then return 2 end
+return 0
+"""
+)
+
+# KEYS nodes, vac; ARGV node, token, delay ms. Returns the token when the room went empty.
+ROOM_DOWN = (
+    _NOW_MS
+    + """
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 or redis.call('SCARD', KEYS[1]) ~= 0 then
+  return false
+end
+redis.call('SET', KEYS[2], ARGV[2] .. ':' .. (now + tonumber(ARGV[3])), 'EX', 86400)
+return ARGV[2]
+"""
+)
+
+# KEYS nodes, vac; ARGV token
+VACATE_CHECK = """
+local v = redis.call('GET', KEYS[2])
+if not v or string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. ':' then return 0 end
+if redis.call('SCARD', KEYS[1]) ~= 0 then return 0 end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+# KEYS user's sessions; ARGV session
+MEMBER_UP = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 and redis.call('SCARD', KEYS[1]) == 1 then
+  return 1
+end
+return 0
+"""
+
+MEMBER_DOWN = """
+if redis.call('SREM', KEYS[1], ARGV[1]) == 1 and redis.call('SCARD', KEYS[1]) == 0 then
+  return 1
+end
+return 0
+"""
+
+
+class Transitions(Protocol):
+    async def start(self) -> None: ...
+
+    async def room_up(self, room: str) -> int: ...
+
+    async def room_down(self, room: str) -> str | None: ...
+
+    async def vacate_check(self, room: str, token: str) -> bool: ...
+
+    async def member_up(self, room: str, user: str, session: str) -> bool: ...
+
+    async def member_down(self, room: str, user: str, session: str) -> bool: ...
+
+
+class MemoryTransitions:
+    """One process: the same decisions as the Redis scripts, on dictionaries."""
+
+    def __init__(self, node: str, delay: float) -> None:
+        self.node = node
+        self.delay = delay
+        self._nodes: dict[str, set[str]] = {}
+        self._vac: dict[str, tuple[str, float]] = {}
+        self._members: dict[tuple[str, str], set[str]] = {}
+
+    async def start(self) -> None:
+        pass
+
+    async def room_up(self, room: str) -> int:
+        nodes = self._nodes.setdefault(room, set())
+        if self.node in nodes:
+            return 0
+        nodes.add(self.node)
+        if len(nodes) != 1:
+            return 0
+        pending = self._vac.pop(room, None)
+        if pending is None:
+            return 1
+        return 2 if time.time() >= pending[1] else 0
+
+    async def room_down(self, room: str) -> str | None:
+        nodes = self._nodes.get(room)
+        if nodes is None or self.node not in nodes:
+            return None
+        nodes.discard(self.node)
+        if nodes:
+            return None
+        del self._nodes[room]
+        token = secrets.token_hex(8)
+        self._vac[room] = (token, time.time() + self.delay)
+        return token
+
+    async def vacate_check(self, room: str, token: str) -> bool:
+        pending = self._vac.get(room)
+        if pending is None or pending[0] != token or self._nodes.get(room):
+            return False
+        del self._vac[room]
+        return True
+
+    async def member_up(self, room: str, user: str, session: str) -> bool:
+        s = self._members.setdefault((room, user), set())
+        if session in s:
+            return False
+        s.add(session)
+        return len(s) == 1
+
+    async def member_down(self, room: str, user: str, session: str) -> bool:
+        s = self._members.get((room, user))
+        if s is None or session not in s:
+            return False
+        s.discard(session)
+        if s:
+            return False
+        del self._members[(room, user)]
+        return True
+
+
+class RedisTransitions:
+    """The cluster's transitions in Redis (see the module docstring). ``conn``: the node's
+    RedisBroker (its ``prefix``, ``client`` and ``call``)."""
+
+    def __init__(self, conn: Any, node: str, delay: float) -> None:
+        self._conn = conn
+        self.prefix: str = conn.prefix
+        self.node = node
+        self._delay_ms = int(delay * 1000)
+        self._s: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        redis = self._conn.client
+        for name, text in (("up", ROOM_UP), ("down", ROOM_DOWN), ("check", VACATE_CHECK),
+                           ("mup", MEMBER_UP), ("mdown", MEMBER_DOWN)):  # fmt: skip
+            self._s[name] = redis.register_script(text)
+
+    def _room_keys(self, room: str) -> list[str]:
+        return [room_key(self.prefix, room, "wh:nodes"), room_key(self.prefix, room, "wh:vac")]
+
+    async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._conn.call(self._s[name](keys=keys, args=args))
+
+    async def room_up(self, room: str) -> int:
+        return int(await self._run("up", self._room_keys(room), [self.node]))
+
+    async def room_down(self, room: str) -> str | None:
+        token = secrets.token_hex(8)
+        res = await self._run("down", self._room_keys(room), [self.node, token, self._delay_ms])
+        return token if res else None
+
+    async def vacate_check(self, room: str, token: str) -> bool:
+        return bool(await self._run("check", self._room_keys(room), [token]))
+
+    def _member_key(self, room: str, user: str) -> str:
+        return room_key(self.prefix, room, "wh:m:" + user)
+
+    async def member_up(self, room: str, user: str, session: str) -> bool:
+        return bool(await self._run("mup", [self._member_key(room, user)], [session]))
+
+    async def member_down(self, room: str, user: str, session: str) -> bool:
+        return bool(await self._run("mdown", [self._member_key(room, user)], [session]))
