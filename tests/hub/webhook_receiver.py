@@ -1,8 +1,8 @@
 """A real HTTP webhook receiver for tests: uvicorn on 127.0.0.1 (free port) in the test's loop.
 
 It verifies every request with :func:`hubbub.webhooks.verify`, records it, and answers the
-statuses queued in ``answers`` (then 200). ``hold``: while set to an Event, requests wait on it
-before answering (a batch "in flight").
+statuses queued in ``answers`` (then 200). ``stall``: how many of the next requests are never
+answered (a batch "in flight" when its sender dies); they land in ``stalled``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ class Receiver:
     answers: list[int] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
-    hold: asyncio.Event | None = None
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    stall: int = 0
+    stalled: list[Request] = field(default_factory=list)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = 0
     _server: uvicorn.Server | None = None
     _task: asyncio.Task[None] | None = None
@@ -59,9 +60,12 @@ class Receiver:
             self.refused.append(str(exc))
             await _answer(send, 400)
             return
-        self.arrived.set()
-        if self.hold is not None:
-            await self.hold.wait()
+        if self.stall > 0:
+            self.stall -= 1
+            self.stalled.append(Request(headers, body, 0, doc["events"]))
+            await self._stopping.wait()
+            await _answer(send, 503)
+            return
         status = self.answers.pop(0) if self.answers else 200
         self.requests.append(Request(headers, body, status, doc["events"]))
         await _answer(send, status)
@@ -103,8 +107,7 @@ class Receiver:
         return self
 
     async def stop(self) -> None:
-        if self.hold is not None:
-            self.hold.set()
+        self._stopping.set()
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             with contextlib.suppress(Exception):
