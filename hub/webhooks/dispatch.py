@@ -114,6 +114,9 @@ class Dispatcher:
             except BrokerError as exc:
                 log.debug("webhook queue %s: redis unavailable: %r", self.label, exc.__cause__)
                 await asyncio.sleep(min(1.0, self.poll * 4))
+            except Exception:  # a bug must not end delivery for good
+                log.exception("webhook delivery to %s crashed; going on in 1 s", self.label)
+                await asyncio.sleep(1.0)
 
     async def _sleep(self, seconds: float) -> None:
         """Wait ``seconds`` or until an event is pushed on this node."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,9 +23,10 @@ import pytest
 from hubbub.hub.auth import Identity
 from hubbub.hub.hub import Hub
 from hubbub.hub.webhooks.dispatch import endpoint_label
-from tests.conftest import API_KEY, Node, token
+from tests.conftest import API_KEY, Node, free_port, token
 from tests.helpers import until
 from tests.hub.webhook_receiver import WEBHOOK_SECRET, Receiver
+from tests.ops.harness import hubbub_cmd
 from tests.wsclient import WS
 
 SVC = Identity("svc", api_key=True, scope="test")
@@ -191,3 +194,41 @@ def test_verify_is_importable_with_runtime_dependencies_only() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "verify"
+
+
+async def test_hubbub_webhooks_listen_verifies_and_prints_events(node_factory: Any) -> None:
+    port = free_port()
+    env = {**os.environ, "HUB_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    argv = [*hubbub_cmd(), "webhooks", "listen", "--port", str(port)]
+    pipe = subprocess.PIPE
+    # a long-running child, stopped by pid below
+    proc = subprocess.Popen(argv, env=env, stdout=pipe, stderr=pipe)  # noqa: ASYNC220
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        async with httpx.AsyncClient() as c:
+
+            async def up() -> bool:
+                try:
+                    r = await c.post(url, content=b"{}")
+                except httpx.HTTPError:
+                    return False
+                return r.status_code == 400  # unsigned: refused
+
+            await until(up, what="the listener")
+        n: Node = await node_factory(
+            webhook_urls=(url,), webhook_secret=(WEBHOOK_SECRET,),
+            webhook_events=("message.published",),
+        )  # fmt: skip
+        fast(n.hub)
+        await n.hub.publish(SVC, "dev", {"hello": "world"})
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 10)
+        event = json.loads(line)
+        assert event["type"] == "message.published"
+        assert event["message"]["data"] == {"hello": "world"}
+    finally:
+        proc.terminate()
+        proc.wait(5)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
