@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from hubbub.hub.auth import Identity
 from hubbub.hub.hub import Hub
@@ -111,6 +112,10 @@ async def test_failures_are_retried_until_a_2xx_and_the_batch_comes_again(
     label = endpoint_label(receiver.url)
     assert f'hubbub_webhook_deliveries_total{{endpoint="{label}",result="failed"}} 3' in text
     assert f'hubbub_webhook_queue_depth{{endpoint="{label}"}}' in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}  # valid exposition
+    ok = [x for x in families["hubbub_webhook_deliveries"].samples if x.labels["result"] == "ok"]
+    assert ok[0].value == 2 and ok[0].labels["endpoint"] == label
+    assert families["hubbub_webhook_oldest_event_age_seconds"].type == "gauge"
     assert body["webhooks"][0]["deliveries"]["ok"] == 2
 
 
