@@ -19,12 +19,13 @@ import pytest
 
 from hubbub.hub.auth import Identity
 from hubbub.hub.webhooks.service import endpoint_id
-from tests.conftest import API_KEY, Node, RedisProc
+from tests.conftest import API_KEY, Node, RedisProc, token
 from tests.helpers import until
 from tests.hub.test_webhooks import ALL, fast
 from tests.hub.webhook_receiver import WEBHOOK_SECRET, Receiver
 from tests.ops.harness import NodeProc
 from tests.test_cluster import redis_cli
+from tests.wsclient import WS
 
 
 @pytest.fixture
@@ -137,3 +138,39 @@ async def test_a_batch_in_flight_on_a_killed_node_is_delivered_by_the_other(
     finally:
         for n in nodes:
             n.stop()
+
+
+async def test_a_killed_node_s_rooms_are_vacated_and_its_members_left(
+    tmp_path: Path, redis_proc: RedisProc, node_factory: Any, receiver: Receiver
+) -> None:
+    prefix = f"d{secrets.token_hex(3)}:"
+    env = {
+        "HUB_REDIS_PREFIX": prefix,
+        "HUB_WEBHOOK_URLS": receiver.url,
+        "HUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "HUB_WEBHOOK_VACATED_DELAY": "0.5",
+        "HUB_WEBHOOK_TIMEOUT": "1",
+        "HUB_PRESENCE_TTL": "1.5",
+        "HUB_BROKER_TIMEOUT": "1",
+    }
+    victim = NodeProc(tmp_path, redis_proc.url, env, name="victim").start()
+    try:
+        await victim.wait_live()
+        other: Node = await node_factory(
+            broker_url=redis_proc.url, redis_prefix=prefix, broker_timeout=1.0,
+            webhook_urls=(receiver.url,), webhook_secret=(WEBHOOK_SECRET,),
+            webhook_vacated_delay=0.5, webhook_timeout=1.0, presence_ttl=1.5,
+        )  # fmt: skip
+        fast(other.hub)
+        ws = await WS.connect(victim.ws_url, token("alice"))
+        await ws.result({"type": "subscribe", "room": "lobby", "presence": True})
+        before = [("room.occupied", "lobby"), ("member.joined", "lobby", "alice")]
+        await until(lambda: receiver.types() == before, what="occupied and joined")
+        victim.signal(signal.SIGKILL)
+        assert await victim.wait_exit(5) is not None
+        after = [*before, ("member.left", "lobby", "alice"), ("room.vacated", "lobby")]
+        await until(lambda: receiver.types() == after, within=20, what="left and vacated")
+        left = next(e for e in receiver.unique() if e["type"] == "member.left")
+        assert left["member"]["user"] == "alice" and left["member"]["transport"] == "ws"
+    finally:
+        victim.stop()

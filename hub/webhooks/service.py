@@ -104,6 +104,8 @@ class Webhooks:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._report_loop(), name="webhook-reports"))
         self._tasks.append(loop.create_task(self._event_loop(), name="webhook-events"))
+        if self.rooms or self.members:
+            self._tasks.append(loop.create_task(self._reap_loop(), name="webhook-reaper"))
         for d in self.dispatchers:
             self._tasks.append(loop.create_task(d.run(), name=f"webhook {d.label}"))
 
@@ -117,6 +119,10 @@ class Webhooks:
             async with asyncio.timeout(flush):
                 while self._reports or self._events or self._busy:
                     await asyncio.sleep(0.01)
+        if self.rooms or self.members:
+            with contextlib.suppress(BrokerError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.transitions.forget()
         self.stopped = True
         for timer in self._timers:
             timer.cancel()
@@ -243,15 +249,29 @@ class Webhooks:
                 self.emit("room.vacated", room=room)
         elif kind == "mup":
             m: Member = arg
-            if await t.member_up(m.room, m.user, m.session):
+            if await t.member_up(m):
                 self.emit("member.joined", room=m.room, member=m.public())
         elif kind == "mdown":
             m = arg
-            if await t.member_down(m.room, m.user, m.session):
+            if await t.member_down(m):
                 self.emit("member.left", room=m.room, member=m.public())
+        elif kind == "reap":
+            vacates, left = await t.reap(self.settings.presence_ttl)
+            for room, member in left:
+                self.emit("member.left", room=room, member=member)
+            for room, token in vacates:
+                self._schedule_check(room, token)
         elif kind == "conn":
             kind, user, session, transport = arg
             self.emit(kind, user=user, session=session, transport=transport)
+
+    async def _reap_loop(self) -> None:
+        """Every third of ``HUB_PRESENCE_TTL``: this node is alive, and the nodes that stopped
+        saying so are reaped (in order with the other reports)."""
+        while True:
+            if not any(kind == "reap" for kind, _ in self._reports):
+                self._report("reap", None)
+            await asyncio.sleep(self.settings.presence_ttl / 3)
 
     def _schedule_check(self, room: str, token: str) -> None:
         loop = asyncio.get_running_loop()

@@ -11,6 +11,12 @@ one left: ``room_down``; a presence session was added or removed: ``member_up`` 
   token)`` after ``HUB_WEBHOOK_VACATED_DELAY``; True there means ``room.vacated``.
 * ``member_up`` → True for the user's first presence session in the room (``member.joined``);
   ``member_down`` → True for the last one (``member.left``).
+* ``reap`` (Redis): the transitions of nodes that died without leaving (SIGKILL, a lost
+  machine). Each node registers itself in ``<prefix>{wh}:nodes`` with an expiry it pushes
+  forward (``alive``), and lists the rooms and presence sessions it reported in
+  ``<prefix>{whnode:<node>}:rooms`` / ``…:members``. Any node finding an expired node runs
+  ``room_down`` and ``member_down`` for it; those scripts are idempotent, so two nodes reaping
+  the same dead node still make one event each.
 
 :class:`MemoryTransitions` keeps this in the process; :class:`RedisTransitions` in Redis, with
 Lua scripts on the room's hash tag (``<prefix>{room:<name>}:wh:nodes``, ``…:wh:vac``,
@@ -23,6 +29,9 @@ import secrets
 import time
 from typing import Any, Protocol
 
+import orjson
+
+from hubbub.hub.brokers.base import Member
 from hubbub.hub.brokers.redis_lua import room_key
 
 _NOW_MS = """
@@ -83,6 +92,19 @@ return 0
 """
 
 
+# KEYS nodes; ARGV node, ttl ms: refresh this node, return up to 10 expired nodes.
+ALIVE = (
+    _NOW_MS
+    + """
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, 10)
+"""
+)
+
+# (room, token) pairs to check after the delay; (room, member object) pairs that left.
+Reaped = tuple[list[tuple[str, str]], list[tuple[str, dict[str, Any]]]]
+
+
 class Transitions(Protocol):
     async def start(self) -> None: ...
 
@@ -92,9 +114,15 @@ class Transitions(Protocol):
 
     async def vacate_check(self, room: str, token: str) -> bool: ...
 
-    async def member_up(self, room: str, user: str, session: str) -> bool: ...
+    async def member_up(self, member: Member) -> bool: ...
 
-    async def member_down(self, room: str, user: str, session: str) -> bool: ...
+    async def member_down(self, member: Member) -> bool: ...
+
+    async def reap(self, ttl: float) -> Reaped:
+        """Refresh this node's liveness (``ttl`` seconds) and undo what expired nodes left."""
+
+    async def forget(self) -> None:
+        """A graceful stop: this node is no longer alive (and left everything)."""
 
 
 class MemoryTransitions:
@@ -141,22 +169,29 @@ class MemoryTransitions:
         del self._vac[room]
         return True
 
-    async def member_up(self, room: str, user: str, session: str) -> bool:
-        s = self._members.setdefault((room, user), set())
-        if session in s:
+    async def member_up(self, member: Member) -> bool:
+        s = self._members.setdefault((member.room, member.user), set())
+        if member.session in s:
             return False
-        s.add(session)
+        s.add(member.session)
         return len(s) == 1
 
-    async def member_down(self, room: str, user: str, session: str) -> bool:
-        s = self._members.get((room, user))
-        if s is None or session not in s:
+    async def member_down(self, member: Member) -> bool:
+        key = (member.room, member.user)
+        s = self._members.get(key)
+        if s is None or member.session not in s:
             return False
-        s.discard(session)
+        s.discard(member.session)
         if s:
             return False
-        del self._members[(room, user)]
+        del self._members[key]
         return True
+
+    async def reap(self, ttl: float) -> Reaped:
+        return [], []  # one process: nobody else to die
+
+    async def forget(self) -> None:
+        pass
 
 
 class RedisTransitions:
@@ -173,8 +208,12 @@ class RedisTransitions:
     async def start(self) -> None:
         redis = self._conn.client
         for name, text in (("up", ROOM_UP), ("down", ROOM_DOWN), ("check", VACATE_CHECK),
-                           ("mup", MEMBER_UP), ("mdown", MEMBER_DOWN)):  # fmt: skip
+                           ("mup", MEMBER_UP), ("mdown", MEMBER_DOWN),
+                           ("alive", ALIVE)):  # fmt: skip
             self._s[name] = redis.register_script(text)
+
+    def _reg(self, node: str, what: str) -> str:
+        return f"{self.prefix}{{whnode:{node}}}:{what}"
 
     def _room_keys(self, room: str) -> list[str]:
         return [room_key(self.prefix, room, "wh:nodes"), room_key(self.prefix, room, "wh:vac")]
@@ -183,11 +222,19 @@ class RedisTransitions:
         return await self._conn.call(self._s[name](keys=keys, args=args))
 
     async def room_up(self, room: str) -> int:
+        # Registered first: a death between the two calls leaves a registry entry whose
+        # room_down (by the reaper) finds nothing to remove, so makes no event.
+        await self._conn.call(self._conn.client.sadd(self._reg(self.node, "rooms"), room))
         return int(await self._run("up", self._room_keys(room), [self.node]))
 
     async def room_down(self, room: str) -> str | None:
+        token = await self._room_down(room, self.node)
+        await self._conn.call(self._conn.client.srem(self._reg(self.node, "rooms"), room))
+        return token
+
+    async def _room_down(self, room: str, node: str) -> str | None:
         token = secrets.token_hex(8)
-        res = await self._run("down", self._room_keys(room), [self.node, token, self._delay_ms])
+        res = await self._run("down", self._room_keys(room), [node, token, self._delay_ms])
         return token if res else None
 
     async def vacate_check(self, room: str, token: str) -> bool:
@@ -196,8 +243,48 @@ class RedisTransitions:
     def _member_key(self, room: str, user: str) -> str:
         return room_key(self.prefix, room, "wh:m:" + user)
 
-    async def member_up(self, room: str, user: str, session: str) -> bool:
-        return bool(await self._run("mup", [self._member_key(room, user)], [session]))
+    async def member_up(self, m: Member) -> bool:
+        field = m.room + "\0" + m.session
+        entry = orjson.dumps({"room": m.room, "member": m.public()})
+        await self._conn.call(self._conn.client.hset(self._reg(self.node, "members"), field, entry))
+        return bool(await self._run("mup", [self._member_key(m.room, m.user)], [m.session]))
 
-    async def member_down(self, room: str, user: str, session: str) -> bool:
-        return bool(await self._run("mdown", [self._member_key(room, user)], [session]))
+    async def member_down(self, m: Member) -> bool:
+        left = bool(await self._run("mdown", [self._member_key(m.room, m.user)], [m.session]))
+        field = m.room + "\0" + m.session
+        await self._conn.call(self._conn.client.hdel(self._reg(self.node, "members"), field))
+        return left
+
+    async def reap(self, ttl: float) -> Reaped:
+        redis = self._conn.client
+        alive_key = f"{self.prefix}{{wh}}:nodes"
+        dead = await self._run("alive", [alive_key], [self.node, max(1, int(ttl * 1000))])
+        vacates: list[tuple[str, str]] = []
+        left: list[tuple[str, dict[str, Any]]] = []
+        for raw in dead:
+            node = raw.decode() if isinstance(raw, bytes) else str(raw)
+            rooms = await self._conn.call(redis.smembers(self._reg(node, "rooms")))
+            for r in sorted(x.decode() for x in rooms):
+                token = await self._room_down(r, node)
+                if token is not None:
+                    vacates.append((r, token))
+            members = await self._conn.call(redis.hgetall(self._reg(node, "members")))
+            for entry in members.values():
+                d = orjson.loads(entry)
+                room, member = d["room"], d["member"]
+                key = self._member_key(room, member["user"])
+                if await self._run("mdown", [key], [member["session"]]):
+                    left.append((room, member))
+            await self._conn.call(redis.delete(self._reg(node, "rooms")))
+            await self._conn.call(redis.delete(self._reg(node, "members")))
+            await self._conn.call(redis.zrem(alive_key, node))
+        return vacates, left
+
+    async def forget(self) -> None:
+        """Leave the list of live nodes when this node left every room and presence (after a
+        drain); otherwise stay, so that another node reaps what is left once it expires."""
+        redis = self._conn.client
+        rooms = await self._conn.call(redis.scard(self._reg(self.node, "rooms")))
+        members = await self._conn.call(redis.hlen(self._reg(self.node, "members")))
+        if not rooms and not members:
+            await self._conn.call(redis.zrem(f"{self.prefix}{{wh}}:nodes", self.node))
