@@ -174,3 +174,27 @@ async def test_a_killed_node_s_rooms_are_vacated_and_its_members_left(
         assert left["member"]["user"] == "alice" and left["member"]["transport"] == "ws"
     finally:
         victim.stop()
+
+
+async def test_a_vacate_pending_on_a_stopped_node_is_decided_by_another(
+    node_factory: Any, shared_redis: RedisProc, receiver: Receiver
+) -> None:
+    conf = settings(shared_redis, receiver, webhook_vacated_delay=2.0, presence_ttl=0.9,
+                    webhook_events=("room.occupied", "room.vacated"))  # fmt: skip
+    a: Node = await node_factory(**conf)
+    b: Node = await node_factory(**conf)
+    fast(a.hub)
+    fast(b.hub)
+    s = await a.hub.open_session(user("alice"), "ws")
+    await a.hub.subscribe(s, "quiet")
+    await until(lambda: receiver.types() == [("room.occupied", "quiet")], what="occupied")
+    loop = asyncio.get_running_loop()
+    emptied = loop.time()
+    await a.hub.close_session(s)  # the room empties …
+    await a.stop()  # … and its node stops before the delay is over: its own check never runs
+    assert a.hub.webhooks is not None and a.hub.webhooks.stopped
+    assert loop.time() - emptied < 2.0
+    after = [("room.occupied", "quiet"), ("room.vacated", "quiet")]
+    await until(lambda: receiver.types() == after, within=10, what="vacated by the other node")
+    await asyncio.sleep(0.5)
+    assert receiver.types() == after

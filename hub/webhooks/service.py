@@ -256,10 +256,12 @@ class Webhooks:
             if await t.member_down(m):
                 self.emit("member.left", room=m.room, member=m.public())
         elif kind == "reap":
-            vacates, left = await t.reap(self.settings.presence_ttl)
-            for room, member in left:
+            reaped = await t.reap(self.settings.presence_ttl)
+            for room, member in reaped.left:
                 self.emit("member.left", room=room, member=member)
-            for room, token in vacates:
+            for room in reaped.vacated:
+                self.emit("room.vacated", room=room)
+            for room, token in reaped.checks:
                 self._schedule_check(room, token)
         elif kind == "conn":
             kind, user, session, transport = arg

@@ -17,6 +17,9 @@ one left: ``room_down``; a presence session was added or removed: ``member_up`` 
   ``<prefix>{whnode:<node>}:rooms`` / ``…:members``. Any node finding an expired node runs
   ``room_down`` and ``member_down`` for it; those scripts are idempotent, so two nodes reaping
   the same dead node still make one event each.
+* ``reap`` also sweeps vacates whose check never ran (the node that emptied the room stopped or
+  died within the delay): ``room_down`` lists the room in ``<prefix>{wh}:vacating`` with its
+  deadline, and a vacate still pending a second after it is decided by whichever node sweeps.
 
 :class:`MemoryTransitions` keeps this in the process; :class:`RedisTransitions` in Redis, with
 Lua scripts on the room's hash tag (``<prefix>{room:<name>}:wh:nodes``, ``…:wh:vac``,
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -101,8 +105,46 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, 10)
 """
 )
 
-# (room, token) pairs to check after the delay; (room, member object) pairs that left.
-Reaped = tuple[list[tuple[str, str]], list[tuple[str, dict[str, Any]]]]
+# KEYS nodes, vac: the vacate is due (the node that scheduled it never checked): vacated?
+VACATE_DUE = (
+    _NOW_MS
+    + """
+local v = redis.call('GET', KEYS[2])
+if not v then return 0 end
+local deadline = tonumber(string.match(v, ':(%d+)$') or '0')
+if now < deadline or redis.call('SCARD', KEYS[1]) ~= 0 then return 0 end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+)
+
+# KEYS vacating; ARGV grace ms: rooms whose vacate deadline passed more than grace ago.
+DUE = (
+    _NOW_MS
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])),
+                  'LIMIT', 0, 100)
+"""
+)
+
+# KEYS vacating; ARGV room, score: forget the entry unless a later vacate replaced it.
+UNDUE = """
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) <= tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+SWEEP_GRACE_MS = 1000  # the local check normally runs first; the sweep is the fallback
+
+
+@dataclass
+class Reaped:
+    """What ``reap`` found: vacates to check after the delay (room, token), members that left
+    (room, member object), rooms vacated now."""
+
+    checks: list[tuple[str, str]] = field(default_factory=list)
+    left: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    vacated: list[str] = field(default_factory=list)
 
 
 class Transitions(Protocol):
@@ -188,7 +230,7 @@ class MemoryTransitions:
         return True
 
     async def reap(self, ttl: float) -> Reaped:
-        return [], []  # one process: nobody else to die
+        return Reaped()  # one process: nobody else to die, and the local timers always run
 
     async def forget(self) -> None:
         pass
@@ -204,12 +246,14 @@ class RedisTransitions:
         self.node = node
         self._delay_ms = int(delay * 1000)
         self._s: dict[str, Any] = {}
+        self._vacating = f"{self.prefix}{{wh}}:vacating"
 
     async def start(self) -> None:
         redis = self._conn.client
         for name, text in (("up", ROOM_UP), ("down", ROOM_DOWN), ("check", VACATE_CHECK),
                            ("mup", MEMBER_UP), ("mdown", MEMBER_DOWN),
-                           ("alive", ALIVE)):  # fmt: skip
+                           ("alive", ALIVE), ("due", VACATE_DUE), ("list_due", DUE),
+                           ("undue", UNDUE)):  # fmt: skip
             self._s[name] = redis.register_script(text)
 
     def _reg(self, node: str, what: str) -> str:
@@ -235,7 +279,13 @@ class RedisTransitions:
     async def _room_down(self, room: str, node: str) -> str | None:
         token = secrets.token_hex(8)
         res = await self._run("down", self._room_keys(room), [node, token, self._delay_ms])
-        return token if res else None
+        if not res:
+            return None
+        # Listed for the sweep, in case the check after the delay never runs (this node stops
+        # or dies first). Local clock: the sweep waits a grace period beyond it anyway.
+        deadline = int(time.time() * 1000) + self._delay_ms
+        await self._conn.call(self._conn.client.zadd(self._vacating, {room: deadline}))
+        return token
 
     async def vacate_check(self, room: str, token: str) -> bool:
         return bool(await self._run("check", self._room_keys(room), [token]))
@@ -259,26 +309,33 @@ class RedisTransitions:
         redis = self._conn.client
         alive_key = f"{self.prefix}{{wh}}:nodes"
         dead = await self._run("alive", [alive_key], [self.node, max(1, int(ttl * 1000))])
-        vacates: list[tuple[str, str]] = []
-        left: list[tuple[str, dict[str, Any]]] = []
+        out = Reaped()
         for raw in dead:
             node = raw.decode() if isinstance(raw, bytes) else str(raw)
             rooms = await self._conn.call(redis.smembers(self._reg(node, "rooms")))
             for r in sorted(x.decode() for x in rooms):
                 token = await self._room_down(r, node)
                 if token is not None:
-                    vacates.append((r, token))
+                    out.checks.append((r, token))
             members = await self._conn.call(redis.hgetall(self._reg(node, "members")))
             for entry in members.values():
                 d = orjson.loads(entry)
                 room, member = d["room"], d["member"]
                 key = self._member_key(room, member["user"])
                 if await self._run("mdown", [key], [member["session"]]):
-                    left.append((room, member))
+                    out.left.append((room, member))
             await self._conn.call(redis.delete(self._reg(node, "rooms")))
             await self._conn.call(redis.delete(self._reg(node, "members")))
             await self._conn.call(redis.zrem(alive_key, node))
-        return vacates, left
+        due = await self._run("list_due", [self._vacating], [SWEEP_GRACE_MS])
+        for raw in due:
+            room = raw.decode() if isinstance(raw, bytes) else str(raw)
+            score = await self._conn.call(redis.zscore(self._vacating, room))
+            if await self._run("due", self._room_keys(room), []):
+                out.vacated.append(room)
+            if score is not None:
+                await self._run("undue", [self._vacating], [room, int(score)])
+        return out
 
     async def forget(self) -> None:
         """Leave the list of live nodes when this node left every room and presence (after a
