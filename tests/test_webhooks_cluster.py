@@ -198,3 +198,29 @@ async def test_a_vacate_pending_on_a_stopped_node_is_decided_by_another(
     await until(lambda: receiver.types() == after, within=10, what="vacated by the other node")
     await asyncio.sleep(0.5)
     assert receiver.types() == after
+
+
+async def test_reports_wait_out_a_redis_outage(
+    node_factory: Any, redis_proc: RedisProc, receiver: Receiver
+) -> None:
+    n: Node = await node_factory(
+        **settings(redis_proc, receiver, broker_timeout=0.5, webhook_vacated_delay=0.3)
+    )
+    fast(n.hub)
+    s = await n.hub.open_session(user("alice"), "ws")
+    await n.hub.subscribe(s, "lobby", presence=True)
+    before = [("room.occupied", "lobby"), ("member.joined", "lobby", "alice")]
+    await until(lambda: [t for t in receiver.types() if t[0].startswith(("room", "member"))]
+                == before, what="occupied and joined")  # fmt: skip
+    assert redis_proc.proc is not None
+    redis_proc.proc.send_signal(signal.SIGSTOP)  # Redis hangs: every call times out
+    try:
+        await n.hub.close_session(s)  # alice leaves while nothing reaches Redis
+        await asyncio.sleep(1.0)
+    finally:
+        redis_proc.proc.send_signal(signal.SIGCONT)
+    after = [*before, ("member.left", "lobby", "alice"), ("room.vacated", "lobby")]
+    await until(lambda: [t for t in receiver.types() if t[0].startswith(("room", "member"))]
+                == after, within=15, what="left and vacated after the outage")  # fmt: skip
+    kinds = [e["type"] for e in receiver.unique()]
+    assert kinds.count("user.connected") == kinds.count("user.disconnected") == 1

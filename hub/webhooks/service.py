@@ -306,6 +306,10 @@ class Webhooks:
                     f'hubbub_webhook_deliveries_total{{endpoint="{_label(s["endpoint"])}",'
                     f'result="{result}"}} {n}'
                 )
+        out.append("# HELP hubbub_webhook_lost_total Webhook reports and events this node "
+                   "dropped because its buffer was full while Redis was unreachable.")
+        out.append("# TYPE hubbub_webhook_lost_total counter")
+        out.append(f"hubbub_webhook_lost_total {self.lost}")
         for name, key, kind, help_ in (
             ("webhook_dropped_events_total", "dropped_events", "counter",
              "Webhook events dropped after HUB_WEBHOOK_MAX_AGE."),
