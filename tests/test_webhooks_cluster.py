@@ -224,3 +224,32 @@ async def test_reports_wait_out_a_redis_outage(
                 == after, within=15, what="left and vacated after the outage")  # fmt: skip
     kinds = [e["type"] for e in receiver.unique()]
     assert kinds.count("user.connected") == kinds.count("user.disconnected") == 1
+
+
+async def test_events_of_two_nodes_arrive_once_each_in_order_per_node(
+    node_factory: Any, shared_redis: RedisProc, receiver: Receiver
+) -> None:
+    conf = settings(shared_redis, receiver, webhook_events=("message.published",))
+    a: Node = await node_factory(**conf)
+    b: Node = await node_factory(**conf)
+    fast(a.hub, window=0.1)
+    fast(b.hub, window=0.1)
+    receiver.answers = [500, 500]  # the first batch fails twice: the ones behind it wait
+    svc = user("svc")
+
+    async def publish(n: Node, room: str) -> None:
+        for i in range(120):
+            await n.hub.publish(svc, room, i)
+            if i % 40 == 0:
+                await asyncio.sleep(0.05)
+
+    await asyncio.gather(publish(a, "from-a"), publish(b, "from-b"))
+    await until(lambda: len(receiver.unique()) == 240, what="240 events")
+    await asyncio.sleep(0.3)
+    events = receiver.delivered()
+    assert len(events) == len({e["id"] for e in events}) == 240  # each batch from one node
+    for room in ("from-a", "from-b"):
+        data = [e["message"]["data"] for e in events if e["room"] == room]
+        assert data == list(range(120)), room
+    assert [r.status for r in receiver.requests[:3]] == [500, 500, 200]
+    assert len(receiver.requests) >= 4  # several batches (at most 100 events each)
