@@ -87,6 +87,11 @@ class MemoryQueue:
         self._handed: list[Entry] = []
         self._seq = 0
 
+    @property
+    def pending(self) -> int:
+        """Entries waiting or handed out and not acknowledged."""
+        return len(self._waiting) + len(self._handed)
+
     async def start(self) -> None:
         pass
 

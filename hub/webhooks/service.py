@@ -59,7 +59,6 @@ class Webhooks:
         self.rooms = bool(self.enabled & {"room.occupied", "room.vacated"})
         self.members = bool(self.enabled & {"member.joined", "member.left"})
         self.messages = "message.published" in self.enabled
-        self.users = bool(self.enabled & {"user.connected", "user.disconnected"})
         self.visibility = float(tuning.pop("visibility", 2 * settings.webhook_timeout + 1))
         redis = _redis_of(broker)
         self.transitions: Transitions
@@ -110,14 +109,15 @@ class Webhooks:
             self._tasks.append(loop.create_task(d.run(), name=f"webhook {d.label}"))
 
     async def stop(self, flush: float = 1.0) -> None:
-        """Turn pending reports into events and queue them (at most ``flush`` seconds), stop
+        """Turn pending reports into events and queue them, and (memory queues) give delivery
+        a chance to empty the queues, for at most ``flush`` seconds in all; then stop
         delivering (a batch in flight stays queued: with Redis another node sends it; in
         memory it is lost) and give the leases back."""
         if self.stopped:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(flush):
-                while self._reports or self._events or self._busy:
+                while self._reports or self._events or self._busy or self._in_memory():
                     await asyncio.sleep(0.01)
         if self.rooms or self.members:
             with contextlib.suppress(BrokerError, TimeoutError):
@@ -137,6 +137,10 @@ class Webhooks:
                 async with asyncio.timeout(1.0):
                     await d.queue.close()
         await self.client.aclose()
+
+    def _in_memory(self) -> bool:
+        """Events still waiting in an in-process queue."""
+        return any(isinstance(d.queue, MemoryQueue) and d.queue.pending for d in self.dispatchers)
 
     @property
     def _busy(self) -> bool:
@@ -306,8 +310,10 @@ class Webhooks:
                     f'hubbub_webhook_deliveries_total{{endpoint="{_label(s["endpoint"])}",'
                     f'result="{result}"}} {n}'
                 )
-        out.append("# HELP hubbub_webhook_lost_total Webhook reports and events this node "
-                   "dropped because its buffer was full while Redis was unreachable.")
+        out.append(
+            "# HELP hubbub_webhook_lost_total Webhook reports and events this node "
+            "dropped because its buffer was full while Redis was unreachable."
+        )
         out.append("# TYPE hubbub_webhook_lost_total counter")
         out.append(f"hubbub_webhook_lost_total {self.lost}")
         for name, key, kind, help_ in (

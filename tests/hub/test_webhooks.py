@@ -237,3 +237,13 @@ async def test_hubbub_webhooks_listen_verifies_and_prints_events(node_factory: A
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+async def test_a_graceful_stop_delivers_what_the_memory_queue_holds(
+    node_factory: Any, receiver: Receiver
+) -> None:
+    n: Node = await node_factory(**hooks(receiver, webhook_events=("message.published",)))
+    fast(n.hub, window=0.5)  # the batch is still gathering when the stop begins
+    await n.hub.publish(SVC, "last", "words")
+    await n.hub.stop()
+    assert [e["message"]["data"] for e in receiver.unique()] == ["words"]
