@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -133,6 +134,11 @@ class RedisConn(Protocol):
 
     async def call(self, aw: Any) -> Any: ...
 
+    def script(self, source: str) -> Any: ...
+
+    def run(self, script: Any, keys: Sequence[Any], args: Sequence[Any] = ()) -> Awaitable[Any]:
+        """Run a script of :meth:`script` within the broker timeout (BrokerError on failure)."""
+
 
 class RedisQueue:
     """The Redis Stream of one endpoint (see the module docstring). ``node``: this node's id
@@ -149,9 +155,8 @@ class RedisQueue:
         self._release: Any = None
 
     async def start(self) -> None:
-        redis = self._conn.client
-        self._hold = redis.register_script(HOLD)
-        self._release = redis.register_script(RELEASE)
+        self._hold = self._conn.script(HOLD)
+        self._release = self._conn.script(RELEASE)
         with contextlib.suppress(BrokerError):  # Redis is down: created on first use
             await self._ensure_group()
 
@@ -159,7 +164,7 @@ class RedisQueue:
         """Give the lease back (best effort) so another node takes over at once."""
         if self._release is not None:
             with contextlib.suppress(BrokerError):
-                await self._conn.call(self._release(keys=[self.lease], args=[self.node]))
+                await self._conn.run(self._release, [self.lease], [self.node])
 
     async def _ensure_group(self) -> None:
         try:
@@ -180,10 +185,7 @@ class RedisQueue:
         await self._conn.call(run())
 
     async def hold(self) -> bool:
-        held = await self._conn.call(
-            self._hold(keys=[self.lease], args=[self.node, self._lease_ms])
-        )
-        return bool(held)
+        return bool(await self._conn.run(self._hold, [self.lease], [self.node, self._lease_ms]))
 
     async def read(self, limit: int, fresh: bool) -> list[Entry]:
         try:

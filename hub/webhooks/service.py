@@ -84,7 +84,7 @@ class Webhooks:
                     visibility=self.visibility, **tuning,
                 )
             )  # fmt: skip
-        self._reports: deque[tuple[str, Any]] = deque()
+        self._reports: deque[tuple[str, Any, str]] = deque()  # (kind, argument, op id)
         self._events: deque[tuple[int, bytes]] = deque()
         self._reports_wake = asyncio.Event()
         self._events_wake = asyncio.Event()
@@ -153,7 +153,7 @@ class Webhooks:
         if len(self._reports) >= MAX_BUFFER:
             self.lost += 1
             return
-        self._reports.append((kind, arg))
+        self._reports.append((kind, arg, _secrets.token_hex(8)))
         self._reports_wake.set()
 
     def room_up(self, room: str) -> None:
@@ -225,9 +225,9 @@ class Webhooks:
         while True:
             await self._reports_wake.wait()
             while self._reports:
-                kind, arg = self._reports[0]
+                kind, arg, op = self._reports[0]
                 try:
-                    await self._apply(kind, arg)
+                    await self._apply(kind, arg, op)
                 except BrokerError as exc:
                     log.debug("webhook transition waits for redis: %r", exc.__cause__)
                     await asyncio.sleep(0.5)
@@ -235,29 +235,31 @@ class Webhooks:
                 self._reports.popleft()
             self._reports_wake.clear()
 
-    async def _apply(self, kind: str, arg: Any) -> None:
+    async def _apply(self, kind: str, arg: Any, op: str) -> None:
+        """Turn one report into events. Raises BrokerError; then it is applied again with the
+        same ``op``, so the transition is decided once even if the failed attempt ran."""
         t = self.transitions
         if kind == "up":
-            res = await t.room_up(arg)
+            res = await t.room_up(arg, op)
             if res == 2:
                 self.emit("room.vacated", room=arg)
             if res:
                 self.emit("room.occupied", room=arg)
         elif kind == "down":
-            token = await t.room_down(arg)
+            token = await t.room_down(arg, op)
             if token is not None:
                 self._schedule_check(arg, token)
         elif kind == "check":
             room, token = arg
-            if await t.vacate_check(room, token):
+            if await t.vacate_check(room, token, op):
                 self.emit("room.vacated", room=room)
         elif kind == "mup":
             m: Member = arg
-            if await t.member_up(m):
+            if await t.member_up(m, op):
                 self.emit("member.joined", room=m.room, member=m.public())
         elif kind == "mdown":
             m = arg
-            if await t.member_down(m):
+            if await t.member_down(m, op):
                 self.emit("member.left", room=m.room, member=m.public())
         elif kind == "reap":
             reaped = await t.reap(self.settings.presence_ttl)
@@ -275,7 +277,7 @@ class Webhooks:
         """Every third of ``HUB_PRESENCE_TTL``: this node is alive, and the nodes that stopped
         saying so are reaped (in order with the other reports)."""
         while True:
-            if not any(kind == "reap" for kind, _ in self._reports):
+            if not any(r[0] == "reap" for r in self._reports):
                 self._report("reap", None)
             await asyncio.sleep(self.settings.presence_ttl / 3)
 

@@ -43,8 +43,28 @@ local _t = redis.call('TIME')
 local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
 """
 
-# KEYS nodes, vac; ARGV node
-ROOM_UP = (
+OP_TTL = 3600  # seconds a decision is remembered for a retry of the same report
+
+
+def _once(body: str) -> str:
+    """A decision script that runs at most once per operation: its last KEY records the result
+    (as text), and a retry of the same operation (the first attempt timed out, but Redis ran it)
+    gets the recorded result instead of deciding again, so no event is lost or doubled."""
+    return (
+        "local op = KEYS[#KEYS]\n"
+        "local prev = redis.call('GET', op)\n"
+        "if prev then return prev end\n"
+        "local function decide()\n" + body + "\nend\n"
+        "local res = decide()\n"
+        "if res == false or res == nil then res = '' end\n"
+        "res = tostring(res)\n"
+        f"redis.call('SET', op, res, 'EX', {OP_TTL})\n"
+        "return res\n"
+    )
+
+
+# KEYS nodes, vac, op; ARGV node
+ROOM_UP = _once(
     _NOW_MS
     + """
 if redis.call('SADD', KEYS[1], ARGV[1]) == 0 or redis.call('SCARD', KEYS[1]) ~= 1 then
@@ -59,8 +79,8 @@ return 0
 """
 )
 
-# KEYS nodes, vac; ARGV node, token, delay ms. Returns the token when the room went empty.
-ROOM_DOWN = (
+# KEYS nodes, vac, op; ARGV node, token, delay ms. The token when the room went empty.
+ROOM_DOWN = _once(
     _NOW_MS
     + """
 if redis.call('SREM', KEYS[1], ARGV[1]) == 0 or redis.call('SCARD', KEYS[1]) ~= 0 then
@@ -71,29 +91,29 @@ return ARGV[2]
 """
 )
 
-# KEYS nodes, vac; ARGV token
-VACATE_CHECK = """
+# KEYS nodes, vac, op; ARGV token
+VACATE_CHECK = _once("""
 local v = redis.call('GET', KEYS[2])
 if not v or string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. ':' then return 0 end
 if redis.call('SCARD', KEYS[1]) ~= 0 then return 0 end
 redis.call('DEL', KEYS[2])
 return 1
-"""
+""")
 
-# KEYS user's sessions; ARGV session
-MEMBER_UP = """
+# KEYS user's sessions, op; ARGV session
+MEMBER_UP = _once("""
 if redis.call('SADD', KEYS[1], ARGV[1]) == 1 and redis.call('SCARD', KEYS[1]) == 1 then
   return 1
 end
 return 0
-"""
+""")
 
-MEMBER_DOWN = """
+MEMBER_DOWN = _once("""
 if redis.call('SREM', KEYS[1], ARGV[1]) == 1 and redis.call('SCARD', KEYS[1]) == 0 then
   return 1
 end
 return 0
-"""
+""")
 
 
 # KEYS nodes; ARGV node, ttl ms: refresh this node, return up to 10 expired nodes.
@@ -105,8 +125,8 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, 10)
 """
 )
 
-# KEYS nodes, vac: the vacate is due (the node that scheduled it never checked): vacated?
-VACATE_DUE = (
+# KEYS nodes, vac, op: the vacate is due (the node that scheduled it never checked): vacated?
+VACATE_DUE = _once(
     _NOW_MS
     + """
 local v = redis.call('GET', KEYS[2])
@@ -150,15 +170,16 @@ class Reaped:
 class Transitions(Protocol):
     async def start(self) -> None: ...
 
-    async def room_up(self, room: str) -> int: ...
+    # ``op``: the report's id; a retry after an unknown outcome passes the same one.
+    async def room_up(self, room: str, op: str) -> int: ...
 
-    async def room_down(self, room: str) -> str | None: ...
+    async def room_down(self, room: str, op: str) -> str | None: ...
 
-    async def vacate_check(self, room: str, token: str) -> bool: ...
+    async def vacate_check(self, room: str, token: str, op: str) -> bool: ...
 
-    async def member_up(self, member: Member) -> bool: ...
+    async def member_up(self, member: Member, op: str) -> bool: ...
 
-    async def member_down(self, member: Member) -> bool: ...
+    async def member_down(self, member: Member, op: str) -> bool: ...
 
     async def reap(self, ttl: float) -> Reaped:
         """Refresh this node's liveness (``ttl`` seconds) and undo what expired nodes left."""
@@ -180,7 +201,7 @@ class MemoryTransitions:
     async def start(self) -> None:
         pass
 
-    async def room_up(self, room: str) -> int:
+    async def room_up(self, room: str, op: str) -> int:
         nodes = self._nodes.setdefault(room, set())
         if self.node in nodes:
             return 0
@@ -192,7 +213,7 @@ class MemoryTransitions:
             return 1
         return 2 if time.time() >= pending[1] else 0
 
-    async def room_down(self, room: str) -> str | None:
+    async def room_down(self, room: str, op: str) -> str | None:
         nodes = self._nodes.get(room)
         if nodes is None or self.node not in nodes:
             return None
@@ -204,21 +225,21 @@ class MemoryTransitions:
         self._vac[room] = (token, time.time() + self.delay)
         return token
 
-    async def vacate_check(self, room: str, token: str) -> bool:
+    async def vacate_check(self, room: str, token: str, op: str) -> bool:
         pending = self._vac.get(room)
         if pending is None or pending[0] != token or self._nodes.get(room):
             return False
         del self._vac[room]
         return True
 
-    async def member_up(self, member: Member) -> bool:
+    async def member_up(self, member: Member, op: str) -> bool:
         s = self._members.setdefault((member.room, member.user), set())
         if member.session in s:
             return False
         s.add(member.session)
         return len(s) == 1
 
-    async def member_down(self, member: Member) -> bool:
+    async def member_down(self, member: Member, op: str) -> bool:
         key = (member.room, member.user)
         s = self._members.get(key)
         if s is None or member.session not in s:
@@ -249,63 +270,70 @@ class RedisTransitions:
         self._vacating = f"{self.prefix}{{wh}}:vacating"
 
     async def start(self) -> None:
-        redis = self._conn.client
         for name, text in (("up", ROOM_UP), ("down", ROOM_DOWN), ("check", VACATE_CHECK),
                            ("mup", MEMBER_UP), ("mdown", MEMBER_DOWN),
                            ("alive", ALIVE), ("due", VACATE_DUE), ("list_due", DUE),
                            ("undue", UNDUE)):  # fmt: skip
-            self._s[name] = redis.register_script(text)
+            self._s[name] = self._conn.script(text)
 
     def _reg(self, node: str, what: str) -> str:
         return f"{self.prefix}{{whnode:{node}}}:{what}"
 
-    def _room_keys(self, room: str) -> list[str]:
-        return [room_key(self.prefix, room, "wh:nodes"), room_key(self.prefix, room, "wh:vac")]
+    def _room_keys(self, room: str, op: str) -> list[str]:
+        return [
+            room_key(self.prefix, room, "wh:nodes"),
+            room_key(self.prefix, room, "wh:vac"),
+            room_key(self.prefix, room, "wh:op:" + op),
+        ]
 
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        return await self._conn.call(self._s[name](keys=keys, args=args))
+        return await self._conn.run(self._s[name], keys, args)
 
-    async def room_up(self, room: str) -> int:
+    async def room_up(self, room: str, op: str) -> int:
         # Registered first: a death between the two calls leaves a registry entry whose
         # room_down (by the reaper) finds nothing to remove, so makes no event.
         await self._conn.call(self._conn.client.sadd(self._reg(self.node, "rooms"), room))
-        return int(await self._run("up", self._room_keys(room), [self.node]))
+        return int(await self._run("up", self._room_keys(room, op), [self.node]))
 
-    async def room_down(self, room: str) -> str | None:
-        token = await self._room_down(room, self.node)
+    async def room_down(self, room: str, op: str) -> str | None:
+        token = await self._room_down(room, self.node, op)
         await self._conn.call(self._conn.client.srem(self._reg(self.node, "rooms"), room))
         return token
 
-    async def _room_down(self, room: str, node: str) -> str | None:
+    async def _room_down(self, room: str, node: str, op: str) -> str | None:
         token = secrets.token_hex(8)
-        res = await self._run("down", self._room_keys(room), [node, token, self._delay_ms])
+        res = await self._run("down", self._room_keys(room, op), [node, token, self._delay_ms])
         if not res:
             return None
         # Listed for the sweep, in case the check after the delay never runs (this node stops
         # or dies first). Local clock: the sweep waits a grace period beyond it anyway.
         deadline = int(time.time() * 1000) + self._delay_ms
         await self._conn.call(self._conn.client.zadd(self._vacating, {room: deadline}))
-        return token
+        return res.decode() if isinstance(res, bytes) else str(res)  # a retry: the first token
 
-    async def vacate_check(self, room: str, token: str) -> bool:
-        return bool(await self._run("check", self._room_keys(room), [token]))
+    async def vacate_check(self, room: str, token: str, op: str) -> bool:
+        return _yes(await self._run("check", self._room_keys(room, op), [token]))
 
-    def _member_key(self, room: str, user: str) -> str:
-        return room_key(self.prefix, room, "wh:m:" + user)
+    def _member_keys(self, room: str, user: str, op: str) -> list[str]:
+        return [room_key(self.prefix, room, "wh:m:" + user), room_key(self.prefix, room,
+                                                                     "wh:op:" + op)]  # fmt: skip
 
-    async def member_up(self, m: Member) -> bool:
+    async def member_up(self, m: Member, op: str) -> bool:
         field = m.room + "\0" + m.session
         entry = orjson.dumps({"room": m.room, "member": m.public()})
         await self._conn.call(self._conn.client.hset(self._reg(self.node, "members"), field, entry))
-        return bool(await self._run("mup", [self._member_key(m.room, m.user)], [m.session]))
+        return _yes(await self._run("mup", self._member_keys(m.room, m.user, op), [m.session]))
 
-    async def member_down(self, m: Member) -> bool:
-        left = bool(await self._run("mdown", [self._member_key(m.room, m.user)], [m.session]))
+    async def member_down(self, m: Member, op: str) -> bool:
+        keys = self._member_keys(m.room, m.user, op)
+        left = _yes(await self._run("mdown", keys, [m.session]))
         field = m.room + "\0" + m.session
         await self._conn.call(self._conn.client.hdel(self._reg(self.node, "members"), field))
         return left
 
     async def reap(self, ttl: float) -> Reaped:
+        """Operation ids name this reaper, the dead node and the entry: a retry of an attempt
+        whose outcome was unknown gets the same decision; another reaper finds nothing left."""
         redis = self._conn.client
         alive_key = f"{self.prefix}{{wh}}:nodes"
         dead = await self._run("alive", [alive_key], [self.node, max(1, int(ttl * 1000))])
@@ -314,15 +342,16 @@ class RedisTransitions:
             node = raw.decode() if isinstance(raw, bytes) else str(raw)
             rooms = await self._conn.call(redis.smembers(self._reg(node, "rooms")))
             for r in sorted(x.decode() for x in rooms):
-                token = await self._room_down(r, node)
+                token = await self._room_down(r, node, f"reap.{self.node}.{node}")
                 if token is not None:
                     out.checks.append((r, token))
             members = await self._conn.call(redis.hgetall(self._reg(node, "members")))
             for entry in members.values():
                 d = orjson.loads(entry)
                 room, member = d["room"], d["member"]
-                key = self._member_key(room, member["user"])
-                if await self._run("mdown", [key], [member["session"]]):
+                op = f"reap.{self.node}.{node}.{member['session']}"
+                keys = self._member_keys(room, member["user"], op)
+                if _yes(await self._run("mdown", keys, [member["session"]])):
                     out.left.append((room, member))
             await self._conn.call(redis.delete(self._reg(node, "rooms")))
             await self._conn.call(redis.delete(self._reg(node, "members")))
@@ -331,7 +360,8 @@ class RedisTransitions:
         for raw in due:
             room = raw.decode() if isinstance(raw, bytes) else str(raw)
             score = await self._conn.call(redis.zscore(self._vacating, room))
-            if await self._run("due", self._room_keys(room), []):
+            op = f"due.{self.node}.{int(score or 0)}"
+            if _yes(await self._run("due", self._room_keys(room, op), [])):
                 out.vacated.append(room)
             if score is not None:
                 await self._run("undue", [self._vacating], [room, int(score)])
@@ -345,3 +375,8 @@ class RedisTransitions:
         members = await self._conn.call(redis.hlen(self._reg(self.node, "members")))
         if not rooms and not members:
             await self._conn.call(redis.zrem(f"{self.prefix}{{wh}}:nodes", self.node))
+
+
+def _yes(reply: Any) -> bool:
+    """A decision script's recorded answer (text): ``1`` means yes."""
+    return reply in (b"1", "1", 1)
