@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -53,6 +53,9 @@ from hubbub.hub.room_options import RoomOptions, RoomRules, check_room_access
 from hubbub.hub.rooms import RoomIndex, RoomState
 from hubbub.hub.session import SIGNAL, Control, Session, Subscription
 from hubbub.hub.settings import Settings
+
+if TYPE_CHECKING:
+    from hubbub.hub.webhooks.service import Webhooks
 
 log = logging.getLogger("hubbub.hub")
 
@@ -114,6 +117,8 @@ class Hub(Delivery):
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self.room_agreement: RoomAgreement | None = None  # Redis: do all nodes agree?
+        # Built by start() when HUB_WEBHOOK_URLS is set; None costs one check per hook.
+        self.webhooks: Webhooks | None = None
 
     # ---- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -126,8 +131,15 @@ class Hub(Delivery):
                 interval=min(5.0, ttl / 3),
             )  # fmt: skip
             self.room_agreement.start()
+        if self.settings.webhook_urls and self.webhooks is None:
+            from hubbub.hub.webhooks.service import Webhooks
+
+            self.webhooks = Webhooks(self.settings, self.broker, self.node_id)
+            await self.webhooks.start()
 
     async def stop(self) -> None:
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         for task in list(self._tasks):
             task.cancel()
         for s in list(self.sessions.values()):
@@ -205,6 +217,8 @@ class Hub(Delivery):
         self.sessions[session.id] = session
         self.by_user.setdefault(identity.sub, set()).add(session)
         self.metrics.connections[transport] += 1
+        if self.webhooks is not None:
+            self.webhooks.connected(identity.sub, session.id, transport)
         log.info("session %s opened: user %s via %s", session.id, identity.sub, transport,
                  extra=_log_context(session))  # fmt: skip
         return session
@@ -232,6 +246,8 @@ class Hub(Delivery):
                 await self.unsubscribe(session, room)
         with contextlib.suppress(Exception):
             await self.state.connection_remove(session.identity.sub, session.id)
+        if self.webhooks is not None:
+            self.webhooks.disconnected(session.identity.sub, session.id, session.transport)
 
     # ---- rooms -------------------------------------------------------------------------------
     def is_call_room(self, room: str) -> bool:
@@ -267,6 +283,8 @@ class Hub(Delivery):
                     raise Unavailable("broker unavailable") from None
                 raise
             room.ready.set_result(None)
+            if self.webhooks is not None:
+                self.webhooks.room_up(name)
             if room.pending:
                 self._start_catch_up(room)
         else:
@@ -357,6 +375,8 @@ class Hub(Delivery):
             cap = self.room_rules.max_peers(name) if self.is_call_room(name) else None
             try:
                 await self.state.presence_add(member, limit=cap)
+                if self.webhooks is not None:
+                    self.webhooks.member_up(member)
                 if opts is None or opts.join_leave:
                     await self.broker.publish_frame(name, self._presence_frame("join", member))
                 result["presence"] = [m.public() for m in await self._presence_members(name)]
@@ -387,10 +407,12 @@ class Hub(Delivery):
         self.state.room_sessions_nowait(name, -1)
         try:
             if sub.presence:
+                member = self._member(session, name)
+                if self.webhooks is not None:
+                    self.webhooks.member_down(member)
                 await self.state.presence_remove(name, session.id)
                 if self.room_rules.get(name).join_leave:
-                    frame = self._presence_frame("leave", self._member(session, name))
-                    await self.broker.publish_frame(name, frame)
+                    await self.broker.publish_frame(name, self._presence_frame("leave", member))
         finally:
             await self._maybe_leave_room(room)
 
@@ -414,6 +436,8 @@ class Hub(Delivery):
     async def _maybe_leave_room(self, room: RoomState) -> None:
         if not room.subs and self.rooms.get(room.name) is room:
             self.rooms.drop(room.name)
+            if self.webhooks is not None:
+                self.webhooks.room_down(room.name)
             with contextlib.suppress(BrokerError):
                 await self.broker.unsubscribe(room.name)
 
@@ -555,6 +579,9 @@ class Hub(Delivery):
         if not res.duplicate:
             self.metrics.publications += 1
             self.metrics.published[p.session.transport if p.session is not None else "http"] += 1
+            wh = self.webhooks
+            if wh is not None and wh.messages:
+                wh.published(room, p.body, res.offset, res.epoch)
         if res.offset is None:
             return {"room": room, "ephemeral": True}
         assert res.epoch is not None

@@ -151,6 +151,9 @@ class Metrics:
         out.extend(self.publish_latency.samples("hubbub_broker_publish_seconds"))
         head("delivery_lag_seconds", "histogram", "Publish stamp to fan-out on this node.")
         out.extend(self.delivery_lag.samples("hubbub_delivery_lag_seconds"))
+        webhooks = getattr(hub, "webhooks", None)
+        if webhooks is not None:
+            out.extend(webhooks.metric_lines())
         for name, value in (extra or {}).items():
             metric(name, "gauge", name.replace("_", " ") + ".", [("", value)])
         return "\n".join(out) + "\n"

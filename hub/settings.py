@@ -49,6 +49,11 @@ JWT_ALGORITHMS = (
 NOT_SETTINGS = ("HUB_CONFIG",)  # HUB_* variables read elsewhere
 MIN_JWT_SECRET_BYTES = 32  # an HMAC key guessable offline from one token when shorter
 MIN_API_KEY_CHARS = 16
+WEBHOOK_EVENTS = (
+    "room.occupied", "room.vacated", "member.joined", "member.left",
+    "message.published", "user.connected", "user.disconnected",
+)  # fmt: skip
+DEFAULT_WEBHOOK_EVENTS = WEBHOOK_EVENTS[:4]
 
 
 def _setting(default: Any, kind: Kind, help: str, **spec: Any) -> Any:
@@ -86,6 +91,18 @@ def _check_broker_url(url: str) -> None:
     for key, value in query:
         if key == "cluster":
             parse_bool(value)
+
+
+def _check_webhook_urls(urls: tuple[str, ...]) -> None:
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            raise Invalid(f"{redact_url(url)!r} cannot be parsed") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise Invalid(f"{redact_url(url)!r} is not an http:// or https:// URL")
+    if len(set(urls)) != len(urls):
+        raise Invalid("an endpoint is listed twice")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +198,23 @@ class Settings:
     rooms: tuple[RoomTable, ...] = _setting(
         (), Kind.ROOMS, "per-room options: [[rooms]] tables of the --config file"
     )
+    webhook_urls: tuple[str, ...] = _setting(
+        (), Kind.LIST, "endpoints that receive webhook batches (POST)", check=_check_webhook_urls,
+        expect="a comma-separated list of http:// or https:// URLs",
+        show=lambda v: repr(",".join(redact_url(u) for u in v.split(","))),
+    )  # fmt: skip
+    webhook_secret: tuple[str, ...] = _setting(
+        (), Kind.LIST, "HMAC key(s) signing webhooks: one, or two during a rotation", secret=True
+    )
+    webhook_events: tuple[str, ...] = _setting(
+        DEFAULT_WEBHOOK_EVENTS, Kind.LIST, "event types sent to the webhook endpoints",
+        choices=WEBHOOK_EVENTS,
+    )  # fmt: skip
+    webhook_timeout: float = _seconds(5.0, "deadline of one webhook request", high=600)
+    webhook_max_age: float = _seconds(3600.0, "age after which an undelivered webhook is dropped")
+    webhook_vacated_delay: float = _seconds(
+        5.0, "time a room stays empty before room.vacated", zero=True, high=3600
+    )
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -266,6 +300,7 @@ class Settings:
             )
         if self.turn_urls and not self.turn_secret:
             raise ConfigError("HUB_TURN_SECRET is required when HUB_TURN_URLS is set")
+        self._check_webhooks()
         self._check_strength()
 
     def _check_strength(self) -> None:
@@ -286,6 +321,31 @@ class Settings:
                     f"HUB_API_KEYS: key {i} of {len(self.api_keys)} is shorter than "
                     f"{MIN_API_KEY_CHARS} characters (value not shown: it is secret); "
                     "generate one with `openssl rand -hex 24`"
+                )
+
+    def _check_webhooks(self) -> None:
+        """With ``HUB_WEBHOOK_URLS`` set, ``HUB_WEBHOOK_SECRET`` must hold one or two keys of at
+        least 32 bytes each (dev mode too: receivers trust what it signs). Names the setting,
+        never the value."""
+        if not self.webhook_urls:
+            return
+        n = len(self.webhook_secret)
+        if n == 0:
+            raise ConfigError(
+                "HUB_WEBHOOK_SECRET is required when HUB_WEBHOOK_URLS is set; generate one "
+                "with `openssl rand -hex 32`"
+            )
+        if n > 2:
+            raise ConfigError(
+                f"HUB_WEBHOOK_SECRET holds {n} keys; at most 2 (the new one and the old one "
+                "during a rotation) (value not shown: it is secret)"
+            )
+        for i, key in enumerate(self.webhook_secret, 1):
+            if len(key.encode()) < MIN_JWT_SECRET_BYTES:
+                raise ConfigError(
+                    f"HUB_WEBHOOK_SECRET: key {i} of {n} must be at least "
+                    f"{MIN_JWT_SECRET_BYTES} bytes long (value not shown: it is secret); "
+                    "generate one with `openssl rand -hex 32`"
                 )
 
     def check_serving(self) -> None:

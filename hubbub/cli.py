@@ -1,4 +1,5 @@
-"""``hubbub serve | token | rooms explain | probe | bench | soak`` (PROTOCOL.md §7)."""
+"""``hubbub serve | token | rooms explain | probe | bench | soak | webhooks listen``
+(PROTOCOL.md §7)."""
 
 from __future__ import annotations
 
@@ -166,6 +167,12 @@ def cmd_soak(args: argparse.Namespace) -> int:
     return run_soak(args)
 
 
+def cmd_webhooks_listen(args: argparse.Namespace) -> int:
+    from hubbub.webhook_listen import cmd_listen
+
+    return cmd_listen(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hubbub", description="Hubbub real-time messaging hub")
     sub = p.add_subparsers(dest="command", required=True)
@@ -217,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "acknowledged was lost")  # fmt: skip
     soak_arguments(sk)
     sk.set_defaults(func=cmd_soak)
+    from hubbub.webhook_listen import add_arguments as listen_arguments
+
+    wh = sub.add_parser("webhooks", help="webhook tools (docs/webhooks.md)")
+    wh_sub = wh.add_subparsers(dest="webhooks_command", required=True, help="listen")
+    wl = wh_sub.add_parser("listen", help="a local receiver that verifies and prints events")
+    listen_arguments(wl)
+    wl.set_defaults(func=cmd_webhooks_listen)
     return p
 
 

@@ -287,6 +287,8 @@ def node_stats(hub: Hub) -> dict[str, Any]:
         "disconnects": {str(code): n for code, n in sorted(m.disconnects.items())},
         "auth_failures": m.auth_failures,
         "rate_limited": m.rate_limited,
+        # Per endpoint: deliveries by result, queue depth, oldest event age (docs/webhooks.md).
+        "webhooks": hub.webhooks.stats() if hub.webhooks is not None else [],
     }
 
 

@@ -259,6 +259,12 @@ SCHEMAS: dict[str, Any] = {
             },
             "auth_failures": {"type": "integer", "minimum": 0},
             "rate_limited": {"type": "integer", "minimum": 0},
+            "webhooks": {
+                "type": "array",
+                "description": "per webhook endpoint (HUB_WEBHOOK_URLS): deliveries by result, "
+                "dropped events, queue depth and the oldest queued event's age in seconds",
+                "items": {"type": "object"},
+            },
         },
     ),
     "Health": _obj(["status"], {"status": {"type": "string", "enum": ["ok", "unavailable"]}}),

@@ -416,7 +416,7 @@ def test_every_field_has_a_spec_with_bounds() -> None:
         # The defaults pass their own checks.
         spec.validate(getattr(Settings(), f.name))
     secret = {f.name for f in dataclasses.fields(Settings) if spec_of(f).secret}
-    assert secret == {"jwt_secret", "api_keys", "turn_secret", "metrics_token"}
+    assert secret == {"jwt_secret", "api_keys", "turn_secret", "metrics_token", "webhook_secret"}
 
 
 @pytest.mark.parametrize(
