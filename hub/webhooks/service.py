@@ -55,6 +55,8 @@ def endpoint_id(url: str) -> str:
 
 class Webhooks:
     """Events and delivery of one node. ``start`` after the broker, ``stop`` before it.
+    ``rules``: the node's per-room options, for the tables' ``webhook_events`` (without it,
+    or when no table sets the key, ``HUB_WEBHOOK_EVENTS`` applies to every room).
     Keyword arguments tune timing for tests: ``window`` (batch gathering, 1 s), ``backoff``
     (first retry wait, 1 s) and ``backoff_cap`` (60 s), ``poll`` (0.25 s), ``visibility``
     (lease life, 2 * HUB_WEBHOOK_TIMEOUT + 1 s)."""

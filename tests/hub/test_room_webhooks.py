@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+import tomllib
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +20,8 @@ from typing import Any
 import pytest
 
 from hubbub.hub.auth import Identity
-from hubbub.hub.room_options import parse_tables
+from hubbub.hub.room_options import RoomRules, parse_tables
+from hubbub.hub.settings import DEFAULT_WEBHOOK_EVENTS, Settings
 from tests.conftest import Node, RedisProc
 from tests.helpers import until
 from tests.hub.test_webhooks import SVC, fast
@@ -188,3 +190,13 @@ def test_rooms_explain_shows_the_events_and_their_source(tmp_path: Path) -> None
     where = f"[[rooms]] #1 (pattern 'feed:*') in {path}"
     assert explain("feed:x") == f'webhook_events ["message.published"] {where}'
     assert explain("lobby") == 'webhook_events ["room.occupied"] HUB_WEBHOOK_EVENTS'
+
+
+def test_the_example_of_the_webhooks_page_loads() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "webhooks.md").read_text()
+    example = doc.split("## Per-room events", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    rules = RoomRules(Settings(rooms=parse_tables(tomllib.loads(example)["rooms"], "hub.toml")))
+    assert rules.get("feed:x").webhook_events == ("message.published",)
+    assert rules.get("chat:x").webhook_events == ("member.joined", "member.left")
+    assert rules.get("call:x").webhook_events == ()
+    assert rules.get("lobby").webhook_events == DEFAULT_WEBHOOK_EVENTS
