@@ -134,7 +134,7 @@ class Hub(Delivery):
         if self.settings.webhook_urls and self.webhooks is None:
             from hubbub.hub.webhooks.service import Webhooks
 
-            self.webhooks = Webhooks(self.settings, self.broker, self.node_id)
+            self.webhooks = Webhooks(self.settings, self.broker, self.node_id, self.room_rules)
             await self.webhooks.start()
 
     async def stop(self) -> None:

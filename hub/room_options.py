@@ -16,6 +16,10 @@ Contracts:
   cache is emptied when full, the answers never change while a node runs).
 * :meth:`RoomRules.digest` is the same on every node whose tables mean the same thing (the
   cluster agreement check compares it).
+* ``webhook_events`` is always the room's effective set of room events (a subset of
+  :data:`ROOM_WEBHOOK_EVENTS`, in that order): the table's list when it sets the key (``[]``:
+  none), else those of ``HUB_WEBHOOK_EVENTS``. :attr:`RoomRules.webhooks_vary` is False when no
+  table sets it; the webhooks then never look rooms up.
 """
 
 from __future__ import annotations
@@ -38,15 +42,21 @@ if TYPE_CHECKING:
 
 CACHE_SIZE = 10_000
 MAX_TABLES = 1000
-_WEBHOOK_EVENT = re.compile(r"[a-z][a-z0-9_.]{0,63}")
+# The webhook events about one room (docs/webhooks.md); a table's ``webhook_events`` picks
+# among them. ``user.connected`` and ``user.disconnected`` concern no room: HUB_WEBHOOK_EVENTS.
+ROOM_WEBHOOK_EVENTS = (
+    "room.occupied", "room.vacated", "member.joined", "member.left", "message.published",
+)  # fmt: skip
 _ON_OFF = "true or false (or on/off)"
 _PATTERN = re.compile(r"[A-Za-z0-9_.:*-]{1,128}")
 
 
 def _check_events(value: tuple[str, ...]) -> None:
     for item in value:
-        if not _WEBHOOK_EVENT.fullmatch(item):
-            raise Invalid(f"{item!r} is not an event name (lower-case letters, digits, _ and .)")
+        if item in ("user.connected", "user.disconnected"):
+            raise Invalid(f"{item!r} concerns no room (only HUB_WEBHOOK_EVENTS sets it)")
+        if item not in ROOM_WEBHOOK_EVENTS:
+            raise Invalid(f"{item!r} is not one of them")
 
 
 # key -> (spec, the global setting it overrides, or None)
@@ -78,11 +88,11 @@ KEYS: dict[str, tuple[Spec, str | None]] = {
     "webhook_events": (
         Spec(
             Kind.LIST,
-            "events sent to the webhook",
+            "room events sent to the webhooks (instead of HUB_WEBHOOK_EVENTS)",
             check=_check_events,
-            expect="a list of event names",
+            expect="a list of room events: " + ", ".join(ROOM_WEBHOOK_EVENTS),
         ),
-        None,
+        "webhook_events",
     ),
     "signal": (Spec(Kind.OPTIONAL_BOOL, "a call room (WebRTC signaling)", expect=_ON_OFF), None),
 }
@@ -176,6 +186,8 @@ def parse_tables(raw: Any, file: str) -> tuple[RoomTable, ...]:
                 if spec.kind is Kind.OPTIONAL_BOOL and value is None:
                     raise ValueError("missing")
                 parsed = spec.parse(value)
+                if key == "webhook_events":  # one spelling per meaning (digests compare it)
+                    parsed = tuple(e for e in ROOM_WEBHOOK_EVENTS if e in parsed)
             except (ValueError, TypeError) as exc:
                 raise ConfigError(spec.error(f"{name}: {key}", value, exc)) from None
             values.append((key, parsed))
@@ -210,7 +222,7 @@ class RoomRules:
             recover=True,
             anonymous=s.dev_mode if s.allow_anonymous is None else s.allow_anonymous,
             max_message_bytes=s.max_message_bytes,
-            webhook_events=(),
+            webhook_events=tuple(e for e in ROOM_WEBHOOK_EVENTS if e in s.webhook_events),
             signal=False,
         )
         self._per_table = [
@@ -220,6 +232,8 @@ class RoomRules:
         self.history_varies = any(
             t.sets("history_size") or t.sets("history_ttl") for t in self.tables
         )
+        # Once a table sets webhook_events, the webhooks look each room's events up (cached).
+        self.webhooks_vary = any(t.sets("webhook_events") for t in self.tables)
 
     def get(self, room: str) -> RoomOptions:
         """The options of ``room`` (first matching table, else the global settings)."""
@@ -265,6 +279,11 @@ class RoomRules:
         """The largest ``max_message_bytes`` of any room (transport frame limits follow it)."""
         return max([self.default.max_message_bytes, *(o.max_message_bytes for o in self._per_table)])  # fmt: skip
 
+    def webhook_events(self) -> frozenset[str]:
+        """Every room event that some room sends: HUB_WEBHOOK_EVENTS' and the tables'."""
+        sets = [self.default.webhook_events, *(o.webhook_events for o in self._per_table)]
+        return frozenset(e for events in sets for e in events)
+
     def longest_ttl(self) -> float:
         """The longest history ttl of any room; 0 when some room keeps history for ever."""
         ttls = [self.default.history_ttl, *(o.history_ttl for o in self._per_table)]
@@ -289,6 +308,8 @@ class RoomRules:
                 src = "HUB_" + setting.upper()
             else:
                 src = "default"
+            if key == "webhook_events" and not self.settings.webhook_urls:
+                src += " (HUB_WEBHOOK_URLS is unset: nothing is sent)"
             rows.append((key, shown[key], src))
         return rows
 

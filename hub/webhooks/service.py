@@ -2,7 +2,11 @@
 
 The hub calls plain, non-blocking methods (:meth:`Webhooks.room_up`, ``room_down``,
 ``member_up``, ``member_down``, ``connected``, ``disconnected``, ``published``); each only
-appends to a local list when its event type is enabled in ``HUB_WEBHOOK_EVENTS``. One task
+appends to a local list when its event type is enabled: in ``HUB_WEBHOOK_EVENTS``, or for the
+room events (``room.*``, ``member.*``, ``message.published``) in the room's ``webhook_events``
+when a ``[[rooms]]`` table sets it (:class:`~hub.room_options.RoomRules`, looked up per room
+only when some table sets the key; the lookup is cached). A room whose events include neither
+``room.*`` nor ``member.*`` makes no reports, so no transition is tracked for it. One task
 turns room and member reports into events, in order, through the cluster-wide transitions
 (:mod:`hub.webhooks.transitions`); another writes events to every endpoint's queue
 (:mod:`hub.webhooks.queues`); one :class:`~hub.webhooks.dispatch.Dispatcher` per endpoint
@@ -30,6 +34,7 @@ import orjson
 
 from hubbub.hub.brokers.base import Broker, Member
 from hubbub.hub.errors import BrokerError
+from hubbub.hub.room_options import RoomRules
 from hubbub.hub.settings import Settings
 from hubbub.hub.webhooks.dispatch import Dispatcher
 from hubbub.hub.webhooks.queues import MemoryQueue, Queue, RedisQueue
@@ -38,6 +43,8 @@ from hubbub.hub.webhooks.transitions import MemoryTransitions, RedisTransitions,
 log = logging.getLogger("hubbub.webhooks")
 
 MAX_BUFFER = 100_000  # reports or events held while Redis is unreachable; beyond: dropped
+_ROOM_KINDS = frozenset({"room.occupied", "room.vacated"})
+_MEMBER_KINDS = frozenset({"member.joined", "member.left"})
 
 
 def endpoint_id(url: str) -> str:
@@ -48,17 +55,30 @@ def endpoint_id(url: str) -> str:
 
 class Webhooks:
     """Events and delivery of one node. ``start`` after the broker, ``stop`` before it.
+    ``rules``: the node's per-room options, for the tables' ``webhook_events`` (without it,
+    or when no table sets the key, ``HUB_WEBHOOK_EVENTS`` applies to every room).
     Keyword arguments tune timing for tests: ``window`` (batch gathering, 1 s), ``backoff``
     (first retry wait, 1 s) and ``backoff_cap`` (60 s), ``poll`` (0.25 s), ``visibility``
     (lease life, 2 * HUB_WEBHOOK_TIMEOUT + 1 s)."""
 
-    def __init__(self, settings: Settings, broker: Broker, node: str, **tuning: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        node: str,
+        rules: RoomRules | None = None,
+        **tuning: Any,
+    ) -> None:
         self.settings = settings
         self.node = node
         self.enabled = frozenset(settings.webhook_events)
-        self.rooms = bool(self.enabled & {"room.occupied", "room.vacated"})
-        self.members = bool(self.enabled & {"member.joined", "member.left"})
-        self.messages = "message.published" in self.enabled
+        # Per-room events when a [[rooms]] table sets webhook_events; None: HUB_WEBHOOK_EVENTS.
+        self.rules = rules if rules is not None and rules.webhooks_vary else None
+        possible = self.enabled if self.rules is None else self.rules.webhook_events()
+        # Whether any room may want each kind; per room, _sends decides.
+        self.rooms = bool(possible & _ROOM_KINDS)
+        self.members = bool(possible & _MEMBER_KINDS)
+        self.messages = "message.published" in possible
         self.visibility = float(tuning.pop("visibility", 2 * settings.webhook_timeout + 1))
         redis = _redis_of(broker)
         self.transitions: Transitions
@@ -156,22 +176,27 @@ class Webhooks:
         self._reports.append((kind, arg, _secrets.token_hex(8)))
         self._reports_wake.set()
 
+    def _room_wants(self, room: str, kinds: frozenset[str]) -> bool:
+        """Whether ``room`` sends any of ``kinds`` (only asked when tables set the events)."""
+        assert self.rules is not None
+        return not kinds.isdisjoint(self.rules.get(room).webhook_events)
+
     def room_up(self, room: str) -> None:
         """This node's first local session subscribed to ``room``."""
-        if self.rooms:
+        if self.rooms and (self.rules is None or self._room_wants(room, _ROOM_KINDS)):
             self._report("up", room)
 
     def room_down(self, room: str) -> None:
         """This node's last local session left ``room``."""
-        if self.rooms:
+        if self.rooms and (self.rules is None or self._room_wants(room, _ROOM_KINDS)):
             self._report("down", room)
 
     def member_up(self, member: Member) -> None:
-        if self.members:
+        if self.members and (self.rules is None or self._room_wants(member.room, _MEMBER_KINDS)):
             self._report("mup", member)
 
     def member_down(self, member: Member) -> None:
-        if self.members:
+        if self.members and (self.rules is None or self._room_wants(member.room, _MEMBER_KINDS)):
             self._report("mdown", member)
 
     def connected(self, user: str, session: str, transport: str) -> None:
@@ -185,15 +210,25 @@ class Webhooks:
 
     def published(self, room: str, body: bytes, offset: int | None, epoch: str | None) -> None:
         """A publication was accepted (not an idempotent repeat). ``body``: its message body
-        (:func:`hub.envelope.make_body`); offset and epoch are added when stored."""
+        (:func:`hub.envelope.make_body`); offset and epoch are added when stored. The hub
+        calls it only when :attr:`messages` is True."""
+        if self.rules is not None and not self._sends("message.published", room):
+            return
         if offset is not None:
             body = body[:-1] + b',"offset":%d,"epoch":%b}' % (offset, orjson.dumps(epoch))
         self.emit("message.published", room=room, message=orjson.Fragment(body))
 
     # ---- events -------------------------------------------------------------------------------
+    def _sends(self, kind: str, room: str | None) -> bool:
+        """Whether events of type ``kind`` about ``room`` (None: about no room) are sent."""
+        if self.rules is None or room is None:
+            return kind in self.enabled
+        return kind in self.rules.get(room).webhook_events
+
     def emit(self, kind: str, **fields: Any) -> None:
-        """Queue one event of type ``kind`` (if enabled) for every endpoint."""
-        if kind not in self.enabled or self.stopped:
+        """Queue one event of type ``kind`` (if enabled, for its ``room`` when it has one) for
+        every endpoint."""
+        if self.stopped or not self._sends(kind, fields.get("room")):
             return
         if len(self._events) >= MAX_BUFFER:
             self.lost += 1

@@ -14,8 +14,8 @@ import pytest
 from hubbub.hub.brokers.memory import MemoryBroker
 from hubbub.hub.errors import ConfigError
 from hubbub.hub.room_agreement import cluster_digest
-from hubbub.hub.room_options import CACHE_SIZE, RoomRules, parse_tables
-from hubbub.hub.settings import Settings
+from hubbub.hub.room_options import CACHE_SIZE, ROOM_WEBHOOK_EVENTS, RoomRules, parse_tables
+from hubbub.hub.settings import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS, Settings
 from tests.conftest import API_KEY, SECRET
 
 EXAMPLE = """
@@ -24,7 +24,7 @@ history_size = 50
 pattern = "chat:*"
 presence = "on"
 history_size = 1000
-webhook_events = ["publish", "join"]
+webhook_events = ["member.left", "message.published", "member.joined"]
 
 [[rooms]]
 pattern = "feed:*"
@@ -58,7 +58,8 @@ def test_first_matching_table_wins_and_the_rest_is_global(tmp_path: Path) -> Non
     rules = RoomRules(load(tmp_path, EXAMPLE))
     chat, feed, call, other = (rules.get(r) for r in ("chat:a", "feed:a", "call:a", "lobby"))
     assert chat.history_size == 1000 and chat.presence and chat.table is not None
-    assert chat.table.index == 1 and chat.webhook_events == ("publish", "join")
+    assert chat.table.index == 1
+    assert chat.webhook_events == ("member.joined", "member.left", "message.published")  # sorted
     assert (feed.client_publish, feed.presence, feed.history_size) == (False, False, 50)
     assert call.signal and rules.max_peers("call:a") == 8
     assert other.table is None and other.history_size == 50 and not other.signal
@@ -98,7 +99,14 @@ def test_the_cache_is_bounded() -> None:
         ("publish_rate = '5'", "publish_rate must be a rate like 20/s"),
         ("max_message_bytes = 0", "max_message_bytes must be a whole number of bytes"),
         ("history_ttl = 'long'", "history_ttl must be a number of seconds"),
-        ("webhook_events = ['Bad Event']", "'Bad Event' is not an event name"),
+        (
+            "webhook_events = ['publish']",
+            "webhook_events must be a list of room events: "
+            "room.occupied, room.vacated, member.joined, member.left, message.published: "
+            "'publish' is not one of them (got ['publish'])",
+        ),
+        ("webhook_events = ['user.connected']", "'user.connected' concerns no room"),
+        ("webhook_events = [1]", "webhook_events must be a list of room events: room.occ"),
         ("max_subscribers = true", "max_subscribers must be an integer"),
     ],
 )
@@ -147,7 +155,17 @@ def test_explain_names_the_source_of_each_option(tmp_path: Path) -> None:
     assert rows["history_size"] == (1000, where)
     assert rows["history_ttl"] == (3600.0, "HUB_HISTORY_TTL")
     assert rows["max_subscribers"] == (0, "default")
-    assert rows["webhook_events"] == (["publish", "join"], where)
+    unset = " (HUB_WEBHOOK_URLS is unset: nothing is sent)"
+    events = ["member.joined", "member.left", "message.published"]
+    assert rows["webhook_events"] == (events, where + unset)
+    rows = {k: (v, src) for k, v, src in RoomRules(s).explain("lobby")}
+    default = ["room.occupied", "room.vacated", "member.joined", "member.left"]
+    assert rows["webhook_events"] == (default, "HUB_WEBHOOK_EVENTS" + unset)
+
+
+def test_room_webhook_events_are_the_room_scoped_part_of_the_catalogue() -> None:
+    assert set(ROOM_WEBHOOK_EVENTS) == set(WEBHOOK_EVENTS) - {"user.connected",
+                                                             "user.disconnected"}  # fmt: skip
 
 
 def test_digest_follows_meaning_not_spelling(tmp_path: Path) -> None:
@@ -157,6 +175,8 @@ def test_digest_follows_meaning_not_spelling(tmp_path: Path) -> None:
     a = digest([{"pattern": "a:*", "presence": "off", "history_size": 5}])
     assert a == digest([{"pattern": "a:*", "history_size": 5, "presence": False}])
     assert a != digest([{"pattern": "a:*", "history_size": 6, "presence": False}])
+    hooks = digest([{"pattern": "a:*", "webhook_events": ["member.left", "room.vacated"]}])
+    assert hooks == digest([{"pattern": "a:*", "webhook_events": "room.vacated,member.left"}])
     assert digest([{"pattern": "a:*"}, {"pattern": "b:*"}]) != digest(
         [{"pattern": "b:*"}, {"pattern": "a:*"}]
     )
@@ -213,6 +233,9 @@ def test_the_worked_example_of_the_docs_loads(tmp_path: Path) -> None:
     assert (feed.client_publish, feed.presence, feed.join_leave) == (False, False, False)
     assert call.signal and rules.max_peers("call:x") == 8 and not call.recover
     assert not rules.is_call_room("lobby") and rules.get("lobby").history_size == 100
+    assert chat.webhook_events == ("member.joined", "member.left")
+    assert feed.webhook_events == ("message.published",) and call.webhook_events == ()
+    assert rules.get("lobby").webhook_events == DEFAULT_WEBHOOK_EVENTS
 
 
 def test_guests_let_in_by_tables_hold_only_those_rooms(tmp_path: Path) -> None:
