@@ -145,7 +145,7 @@ def run_storm(args: Any) -> dict[str, Any]:
         procs = [_node(p, env, args.pin) for p in ports]
         for p, proc in zip(ports, procs, strict=True):
             wait_ready(f"http://127.0.0.1:{p}", proc)
-        return _storm(args, n, key, secret, rooms, ports, procs)
+        return _storm(args, n, key, secret, rooms, ports, procs, redis.pid)
     finally:
         for proc in procs:
             stop_process(proc)
@@ -164,7 +164,7 @@ def _tokens(secret: str, n: int, rooms: list[str]) -> list[tuple[str, str]]:
 
 
 def _storm(args: Any, n: int, key: str, secret: str, rooms: list[str], ports: list[int],
-           procs: list[subprocess.Popen[bytes]]) -> dict[str, Any]:  # fmt: skip
+           procs: list[subprocess.Popen[bytes]], redis_pid: int) -> dict[str, Any]:  # fmt: skip
     clients = _tokens(secret, n, rooms)
     ctx = mp.get_context("spawn")
     workers = max(1, args.workers)
@@ -178,7 +178,8 @@ def _storm(args: Any, n: int, key: str, secret: str, rooms: list[str], ports: li
         pipes.append(ours)
         kids.append(kid)
     try:
-        return asyncio.run(_drive(args, n, key, rooms, ports, procs, pipes))
+        watch = {"redis": [redis_pid], "clients": [k.pid for k in kids if k.pid is not None]}
+        return asyncio.run(_drive(args, n, key, rooms, ports, procs, pipes, watch))
     finally:
         for kid in kids:
             kid.join(10)
@@ -205,7 +206,8 @@ async def _get(pipe: Any, within: float) -> Any:
 
 
 async def _drive(args: Any, n: int, key: str, rooms: list[str], ports: list[int],
-                 procs: list[subprocess.Popen[bytes]], pipes: list[Any]) -> dict[str, Any]:  # fmt: skip
+                 procs: list[subprocess.Popen[bytes]], pipes: list[Any],
+                 watch: dict[str, list[int]]) -> dict[str, Any]:  # fmt: skip
     t_open = time.monotonic()
     for p in pipes:
         msg = await _get(p, 120)
@@ -219,6 +221,7 @@ async def _drive(args: Any, n: int, key: str, rooms: list[str], ports: list[int]
     if profiler is not None:
         await asyncio.sleep(0.5)
     cpu0 = proc_cpu_s(procs[1].pid)
+    others0 = {k: sum(proc_cpu_s(p) for p in pids) for k, pids in watch.items()}
     t0 = time.monotonic_ns()
     procs[0].send_signal(signal.SIGTERM)
     deadline = time.monotonic() + args.storm_timeout
@@ -233,6 +236,9 @@ async def _drive(args: Any, n: int, key: str, rooms: list[str], ports: list[int]
         assert msg[0] == "resumed", msg
     t_end = time.monotonic_ns()
     cpu_b = proc_cpu_s(procs[1].pid) - cpu0
+    others = {
+        k: round(sum(proc_cpu_s(p) for p in pids) - others0[k], 2) for k, pids in watch.items()
+    }
     if profiler is not None:
         await asyncio.get_running_loop().run_in_executor(None, profiler.wait)
     await asyncio.sleep(1.0)
@@ -250,6 +256,8 @@ async def _drive(args: Any, n: int, key: str, rooms: list[str], ports: list[int]
     return {
         **_figures(n, t0, t_end, opened_s, resumed_all, pub, reports),
         "node_b_cpu_s": round(cpu_b, 2),
+        "redis_cpu_s": others["redis"],
+        "clients_cpu_s": others["clients"],
     }
 
 
@@ -302,7 +310,9 @@ def render_storm(r: dict[str, Any]) -> str:
         f"  opened on A in {r['open_s']} s",
         f"  resumed {r['resumed']}/{r['clients']} ({r['recovered']} recovered: true), after the "
         f"SIGTERM: p50 {r['resume_p50_ms']} ms, p99 {r['resume_p99_ms']} ms, "
-        f"last {r['resume_last_ms']} ms; node B used {r['node_b_cpu_s']} CPU-s meanwhile",
+        f"last {r['resume_last_ms']} ms",
+        f"  CPU-s used meanwhile: node B {r['node_b_cpu_s']}, redis {r['redis_cpu_s']}, "
+        f"client workers {r['clients_cpu_s']}",
         f"  lost {r['lost']}, duplicated {r['duplicated']}, gaps {r['gaps']}",
         f"  false outages (unavailable / 4003): {r['false_outages']}; errors {r['errors']}; "
         f"closes {r['closes']}",
