@@ -113,6 +113,8 @@ class Hub(Delivery):
         # deadline starts only once it is let in. A reconnect storm then queues on the node
         # instead of timing out in the broker, which would be reported as an outage.
         self.admission = asyncio.Semaphore(settings.admission_concurrency)
+        # The transports' handshakes (token check, upgrade, session) take turns the same way.
+        self.handshakes = asyncio.Semaphore(settings.handshake_concurrency)
         self.broker_up = False
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()

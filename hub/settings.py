@@ -183,6 +183,10 @@ class Settings:
     auth_timeout: float = _seconds(10.0, "deadline of the WebSocket auth frame", high=3600)
     handshake_timeout: float = _seconds(10.0, "time to send HTTP request headers", high=3600)
     broker_timeout: float = _seconds(5.0, "deadline of each broker call", high=3600)
+    handshake_concurrency: int = _count(
+        64, "WebSocket handshakes (token check, upgrade, session) worked on at once (the rest "
+        "wait their turn)", high=1_000_000,
+    )  # fmt: skip
     admission_concurrency: int = _count(
         256, "sessions opening and subscriptions joining that do their broker work at once "
         "(the rest wait their turn)", high=1_000_000,

@@ -88,16 +88,45 @@ async def _auth_frame(hub: Hub, ws: WebSocket) -> str:
     return token
 
 
-async def _admit(hub: Hub, ws: WebSocket) -> Identity | None:
+class _Turn:
+    """A handshake's place at the hub's handshake gate (``HUB_HANDSHAKE_CONCURRENCY``): held
+    while the node works on it (token check, upgrade, session), given back while the client
+    is awaited (its ``auth`` frame), so a slow client holds no place."""
+
+    __slots__ = ("gate", "held")
+
+    def __init__(self, gate: asyncio.Semaphore) -> None:
+        self.gate = gate
+        self.held = False
+
+    async def take(self) -> None:
+        await self.gate.acquire()
+        self.held = True
+
+    def give(self) -> None:
+        if self.held:
+            self.held = False
+            self.gate.release()
+
+
+async def _admit(hub: Hub, ws: WebSocket, turn: _Turn) -> Identity | None:
     """The client's identity (:func:`~hubbub.transports.edge.admit`): credentials from
     header/cookie/query, else the first ``auth`` frame. Returns None after refusing: a bad
     ``Origin`` before the upgrade (HTTP 403), anything else after it with close 4501."""
+
+    async def late() -> str:
+        turn.give()
+        try:
+            return await _auth_frame(hub, ws)
+        finally:
+            await turn.take()
+
     try:
         return await admit(
             hub,
             _handshake(ws),
             accepted=ws.accept,
-            late=lambda: _auth_frame(hub, ws),
+            late=late,
             transport="ws",
         )
     except Forbidden:  # the origin: before accept, so HTTP 403 at the handshake
@@ -127,25 +156,38 @@ def _handshake(ws: WebSocket) -> HTTPConnection:
 
 async def ws_endpoint(ws: WebSocket) -> None:
     hub: Hub = ws.app.state.hub
-    ident = await _admit(hub, ws)
-    if ident is None:
-        return
-    _forget_request(ws)
-    try:
-        session = await hub.open_session(ident, "ws")
-    except Disconnect as d:
-        hub.metrics.disconnects[d.code] += 1
-        await _send_json(ws, {"type": "disconnect", "code": d.code, "reason": d.reason,
-                              "reconnect": d.reconnect})  # fmt: skip
-        await _close(ws, d.code, d.reason)
-        return
-    except Unavailable:
-        await _close(ws, CLOSE_BROKER, "broker unavailable")
+    session = await _open(hub, ws)
+    if session is None:
         return
     try:
         await _run(hub, ws, session)
     finally:
         await hub.close_session(session)
+
+
+async def _open(hub: Hub, ws: WebSocket) -> Session | None:
+    """Admit the client and open its session, at most ``HUB_HANDSHAKE_CONCURRENCY`` at once
+    (a reconnect storm's handshakes take turns, so the node's loop keeps serving everything
+    else between them). None after a refusal (already answered)."""
+    turn = _Turn(hub.handshakes)
+    await turn.take()
+    try:
+        ident = await _admit(hub, ws, turn)
+        if ident is None:
+            return None
+        _forget_request(ws)
+        try:
+            return await hub.open_session(ident, "ws")
+        except Disconnect as d:
+            hub.metrics.disconnects[d.code] += 1
+            await _send_json(ws, {"type": "disconnect", "code": d.code, "reason": d.reason,
+                                  "reconnect": d.reconnect})  # fmt: skip
+            await _close(ws, d.code, d.reason)
+        except Unavailable:
+            await _close(ws, CLOSE_BROKER, "broker unavailable")
+        return None
+    finally:
+        turn.give()
 
 
 async def _send_json(ws: WebSocket, obj: dict[str, Any]) -> None:
