@@ -65,7 +65,8 @@ class HttpConnection(asyncio.Protocol):
         self.loop = _loop or asyncio.get_running_loop()
         self.root_path: str = config.root_path or ""
         self.log_access = bool(config.access_log)
-        self.parser = httptools.HttpRequestParser(self)
+        # Dropped while a response streams (chunked_stream) and made again for the next request.
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.server: Any = None
         self.client: Any = None
@@ -133,8 +134,11 @@ class HttpConnection(asyncio.Protocol):
             self._arm(HEADER_TIMEOUT)
         if self.refused:
             return
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpRequestParser(self)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             if not self.refused:
                 self._upgrade(data[exc.args[0] :] if exc.args else b"")
@@ -187,9 +191,12 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.cycle is None:
             self._disarm()
-        if self.parser.should_upgrade() and self.upgrade == b"websocket":
+        parser = self.parser
+        assert parser is not None  # called while it parses
+        if parser.should_upgrade() and self.upgrade == b"websocket":
             return  # HttpParserUpgrade follows: _upgrade takes the connection
         parsed = httptools.parse_url(self.url)
+        self.url = b""
         raw_path = parsed.path
         path = raw_path.decode("ascii", "replace")
         if "%" in path:
@@ -198,11 +205,11 @@ class HttpConnection(asyncio.Protocol):
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": self.parser.get_http_version(),
+            "http_version": parser.get_http_version(),
             "server": self.server,
             "client": self.client,
             "scheme": self.scheme,
-            "method": self.parser.get_method().decode("ascii"),
+            "method": parser.get_method().decode("ascii"),
             "root_path": self.root_path,
             "path": self.root_path + path,
             "raw_path": self.root_path.encode("ascii") + raw_path,
@@ -211,7 +218,7 @@ class HttpConnection(asyncio.Protocol):
             "state": self.app_state.copy(),
             "extensions": {"hubbub.http": self},
         }
-        cycle = Cycle(self, scope, self.parser.should_keep_alive())
+        cycle = Cycle(self, scope, parser.should_keep_alive())
         cycle.continue_100 = self.expect_100
         self.parsing = cycle
         if self.cycle is None:
@@ -305,6 +312,10 @@ class HttpConnection(asyncio.Protocol):
         ):
             return None
         self.stream = ChunkedStream(self, cycle)
+        if self.parsing is None and not self.pipeline:
+            # The request is read and a stream lives for hours: no parser meanwhile (about
+            # 0.9 KiB with its callbacks); data_received makes one for the next request.
+            self.parser = None
         return self.stream
 
     # ---- helpers ------------------------------------------------------------------------------------
@@ -349,12 +360,13 @@ class HttpConnection(asyncio.Protocol):
         if self.cycle is not None:  # an upgrade pipelined behind a request: not supported
             self._refuse(400, "Upgrade behind a pending request")
             return
-        if self.parser.get_method() != b"GET":
+        if self.parser is None or self.parser.get_method() != b"GET":
             self._refuse(400, "WebSocket upgrade needs GET")
             return
         ws = WSConnection(self, self.url, self.headers)
         self.server_state.connections.discard(self)
         self._disarm()
+        self.parser = None  # (it refers back to this object: let both go at once)
         self.transport.set_protocol(ws)
         ws.connection_made(self.transport)
         if rest:

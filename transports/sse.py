@@ -22,6 +22,7 @@ always closed with :meth:`Hub.close_session` when the response ends, whatever th
 from __future__ import annotations
 
 import re
+from collections.abc import Coroutine
 from typing import Any
 
 import anyio
@@ -191,18 +192,30 @@ class SSEEndpoint:
         self.cors = CORSMiddleware(app, hub.settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = self.answer(scope, receive, send)
+        await (self.app(scope, receive, send) if answer is None else answer)
+
+    def answer(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> Coroutine[Any, Any, None] | None:
+        """The coroutine answering ``scope`` when it is a ``GET``/``HEAD`` on an SSE path, else
+        None. A plain function, so that :class:`hubbub.app.HubApp` can hand the request to it
+        without a coroutine frame of its own (and none of this class's either) living as long
+        as the stream."""
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
-            await self.app(scope, receive, send)
-            return
+            return None
         path = route_path(scope)  # as Starlette's router matches it
         if path == "/v1/events":
             names = None
         else:
             match = _ROOM_PATH.fullmatch(path)
             if match is None:
-                await self.app(scope, receive, send)
-                return
+                return None
             names = [match.group(1)]
+        return self._answer(scope, receive, send, names)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send,
+                      names: list[str] | None) -> None:  # fmt: skip
         response = await self._serve(scope, names)
         await response(scope, receive, send)
 
@@ -214,6 +227,9 @@ class SSEEndpoint:
         return await _serve(self.hub, conn, names, cors)
 
 
-def install(app: Any, hub: Hub) -> None:
-    """Register :class:`SSEEndpoint` as the app's outermost middleware (after the others)."""
+def install(app: Any, hub: Hub) -> SSEEndpoint:
+    """Register :class:`SSEEndpoint` as the app's outermost middleware (after the others), and
+    return one for the app to answer SSE requests with ahead of its whole stack
+    (:meth:`SSEEndpoint.answer`)."""
     app.add_middleware(SSEEndpoint, hub=hub)
+    return SSEEndpoint(app, hub)
