@@ -23,7 +23,7 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute, WebSocketRoute
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hubbub.hub.auth import Identity
@@ -185,8 +185,11 @@ async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
         handler = FrameHandler(hub, session, relay_signal)
         session.arm_expiry(handler.expiring)
         arm_ice_refresh(session, s)  # PROTOCOL.md §6: fresh TURN credentials before they expire
-        link.reader = task  # closing the session now interrupts the reading
-        await _reader(ws, session, handler)
+        if link.proto is not None:
+            await link.serve(handler)  # until the session closes
+        else:
+            link.reader = task  # closing the session now interrupts the reading
+            await _reader(ws, session, handler)
     except asyncio.CancelledError:
         if not link.interrupted:
             raise
@@ -205,15 +208,22 @@ async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
 
 
 class _Link:
-    """One connection's outbound side and the hook that ends its reading.
+    """One connection's outbound side, the handling of its client frames, and the hook that
+    ends both.
 
     Its :class:`_Writer` is installed as the session's ``direct`` writer (when the server is
     Hubbub's own uvicorn protocol) and :meth:`wake` as its ``waker``. A queued frame starts the
-    writer task, which ends as soon as the queue is empty again; closing the session cancels
-    the task that reads (:attr:`reader`, the ASGI task while it is in :func:`_reader`), unless
-    the close comes from that task itself."""
+    writer task, which ends as soon as the queue is empty again.
 
-    __slots__ = ("interrupted", "out", "proto", "reader", "session", "writer")
+    On Hubbub's protocol (:meth:`serve`) client frames are handled by a task started when one
+    arrives (:meth:`heard`, the connection's ``listener``), which ends once none is waiting:
+    an idle connection has no coroutine waiting for frames, only the ASGI one parked on
+    :attr:`done`. Closing the session cancels a frame being handled (unless the close comes from
+    that task itself) and resolves :attr:`done`. Elsewhere the ASGI task reads
+    (:attr:`reader`, in :func:`_reader`) and closing the session cancels it."""
+
+    __slots__ = ("done", "handler", "interrupted", "out", "proto", "reader", "session", "worker",
+                 "writer")  # fmt: skip
 
     def __init__(self, ws: WebSocket, session: Session, metrics: Metrics | None) -> None:
         self.session = session
@@ -221,6 +231,9 @@ class _Link:
         self.out = _Writer(ws, proto, metrics)
         self.writer: asyncio.Task[None] | None = None
         self.reader: asyncio.Task[Any] | None = None
+        self.worker: asyncio.Task[None] | None = None
+        self.handler: FrameHandler | None = None
+        self.done: asyncio.Future[None] | None = None
         self.interrupted = False
         if proto is not None:
             session.direct = self.out
@@ -229,13 +242,63 @@ class _Link:
     def wake(self) -> None:
         """``Session.waker``: a frame was queued, or the session closed."""
         if self.session.closed is not None:
+            current = asyncio.current_task()
             reader = self.reader
-            if reader is not None and reader is not asyncio.current_task():
+            if reader is not None and reader is not current:
                 self.reader = None
                 self.interrupted = True
                 reader.cancel()
+            worker = self.worker
+            if worker is not None and worker is not current:
+                self.worker = None
+                worker.cancel()
+            done = self.done
+            if done is not None and not done.done():
+                done.set_result(None)
         elif self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def serve(self, handler: FrameHandler) -> None:
+        """Handle client frames as they arrive, until the session closes (Hubbub's protocol)."""
+        proto = self.proto
+        assert proto is not None
+        self.handler = handler
+        self.done = asyncio.get_running_loop().create_future()
+        proto.listener = self.heard
+        try:
+            if self.session.closed is None:
+                self.heard()  # frames that arrived meanwhile
+                await self.done
+        finally:
+            proto.listener = None
+            self.handler = None
+            worker, self.worker = self.worker, None
+            if worker is not None:
+                worker.cancel()
+                await asyncio.gather(worker, return_exceptions=True)
+
+    def heard(self) -> None:
+        """The connection's ``listener``: a client message (or its going away) is waiting."""
+        if self.worker is None and self.session.closed is None and self.handler is not None:
+            self.worker = asyncio.get_running_loop().create_task(self._work(self.handler))
+
+    async def _work(self, handler: FrameHandler) -> None:
+        """Handle what the client sent, one message at a time, until none is waiting."""
+        proto = self.proto
+        assert proto is not None
+        session = self.session
+        limit = session_frame_limit(handler.hub)
+        try:
+            while session.closed is None:
+                msg = proto.receive_nowait()
+                if msg is None or not await _handle(msg, session, handler, limit):
+                    break
+        except Exception:
+            log.exception("frame handling failed (session %s)", session.id)
+            session.close(CLOSE_INTERNAL, "internal error")
+        finally:
+            if self.worker is asyncio.current_task():
+                self.worker = None
 
     async def stop(self) -> None:
         """End the writer, detach from the session, write what the direct path accepted."""
@@ -318,7 +381,8 @@ def _protocol(ws: WebSocket) -> WSConnection | None:
 
 
 async def _reader(ws: WebSocket, session: Session, handler: FrameHandler) -> None:
-    """Read and handle client frames until the client goes or the session closes."""
+    """Read and handle client frames until the client goes or the session closes (without
+    Hubbub's protocol: the ASGI ``receive``)."""
     limit = session_frame_limit(handler.hub)
     while session.closed is None:
         try:
@@ -326,48 +390,54 @@ async def _reader(ws: WebSocket, session: Session, handler: FrameHandler) -> Non
         except (OSError, RuntimeError, WebSocketDisconnect):
             session.close(1006, "connection lost")
             return
-        if msg["type"] == "websocket.disconnect":
-            session.close(int(msg.get("code") or 1005), "client closed")
+        if not await _handle(msg, session, handler, limit):
             return
-        text = msg.get("text")
-        if text is None:
-            session.close(CLOSE_PROTOCOL, "binary frames are not part of the protocol")
-            return
-        if len(text) > limit and len(text.encode()) > limit:
-            session.close(CLOSE_TOO_LARGE, "frame too large")
-            return
-        session.touch()
-        try:
-            frame = parse_frame(text)
-        except BadString as exc:
-            session.send(exc.frame(None))
+
+
+async def _handle(msg: Message, session: Session, handler: FrameHandler, limit: int) -> bool:
+    """Handle one ASGI message from the client. False when no more are to be read (the client
+    went away or the session was closed for what it sent)."""
+    if msg["type"] == "websocket.disconnect":
+        session.close(int(msg.get("code") or 1005), "client closed")
+        return False
+    text = msg.get("text")
+    if text is None:
+        session.close(CLOSE_PROTOCOL, "binary frames are not part of the protocol")
+        return False
+    if len(text) > limit and len(text.encode()) > limit:
+        session.close(CLOSE_TOO_LARGE, "frame too large")
+        return False
+    session.touch()
+    try:
+        frame = parse_frame(text)
+    except BadString as exc:
+        session.send(exc.frame(None))
+        session.bad_frames += 1
+        if session.bad_frames >= MAX_BAD_FRAMES:
+            session.close(CLOSE_PROTOCOL, "too many bad frames")
+        return True
+    except BadRequest as exc:
+        session.close(CLOSE_PROTOCOL, exc.message)
+        return False
+    fid = frame.get("id")
+    try:
+        await handler.handle(frame)
+    except RateLimited as exc:
+        handler.hub.metrics.rate_limited += 1
+        session.send(exc.frame(fid if isinstance(fid, int) else None))
+        session.rate_strikes += 1
+        if session.rate_strikes >= MAX_RATE_STRIKES:
+            session.close(CLOSE_RATE, "rate limited too long")
+    except HubError as exc:
+        session.send(exc.frame(fid if isinstance(fid, int) and not isinstance(fid, bool) else None))
+        if isinstance(exc, BadRequest):
             session.bad_frames += 1
             if session.bad_frames >= MAX_BAD_FRAMES:
                 session.close(CLOSE_PROTOCOL, "too many bad frames")
-            continue
-        except BadRequest as exc:
-            session.close(CLOSE_PROTOCOL, exc.message)
-            return
-        fid = frame.get("id")
-        try:
-            await handler.handle(frame)
-        except RateLimited as exc:
-            handler.hub.metrics.rate_limited += 1
-            session.send(exc.frame(fid if isinstance(fid, int) else None))
-            session.rate_strikes += 1
-            if session.rate_strikes >= MAX_RATE_STRIKES:
-                session.close(CLOSE_RATE, "rate limited too long")
-        except HubError as exc:
-            session.send(
-                exc.frame(fid if isinstance(fid, int) and not isinstance(fid, bool) else None)
-            )
-            if isinstance(exc, BadRequest):
-                session.bad_frames += 1
-                if session.bad_frames >= MAX_BAD_FRAMES:
-                    session.close(CLOSE_PROTOCOL, "too many bad frames")
-        except Exception:
-            log.exception("frame handler failed (session %s)", session.id)
-            session.close(CLOSE_INTERNAL, "internal error")
+    except Exception:
+        log.exception("frame handler failed (session %s)", session.id)
+        session.close(CLOSE_INTERNAL, "internal error")
+    return True
 
 
 def session_frame_limit(hub: Hub) -> int:

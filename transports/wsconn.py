@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.parse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from websockets.datastructures import Headers
@@ -73,8 +74,8 @@ class WSConnection(asyncio.Protocol):
     pauses past ``INBOX_HIGH``)."""
 
     __slots__ = ("accepted", "app", "close_timer", "closed", "conn", "disconnected", "fragments",
-                 "http", "inbox", "log_access", "loop", "request", "scope", "server_state",
-                 "started", "transport", "wake", "writable")  # fmt: skip
+                 "http", "inbox", "listener", "log_access", "loop", "request", "scope",
+                 "server_state", "started", "transport", "wake", "writable")  # fmt: skip
 
     def __init__(self, http: HttpConnection, url: bytes, headers: list[tuple[bytes, bytes]]):
         config = http.config
@@ -88,6 +89,9 @@ class WSConnection(asyncio.Protocol):
         self.request: Request | None = None
         self.inbox: list[dict[str, Any]] = []
         self.wake = Flag(False)
+        # Called (no arguments) whenever a message or the disconnect is added to the inbox: an
+        # app that takes messages with receive_nowait() instead of waiting in receive.
+        self.listener: Callable[[], None] | None = None
         self.writable = Flag(True)
         self.fragments: list[Data] | None = None
         self.accepted = False
@@ -247,6 +251,8 @@ class WSConnection(asyncio.Protocol):
         else:
             self.inbox.append({"type": "websocket.receive", "bytes": bytes(data)})
         self.wake.set()
+        if self.listener is not None:
+            self.listener()
         if len(self.inbox) > INBOX_HIGH and self.transport is not None:
             self.transport.pause_reading()
 
@@ -255,6 +261,8 @@ class WSConnection(asyncio.Protocol):
             self.disconnected = True
             self.inbox.append({"type": "websocket.disconnect", "code": code, "reason": ""})
             self.wake.set()
+            if self.listener is not None:
+                self.listener()
 
     def _flush(self) -> None:
         transport = self.transport
@@ -302,10 +310,21 @@ class WSConnection(asyncio.Protocol):
         if not self.started:
             self.started = True
             return {"type": "websocket.connect"}
-        inbox = self.inbox
-        while not inbox:
+        while not self.inbox:
             self.wake.clear()
             await self.wake.wait()
+        message = self.receive_nowait()
+        assert message is not None
+        return message
+
+    def receive_nowait(self) -> dict[str, Any] | None:
+        """The next message from the client as the ASGI ``receive`` gives it once the app has
+        accepted (``websocket.receive``, then ``websocket.disconnect`` for good), or None when
+        none is waiting. With :attr:`listener` set, an app handles messages as they arrive,
+        with no coroutine waiting in ``receive`` meanwhile."""
+        inbox = self.inbox
+        if not inbox:
+            return None
         message = inbox.pop(0)
         if len(inbox) == INBOX_HIGH // 2 and self.transport is not None:
             self.transport.resume_reading()
