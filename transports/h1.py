@@ -31,6 +31,7 @@ import httptools
 
 from hubbub.transports.flow import Flag
 from hubbub.transports.h1_cycle import (
+    ASGI_VERSION,
     ChunkedStream,
     Cycle,
     access_parts,
@@ -204,7 +205,7 @@ class HttpConnection(asyncio.Protocol):
         self.server_state.total_requests += 1
         scope: dict[str, Any] = {
             "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "asgi": ASGI_VERSION,
             "http_version": parser.get_http_version(),
             "server": self.server,
             "client": self.client,

@@ -42,11 +42,24 @@ def simple_response(status: int, text: str) -> bytes:
     )
 
 
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+"""``scope["asgi"]``: one dict for every scope (read-only by convention)."""
+
+_servers: dict[tuple[str, int], tuple[str, int]] = {}
+
+
 def addresses(transport: asyncio.BaseTransport) -> tuple[Any, Any, str]:
-    """(server, client, scheme) of a connection, as ASGI scopes carry them."""
+    """(server, client, scheme) of a connection, as ASGI scopes carry them. The server's
+    address is one tuple shared by the connections to it (a node has few)."""
     sock = transport.get_extra_info("sockname")
     peer = transport.get_extra_info("peername")
     server = (str(sock[0]), int(sock[1])) if isinstance(sock, tuple) else None
+    if server is not None:
+        shared = _servers.get(server)
+        if shared is not None:
+            server = shared
+        elif len(_servers) < 64:
+            _servers[server] = server
     client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
     tls = transport.get_extra_info("sslcontext") is not None
     return server, client, "https" if tls else "http"

@@ -186,7 +186,7 @@ async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
         session.arm_expiry(handler.expiring)
         arm_ice_refresh(session, s)  # PROTOCOL.md §6: fresh TURN credentials before they expire
         if link.proto is not None:
-            await link.serve(handler)  # until the session closes
+            await link.listen(handler)  # until the session closes
         else:
             link.reader = task  # closing the session now interrupts the reading
             await _reader(ws, session, handler)
@@ -215,10 +215,10 @@ class _Link:
     Hubbub's own uvicorn protocol) and :meth:`wake` as its ``waker``. A queued frame starts the
     writer task, which ends as soon as the queue is empty again.
 
-    On Hubbub's protocol (:meth:`serve`) client frames are handled by a task started when one
+    On Hubbub's protocol client frames are handled by a task started when one
     arrives (:meth:`heard`, the connection's ``listener``), which ends once none is waiting:
     an idle connection has no coroutine waiting for frames, only the ASGI one parked on
-    :attr:`done`. Closing the session cancels a frame being handled (unless the close comes from
+    :attr:`done` (:meth:`listen`). Closing the session cancels a frame being handled (unless the close comes from
     that task itself) and resolves :attr:`done`. Elsewhere the ASGI task reads
     (:attr:`reader`, in :func:`_reader`) and closing the session cancels it."""
 
@@ -258,24 +258,20 @@ class _Link:
         elif self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._write())
 
-    async def serve(self, handler: FrameHandler) -> None:
-        """Handle client frames as they arrive, until the session closes (Hubbub's protocol)."""
+    def listen(self, handler: FrameHandler) -> asyncio.Future[None]:
+        """Handle client frames as they arrive (Hubbub's protocol); returns :attr:`done`, which
+        resolves when the session closes (a plain function: no coroutine frame of its own
+        waits with the connection). :meth:`stop` ends the listening."""
         proto = self.proto
         assert proto is not None
         self.handler = handler
-        self.done = asyncio.get_running_loop().create_future()
+        done = self.done = asyncio.get_running_loop().create_future()
         proto.listener = self.heard
-        try:
-            if self.session.closed is None:
-                self.heard()  # frames that arrived meanwhile
-                await self.done
-        finally:
-            proto.listener = None
-            self.handler = None
-            worker, self.worker = self.worker, None
-            if worker is not None:
-                worker.cancel()
-                await asyncio.gather(worker, return_exceptions=True)
+        if self.session.closed is None:
+            self.heard()  # frames that arrived meanwhile
+        else:
+            done.set_result(None)
+        return done
 
     def heard(self) -> None:
         """The connection's ``listener``: a client message (or its going away) is waiting."""
@@ -301,10 +297,18 @@ class _Link:
                 self.worker = None
 
     async def stop(self) -> None:
-        """End the writer, detach from the session, write what the direct path accepted."""
+        """End the frame handling and the writer, detach from the session, write what the
+        direct path accepted."""
         session = self.session
         session.waker = None
         session.direct = None
+        if self.proto is not None:
+            self.proto.listener = None
+        self.handler = None
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
         writer = self.writer
         if writer is not None:
             writer.cancel()

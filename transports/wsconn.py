@@ -29,7 +29,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from hubbub.transports.flow import Flag
-from hubbub.transports.h1_cycle import access_parts
+from hubbub.transports.h1_cycle import ASGI_VERSION, access_parts
 
 if TYPE_CHECKING:
     from hubbub.transports.h1 import HttpConnection
@@ -108,7 +108,7 @@ class WSConnection(asyncio.Protocol):
         root = http.root_path
         return {
             "type": "websocket",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "asgi": ASGI_VERSION,
             "http_version": "1.1",
             "scheme": "wss" if http.scheme == "https" else "ws",
             "server": http.server,
