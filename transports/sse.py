@@ -155,7 +155,17 @@ async def _serve(
         # Mercure-style reconciliation header (hardening case 42).
         value = stream.cursor.text() if stream.recovered else "earliest"
         headers.append((b"hubbub-last-event-id", value.encode()))
+    _forget_request(conn.scope)
     return _StreamResponse(stream, headers)
+
+
+def _forget_request(scope: Scope) -> None:
+    """Let go of the request headers once the stream is accepted: everything read from them
+    (origin, credential, ``Last-Event-ID``, CORS) is decided, and a stream keeps its scope for
+    hours (several hundred bytes per stream, more with browser cookies)."""
+    headers = scope.get("headers")
+    if isinstance(headers, list):
+        headers.clear()
 
 
 def _with(response: Response, cors: list[tuple[bytes, bytes]]) -> Response:

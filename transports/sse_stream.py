@@ -270,9 +270,12 @@ class EventStream:
                 return
             if writer.direct and session.direct is None and session.closed is None:
                 session.direct = writer  # the queue is empty or taken: fan-out may write now
-            items = await session.next_batch()
-            if not items:
-                break
+            arrival = session.arrival()
+            if arrival is not None:
+                await arrival  # (no coroutine of its own waits with an idle stream)
+            items = session.take()
+            if not items and session.closed is not None:
+                break  # closed, and everything queued before the close is written
         session.direct = None
         writer.flush()
         closed = session.closed
