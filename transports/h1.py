@@ -51,6 +51,12 @@ HEADER_TIMEOUT = 10.0
 class HttpConnection(asyncio.Protocol):
     """One TCP connection speaking HTTP/1.1 (keep-alive, pipelining) to the ASGI app."""
 
+    __slots__ = ("app", "app_state", "client", "config", "cycle", "expect_100", "header_bytes",
+                 "headers", "idle", "log_access", "loop", "parser", "parsing", "pipeline",
+                 "reading_paused", "refused", "root_path", "scheme", "server", "server_state",
+                 "stream", "timer", "transport", "upgrade", "url", "writable",
+                 "write_paused")  # fmt: skip
+
     def __init__(
         self,
         config: Any,

@@ -82,7 +82,9 @@ def _ending_response(hub: Hub, closed: Disconnect) -> Response:
 
 
 class _StreamResponse:
-    """The ASGI response of an accepted stream; always closes its session at the end."""
+    """The ASGI response of an accepted stream; always closes its session at the end. Calling
+    it returns the coroutine of :func:`_run_stream` (no frame of its own for the stream's
+    life)."""
 
     __slots__ = ("headers", "stream")
 
@@ -90,14 +92,19 @@ class _StreamResponse:
         self.stream = stream
         self.headers = headers
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.stream.respond(scope, receive, send, self.headers)
-        except OSError:
-            pass  # the client went away mid-write
-        finally:
-            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
-                await self.stream.close()
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        return _run_stream(self.stream, self.headers, scope, receive, send)
+
+
+async def _run_stream(stream: EventStream, headers: list[tuple[bytes, bytes]], scope: Scope,
+                      receive: Receive, send: Send) -> None:  # fmt: skip
+    try:
+        await stream.respond(scope, receive, send, headers)
+    except OSError:
+        pass  # the client went away mid-write
+    finally:
+        with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            await stream.close()
 
 
 # ---- endpoint -------------------------------------------------------------------------------

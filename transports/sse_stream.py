@@ -60,6 +60,7 @@ log = logging.getLogger("hubbub.sse")
 
 SEND_TIMEOUT = 30.0  # a client that reads nothing for this long is dropped
 FAREWELL_GRACE = 3.0  # after the session closed, time to write the last events
+_NOTHING: list[Item] = []  # (never appended to)
 
 
 class EventStream:
@@ -244,7 +245,23 @@ class EventStream:
         interval = self.hub.settings.sse_ping_interval
         session.start_heartbeat(interval, 0.0, client_pongs=False)  # PING → ": ping"
         try:
-            await self._stream(writer)
+            # (one method with the stream below: a coroutine frame fewer per idle stream)
+            items, self.buffered = self.buffered, []
+            while True:
+                if items:
+                    written = await writer.write_items(items)
+                    items = _NOTHING  # (the batch is not kept while the stream waits)
+                    if not written:
+                        return
+                if writer.direct and session.direct is None and session.closed is None:
+                    session.direct = writer  # the queue is empty or taken: fan-out may write now
+                arrival = session.arrival()
+                if arrival is not None:
+                    await arrival  # (no coroutine of its own waits with an idle stream)
+                items = session.take()
+                if not items and session.closed is not None:
+                    break  # closed, and everything queued before the close is written
+            await self._finish(writer)
         except TimeoutError:
             if session.closed is None:
                 log.info("sse client stopped reading; stream dropped")
@@ -262,20 +279,10 @@ class EventStream:
             if watcher is not None:
                 watcher.cancel()
 
-    async def _stream(self, writer: _Writer) -> None:
+    async def _finish(self, writer: _Writer) -> None:
+        """The session closed: the farewell block and the end of the response, when the
+        client is still there."""
         session = self.session
-        items, self.buffered = self.buffered, []
-        while True:
-            if items and not await writer.write_items(items):
-                return
-            if writer.direct and session.direct is None and session.closed is None:
-                session.direct = writer  # the queue is empty or taken: fan-out may write now
-            arrival = session.arrival()
-            if arrival is not None:
-                await arrival  # (no coroutine of its own waits with an idle stream)
-            items = session.take()
-            if not items and session.closed is not None:
-                break  # closed, and everything queued before the close is written
         session.direct = None
         writer.flush()
         closed = session.closed
