@@ -142,6 +142,10 @@ async def ws_endpoint(ws: WebSocket) -> None:
     except Unavailable:
         await _close(ws, CLOSE_BROKER, "broker unavailable")
         return
+    proto = _protocol(ws)
+    if proto is not None:
+        await _hand_over(hub, ws, proto, session)
+        return
     try:
         await _run(hub, ws, session)
     finally:
@@ -174,22 +178,44 @@ def _welcome(hub: Hub, session: Session) -> dict[str, Any]:
     return welcome
 
 
-async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
+def _start(hub: Hub, session: Session) -> FrameHandler:
+    """The session's first steps: ``welcome``, heartbeat, token expiry, TURN refresh."""
     s = hub.settings
-    link = _Link(ws, session, hub.metrics)
+    session.send(_welcome(hub, session))
+    session.start_heartbeat(s.ping_interval, s.ping_timeout, client_pongs=True)
+    handler = FrameHandler(hub, session, relay_signal)
+    session.arm_expiry(handler.expiring)
+    arm_ice_refresh(session, s)  # PROTOCOL.md §6: fresh TURN credentials before they expire
+    return handler
+
+
+async def _hand_over(hub: Hub, ws: WebSocket, proto: WSConnection, session: Session) -> None:
+    """On Hubbub's protocol: start the session and return, leaving the connection open
+    (:meth:`WSConnection.hold`). From then on a task runs only while something happens: client
+    frames being handled (:meth:`_Link.heard`), queued frames being written, and the ending
+    (:meth:`_Link.finish`) once the session closes. An idle connection has no task and no
+    coroutine at all."""
+    link = _Link(ws, session, hub.metrics, hub)
+    try:
+        handler = _start(hub, session)
+    except BaseException:
+        await link.stop()
+        await hub.close_session(session)
+        raise
+    proto.hold()
+    link.listen(handler)
+
+
+async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
+    """The session on a plain ASGI server: this task reads and handles client frames until
+    the session closes."""
+    link = _Link(ws, session, hub.metrics, hub)
     task = asyncio.current_task()
     assert task is not None
     try:
-        session.send(_welcome(hub, session))
-        session.start_heartbeat(s.ping_interval, s.ping_timeout, client_pongs=True)
-        handler = FrameHandler(hub, session, relay_signal)
-        session.arm_expiry(handler.expiring)
-        arm_ice_refresh(session, s)  # PROTOCOL.md §6: fresh TURN credentials before they expire
-        if link.proto is not None:
-            await link.listen(handler)  # until the session closes
-        else:
-            link.reader = task  # closing the session now interrupts the reading
-            await _reader(ws, session, handler)
+        handler = _start(hub, session)
+        link.reader = task  # closing the session now interrupts the reading
+        await _reader(ws, session, handler)
     except asyncio.CancelledError:
         if not link.interrupted:
             raise
@@ -197,6 +223,12 @@ async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
     finally:
         link.reader = None
         await link.stop()
+    await _goodbye(ws, session)
+
+
+async def _goodbye(ws: WebSocket, session: Session) -> None:
+    """Tell the client why its session ended (a ``disconnect`` frame for codes from 4000),
+    then close with the session's code (1000 when it was not closed)."""
     closed = session.closed
     if closed is not None:  # counted in hubbub_disconnects_total by Hub.close_session
         if closed.code >= 4000:
@@ -208,32 +240,32 @@ async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
 
 
 class _Link:
-    """One connection's outbound side, the handling of its client frames, and the hook that
-    ends both.
+    """One connection's outbound side, the handling of its client frames, and its ending.
 
     Its :class:`_Writer` is installed as the session's ``direct`` writer (when the server is
     Hubbub's own uvicorn protocol) and :meth:`wake` as its ``waker``. A queued frame starts the
     writer task, which ends as soon as the queue is empty again.
 
-    On Hubbub's protocol client frames are handled by a task started when one
-    arrives (:meth:`heard`, the connection's ``listener``), which ends once none is waiting:
-    an idle connection has no coroutine waiting for frames, only the ASGI one parked on
-    :attr:`done` (:meth:`listen`). Closing the session cancels a frame being handled (unless the close comes from
-    that task itself) and resolves :attr:`done`. Elsewhere the ASGI task reads
-    (:attr:`reader`, in :func:`_reader`) and closing the session cancels it."""
+    On Hubbub's protocol (:meth:`listen`) client frames are handled by a task started when one
+    arrives (:meth:`heard`, the connection's ``listener``), which ends once none is waiting;
+    closing the session cancels a frame being handled (unless the close comes from that task
+    itself) and starts :meth:`finish`. Elsewhere the ASGI task reads (:attr:`reader`, in
+    :func:`_reader`) and closing the session cancels it."""
 
-    __slots__ = ("done", "handler", "interrupted", "out", "proto", "reader", "session", "worker",
-                 "writer")  # fmt: skip
+    __slots__ = ("ending", "handler", "hub", "interrupted", "out", "proto", "reader", "session",
+                 "worker", "writer")  # fmt: skip
 
-    def __init__(self, ws: WebSocket, session: Session, metrics: Metrics | None) -> None:
+    def __init__(self, ws: WebSocket, session: Session, metrics: Metrics | None,
+                 hub: Hub | None = None) -> None:  # fmt: skip
         self.session = session
+        self.hub = hub
         proto = self.proto = _protocol(ws)
         self.out = _Writer(ws, proto, metrics)
         self.writer: asyncio.Task[None] | None = None
         self.reader: asyncio.Task[Any] | None = None
         self.worker: asyncio.Task[None] | None = None
+        self.ending: asyncio.Task[None] | None = None
         self.handler: FrameHandler | None = None
-        self.done: asyncio.Future[None] | None = None
         self.interrupted = False
         if proto is not None:
             session.direct = self.out
@@ -252,31 +284,29 @@ class _Link:
             if worker is not None and worker is not current:
                 self.worker = None
                 worker.cancel()
-            done = self.done
-            if done is not None and not done.done():
-                done.set_result(None)
+            if self.handler is not None and self.ending is None and self.proto is not None:
+                self.ending = self.proto.spawn(self.finish())
         elif self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._write())
 
-    def listen(self, handler: FrameHandler) -> asyncio.Future[None]:
-        """Handle client frames as they arrive (Hubbub's protocol); returns :attr:`done`, which
-        resolves when the session closes (a plain function: no coroutine frame of its own
-        waits with the connection). :meth:`stop` ends the listening."""
+    def listen(self, handler: FrameHandler) -> None:
+        """Handle client frames as they arrive (Hubbub's protocol), and :meth:`finish` once the
+        session closes."""
         proto = self.proto
         assert proto is not None
         self.handler = handler
-        done = self.done = asyncio.get_running_loop().create_future()
         proto.listener = self.heard
         if self.session.closed is None:
             self.heard()  # frames that arrived meanwhile
         else:
-            done.set_result(None)
-        return done
+            self.wake()
 
     def heard(self) -> None:
         """The connection's ``listener``: a client message (or its going away) is waiting."""
-        if self.worker is None and self.session.closed is None and self.handler is not None:
-            self.worker = asyncio.get_running_loop().create_task(self._work(self.handler))
+        handler = self.handler
+        if self.worker is None and self.session.closed is None and handler is not None:
+            assert self.proto is not None
+            self.worker = self.proto.spawn(self._work(handler))
 
     async def _work(self, handler: FrameHandler) -> None:
         """Handle what the client sent, one message at a time, until none is waiting."""
@@ -296,6 +326,19 @@ class _Link:
             if self.worker is asyncio.current_task():
                 self.worker = None
 
+    async def finish(self) -> None:
+        """The session closed (Hubbub's protocol): stop, tell the client, close the
+        connection, and close the session in the hub."""
+        session = self.session
+        try:
+            await self.stop()
+            await _goodbye(self.out.ws, session)
+        except Exception:
+            log.exception("closing the connection failed (session %s)", session.id)
+        finally:
+            if self.hub is not None:
+                await self.hub.close_session(session)
+
     async def stop(self) -> None:
         """End the frame handling and the writer, detach from the session, write what the
         direct path accepted."""
@@ -306,7 +349,7 @@ class _Link:
             self.proto.listener = None
         self.handler = None
         worker, self.worker = self.worker, None
-        if worker is not None:
+        if worker is not None and worker is not asyncio.current_task():
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
         writer = self.writer

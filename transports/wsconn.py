@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from websockets.datastructures import Headers
@@ -74,7 +74,7 @@ class WSConnection(asyncio.Protocol):
     pauses past ``INBOX_HIGH``)."""
 
     __slots__ = ("accepted", "app", "close_timer", "closed", "conn", "disconnected", "fragments",
-                 "http", "inbox", "listener", "log_access", "loop", "request", "scope",
+                 "held", "http", "inbox", "listener", "log_access", "loop", "request", "scope",
                  "server_state", "started", "transport", "wake", "writable")  # fmt: skip
 
     def __init__(self, http: HttpConnection, url: bytes, headers: list[tuple[bytes, bytes]]):
@@ -98,6 +98,7 @@ class WSConnection(asyncio.Protocol):
         self.closed = False  # a close frame (or a refusal) went out
         self.disconnected = False  # the app was told the connection is over
         self.started = False
+        self.held = False  # the app returned and keeps the connection open (hold)
         self.close_timer: asyncio.TimerHandle | None = None
         self.scope = self._scope(http, url, headers)
 
@@ -296,8 +297,8 @@ class WSConnection(asyncio.Protocol):
         self._end(error=False)
 
     def _end(self, error: bool) -> None:
-        """The app returned: finish what it left open."""
-        if self.transport is None:
+        """The app returned: finish what it left open (unless it holds the connection)."""
+        if self.transport is None or (self.held and not error):
             return
         if not self.accepted and not self.closed:
             self._refuse(500 if error else 403)
@@ -305,6 +306,22 @@ class WSConnection(asyncio.Protocol):
             self.closed = True
             self.conn.send_close(1011 if error else 1000)
             self._flush()
+
+    def hold(self) -> None:
+        """The app is about to return and keeps the connection open: it goes on through
+        :meth:`receive_nowait` with a :attr:`listener`, and the ``send`` it was given (which
+        it must use to close). No task or coroutine of the server's lives meanwhile."""
+        if not self.accepted:
+            raise RuntimeError("hold before websocket.accept")
+        self.held = True
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task for this connection's app, which the server waits for when it shuts down
+        (as it waits for the ASGI ones)."""
+        task = self.loop.create_task(coro)
+        self.server_state.tasks.add(task)
+        task.add_done_callback(self.server_state.tasks.discard)
+        return task
 
     async def _receive(self) -> dict[str, Any]:
         if not self.started:

@@ -84,9 +84,10 @@ async def test_idle_connection_runs_no_writer_task(node: Node) -> None:
         assert isinstance(proto.inbox, list) and isinstance(proto.writable, Flag)
         assert proto.request is None and proto.http is None  # the handshake is let go
         assert proto.scope["headers"] == []  # let go once the client is authenticated
-        # No coroutine waits for client frames: a task handles them only while some wait.
-        assert link.reader is None and link.worker is None and proto.listener == link.heard
-        assert link.done is not None and not link.done.done()
+        # No task or coroutine while idle: the ASGI call returned holding the connection; a
+        # task handles client frames only while some wait.
+        assert proto.held and proto.listener == link.heard
+        assert link.reader is None and link.worker is None and link.ending is None
     # Fan-out still reaches everyone, in order, without a writer task.
     for i in range(5):
         await node.hub.publish(Identity(sub="svc", grants={"publish": ("*",)}), "idle", i)
@@ -116,17 +117,31 @@ async def test_writer_task_runs_while_frames_wait_and_keeps_order(node: Node) ->
     await ws.close()
 
 
-async def test_close_ends_the_idle_wait(node: Node) -> None:
+async def test_close_ends_an_idle_connection(node: Node) -> None:
     ws = await WS.connect(node.ws_url, token("bob"))
     (link,) = _links(node)
-    done = link.done
-    assert done is not None and not done.done()
+    assert link.ending is None
     await node.hub.disconnect_user("bob", "go away")
     code, frames = await ws.closed()
     assert code == 4509
     assert frames[-1]["type"] == "disconnect" and frames[-1]["code"] == 4509
     await until(lambda: not node.hub.sessions)
-    assert done.done() and link.worker is None
+    ending = link.ending
+    assert ending is not None
+    await until(ending.done)
+    assert link.worker is None and link.proto is not None and link.proto.listener is None
+
+
+async def test_client_going_away_closes_the_session(node: Node) -> None:
+    ws = await WS.connect(node.ws_url, token("erin"))
+    await ws.result({"type": "subscribe", "room": "gone"})
+    (link,) = _links(node)
+    await ws.close()
+    await until(lambda: not node.hub.sessions)
+    assert link.session.closed is not None and link.session.closed.code == 1000
+    ending = link.ending
+    assert ending is not None
+    await until(ending.done)
 
 
 async def test_frames_handled_by_a_task_only_while_they_wait(node: Node) -> None:
