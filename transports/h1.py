@@ -11,7 +11,8 @@ to a plain server:
 * header size limits: a request target over 16 KiB is answered 414, headers over 64 KiB 431;
 * a direct write path for streaming responses (SSE): ``scope["extensions"]["hubbub.http"]``
   is the connection, whose :meth:`HttpConnection.chunked_stream` lets the stream write HTTP
-  chunks to the socket without going through the ASGI ``send`` coroutine.
+  chunks to the socket without going through the ASGI ``send`` coroutine, and may keep the
+  response going after the ASGI call returns (:meth:`ChunkedStream.hold`).
 
 Contract with the server that creates it (checked by :func:`server.fast_path_problem`): it is
 constructed as ``cls(config=, server_state=, app_state=, _loop=)``; ``config`` carries
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.parse
+from collections.abc import Coroutine
 from typing import Any, cast
 
 import httptools
@@ -275,7 +277,7 @@ class HttpConnection(asyncio.Protocol):
             cycle.started = cycle.complete = True
             self.transport.write(simple_response(500, "Internal Server Error"))
             self.transport.close()
-        elif not cycle.complete and self.transport is not None:
+        elif not cycle.complete and not cycle.held and self.transport is not None:
             self.transport.close()  # the app returned with its response unfinished
 
     def response_done(self, cycle: Cycle) -> None:
@@ -301,6 +303,13 @@ class HttpConnection(asyncio.Protocol):
         self.resume_reading()
         self._arm(float(self.config.timeout_keep_alive))
         self.idle = True
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task of the app's, which the server waits for when it shuts down."""
+        task = self.loop.create_task(coro)
+        self.server_state.tasks.add(task)
+        task.add_done_callback(self.server_state.tasks.discard)
+        return task
 
     def chunked_stream(self, scope: Any) -> ChunkedStream | None:
         """A :class:`ChunkedStream` for the response to ``scope``, or None (then use the ASGI

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import http
 import urllib.parse
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from hubbub.transports.flow import Flag
@@ -118,6 +119,17 @@ class ChunkedStream:
         if callback is not None:
             callback()
 
+    def hold(self) -> None:
+        """The app is about to return and keeps writing this response (through :meth:`write`
+        and the ``send`` it was given, with which it must end it): the connection is not
+        closed when the ASGI call returns."""
+        self.cycle.held = True
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task for the app's work on this response, which the server waits for when it
+        shuts down (as it waits for the ASGI ones)."""
+        return self.conn.spawn(coro)
+
     def detach(self) -> None:
         """The response ended: no more ``on_lost`` calls."""
         self.on_lost = None
@@ -129,7 +141,7 @@ class Cycle:
     """One request and its response: the ASGI ``receive`` and ``send`` of an HTTP scope."""
 
     __slots__ = ("body", "body_read", "chunked", "complete", "conn", "continue_100", "disconnected", "head",
-                 "keep_alive", "more_body", "scope", "started", "status", "wake")  # fmt: skip
+                 "held", "keep_alive", "more_body", "scope", "started", "status", "wake")  # fmt: skip
 
     def __init__(self, conn: HttpConnection, scope: dict[str, Any], keep_alive: bool) -> None:
         self.conn = conn
@@ -146,6 +158,7 @@ class Cycle:
         self.keep_alive = keep_alive
         self.status = 0
         self.continue_100 = False
+        self.held = False  # the app returned and finishes the response later (ChunkedStream.hold)
 
     async def receive(self) -> dict[str, Any]:
         """The request body in pieces, then (ASGI) block until the client goes away or the

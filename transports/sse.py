@@ -38,13 +38,12 @@ from hubbub.hub.values import parse_bool
 from hubbub.transports.edge import admit, error_response, route_path
 from hubbub.transports.http_edge import CORSMiddleware
 from hubbub.transports.sse_blocks import farewell
-from hubbub.transports.sse_stream import SEND_TIMEOUT, EventStream
+from hubbub.transports.sse_stream import CLOSE_TIMEOUT, SEND_TIMEOUT, EventStream
 
 __all__ = ["SEND_TIMEOUT", "EventStream", "SSEEndpoint", "install", "routes"]
 
 MAX_ROOMS = 32
 MEDIA_TYPE = "text/event-stream"
-CLOSE_TIMEOUT = 5.0  # bound on close_session when the response ends
 _ROOM_PATH = re.compile(r"/v1/rooms/([^/]+)/events")
 _HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]  # fmt: skip
@@ -98,13 +97,15 @@ class _StreamResponse:
 
 async def _run_stream(stream: EventStream, headers: list[tuple[bytes, bytes]], scope: Scope,
                       receive: Receive, send: Send) -> None:  # fmt: skip
+    held = False
     try:
-        await stream.respond(scope, receive, send, headers)
+        held = await stream.respond(scope, receive, send, headers)
     except OSError:
         pass  # the client went away mid-write
     finally:
-        with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
-            await stream.close()
+        if not held:  # (a held stream closes its session itself)
+            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                await stream.close()
 
 
 # ---- endpoint -------------------------------------------------------------------------------

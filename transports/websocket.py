@@ -1,13 +1,17 @@
 """WebSocket transport: ``GET /v1/ws`` (PROTOCOL.md §3).
 
-One connection = one :class:`~hub.session.Session` and one task, the ASGI one: it reads and
-handles client frames one at a time (so one publisher's publications keep their order). Frames to
-the client are written by the fan-out itself when the socket is writable (:class:`_Writer`, the
-shared :class:`~hubbub.transports.direct.DirectWriter`); only what has to wait (flow control,
-another server) is queued, and a writer task runs while the queue holds frames (:class:`_Link`). Closing the session interrupts the reading task.
+One connection = one :class:`~hub.session.Session`. Client frames are handled one at a time
+(so one publisher's publications keep their order). Frames to the client are written by the
+fan-out itself when the socket is writable (:class:`_Writer`, the shared
+:class:`~hubbub.transports.direct.DirectWriter`); only what has to wait (flow control, another
+server) is queued, and a writer task runs while the queue holds frames (:class:`_Link`).
 
-An idle connection costs memory, not CPU, and a node holds thousands: no task, Event or closure
-per connection beyond the ASGI task (see bench/idle-memory.md).
+An idle connection costs memory, not CPU, and a node holds thousands. On Hubbub's own protocol
+(:class:`~hubbub.transports.wsconn.WSConnection`) the endpoint starts the session and returns,
+holding the connection: a task runs only while client frames are being handled, while queued
+frames are written, and to end the connection once the session closes; an idle connection has
+no task, coroutine, Event or closure (see bench/idle-memory.md). On another ASGI server the
+ASGI task reads and handles the frames, and closing the session interrupts it.
 
 Refusals complete the upgrade and then close with the code so browsers can see it (4501, 4510,
 4003); a bad ``Origin`` is refused with HTTP 403 at the handshake (hardening case 13).

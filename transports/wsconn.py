@@ -10,6 +10,10 @@ for ``Upgrade: websocket``. What it adds to a plain server:
 * no per-message compression (CPU per subscriber, and a decompression-bomb risk) and no
   protocol-level pings: Hubbub's own heartbeat (``ping`` frames, close 4002) finds dead peers;
 * a refused handshake (the app closes before accepting) is answered with HTTP 403;
+* the app may return holding an accepted connection (:meth:`WSConnection.hold`): it goes on
+  with a :attr:`~WSConnection.listener` and :meth:`~WSConnection.receive_nowait`, tasks made
+  by :meth:`~WSConnection.spawn`, and the ``send`` it was given, with no task or coroutine
+  per idle connection;
 * little memory per idle connection: slots, a list inbox, the handshake request dropped once
   answered.
 """
