@@ -227,6 +227,9 @@ class HttpConnection(asyncio.Protocol):
             "state": self.app_state.copy(),
             "extensions": {"hubbub.http": self},
         }
+        # The scope has the list now: let an app drop it for good (a stream keeps its scope for
+        # hours; hubbub's SSE endpoint clears the headers once the stream is accepted).
+        self.headers = []
         cycle = Cycle(self, scope, parser.should_keep_alive())
         cycle.continue_100 = self.expect_100
         self.parsing = cycle
