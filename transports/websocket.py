@@ -199,7 +199,7 @@ async def _hand_over(hub: Hub, ws: WebSocket, proto: WSConnection, session: Sess
     frames being handled (:meth:`_Link.heard`), queued frames being written, and the ending
     (:meth:`_Link.finish`) once the session closes. An idle connection has no task and no
     coroutine at all."""
-    link = _Link(ws, session, hub.metrics, hub)
+    link = _Link(hub, ws, session)
     try:
         handler = _start(hub, session)
     except BaseException:
@@ -213,7 +213,7 @@ async def _hand_over(hub: Hub, ws: WebSocket, proto: WSConnection, session: Sess
 async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
     """The session on a plain ASGI server: this task reads and handles client frames until
     the session closes."""
-    link = _Link(ws, session, hub.metrics, hub)
+    link = _Link(hub, ws, session)
     task = asyncio.current_task()
     assert task is not None
     try:
@@ -259,12 +259,11 @@ class _Link:
     __slots__ = ("ending", "handler", "hub", "interrupted", "out", "proto", "reader", "session",
                  "worker", "writer")  # fmt: skip
 
-    def __init__(self, ws: WebSocket, session: Session, metrics: Metrics | None,
-                 hub: Hub | None = None) -> None:  # fmt: skip
+    def __init__(self, hub: Hub, ws: WebSocket, session: Session) -> None:
         self.session = session
         self.hub = hub
         proto = self.proto = _protocol(ws)
-        self.out = _Writer(ws, proto, metrics)
+        self.out = _Writer(ws, proto, hub.metrics)
         self.writer: asyncio.Task[None] | None = None
         self.reader: asyncio.Task[Any] | None = None
         self.worker: asyncio.Task[None] | None = None
@@ -331,17 +330,20 @@ class _Link:
                 self.worker = None
 
     async def finish(self) -> None:
-        """The session closed (Hubbub's protocol): stop, tell the client, close the
-        connection, and close the session in the hub."""
+        """The session closed (Hubbub's protocol): let a frame whose handling closed it finish
+        (any other was cancelled), stop, tell the client, close the connection, and close the
+        session in the hub."""
         session = self.session
         try:
+            worker = self.worker
+            if worker is not None:
+                await asyncio.wait([worker])
             await self.stop()
             await _goodbye(self.out.ws, session)
         except Exception:
             log.exception("closing the connection failed (session %s)", session.id)
         finally:
-            if self.hub is not None:
-                await self.hub.close_session(session)
+            await self.hub.close_session(session)
 
     async def stop(self) -> None:
         """End the frame handling and the writer, detach from the session, write what the
