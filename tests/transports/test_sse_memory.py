@@ -6,9 +6,11 @@ uvicorn and a real HTTP client."""
 
 from __future__ import annotations
 
+import asyncio
+
 from hubbub.hub.session import Session
 from hubbub.transports.sse_stream import EventStream
-from tests.conftest import Node
+from tests.conftest import Node, token
 from tests.helpers import until
 from tests.transports.test_sse import offsets, publish, sse, wait_sessions
 
@@ -76,3 +78,29 @@ async def test_client_going_away_closes_a_held_stream(node: Node) -> None:
         assert offsets(await s.events(1)) == [1]
     await wait_sessions(node, 0)
     assert session.closed is not None and stream.gone
+
+
+async def test_connection_serves_the_next_request_after_a_held_stream(node: Node) -> None:
+    # A raw connection, to be sure the next request goes over the same one (keep-alive): the
+    # HTTP parser, dropped while the stream ran, is made again for it.
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    try:
+        writer.write(
+            b"GET /v1/rooms/r/events HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + token("alice").encode() + b"\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head
+        await wait_sessions(node, 1)
+        _session, stream = _stream(node)
+        out = stream._out
+        assert out is not None and out.conn.parser is None
+        await node.hub.disconnect_user("alice", "go away")
+        body = await asyncio.wait_for(reader.readuntil(b"\r\n0\r\n\r\n"), 5)  # the last chunk
+        assert b"event: hub.disconnect" in body
+        await wait_sessions(node, 0)
+        writer.write(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
