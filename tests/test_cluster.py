@@ -225,7 +225,9 @@ async def test_pipelined_publishes_keep_order_across_two_nodes(
 ) -> None:
     """One connection sends 400 publishes to two rooms without waiting: every id gets its
     reply, the offsets follow the send order, and subscribers on both nodes get them in it."""
-    settings = prefixed(shared_redis, client_publish_rate=Rate(100_000.0, 100_000.0))
+    # The user's budget stays on (its cluster-wide take precedes each publish) but is ample.
+    fast = Rate(100_000.0, 100_000.0)
+    settings = prefixed(shared_redis, client_publish_rate=fast, user_publish_rate=fast)
     a: Node = await node_factory(**settings)
     b: Node = await node_factory(**settings)
     subs = [await WS.connect(n.ws_url, token("bob")) for n in (a, b)]

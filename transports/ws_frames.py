@@ -20,6 +20,10 @@ Reads and subscriptions are metered too: every ``subscribe``, ``unsubscribe``, `
 ``error rate_limited`` (temporary) and nothing is served (publishes and signals have their own
 ``HUB_CLIENT_PUBLISH_RATE`` bucket; ``ping``/``pong`` are free). API-key sessions are not
 metered, as for publishes.
+
+Publishes and signals of a client session also draw on its user's ``HUB_USER_PUBLISH_RATE``
+budget (:mod:`hub.budgets`): the node's bucket before the publish task starts, the cluster's
+(Redis) in the task's first step, before the broker call.
 """
 
 from __future__ import annotations
@@ -147,6 +151,8 @@ class FrameHandler:
         if "data" not in frame:
             raise BadRequest("publish needs data")
         self._take_rate()
+        ident = self.session.identity
+        shared = not ident.api_key and self.hub.budget.take_local(ident.sub)
         prepared = self.hub.prepare_publish(
             self.session.identity,
             frame.get("room"),  # type: ignore[arg-type]
@@ -159,11 +165,19 @@ class FrameHandler:
         if self.in_flight >= MAX_PUBLISHES_IN_FLIGHT:
             await self._wait_in_flight(MAX_PUBLISHES_IN_FLIGHT - 1)
         self.in_flight += 1
-        self.hub.spawn(self._publish(prepared, fid))
+        self.hub.spawn(self._publish(prepared, fid, shared))
 
-    async def _publish(self, prepared: PreparedPublish, fid: int | None) -> None:
+    async def _publish(self, prepared: PreparedPublish, fid: int | None, shared: bool) -> None:
         try:
+            if shared:
+                # The cluster's HUB_USER_PUBLISH_RATE bucket: its call is queued on the broker's
+                # calls pipe in this task's first step, and the pipe answers in order, so the
+                # publications still reach the broker in the order they were sent.
+                await self.hub.budget.take_shared(self.session.identity.sub)
             result = await self.hub.publish_prepared(prepared)
+        except RateLimited as exc:
+            self.hub.metrics.rate_limited += 1
+            self.session.send(exc.frame(fid))
         except HubError as exc:
             self.session.send(exc.frame(fid))
         except Exception:
@@ -221,6 +235,9 @@ class FrameHandler:
 
     async def signal(self, frame: dict[str, Any], fid: int | None) -> None:
         self._take_rate()
+        ident = self.session.identity
+        if not ident.api_key:  # a signal is a publish for HUB_USER_PUBLISH_RATE too
+            await self.hub.budget.take(ident.sub)
         await self.relay(self.hub, self.session, frame)
         self.reply(fid, {})
 

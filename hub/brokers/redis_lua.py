@@ -335,3 +335,21 @@ local reset = (burst - tokens) / rate
 redis.call('PEXPIRE', KEYS[1], math.ceil(reset * 1000) + 1000)
 return {allowed, string.format('%.17g', tokens), string.format('%.17g', reset)}
 """
+
+REVOKE = """
+-- KEYS: revocations (zset: user -> cutoff, Unix seconds); ARGV: user, cutoff, oldest kept
+-- cutoff, expiry of the key (ms). A later cutoff of a user replaces an earlier one only.
+local old = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
+if not old or old < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+REVOCATIONS = """
+-- KEYS: revocations; ARGV: oldest kept cutoff. Returns user, cutoff, user, cutoff, ...
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+"""

@@ -452,6 +452,25 @@ async def test_take_at_rate_zero_is_unlimited(make_state: StateFactory) -> None:
     assert all(reset == 0.0 for _, _, reset in got)
 
 
+async def test_revocations_keep_the_latest_cutoff_and_forget_old_ones(
+    make_state: StateFactory,
+) -> None:
+    """A revocation per user: a later cutoff replaces an earlier one, an earlier one is
+    ignored, and one older than ``keep`` is no longer listed."""
+    import time
+
+    env = await make_state()
+    b = env.state
+    now = int(time.time())
+    assert await b.revocations(60.0) == {}
+    await b.revoke("alice", now - 5, 60.0)
+    await b.revoke("alice", now, 60.0)
+    await b.revoke("alice", now - 10, 60.0)  # announcements may come in any order
+    await b.revoke("bob", now - 30, 60.0)
+    assert await b.revocations(60.0) == {"alice": now, "bob": now - 30}
+    assert await b.revocations(20.0) == {"alice": now}  # bob's is older than keep
+
+
 async def test_presence_limit_is_atomic(make_state: StateFactory) -> None:
     """The primitive of call rooms: of concurrent joins exactly ``limit`` get in; a member
     already present may refresh; the refused leave nothing behind."""
