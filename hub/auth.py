@@ -81,6 +81,7 @@ class Identity:
     api_key: bool = False
     guest: bool = False
     scope: str = ""  # the credential, for idempotency scoping
+    iat: Any = None  # a token's iat claim as given (revocation: hub.revocation)
 
     def can(self, kind: str, room: str) -> bool:
         """Whether this identity holds grant ``kind`` for ``room``."""
@@ -320,6 +321,7 @@ class Authenticator:
             info=claims.get("info"),
             exp=float(exp),
             scope=f"sub:{sub}",
+            iat=claims.get("iat"),
         )
 
 

@@ -35,6 +35,7 @@ from hubbub.hub.envelope import (
     parse_since,
 )
 from hubbub.hub.errors import (
+    CLOSE_KICKED,
     CLOSE_LIMIT,
     CLOSE_SHUTDOWN,
     BadRequest,
@@ -188,7 +189,8 @@ class Hub(Delivery):
     # ---- sessions --------------------------------------------------------------------------
     async def open_session(self, identity: Identity, transport: str) -> Session:
         """Register a session. Raises Disconnect(4000) while draining, Disconnect(4510) over the
-        per-user connection limit, Unavailable when the broker is down."""
+        per-user connection limit, Disconnect(4509) when the user's token was revoked since it
+        was checked, Unavailable when the broker is down."""
         if self.draining:
             raise Disconnect(CLOSE_SHUTDOWN, "server draining")
         s = self.settings
@@ -221,6 +223,11 @@ class Hub(Delivery):
             if not self.broker_up:
                 raise Unavailable("broker unavailable")
             self.state.connection_add_nowait(identity.sub, session.id)
+        if not identity.api_key and self.auth.revocations.refuses(identity.sub, identity.iat):
+            # Revoked while it was opening: the kick came before the session was registered.
+            with contextlib.suppress(BrokerError):
+                await self.state.connection_remove(identity.sub, session.id)
+            raise Disconnect(CLOSE_KICKED, "token revoked")
         self.sessions[session.id] = session
         self.by_user.setdefault(identity.sub, set()).add(session)
         self.metrics.connections[transport] += 1

@@ -11,7 +11,7 @@ import pytest
 
 from hubbub.hub.auth import Identity
 from hubbub.hub.budgets import UserBudget
-from hubbub.hub.errors import RateLimited, Unauthorized
+from hubbub.hub.errors import Disconnect, RateLimited, Unauthorized
 from hubbub.hub.revocation import Revocations
 from hubbub.hub.settings import Rate
 from tests.conftest import API_KEY, Node, token
@@ -60,6 +60,18 @@ def test_user_budget_on_one_node() -> None:
     assert budget.take_local("bob") is False
     off = UserBudget(Rate(0.0, 0.0), None)
     assert all(off.take_local("alice") is False for _ in range(1000))
+
+
+async def test_a_session_revoked_while_opening_is_refused(node_factory: Any) -> None:
+    """A token checked before its user's revocation reached the node and registered after it
+    (the kick found no session to close) is refused at registration with 4509."""
+    node: Node = await node_factory()
+    ident = node.hub.auth.authenticate(token("alice", iat=int(time.time()) - 5))
+    node.hub.auth.revocations.add("alice", int(time.time()))
+    with pytest.raises(Disconnect) as info:
+        await node.hub.open_session(ident, "ws")
+    assert info.value.code == 4509 and not node.hub.sessions
+    assert await node.hub.state.connection_count("alice") == 0
 
 
 async def test_revoke_on_a_memory_node(node_factory: Any) -> None:
