@@ -198,6 +198,10 @@ class StateStore(Protocol):
         """Take a token from the cluster's bucket ``key`` (:mod:`hub.ratelimit` semantics;
         rate 0: no limit): (allowed, remaining tokens, seconds until full)."""
 
+    async def take_many(self, key: str, rate: float, burst: float, n: int) -> int:
+        """Take up to ``n`` tokens at once from the cluster's bucket ``key`` (as :meth:`take`):
+        how many were taken (0 when it holds less than one; ``n`` at rate 0)."""
+
     async def revoke(self, user: str, cutoff: float, keep: float) -> None:
         """Store that the tokens of ``user`` issued at or before ``cutoff`` (Unix seconds) are
         revoked, for ``keep`` seconds after ``cutoff``; a later cutoff replaces an earlier one

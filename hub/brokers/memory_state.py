@@ -95,6 +95,12 @@ class MemoryStateStore:
     async def take(self, key: str, rate: float, burst: float) -> tuple[bool, float, float]:
         return self.buckets.take(key, rate, burst)
 
+    async def take_many(self, key: str, rate: float, burst: float, n: int) -> int:
+        taken = 0
+        while taken < n and self.buckets.take(key, rate, burst)[0]:
+            taken += 1
+        return taken
+
     # ---- revocations -----------------------------------------------------------------------
     async def revoke(self, user: str, cutoff: float, keep: float) -> None:
         if cutoff > self._revoked.get(user, float("-inf")):

@@ -90,6 +90,7 @@ class RedisStateStore:
         self._s_node_alive = self._conn.script(lua.NODE_ALIVE)
         self._s_list_rooms = self._conn.script(lua.LIST_ROOMS)
         self._s_take = self._conn.script(lua.TAKE)
+        self._s_take_many = self._conn.script(lua.TAKE_MANY)
         self._s_revoke = self._conn.script(lua.REVOKE)
         self._s_revocations = self._conn.script(lua.REVOCATIONS)
         self._task = asyncio.get_running_loop().create_task(
@@ -256,6 +257,12 @@ class RedisStateStore:
             self._s_take, [f"{self.prefix}{{rl:{key}}}"], [repr(rate), repr(burst)]
         )
         return bool(int(res[0])), float(res[1]), float(res[2])
+
+    async def take_many(self, key: str, rate: float, burst: float, n: int) -> int:
+        res = await self._conn.run(
+            self._s_take_many, [f"{self.prefix}{{rl:{key}}}"], [repr(rate), repr(burst), int(n)]
+        )
+        return int(res)
 
     # ---- revocations ---------------------------------------------------------------------------
     def _revoked_key(self) -> str:

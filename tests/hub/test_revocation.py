@@ -62,6 +62,36 @@ def test_user_budget_on_one_node() -> None:
     assert all(off.take_local("alice") is False for _ in range(1000))
 
 
+async def test_user_budget_leases_never_exceed_the_shared_bucket() -> None:
+    """Two nodes sharing one store (what Redis is to a cluster): together they never publish
+    more than the shared bucket holds, leases grow while spent in time, and what stays unspent
+    in the nodes' leases is at most ``burst / 20`` each."""
+    from hubbub.hub.brokers.memory_state import MemoryStateStore
+
+    store = MemoryStateStore()
+    rate = Rate(0.001, 100.0)  # 5 tokens per lease at most
+    nodes = [UserBudget(rate, store), UserBudget(rate, store)]
+    calls = 0
+    take_many = store.take_many
+
+    async def counting(*args: Any) -> int:
+        nonlocal calls
+        calls += 1
+        return await take_many(*args)
+
+    store.take_many = counting  # type: ignore[method-assign]
+    passed = 0
+    for i in range(150):
+        try:
+            await nodes[i % 2].take("alice")
+            passed += 1
+        except RateLimited:
+            pass
+    assert 100 - 2 * 5 <= passed <= 100
+    assert calls < 60  # leases of up to 5: far fewer calls than publishes
+    assert all(n.max_lease == 5 for n in nodes)
+
+
 async def test_a_session_revoked_while_opening_is_refused(node_factory: Any) -> None:
     """A token checked before its user's revocation reached the node and registered after it
     (the kick found no session to close) is refused at registration with 4509."""

@@ -445,6 +445,18 @@ async def test_take_is_a_token_bucket(make_state: StateFactory) -> None:
     assert (await b.take("k", 10.0, 3.0))[0] is True
 
 
+async def test_take_many_takes_what_the_bucket_holds(make_state: StateFactory) -> None:
+    env = await make_state()
+    b = env.state
+    assert await b.take_many("m", 4.0, 5.0, 3) == 3
+    assert await b.take_many("m", 4.0, 5.0, 3) == 2  # what is left
+    assert await b.take_many("m", 4.0, 5.0, 3) == 0
+    assert (await b.take("m", 4.0, 5.0))[0] is False  # one bucket with take
+    await env.advance(0.6)
+    assert 2 <= await b.take_many("m", 4.0, 5.0, 3) <= 3  # refilled (a little time passes)
+    assert await b.take_many("free", 0.0, 0.0, 7) == 7
+
+
 async def test_take_at_rate_zero_is_unlimited(make_state: StateFactory) -> None:
     env = await make_state()
     got = [await env.state.take("free", 0.0, 0.0) for _ in range(20)]
