@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -183,6 +185,31 @@ async def test_a_node_reloads_revocations_when_its_redis_link_comes_back(
     await until(lambda: "alice" in b.hub.auth.revocations.table, 5.0)
     ws = await WS.connect(b.ws_url, old, welcome=False)
     assert (await ws.closed())[0] == 4501
+
+
+async def test_publishes_waiting_for_the_budget_fail_together_when_redis_stalls(
+    node_factory: Factory, redis_proc: RedisProc
+) -> None:
+    """Redis stops answering while a connection's publishes wait for the user budget: every one
+    is answered (``unavailable``) within about one broker timeout, not one timeout after
+    another, and the connection goes on once Redis is back."""
+    settings = cluster(redis_proc, client_publish_rate=Rate(100_000.0, 100_000.0),
+                       user_publish_rate=Rate(1000.0, 1000.0))  # fmt: skip
+    a: Node = await node_factory(**settings)
+    ws = await WS.connect(a.ws_url, token("alice"))
+    await ws.result({"type": "publish", "room": "r", "data": 0})
+    assert redis_proc.proc is not None
+    os.kill(redis_proc.proc.pid, signal.SIGSTOP)
+    try:
+        ids = list(range(1, 61))
+        for i in ids:
+            await ws.send({"type": "publish", "room": "r", "data": i, "id": i})
+        got = await answers(ws, ids)  # recv's own deadline: 5 s each, ten broker timeouts
+    finally:
+        os.kill(redis_proc.proc.pid, signal.SIGCONT)
+    assert {f["type"] for f in got.values()} <= {"reply", "error"}
+    assert all(f["code"] == "unavailable" for f in got.values() if f["type"] == "error")
+    assert "offset" in await ws.result({"type": "publish", "room": "r", "data": "after"}, 10)
 
 
 async def test_101st_connection_of_a_user_across_two_nodes(

@@ -182,7 +182,9 @@ class FrameHandler:
         """Start the held publishes in their order. One that needs a token of the cluster's
         ``HUB_USER_PUBLISH_RATE`` bucket waits for it first (:mod:`hub.budgets`); the publish
         tasks started before that wait make their broker calls during it (they were scheduled
-        first), so the order holds. Ends, and stops holding, when none is left."""
+        first), so the order holds. When the broker is unavailable, every publish held then gets
+        that error at once (not one broker timeout after another). Ends, and stops holding,
+        when none is left."""
         held = self._held
         assert held is not None
         try:
@@ -191,12 +193,18 @@ class FrameHandler:
                 if shared:
                     try:
                         await self.hub.budget.take_shared(self.session.identity.sub)
-                    except HubError as exc:
-                        if isinstance(exc, RateLimited):
-                            self.hub.metrics.rate_limited += 1
+                    except RateLimited as exc:
+                        self.hub.metrics.rate_limited += 1
                         self.session.send(exc.frame(fid))
                         self._publish_done()
                         continue
+                    except HubError as exc:  # the broker is down: so for every one held
+                        self.session.send(exc.frame(fid))
+                        self._publish_done()
+                        while held:
+                            self.session.send(exc.frame(held.popleft()[1]))
+                            self._publish_done()
+                        return
                 self.hub.spawn(self._publish(prepared, fid))
         finally:
             for _ in range(len(held)):  # cancelled (the node stops): nothing more is sent
