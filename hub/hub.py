@@ -22,6 +22,8 @@ import orjson
 
 from hubbub.hub.auth import Authenticator, Identity
 from hubbub.hub.brokers.base import Broker, Idempotency, Member, StateStore, backends_from_url
+from hubbub.hub.brokers.memory_state import MemoryStateStore
+from hubbub.hub.budgets import UserBudget
 from hubbub.hub.delivery import Delivery
 from hubbub.hub.envelope import (
     Position,
@@ -33,6 +35,7 @@ from hubbub.hub.envelope import (
     parse_since,
 )
 from hubbub.hub.errors import (
+    CLOSE_KICKED,
     CLOSE_LIMIT,
     CLOSE_SHUTDOWN,
     BadRequest,
@@ -97,12 +100,13 @@ class Hub(Delivery):
             )
             state = state or default_state
         elif state is None:
-            from hubbub.hub.brokers.memory_state import MemoryStateStore
-
             state = MemoryStateStore()
         self.broker: Broker = broker
         self.state: StateStore = state
         self.auth = Authenticator(settings)
+        # HUB_USER_PUBLISH_RATE: cluster-wide through the state store unless it is this node's.
+        shared = None if isinstance(state, MemoryStateStore) else state
+        self.budget = UserBudget(settings.user_publish_rate, shared)
         self.node_id = secrets.token_hex(6)
         self.sessions: dict[str, Session] = {}
         self.by_user: dict[str, set[Session]] = {}
@@ -121,11 +125,15 @@ class Hub(Delivery):
         self.room_agreement: RoomAgreement | None = None  # Redis: do all nodes agree?
         # Built by start() when HUB_WEBHOOK_URLS is set; None costs one check per hook.
         self.webhooks: Webhooks | None = None
+        self._state_started = False  # resync loads revocations once the state store started
 
     # ---- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
         await self.broker.start(self, self.node_id)
         await self.state.start(self.node_id)
+        self._state_started = True
+        if self.broker_up:  # else the load follows the broker's first connection (resync)
+            await self.load_revocations()
         if hasattr(self.broker, "script") and hasattr(self.broker, "run"):  # Redis
             ttl = self.settings.presence_ttl
             self.room_agreement = RoomAgreement(
@@ -183,7 +191,8 @@ class Hub(Delivery):
     # ---- sessions --------------------------------------------------------------------------
     async def open_session(self, identity: Identity, transport: str) -> Session:
         """Register a session. Raises Disconnect(4000) while draining, Disconnect(4510) over the
-        per-user connection limit, Unavailable when the broker is down."""
+        per-user connection limit, Disconnect(4509) when the user's token was revoked since it
+        was checked, Unavailable when the broker is down."""
         if self.draining:
             raise Disconnect(CLOSE_SHUTDOWN, "server draining")
         s = self.settings
@@ -216,6 +225,11 @@ class Hub(Delivery):
             if not self.broker_up:
                 raise Unavailable("broker unavailable")
             self.state.connection_add_nowait(identity.sub, session.id)
+        if not identity.api_key and self.auth.revocations.refuses(identity.sub, identity.iat):
+            # Revoked while it was opening: the kick came before the session was registered.
+            with contextlib.suppress(BrokerError):
+                await self.state.connection_remove(identity.sub, session.id)
+            raise Disconnect(CLOSE_KICKED, "token revoked")
         self.sessions[session.id] = session
         self.by_user.setdefault(identity.sub, set()).add(session)
         self.metrics.connections[transport] += 1
@@ -497,8 +511,14 @@ class Hub(Delivery):
         prepared = self.prepare_publish(
             ident, room, data, event=event, ephemeral=ephemeral, key=key, session=session
         )
-        if session is None and not ident.api_key and self.room_rules.active:
-            await self._take_room_rate(ident, prepared.room)
+        if not ident.api_key:
+            try:
+                await self.budget.take(ident.sub)
+            except RateLimited:
+                self.metrics.rate_limited += 1
+                raise
+            if session is None and self.room_rules.active:
+                await self._take_room_rate(ident, prepared.room)
         return await self.publish_prepared(prepared)
 
     async def _take_room_rate(self, ident: Identity, room: str) -> None:
@@ -676,6 +696,45 @@ class Hub(Delivery):
         except BrokerError:
             raise Unavailable("broker unavailable") from None
         return n
+
+    # ---- revocation (PROTOCOL.md §8 "Limits and abuse") -----------------------------------
+    async def revoke_user(
+        self, user: str, reason: str = "disconnected by the server"
+    ) -> tuple[int, int]:
+        """Revoke every token of ``user`` issued until now (``iat`` at or before the cutoff, or
+        none), on every node, and close the user's sessions everywhere with 4509. Returns
+        (sessions closed, cutoff in Unix seconds). The cutoff is stored first (a node that
+        starts or reconnects later loads it), then announced with the kick on the control
+        channel (each node adds it to its table). Raises Unavailable."""
+        cutoff = int(time.time())
+        keep = self.settings.jwt_max_ttl
+        self.auth.revocations.add(user, cutoff)  # this node refuses at once
+        try:
+            await self.state.revoke(user, cutoff, keep)
+            n = await self.state.connection_count(user)
+            await self.broker.send_control(
+                {"t": "kick", "user": user, "reason": reason, "revoked_before": cutoff}
+            )
+        except BrokerError:
+            raise Unavailable("broker unavailable") from None
+        log.info("tokens of user %s issued until %d revoked", user, cutoff)
+        return n, cutoff
+
+    async def load_revocations(self) -> None:
+        """Add the revocations the state store holds to this node's table (at start and after
+        every broker reconnection: announcements sent meanwhile may have been missed). Never
+        raises; a failure is logged and repaired by the next reconnection."""
+        try:
+            entries = await self.state.revocations(self.settings.jwt_max_ttl)
+        except BrokerError:
+            log.warning("could not load token revocations (broker unavailable)")
+            return
+        self.auth.revocations.merge(entries)
+
+    def resync(self) -> None:
+        super().resync()
+        if self._state_started:
+            self.spawn(self.load_revocations())
 
 
 def _take_session_room_rate(session: Session, room: str, opts: RoomOptions) -> None:

@@ -156,10 +156,13 @@ class Settings:
     max_queue_bytes: int = _count(4 * MIB, "queued outbound bytes per session",
                                   high=64 * 1024 * MIB, unit="bytes")  # fmt: skip
     max_subscriptions: int = _count(128, "rooms per session", high=100_000)
-    max_connections_per_user: int = _count(0, "sessions per user (0: no limit)", low=0,
+    max_connections_per_user: int = _count(100, "sessions per user (0: no limit)", low=0,
                                            high=10_000_000)  # fmt: skip
     client_publish_rate: Rate = _setting(  # noqa: RUF009
         Rate(20.0, 40.0), Kind.RATE, "publishes per session"
+    )
+    user_publish_rate: Rate = _setting(  # noqa: RUF009
+        Rate(100.0, 200.0), Kind.RATE, "publishes and signals per user over all its sessions"
     )
     client_command_rate: Rate = _setting(  # noqa: RUF009
         Rate(50.0, 100.0), Kind.RATE,

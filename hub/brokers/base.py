@@ -15,8 +15,8 @@ Broker contract, for every implementation:
   lost some, it calls ``NodeListener.resync()`` so the node catches up from history.
 * The epoch and the offset counter outlive the history. If they are lost a new epoch starts at 1.
 
-StateStore contract: presence members, live sessions per user and per room (the rooms listing)
-and token buckets, as seen by the whole cluster. What a node adds stays until the node removes
+StateStore contract: presence members, live sessions per user and per room (the rooms listing),
+token buckets and token revocations, as seen by the whole cluster. What a node adds stays until the node removes
 it, closes, or stops refreshing it (a dead node's entries expire; Redis: after ``presence_ttl``).
 
 Every method of either may raise :class:`~hub.errors.BrokerError` when the backend is unreachable;
@@ -197,6 +197,18 @@ class StateStore(Protocol):
     async def take(self, key: str, rate: float, burst: float) -> tuple[bool, float, float]:
         """Take a token from the cluster's bucket ``key`` (:mod:`hub.ratelimit` semantics;
         rate 0: no limit): (allowed, remaining tokens, seconds until full)."""
+
+    async def take_many(self, key: str, rate: float, burst: float, n: int) -> int:
+        """Take up to ``n`` tokens at once from the cluster's bucket ``key`` (as :meth:`take`):
+        how many were taken (0 when it holds less than one; ``n`` at rate 0)."""
+
+    async def revoke(self, user: str, cutoff: float, keep: float) -> None:
+        """Store that the tokens of ``user`` issued at or before ``cutoff`` (Unix seconds) are
+        revoked, for ``keep`` seconds after ``cutoff``; a later cutoff replaces an earlier one
+        (an earlier one is ignored). Unlike the rest, revocations do not belong to a node."""
+
+    async def revocations(self, keep: float) -> dict[str, float]:
+        """Every stored revocation younger than ``keep`` seconds: ``{user: cutoff}``."""
 
 
 def backends_from_url(url: str, **options: Any) -> tuple[Broker, StateStore]:

@@ -22,6 +22,7 @@ class MemoryStateStore:
         self._conns: dict[str, set[str]] = {}
         self._room_sessions: dict[str, int] = {}
         self.buckets = BucketStore(bucket_capacity, clock)
+        self._revoked: dict[str, float] = {}
 
     async def start(self, node_id: str) -> None:
         pass
@@ -93,3 +94,21 @@ class MemoryStateStore:
     # ---- rate limits -----------------------------------------------------------------------
     async def take(self, key: str, rate: float, burst: float) -> tuple[bool, float, float]:
         return self.buckets.take(key, rate, burst)
+
+    async def take_many(self, key: str, rate: float, burst: float, n: int) -> int:
+        taken = 0
+        while taken < n and self.buckets.take(key, rate, burst)[0]:
+            taken += 1
+        return taken
+
+    # ---- revocations -----------------------------------------------------------------------
+    async def revoke(self, user: str, cutoff: float, keep: float) -> None:
+        if cutoff > self._revoked.get(user, float("-inf")):
+            self._revoked[user] = cutoff
+        await self.revocations(keep)
+
+    async def revocations(self, keep: float) -> dict[str, float]:
+        oldest = time.time() - keep
+        for user in [u for u, c in self._revoked.items() if c < oldest]:
+            del self._revoked[user]
+        return dict(self._revoked)

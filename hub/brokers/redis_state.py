@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -88,6 +90,9 @@ class RedisStateStore:
         self._s_node_alive = self._conn.script(lua.NODE_ALIVE)
         self._s_list_rooms = self._conn.script(lua.LIST_ROOMS)
         self._s_take = self._conn.script(lua.TAKE)
+        self._s_take_many = self._conn.script(lua.TAKE_MANY)
+        self._s_revoke = self._conn.script(lua.REVOKE)
+        self._s_revocations = self._conn.script(lua.REVOCATIONS)
         self._task = asyncio.get_running_loop().create_task(
             supervise("redis presence refresher", self.refresh_loop, lambda: not self.stopped),
             name="redis-refresh",
@@ -252,6 +257,31 @@ class RedisStateStore:
             self._s_take, [f"{self.prefix}{{rl:{key}}}"], [repr(rate), repr(burst)]
         )
         return bool(int(res[0])), float(res[1]), float(res[2])
+
+    async def take_many(self, key: str, rate: float, burst: float, n: int) -> int:
+        res = await self._conn.run(
+            self._s_take_many, [f"{self.prefix}{{rl:{key}}}"], [repr(rate), repr(burst), int(n)]
+        )
+        return int(res)
+
+    # ---- revocations ---------------------------------------------------------------------------
+    def _revoked_key(self) -> str:
+        return f"{self.prefix}{{revoked}}"
+
+    async def revoke(self, user: str, cutoff: float, keep: float) -> None:
+        now = time.time()
+        expiry_ms = max(1, math.ceil((cutoff + keep - now) * 1000))
+        await self._conn.run(
+            self._s_revoke,
+            [self._revoked_key()],
+            [user, repr(float(cutoff)), repr(now - keep), expiry_ms],
+        )
+
+    async def revocations(self, keep: float) -> dict[str, float]:
+        raw = await self._conn.run(
+            self._s_revocations, [self._revoked_key()], [repr(time.time() - keep)]
+        )
+        return {raw[i].decode(): float(raw[i + 1]) for i in range(0, len(raw), 2)}
 
     # ---- refresh ---------------------------------------------------------------------------------
     async def _batch(self, redis: Any, calls: list[tuple[Script, list[Any], list[Any]]]) -> None:
