@@ -139,8 +139,8 @@ def run_storm(args: Any) -> dict[str, Any]:
         wait_redis(redis_port, redis)
         env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
         env.update(HUB_API_KEYS=key, HUB_JWT_SECRET=secret, HUB_API_RATE="0",
-                   HUB_LOG_LEVEL="warning", HUB_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
-                   HUB_MAX_CONNECTIONS_PER_USER="0")  # fmt: skip
+                   HUB_LOG_LEVEL="warning",
+                   HUB_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0")  # fmt: skip
         ports = [free_port(), free_port()]
         procs = [_node(p, env, args.pin) for p in ports]
         for p, proc in zip(ports, procs, strict=True):
