@@ -21,6 +21,7 @@ Rules (each breach is one violation naming the client life):
    position (the publishers had stopped and the settle time passed).
 4. Every acknowledged publication is in history at its (epoch, offset) with its key, unless the
    room's epoch changed since; no idempotency key appears twice in history.
+5. A presence member's subscribe reply lists its own session (``["presence", listed, n]``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class Report:
     final_lives: int = 0
     gaps: Counter[str] = field(default_factory=Counter)
     unacked_skips: int = 0
+    gap_log: list[dict[str, Any]] = field(default_factory=list)
+    presence_checks: int = 0
+    presence_events: int = 0
     violations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -94,7 +98,13 @@ def check_life(life: dict[str, Any], idx: AckIndex, rep: Report) -> None:
 
     for ev in life["events"]:
         kind = ev[0]
-        if kind == "start":
+        if kind == "presence":
+            rep.presence_checks += 1
+            if not ev[1]:
+                bad("presence reply without the subscriber", members=ev[2])
+        elif kind in ("join", "leave"):
+            rep.presence_events += 1
+        elif kind == "start":
             if pos < 0:
                 epoch, pos = ev[1], int(ev[2])
         elif kind == "msg":
@@ -120,6 +130,8 @@ def check_life(life: dict[str, Any], idx: AckIndex, rep: Report) -> None:
             pos = o
         elif kind == "gap":
             e, lo, hi = ev[1], int(ev[2]), int(ev[3])
+            rep.gap_log.append({**who, "room": room, "gap": [e, lo, hi], "after": [epoch, pos],
+                                "acked_inside": len(_acked_between(idx, room, e, lo - 1, hi + 1))})  # fmt: skip
             if pos >= 0 and e == epoch:
                 rep.gaps["trimmed or expired (same epoch)"] += 1
                 skipped(lo)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import random
 import time
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -19,79 +20,219 @@ import websockets
 from websockets.asyncio.client import connect
 
 Pos = tuple[str | None, int]
-RETRY_STATUSES = {500, 502, 503, 504}
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+
+
+class _Retry(Exception):
+    """A publish that may be retried with the same idempotency key (the reason is the text)."""
+
+
+class _Refused(Exception):
+    """A publish answered with an error that retrying will not change."""
+
+
+class WsLink:
+    """One WebSocket connection used to publish, to a random node, made anew after it ends.
+    :meth:`publish` returns the reply's result or raises :class:`_Retry` / :class:`_Refused`."""
+
+    def __init__(self, urls: list[str], key: str, rng: random.Random) -> None:
+        self.urls, self.api_key, self.rng = urls, key, rng
+        self._ws: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._closing: set[asyncio.Future[None]] = set()
+        self._next = 0
+
+    async def _connection(self) -> Any:
+        async with self._lock:
+            if self._ws is None:
+                url = self.rng.choice(self.urls).replace("http://", "ws://") + "/v1/ws"
+                hdrs = {"Authorization": f"Bearer {self.api_key}"}
+                try:
+                    ws = await connect(url, additional_headers=hdrs, open_timeout=3,
+                                       ping_interval=None, close_timeout=1)  # fmt: skip
+                except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+                    raise _Retry(f"connect: {type(exc).__name__}") from exc
+                try:
+                    first = json.loads(await asyncio.wait_for(ws.recv(), 3))
+                except (TimeoutError, websockets.ConnectionClosed) as exc:
+                    await ws.close()
+                    raise _Retry("no welcome") from exc
+                if first.get("type") != "welcome":
+                    await ws.close()
+                    raise _Retry(f"first frame {first.get('type')}")
+                self._ws = ws
+                self._reader = asyncio.create_task(self._read(ws))
+            return self._ws
+
+    async def _read(self, ws: Any) -> None:
+        try:
+            async for raw in ws:
+                f = json.loads(raw)
+                fut = self._pending.pop(f.get("id") or 0, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(f)
+                elif f.get("type") == "ping":
+                    await ws.send('{"type":"pong"}')
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self._abandon(ws)
+
+    def _abandon(self, ws: Any) -> None:
+        """Forget ``ws``: every publish waiting on it is to be retried."""
+        if self._ws is ws:
+            self._ws = None
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(_Retry("connection ended"))
+        self._pending.clear()
+        t = asyncio.ensure_future(ws.close())
+        self._closing.add(t)
+        t.add_done_callback(self._closing.discard)
+
+    async def publish(self, room: str, data: dict[str, Any], key: str) -> dict[str, Any]:
+        ws = await self._connection()
+        self._next += 1
+        fid = self._next
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[fid] = fut
+        frame = {"type": "publish", "id": fid, "room": room, "data": data, "key": key}
+        try:
+            await ws.send(json.dumps(frame))
+            f = await asyncio.wait_for(fut, 4.0)
+        except websockets.ConnectionClosed as exc:
+            self._abandon(ws)
+            raise _Retry("connection ended") from exc
+        except TimeoutError as exc:
+            self._pending.pop(fid, None)
+            self._abandon(ws)  # a stopped node or a stuck broker: go elsewhere
+            raise _Retry("no reply within 4 s") from exc
+        if f.get("type") == "reply":
+            return dict(f["result"])
+        text = f"{f.get('code')}: {f.get('message')}"
+        if f.get("temporary"):
+            raise _Retry(text)
+        raise _Refused(text)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+        if self._ws is not None:
+            await self._ws.close()
 
 
 class Publisher:
-    """Publishes ``{"key", "n"}`` at ``rate``/s over HTTP across ``rooms`` on random nodes. A
-    publish that fails in transit (5xx, connection error, timeout) is retried with the same
-    Idempotency-Key on another node until ``give_up`` seconds passed. ``acks`` holds the 201s."""
+    """Publishes ``{"key", "n"}`` at ``rate``/s across ``rooms`` on random nodes: over HTTP,
+    and a ``ws_share`` of them over WebSocket (``links`` connections, the frame's ``key``). A
+    publish that fails in transit (5xx or a temporary error frame, a lost connection, a
+    timeout) is retried with the same idempotency key, on another node for HTTP, until
+    ``give_up`` seconds passed. ``acks`` holds the acknowledged ones (with ``via``), ``failed``
+    the others with their last error."""
 
-    def __init__(self, urls: list[str], key: str, rooms: list[str], rate: float, seed: int):
+    def __init__(self, urls: list[str], key: str, rooms: list[str], rate: float, seed: int,
+                 ws_share: float = 0.3, links: int = 2):  # fmt: skip
         self.urls, self.api_key, self.rooms, self.rate = urls, key, rooms, rate
         self.rng = random.Random(seed ^ 0x5EED)
+        self.ws_share = ws_share
+        self.links = [WsLink(urls, key, random.Random(self.rng.random())) for _ in range(links)]
         self.acks: list[dict[str, Any]] = []
         self.failed: list[dict[str, Any]] = []
         self.retries = 0
         self.sent = 0
+        self.by_transport: Counter[str] = Counter()
         self.give_up = 20.0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, until: asyncio.Event) -> None:
         """Publish until ``until`` is set, then wait for the publishes in flight."""
-        async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as c:
-            t0, n = time.monotonic(), 0
-            while not until.is_set():
-                room = self.rng.choice(self.rooms)
-                t = asyncio.create_task(self._one(c, room, n))
-                self._tasks.add(t)
-                t.add_done_callback(self._tasks.discard)
-                n += 1
-                self.sent = n
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        until.wait(), max(0.0, t0 + n / self.rate - time.monotonic())
-                    )
-            if self._tasks:
-                await asyncio.gather(*self._tasks)
+        try:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as c:
+                t0, n = time.monotonic(), 0
+                while not until.is_set():
+                    room = self.rng.choice(self.rooms)
+                    via = "ws" if self.links and self.rng.random() < self.ws_share else "http"
+                    t = asyncio.create_task(self._one(c, room, n, via))
+                    self._tasks.add(t)
+                    t.add_done_callback(self._tasks.discard)
+                    n += 1
+                    self.sent = n
+                    self.by_transport[via] += 1
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            until.wait(), max(0.0, t0 + n / self.rate - time.monotonic())
+                        )
+                if self._tasks:
+                    await asyncio.gather(*self._tasks)
+        finally:
+            for link in self.links:
+                with contextlib.suppress(Exception):
+                    await link.close()
 
-    async def _one(self, c: httpx.AsyncClient, room: str, n: int) -> None:
-        key = f"soak-{n}"
+    async def _http(self, c: httpx.AsyncClient, room: str, data: dict[str, Any],
+                    key: str) -> dict[str, Any]:  # fmt: skip
+        url = f"{self.rng.choice(self.urls)}/v1/rooms/{room}/messages"
         headers = {"Authorization": f"Bearer {self.api_key}", "Idempotency-Key": key}
+        try:
+            r = await c.post(url, json={"data": data}, headers=headers)
+        except httpx.HTTPError as exc:
+            raise _Retry(type(exc).__name__) from exc
+        if r.status_code == 201:
+            return dict(r.json())
+        text = f"{r.status_code} {r.text[:200]}"
+        raise (_Retry if r.status_code in RETRY_STATUSES else _Refused)(text)
+
+    async def _one(self, c: httpx.AsyncClient, room: str, n: int, via: str) -> None:
+        key = f"soak-{n}"
+        data = {"key": key, "n": n}
+        link = self.links[n % len(self.links)] if via == "ws" else None
         deadline = time.monotonic() + self.give_up
         last = ""
         while time.monotonic() < deadline:
-            url = f"{self.rng.choice(self.urls)}/v1/rooms/{room}/messages"
             try:
-                r = await c.post(url, json={"data": {"key": key, "n": n}}, headers=headers)
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
+                if link is not None:
+                    b = await link.publish(room, data, key)
+                else:
+                    b = await self._http(c, room, data, key)
+            except _Refused as exc:
+                last = str(exc)
+                break
+            except _Retry as exc:
+                last = str(exc)
             else:
-                if r.status_code == 201:
-                    b = r.json()
-                    self.acks.append({"room": room, "epoch": b["epoch"], "offset": b["offset"],
-                                      "key": key})  # fmt: skip
-                    return
-                last = f"{r.status_code} {r.text[:200]}"
-                if r.status_code not in RETRY_STATUSES:
-                    break
+                self.acks.append({"room": room, "epoch": b["epoch"], "offset": b["offset"],
+                                  "key": key, "via": via})  # fmt: skip
+                return
             self.retries += 1
             await asyncio.sleep(0.05 + 0.1 * self.rng.random())
-        self.failed.append({"room": room, "key": key, "last": last})
+        self.failed.append({"room": room, "key": key, "via": via, "last": last})
 
 
 class Follower:
-    """One client following one room through reconnects; ``lives`` is its log."""
+    """One client following one room through reconnects; ``lives`` is its log.
+
+    ``slow`` > 0: the client sleeps that long after each frame (a slow consumer that keeps up
+    with a modest rate). :meth:`stall` makes it stop reading for a while (the server's queue and
+    the socket buffers fill; the server may end the session with 4001 and the client resumes).
+    """
 
     kind = "?"
 
-    def __init__(self, cid: str, room: str, urls: list[str], key: str, rng: random.Random):
+    def __init__(self, cid: str, room: str, urls: list[str], key: str, rng: random.Random,
+                 slow: float = 0.0):  # fmt: skip
         self.cid, self.room, self.urls, self.api_key, self.rng = cid, room, urls, key, rng
+        self.slow = slow
         self.lives: list[dict[str, Any]] = []
         self.pos: Pos | None = None
         self.live = False  # subscribed and reading
+        self.stalls = 0
         self._life: asyncio.Task[None] | None = None
         self._stop = False
+        self._reading = asyncio.Event()
+        self._reading.set()
 
     def _new_life(self, node: str) -> dict[str, Any]:
         life = {"client": self.cid, "life": len(self.lives), "kind": self.kind, "room": self.room,
@@ -99,6 +240,22 @@ class Follower:
                 "final": False, "end": None}  # fmt: skip
         self.lives.append(life)
         return life
+
+    def stall(self, hold: float) -> bool:
+        """Stop reading for ``hold`` seconds; False when already stalled."""
+        if not self._reading.is_set():
+            return False
+        self.stalls += 1
+        self._reading.clear()
+        asyncio.get_running_loop().call_later(hold, self._reading.set)
+        return True
+
+    async def _pace(self) -> None:
+        """Called after each frame read: waits out a stall, then the slow client's delay."""
+        if not self._reading.is_set():
+            await self._reading.wait()
+        if self.slow:
+            await asyncio.sleep(self.slow)
 
     async def run(self) -> None:
         while not self._stop:
@@ -127,6 +284,7 @@ class Follower:
     def finish(self) -> None:
         """End for good; the open life (if live) is marked final for the checker."""
         self._stop = True
+        self._reading.set()
         if self.live and self.lives:
             self.lives[-1]["final"] = True
         if self._life is not None:
@@ -141,23 +299,35 @@ class Follower:
 
 
 class WsFollower(Follower):
+    """Follows over WebSocket; with ``presence`` it subscribes as a presence member and logs
+    whether the subscribe reply listed its own session (``["presence", listed, members]``) and
+    every ``join``/``leave`` it gets (``["join"|"leave", session]``)."""
+
     kind = "ws"
+
+    def __init__(self, *a: Any, presence: bool = False, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.presence = presence
 
     async def _connect(self, node: str) -> None:
         url = node.replace("http://", "ws://") + "/v1/ws"
         hdrs = {"Authorization": f"Bearer {self.api_key}"}
         async with connect(url, additional_headers=hdrs, open_timeout=3, ping_interval=None,
-                           close_timeout=1, max_size=None) as ws:  # fmt: skip
+                           close_timeout=1, max_size=None, max_queue=4) as ws:  # fmt: skip
             first = json.loads(await asyncio.wait_for(ws.recv(), 3))
             if first.get("type") != "welcome":
                 return  # e.g. a draining node's disconnect: go elsewhere
             life = self._new_life(node)
+            life["session"] = first.get("session")
             sub: dict[str, Any] = {"type": "subscribe", "id": 1, "room": self.room}
             if self.pos is not None:
                 sub["since"] = {"epoch": self.pos[0], "offset": self.pos[1]}
+            if self.presence:
+                sub["presence"] = True
             await ws.send(json.dumps(sub))
             try:
                 async for raw in ws:
+                    await self._pace()
                     f = json.loads(raw)
                     t = f.get("type")
                     if t == "message" and "offset" in f:
@@ -167,8 +337,14 @@ class WsFollower(Follower):
                     elif t == "reply" and f.get("id") == 1:
                         r = f["result"]
                         life["events"].append(["start", r["epoch"], r["offset"]])
+                        if self.presence:
+                            members = [m.get("session") for m in r.get("presence") or []]
+                            life["events"].append(["presence", life["session"] in members,
+                                                   len(members)])  # fmt: skip
                         self.pos = (r["epoch"], r["offset"])
                         self.live = True
+                    elif t in ("join", "leave"):
+                        life["events"].append([t, f.get("session")])
                     elif t == "error":
                         life["end"] = f"error {f.get('code')}: {f.get('message')}"
                         return
@@ -203,6 +379,7 @@ class SseFollower(Follower):
             block: dict[str, str] = {}
             async for line in resp.aiter_lines():
                 if line == "":
+                    await self._pace()
                     self._event(life, block)
                     block = {}
                 elif not line.startswith(":"):
