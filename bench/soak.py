@@ -44,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0.3,
         help="share of the publications sent over WebSocket (the rest over HTTP)",
     )
+    p.add_argument("--size", type=int, default=256, help="bytes of filler in each publication")
     p.add_argument(
         "--max-queue",
         type=int,
@@ -77,6 +78,8 @@ def _check_args(a: argparse.Namespace) -> str | None:
         return "--settle must be between 0 and 600"
     if not 0 <= a.ws_share <= 1:
         return "--ws-share must be between 0 and 1"
+    if not 0 <= a.size <= 60_000:
+        return "--size must be between 0 and 60000"
     if not 1 <= a.max_queue <= 1_000_000:
         return "--max-queue must be between 1 and 1000000"
     if _kinds(a.faults) is None:
@@ -161,7 +164,8 @@ async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]
 
         faults = schedule(a.seed, a.duration, a.nodes, _kinds(a.faults))
         injector = Injector(cluster, faults, {"client_drop": drop, "client_stall": stall})
-        pub = Publisher(cluster.urls, key, rooms, a.rate, a.seed, ws_share=a.ws_share)
+        pub = Publisher(cluster.urls, key, rooms, a.rate, a.seed, ws_share=a.ws_share,
+                        pad=a.size)  # fmt: skip
         stop = asyncio.Event()
         t0 = time.monotonic()
         pub_task = asyncio.create_task(pub.run(stop))

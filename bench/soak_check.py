@@ -22,6 +22,9 @@ Rules (each breach is one violation naming the client life):
 4. Every acknowledged publication is in history at its (epoch, offset) with its key, unless the
    room's epoch changed since; no idempotency key appears twice in history.
 5. A presence member's subscribe reply lists its own session (``["presence", listed, n]``).
+6. A ``gap`` covers only what is gone: none of its offsets is in history at the end in its
+   epoch (the soak's history never trims or expires, so whatever history still holds at the
+   end was there when the gap was sent, and the gap should have been those messages).
 """
 
 from __future__ import annotations
@@ -190,4 +193,20 @@ def check(
         check_life(life, idx, rep)
     if history is not None:
         check_history(acks, history, rep)
+        check_gaps(history, rep)
     return rep
+
+
+def check_gaps(history: dict[str, dict[str, Any]], rep: Report) -> None:
+    """Rule 6, over ``rep.gap_log``."""
+    stored: defaultdict[tuple[str, str], list[int]] = defaultdict(list)
+    for room, h in history.items():
+        for i in h["messages"]:
+            stored[(room, i["epoch"])].append(int(i["offset"]))
+    for g in rep.gap_log:
+        e, lo, hi = g["gap"]
+        held = [o for o in stored.get((g["room"], e), []) if lo <= o <= hi]
+        if held:
+            rep.violations.append({"client": g["client"], "life": g["life"], "room": g["room"],
+                                   "rule": "gap over publications still in history",
+                                   "gap": g["gap"], "stored": held[:50], "count": len(held)})  # fmt: skip

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import random
+import socket
 import time
 from collections import Counter
 from typing import Any
@@ -126,7 +127,7 @@ class WsLink:
 
 
 class Publisher:
-    """Publishes ``{"key", "n"}`` at ``rate``/s across ``rooms`` on random nodes: over HTTP,
+    """Publishes ``{"key", "n", "pad"?}`` (``pad``: that many bytes of filler) at ``rate``/s across ``rooms`` on random nodes: over HTTP,
     and a ``ws_share`` of them over WebSocket (``links`` connections, the frame's ``key``). A
     publish that fails in transit (5xx or a temporary error frame, a lost connection, a
     timeout) is retried with the same idempotency key, on another node for HTTP, until
@@ -134,10 +135,11 @@ class Publisher:
     the others with their last error."""
 
     def __init__(self, urls: list[str], key: str, rooms: list[str], rate: float, seed: int,
-                 ws_share: float = 0.3, links: int = 2):  # fmt: skip
+                 ws_share: float = 0.3, links: int = 2, pad: int = 0):  # fmt: skip
         self.urls, self.api_key, self.rooms, self.rate = urls, key, rooms, rate
         self.rng = random.Random(seed ^ 0x5EED)
         self.ws_share = ws_share
+        self.pad = "p" * pad
         self.links = [WsLink(urls, key, random.Random(self.rng.random())) for _ in range(links)]
         self.acks: list[dict[str, Any]] = []
         self.failed: list[dict[str, Any]] = []
@@ -187,7 +189,9 @@ class Publisher:
 
     async def _one(self, c: httpx.AsyncClient, room: str, n: int, via: str) -> None:
         key = f"soak-{n}"
-        data = {"key": key, "n": n}
+        data: dict[str, Any] = {"key": key, "n": n}
+        if self.pad:
+            data["pad"] = self.pad
         link = self.links[n % len(self.links)] if via == "ws" else None
         deadline = time.monotonic() + self.give_up
         last = ""
@@ -298,6 +302,25 @@ class Follower:
         raise NotImplementedError
 
 
+RCVBUF = 8192
+
+
+async def _small_socket(node: str) -> socket.socket:
+    """A connected socket to ``node`` with a small receive buffer (set before connecting, so
+    the kernel does not grow it): a client that stops reading backs up into the server's
+    queue within seconds instead of into megabytes of loopback buffers."""
+    host, _, port = node.removeprefix("http://").partition(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        sock.setblocking(False)
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, int(port))), 3)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class WsFollower(Follower):
     """Follows over WebSocket; with ``presence`` it subscribes as a presence member and logs
     whether the subscribe reply listed its own session (``["presence", listed, members]``) and
@@ -312,8 +335,9 @@ class WsFollower(Follower):
     async def _connect(self, node: str) -> None:
         url = node.replace("http://", "ws://") + "/v1/ws"
         hdrs = {"Authorization": f"Bearer {self.api_key}"}
+        sock = await _small_socket(node)
         async with connect(url, additional_headers=hdrs, open_timeout=3, ping_interval=None,
-                           close_timeout=1, max_size=None, max_queue=4) as ws:  # fmt: skip
+                           close_timeout=1, max_size=None, max_queue=4, sock=sock) as ws:  # fmt: skip
             first = json.loads(await asyncio.wait_for(ws.recv(), 3))
             if first.get("type") != "welcome":
                 return  # e.g. a draining node's disconnect: go elsewhere

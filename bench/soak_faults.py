@@ -274,7 +274,7 @@ def schedule(seed: int, duration: float, nodes: int, kinds: set[str] | None = No
         if k == "client_drop":
             out.append(Fault(t, k, rng.randint(1, 4), 0.0))
         else:
-            out.append(Fault(t, k, rng.randint(1, 3), rng.uniform(1.0, 8.0)))
+            out.append(Fault(t, k, rng.randint(1, 3), rng.uniform(1.0, 15.0)))
         t += rng.uniform(0.5, 2.0)
     return sorted((f for f in out if f.kind in allowed), key=lambda f: f.at)
 

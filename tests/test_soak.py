@@ -1,5 +1,6 @@
-"""``hubbub soak``: the checker on hand-made logs, and a short seeded run on a real cluster
-(a private redis-server, two nodes, every fault kind) that must come out clean."""
+"""``hubbub soak``: the checker on hand-made logs, the seeded schedule, and a 60-second seeded
+run on a real cluster (a private redis-server, two nodes behind the soak's proxies, every fault
+kind) that must come out clean."""
 
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ def rules(rep: Any) -> list[str]:
 def test_checker_passes_a_clean_run_and_a_covered_gap() -> None:
     assert check(ACKS, [life([["start", E, 0], *msgs(1, 2, 3, 4, 5)])], HISTORY).ok
     resumed = life([["gap", E, 3, 4], *msgs(5)], since=[E, 2])
-    rep = check(ACKS, [life([["start", E, 0], *msgs(1, 2)], final=False), resumed], HISTORY)
+    trimmed = {"r": {"epoch": E, "messages": [STORED[0], STORED[1], STORED[4]]}}
+    rep = check(ACKS[:2] + ACKS[4:], [life([["start", E, 0], *msgs(1, 2)], final=False), resumed],
+                trimmed)  # fmt: skip
     assert rep.ok, rep.violations
     assert rep.resumes == 1 and rep.deliveries == 3 and sum(rep.gaps.values()) == 1
     new_epoch = life([["start", E, 2], ["gap", "ep2", 1, 0]])
@@ -70,11 +73,30 @@ def test_checker_finds_disorder_and_history_faults() -> None:
     ]
 
 
+def test_checker_finds_a_gap_over_stored_publications() -> None:
+    """A gap must cover only what is gone: offsets 3 and 4 are still in history."""
+    resumed = life([["gap", E, 3, 4], *msgs(5)], since=[E, 2])
+    rep = check(ACKS, [life([["start", E, 0], *msgs(1, 2)], final=False), resumed], HISTORY)
+    assert rules(rep) == ["gap over publications still in history"]
+    assert rep.violations[0]["stored"] == [3, 4]
+
+
+def test_checker_presence_reply_must_list_the_subscriber() -> None:
+    ok = life([["start", E, 0], ["presence", True, 2], ["join", "s2"], *msgs(1, 2, 3, 4, 5)])
+    rep = check(ACKS, [ok], HISTORY)
+    assert rep.ok and rep.presence_checks == 1 and rep.presence_events == 1
+    bad = life([["start", E, 0], ["presence", False, 1], *msgs(1, 2, 3, 4, 5)])
+    assert rules(check(ACKS, [bad], HISTORY)) == ["presence reply without the subscriber"]
+
+
 def test_schedule_is_seeded_and_has_every_kind() -> None:
-    a, b = schedule(7, 20, 2), schedule(7, 20, 2)
-    assert a == b and a != schedule(8, 20, 2)
+    a, b = schedule(7, 60, 2), schedule(7, 60, 2)
+    assert a == b and a != schedule(8, 60, 2)
     assert {f.kind for f in a} == set(FAULT_KINDS)
-    assert all(0 <= f.node < 2 for f in a if f.kind in NODE_FAULTS)
+    assert all(0 <= f.target < 2 for f in a if f.kind in NODE_FAULTS)
+    assert all(-1 <= f.target < 2 for f in a if f.kind.startswith("proxy_"))
+    only = schedule(7, 60, 2, {"pubsub_kill", "client_drop"})
+    assert {f.kind for f in only} == {"pubsub_kill", "client_drop"}
 
 
 def test_bad_arguments_get_a_clear_error() -> None:
@@ -83,17 +105,20 @@ def test_bad_arguments_get_a_clear_error() -> None:
     assert r.returncode == 2 and "--nodes must be between 2 and 16" in r.stderr
 
 
-def test_soak_twenty_seconds_is_clean(tmp_path: Path) -> None:
+@pytest.mark.timeout(300)
+def test_soak_sixty_seconds_is_clean(tmp_path: Path) -> None:
+    """Two nodes, every fault kind (node, Redis, proxy, client) at least once, seed 7."""
     need_tool("redis-server")
     out = tmp_path / "soak"
-    argv = [sys.executable, "-m", "hubbub", "soak", "--duration", "20", "--seed", "7",
-            "--nodes", "2", "--rooms", "4", "--clients", "20", "--rate", "50", "--out", str(out)]  # fmt: skip
+    argv = [sys.executable, "-m", "hubbub", "soak", "--duration", "60", "--seed", "7",
+            "--nodes", "2", "--rooms", "4", "--clients", "12", "--rate", "40", "--out", str(out)]  # fmt: skip
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=90, cwd=ROOT)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=ROOT)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"soak did not finish: {exc.stdout!r} {exc.stderr!r}")
     assert r.returncode == 0, r.stdout + r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert all(summary["faults"][k] >= 1 for k in FAULT_KINDS), summary["faults"]
     assert summary["deliveries_checked"] > 0 and summary["resumes"] > 0
+    assert summary["publishes"]["ws"] > 0 and summary["presence_checks"] > 0
     assert summary["violations"] == 0 and "violations: 0" in r.stdout
