@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0.3,
         help="share of the publications sent over WebSocket (the rest over HTTP)",
     )
-    p.add_argument("--size", type=int, default=256, help="bytes of filler in each publication")
+    p.add_argument("--size", type=int, default=256, help="about this many bytes per publication")
     p.add_argument(
         "--max-queue",
         type=int,
@@ -79,7 +79,7 @@ def _check_args(a: argparse.Namespace) -> str | None:
     if not 0 <= a.ws_share <= 1:
         return "--ws-share must be between 0 and 1"
     if not 0 <= a.size <= 60_000:
-        return "--size must be between 0 and 60000"
+        return "--size must be between 0 and 60000"  # 0: as small as it gets
     if not 1 <= a.max_queue <= 1_000_000:
         return "--max-queue must be between 1 and 1000000"
     if _kinds(a.faults) is None:
@@ -165,7 +165,7 @@ async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]
         faults = schedule(a.seed, a.duration, a.nodes, _kinds(a.faults))
         injector = Injector(cluster, faults, {"client_drop": drop, "client_stall": stall})
         pub = Publisher(cluster.urls, key, rooms, a.rate, a.seed, ws_share=a.ws_share,
-                        pad=a.size)  # fmt: skip
+                        size=a.size)  # fmt: skip
         stop = asyncio.Event()
         t0 = time.monotonic()
         pub_task = asyncio.create_task(pub.run(stop))
@@ -203,13 +203,14 @@ async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]
         "violations": len(rep.violations),
     }  # fmt: skip
     (out / "gaps.json").write_text(json.dumps(rep.gap_log, indent=1))
-    if not rep.ok or a.keep_logs:
+    if not rep.ok or a.keep_logs:  # enough to run the checker again: check(acks, lives, history)
         (out / "clients.json").write_text(json.dumps([f.lives for f in followers]))
+        (out / "acks.json").write_text(json.dumps(pub.acks))
+        (out / "history.json").write_text(json.dumps(history))
+        (out / "failed_publishes.json").write_text(json.dumps(pub.failed, indent=1))
     if not rep.ok:
         bad = rep.offending_clients()
         (out / "violations.json").write_text(json.dumps(rep.violations, indent=1))
-        (out / "acks.json").write_text(json.dumps(pub.acks))
-        (out / "failed_publishes.json").write_text(json.dumps(pub.failed, indent=1))
         for f in followers:
             if f.cid in bad:
                 (out / f"client-{f.cid}.json").write_text(json.dumps(f.lives, indent=1))

@@ -189,8 +189,14 @@ def check(
     """Run every rule; see the module docstring."""
     rep = Report()
     idx = index_acks(acks)
+    last: dict[str, dict[str, Any]] = {}
     for life in lives:
         check_life(life, idx, rep)
+        last[str(life["client"])] = life
+    for cid, life in last.items():
+        if not life.get("final"):
+            rep.violations.append({"client": cid, "life": life["life"], "room": life["room"],
+                                   "rule": "not following at the end", "end": life.get("end")})  # fmt: skip
     if history is not None:
         check_history(acks, history, rep)
         check_gaps(history, rep)

@@ -20,6 +20,8 @@ import httpx
 import websockets
 from websockets.asyncio.client import connect
 
+from hubbub.bench.wire import payload_maker
+
 Pos = tuple[str | None, int]
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 
@@ -127,7 +129,8 @@ class WsLink:
 
 
 class Publisher:
-    """Publishes ``{"key", "n", "pad"?}`` (``pad``: that many bytes of filler) at ``rate``/s across ``rooms`` on random nodes: over HTTP,
+    """Publishes ``hubbub bench``'s publications of about ``size`` bytes
+    (:func:`~hubbub.bench.wire.payload_maker`), each with its ``key``, at ``rate``/s across ``rooms`` on random nodes: over HTTP,
     and a ``ws_share`` of them over WebSocket (``links`` connections, the frame's ``key``). A
     publish that fails in transit (5xx or a temporary error frame, a lost connection, a
     timeout) is retried with the same idempotency key, on another node for HTTP, until
@@ -135,11 +138,11 @@ class Publisher:
     the others with their last error."""
 
     def __init__(self, urls: list[str], key: str, rooms: list[str], rate: float, seed: int,
-                 ws_share: float = 0.3, links: int = 2, pad: int = 0):  # fmt: skip
+                 ws_share: float = 0.3, links: int = 2, size: int = 0):  # fmt: skip
         self.urls, self.api_key, self.rooms, self.rate = urls, key, rooms, rate
         self.rng = random.Random(seed ^ 0x5EED)
         self.ws_share = ws_share
-        self.pad = "p" * pad
+        self.make = payload_maker(size)
         self.links = [WsLink(urls, key, random.Random(self.rng.random())) for _ in range(links)]
         self.acks: list[dict[str, Any]] = []
         self.failed: list[dict[str, Any]] = []
@@ -189,9 +192,7 @@ class Publisher:
 
     async def _one(self, c: httpx.AsyncClient, room: str, n: int, via: str) -> None:
         key = f"soak-{n}"
-        data: dict[str, Any] = {"key": key, "n": n}
-        if self.pad:
-            data["pad"] = self.pad
+        data = {**self.make(n, room), "key": key}
         link = self.links[n % len(self.links)] if via == "ws" else None
         deadline = time.monotonic() + self.give_up
         last = ""

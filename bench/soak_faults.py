@@ -228,12 +228,14 @@ class Fault:
 
 
 def _lane(rng: random.Random, kinds: tuple[str, ...], end: float, every: float) -> list[str]:
-    """Every kind once in a seeded order, then seeded picks: one per ``every`` seconds."""
-    out = list(kinds)
-    rng.shuffle(out)
-    while len(out) < int(end // every):
-        out.append(rng.choice(kinds))
-    return out
+    """One fault per ``every`` seconds (at least one of each kind): rounds of every kind, each
+    round in a seeded order, so the kinds stay within one of each other."""
+    out: list[str] = []
+    while len(out) < max(len(kinds), int(end // every)):
+        round_ = list(kinds)
+        rng.shuffle(round_)
+        out += round_
+    return out[: max(len(kinds), int(end // every))]
 
 
 def _timed(rng: random.Random, kinds: list[str], end: float) -> list[tuple[float, str]]:

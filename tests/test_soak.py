@@ -63,6 +63,11 @@ def test_checker_finds_a_missing_acknowledged_offset_without_gap() -> None:
     assert rules(rep) == ["acknowledged offsets never delivered by the end"]
 
 
+def test_checker_finds_a_client_not_following_at_the_end() -> None:
+    rep = check(ACKS, [life([["start", E, 0], *msgs(1, 2, 3, 4, 5)], final=False)], HISTORY)
+    assert rules(rep) == ["not following at the end"]
+
+
 def test_checker_finds_disorder_and_history_faults() -> None:
     rep = check(ACKS, [life([["start", E, 0], *msgs(1, 3, 2, 4, 5)])], HISTORY)
     assert "out of order" in rules(rep)
