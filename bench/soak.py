@@ -18,6 +18,7 @@ import asyncio
 import json
 import random
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -138,9 +139,13 @@ async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]
                       env_extra={"HUB_MAX_QUEUE": str(a.max_queue)})  # fmt: skip
     rng = random.Random(a.seed)
     rooms = [f"soak-{a.seed}-{i}" for i in range(a.rooms)]
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    tasks: list[asyncio.Task[None]] = []
+    followers: list[Follower] = []
     try:
         await cluster.start()
-        followers: list[Follower] = []
         for i in range(a.clients):
             f_rng = random.Random(rng.random())
             slow = f_rng.uniform(0.005, 0.03) if i % 10 == 3 else 0.0
@@ -149,7 +154,7 @@ async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]
                 followers.append(SseFollower(*args, slow=slow))
             else:
                 followers.append(WsFollower(*args, slow=slow, presence=i % 4 == 1))
-        tasks = [asyncio.create_task(f.run()) for f in followers]
+        tasks += [asyncio.create_task(f.run()) for f in followers]
         await _settle(followers, [], 10.0)  # everyone subscribed before publishing starts
 
         def drop(n: int, _hold: float) -> int:
@@ -170,6 +175,7 @@ async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]
         t0 = time.monotonic()
         pub_task = asyncio.create_task(pub.run(stop))
         inj_task = asyncio.create_task(injector.run(t0))
+        tasks += [pub_task, inj_task]
         await asyncio.sleep(a.duration)
         await inj_task  # a last restart may overrun the duration a little
         stop.set()
@@ -180,8 +186,15 @@ async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]
         await asyncio.gather(*tasks, return_exceptions=True)
         history = {r: await _history(cluster.urls, key, r) for r in rooms}
     finally:
+        # Nothing may restart a process once the stopping begins: end every task first.
+        for f in followers:
+            f.finish()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         cluster.close()
         await cluster.close_proxies()
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
     lives = [life for f in followers for life in f.lives]
     rep = check(pub.acks, lives, history)
     summary = {
@@ -250,7 +263,7 @@ def cmd_soak(a: argparse.Namespace) -> int:
     except SoakError as exc:
         print(f"hubbub soak: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # SIGINT, or SIGTERM (cancels the run)
         print("hubbub soak: interrupted; every process was stopped", file=sys.stderr)
         return 130
     _print(summary, rep, out)

@@ -109,9 +109,12 @@ class WsLink:
             self._abandon(ws)
             raise _Retry("connection ended") from exc
         except TimeoutError as exc:
-            self._pending.pop(fid, None)
             self._abandon(ws)  # a stopped node or a stuck broker: go elsewhere
             raise _Retry("no reply within 4 s") from exc
+        finally:
+            self._pending.pop(fid, None)
+            if not fut.done():
+                fut.cancel()
         if f.get("type") == "reply":
             return dict(f["result"])
         text = f"{f.get('code')}: {f.get('message')}"
@@ -173,6 +176,9 @@ class Publisher:
                 if self._tasks:
                     await asyncio.gather(*self._tasks)
         finally:
+            for t in self._tasks:  # cancelled: nothing may outlive the HTTP client
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             for link in self.links:
                 with contextlib.suppress(Exception):
                     await link.close()
@@ -269,8 +275,10 @@ class Follower:
             try:
                 await self._life
             except asyncio.CancelledError:
-                if self._stop:
-                    return
+                me = asyncio.current_task()
+                if self._stop or (me is not None and me.cancelling()):
+                    self._life.cancel()
+                    raise  # run() itself is cancelled (not a drop of one life): end
             except Exception as exc:  # a life ends for any reason: log it and resume
                 if self.lives and self.lives[-1]["end"] is None and self.lives[-1]["node"] == node:
                     self.lives[-1]["end"] = repr(exc)[:200]
