@@ -71,6 +71,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="subscriber workers: asyncio (python) or a Node.js child each (node)")  # fmt: skip
     p.add_argument("--dialect", choices=DIALECTS, default="hubbub", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--storm", action="store_true",
+                   help="measure a reconnect storm instead: --subscribers clients drained from "
+                        "one node to another on a private Redis (--rate: publications/s, "
+                        "default 200)")  # fmt: skip
+    p.add_argument("--storm-timeout", type=float, default=60.0,
+                   help="--storm: seconds the clients have to resume (default 60)")  # fmt: skip
 
 
 # ---- server processes --------------------------------------------------------------------------
@@ -400,6 +406,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SystemExit("hubbub bench: --transport mixed needs --workers 2 or more")
     if args.loadgen == "node" and node_path() is None:
         raise SystemExit("hubbub bench: --loadgen node needs node (Node.js 18 or later) on PATH")
+    if args.storm:
+        from hubbub.bench.storm import render_storm, run_storm, storm_ok
+
+        figures = run_storm(args)
+        print(json.dumps(figures) if args.json else render_storm(figures))
+        return 0 if storm_ok(figures) else 1
     raise_fd_limit(args.subscribers + 256)
     result = run(args)
     print(json.dumps(result) if args.json else render(result))

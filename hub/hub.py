@@ -98,6 +98,11 @@ class Hub(Delivery):
         self.by_user: dict[str, set[Session]] = {}
         self.rooms = RoomIndex()
         self.metrics = Metrics(node=self)
+        # Admission control: sessions opening and subscriptions joining do their broker work
+        # at most this many at once; the rest wait their turn here, and a broker call's
+        # deadline starts only once it is let in. A reconnect storm then queues on the node
+        # instead of timing out in the broker, which would be reported as an outage.
+        self.admission = asyncio.Semaphore(settings.admission_concurrency)
         self.broker_up = False
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -158,7 +163,8 @@ class Hub(Delivery):
             publish_rate=None if identity.api_key else s.client_publish_rate,
         )
         try:
-            count = await self.state.connection_add(identity.sub, session.id)
+            async with self.admission:
+                count = await self.state.connection_add(identity.sub, session.id)
         except BrokerError:
             raise Unavailable("broker unavailable") from None
         if (
@@ -280,10 +286,11 @@ class Hub(Delivery):
         sub = Subscription(name, presence=presence)
         session.subs[name] = sub
         try:
-            room = await self._join_room(name)
-            room.subs[session] = sub
-            await self.state.room_sessions(name, 1)
-            seam: Seam = await replay(self.broker, session, name, pos, history)
+            async with self.admission:
+                room = await self._join_room(name)
+                room.subs[session] = sub
+                await self.state.room_sessions(name, 1)
+                seam: Seam = await replay(self.broker, session, name, pos, history)
         except BaseException:
             session.subs.pop(name, None)
             r = self.rooms.get(name)

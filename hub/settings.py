@@ -165,7 +165,13 @@ class Settings:
     auth_timeout: float = _seconds(10.0, "deadline of the WebSocket auth frame", high=3600)
     handshake_timeout: float = _seconds(10.0, "time to send HTTP request headers", high=3600)
     broker_timeout: float = _seconds(5.0, "deadline of each broker call", high=3600)
+    admission_concurrency: int = _count(
+        256, "sessions opening and subscriptions joining that do their broker work at once "
+        "(the rest wait their turn)", high=1_000_000,
+    )  # fmt: skip
     workers: int = _count(1, "worker processes (more than 1 needs Redis)", high=1024)
+    backlog: int = _count(16384, "connections the listening socket queues before accepting "
+                          "(the kernel caps it at net.core.somaxconn)", high=1_000_000)  # fmt: skip
     metrics_token: str | None = _setting(
         None, Kind.OPTIONAL_TEXT, "bearer token /metrics requires (unset: /metrics is open)",
         secret=True,

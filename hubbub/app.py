@@ -267,8 +267,11 @@ def create_app(
 def app_from_env() -> HubApp:
     """App factory for ``uvicorn --factory`` worker processes: settings and logging from the
     environment."""
+    from hubbub.cli import tune_gc
     from hubbub.logs import setup_logging
 
     settings = Settings.load()
     setup_logging(settings.log_format, settings.log_level)
-    return create_app(settings)
+    app = create_app(settings)
+    tune_gc()
+    return app

@@ -39,6 +39,23 @@ def _open_files_to_hard_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+# Cyclic garbage collection for a server process: young collections every 50 000 net
+# allocations instead of 700, and objects that live through startup frozen out of the scans.
+# With the defaults a reconnect storm of 5 000 clients spent seconds in full collections (each
+# a pass over every live object of every connection, repeated as the heap grew by a quarter).
+GC_THRESHOLDS = (50_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """Set the collector up for serving (the process is ours: ``hubbub serve`` and its worker
+    processes; an app embedded in another server leaves the collector alone)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -76,6 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = uvicorn.Config(create_app(settings), **common)
     signal.signal(signal.SIGTERM, _exit_zero)
+    tune_gc()
     uvicorn.Server(config).run()
     return 0
 

@@ -89,6 +89,9 @@ def server_options(settings: Any, fast_path: bool | None = None) -> dict[str, An
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
+        # A drained node's clients arrive here all at once: a full accept queue drops their
+        # SYNs, and each retries only after 1 s, 3 s, 7 s (a reconnect storm's long tail).
+        "backlog": settings.backlog,
         "ws_max_size": settings.max_message_bytes + 16 * 1024,
         # Compression costs CPU per subscriber and is a decompression-bomb risk.
         "ws_per_message_deflate": False,

@@ -28,6 +28,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript as Script
 from redis.exceptions import RedisClusterException, RedisError
 
 from hubbub.hub.brokers import redis_lua as lua
@@ -114,6 +115,7 @@ class RedisBroker:
         self._inbox = b""
         self.cluster = False  # set by start() from the URL
         self._pipe: PublishPipe | None = None  # one Redis: publishes pipelined on one connection
+        self._calls: PublishPipe | None = None  # one Redis: every other script call, pipelined
         self._lane: PublishLane[_PubCall, Any] = PublishLane(self._run_batch)
 
     # ---- keys ------------------------------------------------------------------------------------
@@ -158,9 +160,6 @@ class RedisBroker:
         else:
             r = aioredis.Redis(connection_pool=pool)
         self._redis = r
-        self._s_publish = r.register_script(lua.PUBLISH)
-        self._s_history = r.register_script(lua.HISTORY)
-        self._s_position = r.register_script(lua.POSITION)
 
         def connect() -> AbstractConnection:
             conn: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
@@ -177,6 +176,10 @@ class RedisBroker:
             self._pipe = PublishPipe(
                 connect_pipe, timeout=self.timeout, preamble=[("SCRIPT", "LOAD", lua.PUBLISH)]
             )
+            self._calls = PublishPipe(connect_pipe, timeout=self.timeout)
+        self._s_publish = r.register_script(lua.PUBLISH)
+        self._s_history = self.script(lua.HISTORY)
+        self._s_position = self.script(lua.POSITION)
         self._link = PubSubLink(
             connect,
             fixed=[self._ctl, self._inbox],
@@ -203,8 +206,9 @@ class RedisBroker:
             return
         self._closed = True
         await self._lane.close()
-        if self._pipe is not None:
-            await self._pipe.close()
+        for pipe in (self._pipe, self._calls):
+            if pipe is not None:
+                await pipe.close()
         if self._link is not None:
             await self._link.close()
         if self._redis is not None:
@@ -244,6 +248,24 @@ class RedisBroker:
                 return await aw
         except _ERRORS as exc:
             raise BrokerError("broker unavailable") from exc
+
+    def script(self, source: str) -> Script:
+        """Register a Lua script for :meth:`run` (on one Redis, every new connection of the
+        calls pipe loads it first). Call it after :meth:`start`."""
+        script: Script = self.client.register_script(source)
+        if self._calls is not None:
+            self._calls.preload("SCRIPT", "LOAD", source)
+        return script
+
+    def run(self, script: Script, keys: Sequence[Any], args: Sequence[Any] = ()) -> Awaitable[Any]:
+        """Run a script of :meth:`script` within the timeout; every failure becomes
+        BrokerError (a script's own error reply stays a ``ResponseError``). One Redis: on the
+        calls pipe, concurrent calls pipelined on one connection (a reconnect storm's thousands
+        of subscribes cost one write per loop iteration, not one pooled round trip each); a
+        cluster: through redis-py, which routes each call to its slot's node."""
+        if self._calls is not None:
+            return self.call(self._calls.call("EVALSHA", script.sha, len(keys), *keys, *args))
+        return self.call(script(keys=list(keys), args=list(args)))
 
     def _on_state(self, up: bool) -> None:
         if self._listener is None:
@@ -390,28 +412,26 @@ class RedisBroker:
     async def history(
         self, room: str, *, after: int | None = None, limit: int = 100
     ) -> HistoryPage:
-        res = await self.call(
-            self._s_history(
-                keys=[self._rk(room, "meta"), self._rk(room, "stream")],
-                args=[
-                    new_epoch(),
-                    self._ttl_ms,
-                    "" if after is None else int(after),
-                    max(0, int(limit)),
-                    self._read_ttl,
-                ],
-            )
+        res = await self.run(
+            self._s_history,
+            [self._rk(room, "meta"), self._rk(room, "stream")],
+            [
+                new_epoch(),
+                self._ttl_ms,
+                "" if after is None else int(after),
+                max(0, int(limit)),
+                self._read_ttl,
+            ],
         )
         epoch = res[0].decode()
         pubs = [Publication(room, int(res[i]), epoch, res[i + 1]) for i in range(3, len(res), 2)]
         return HistoryPage(epoch=epoch, head=int(res[1]), first=int(res[2]), publications=pubs)
 
     async def position(self, room: str) -> tuple[str, int]:
-        res = await self.call(
-            self._s_position(
-                keys=[self._rk(room, "meta"), self._rk(room, "stream")],
-                args=[new_epoch(), self._read_ttl],
-            )
+        res = await self.run(
+            self._s_position,
+            [self._rk(room, "meta"), self._rk(room, "stream")],
+            [new_epoch(), self._read_ttl],
         )
         return res[0].decode(), int(res[1])
 

@@ -83,6 +83,11 @@ class PublishPipe:
         self.writes = 0  # writes of calls, for tests and the bench notes
         self.calls = 0  # calls written
 
+    def preload(self, *command: Any) -> None:
+        """Add a command (``SCRIPT LOAD``) to the preamble of every new connection. A script
+        added while a connection is live is loaded through the NOSCRIPT path on first use."""
+        self._preamble.append(command)
+
     async def call(self, *args: Any) -> Any:
         """Run one command (see the module docstring)."""
         if self._closed:

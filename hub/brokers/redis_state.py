@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -43,6 +43,12 @@ class RedisConnection(Protocol):
     async def call(self, aw: Awaitable[T]) -> T:
         """Await a Redis call within the broker timeout; every failure becomes BrokerError."""
 
+    def script(self, source: str) -> Script:
+        """Register a Lua script for :meth:`run`."""
+
+    def run(self, script: Script, keys: Sequence[Any], args: Sequence[Any] = ()) -> Awaitable[Any]:
+        """Run a registered script within the broker timeout (BrokerError on failure)."""
+
 
 class RedisStateStore:
     """The StateStore of :mod:`hub.brokers.base` over Redis. Start it after its broker and
@@ -69,17 +75,16 @@ class RedisStateStore:
 
     async def start(self, node_id: str) -> None:
         self.node = node_id
-        redis = self._conn.client
-        self._s_presence_add = redis.register_script(lua.PRESENCE_ADD)
-        self._s_presence_list = redis.register_script(lua.PRESENCE_LIST)
-        self._s_presence_remove = redis.register_script(lua.PRESENCE_REMOVE)
-        self._s_conn_remove = redis.register_script(lua.CONN_REMOVE)
-        self._s_conn_add = redis.register_script(lua.CONN_ADD)
-        self._s_conn_count = redis.register_script(lua.CONN_COUNT)
-        self._s_room_set = redis.register_script(lua.ROOM_SET)
-        self._s_node_alive = redis.register_script(lua.NODE_ALIVE)
-        self._s_list_rooms = redis.register_script(lua.LIST_ROOMS)
-        self._s_take = redis.register_script(lua.TAKE)
+        self._s_presence_add = self._conn.script(lua.PRESENCE_ADD)
+        self._s_presence_list = self._conn.script(lua.PRESENCE_LIST)
+        self._s_presence_remove = self._conn.script(lua.PRESENCE_REMOVE)
+        self._s_conn_remove = self._conn.script(lua.CONN_REMOVE)
+        self._s_conn_add = self._conn.script(lua.CONN_ADD)
+        self._s_conn_count = self._conn.script(lua.CONN_COUNT)
+        self._s_room_set = self._conn.script(lua.ROOM_SET)
+        self._s_node_alive = self._conn.script(lua.NODE_ALIVE)
+        self._s_list_rooms = self._conn.script(lua.LIST_ROOMS)
+        self._s_take = self._conn.script(lua.TAKE)
         self._task = asyncio.get_running_loop().create_task(
             supervise("redis presence refresher", self.refresh_loop, lambda: not self.stopped),
             name="redis-refresh",
@@ -134,7 +139,7 @@ class RedisStateStore:
         if limit:
             args.append(int(limit))
         try:
-            added = await self._do(self._s_presence_add(keys, args))
+            added = await self._conn.run(self._s_presence_add, keys, args)
         except BrokerError:
             self._members.pop(key, None)
             raise
@@ -147,14 +152,14 @@ class RedisStateStore:
 
     async def presence_remove(self, room: str, session: str) -> None:
         self._members.pop((room, session), None)
-        await self._do(self._s_presence_remove(*self._presence_remove_call(room, session)))
+        await self._conn.run(self._s_presence_remove, *self._presence_remove_call(room, session))
 
     def _presence_remove_call(self, room: str, session: str) -> tuple[list[str], list[str]]:
         return [self._rk(room, "presence"), self._rk(room, "presence:exp")], [session]
 
     async def presence_list(self, room: str) -> list[Member]:
-        raw = await self._do(
-            self._s_presence_list(keys=[self._rk(room, "presence"), self._rk(room, "presence:exp")])
+        raw = await self._conn.run(
+            self._s_presence_list, [self._rk(room, "presence"), self._rk(room, "presence:exp")]
         )
         out = []
         for item in raw:
@@ -180,8 +185,8 @@ class RedisStateStore:
         own = self._conns.setdefault(user, set())
         own.add(session)
         try:
-            n = await self._do(
-                self._s_conn_add(keys=[self._conn_key(user)], args=[session, self._presence_ms])
+            n = await self._conn.run(
+                self._s_conn_add, [self._conn_key(user)], [session, self._presence_ms]
             )
         except BrokerError:
             own.discard(session)
@@ -196,10 +201,10 @@ class RedisStateStore:
             own.discard(session)
             if not own:
                 del self._conns[user]
-        await self._do(self._s_conn_remove(keys=[self._conn_key(user)], args=[session]))
+        await self._conn.run(self._s_conn_remove, [self._conn_key(user)], [session])
 
     async def connection_count(self, user: str) -> int:
-        return int(await self._do(self._s_conn_count(keys=[self._conn_key(user)])))
+        return int(await self._conn.run(self._s_conn_count, [self._conn_key(user)]))
 
     def _room_set_args(self, room: str, n: int) -> tuple[list[Any], list[Any]]:
         keys = [*self._rooms_keys, self._node_set_prefix + self.node]
@@ -214,7 +219,7 @@ class RedisStateStore:
             self._room_counts.pop(room, None)
             self._rooms_zeroed.add(room)
         try:
-            await self._do(self._s_room_set(*self._room_set_args(room, max(n, 0))))
+            await self._conn.run(self._s_room_set, *self._room_set_args(room, max(n, 0)))
         except BrokerError:
             if delta > 0:  # the caller gives up on this session: undo; a decrement stands
                 self._room_counts[room] = n - delta
@@ -232,14 +237,14 @@ class RedisStateStore:
         start = prefix
         if cursor:
             start = max(start, cursor + "\x01")
-        raw = await self._do(self._s_list_rooms(keys=self._rooms_keys, args=[prefix, start, limit]))
+        raw = await self._conn.run(self._s_list_rooms, self._rooms_keys, [prefix, start, limit])
         rooms = [(raw[i].decode(), int(raw[i + 1])) for i in range(0, len(raw), 2)]
         page = rooms[:limit]
         return page, (page[-1][0] if len(rooms) > limit else None)
 
     async def take(self, key: str, rate: float, burst: float) -> tuple[bool, float, float]:
-        res = await self._do(
-            self._s_take(keys=[f"{self.prefix}{{rl:{key}}}"], args=[repr(rate), repr(burst)])
+        res = await self._conn.run(
+            self._s_take, [f"{self.prefix}{{rl:{key}}}"], [repr(rate), repr(burst)]
         )
         return bool(int(res[0])), float(res[1]), float(res[2])
 

@@ -309,6 +309,17 @@ async def test_every_script_touches_one_cluster_slot(make_node: MakeNode) -> Non
         return original(sha, numkeys, *args)
 
     broker._redis.evalsha = spy  # type: ignore[method-assign]
+    for pipe in (broker._pipe, broker._calls):  # one Redis: script calls go through the pipes
+        assert pipe is not None
+        piped = pipe.call
+
+        def pipe_spy(*args: Any, piped: Any = piped) -> Any:
+            if args[0] == "EVALSHA":
+                spy_keys = args[3 : 3 + int(args[2])]
+                calls.append([str(k).encode() for k in spy_keys])
+            return piped(*args)
+
+        pipe.call = pipe_spy  # type: ignore[method-assign]
     for room in ("a", "b:c", "lobby.1"):
         await broker.publish(room, body(1))
         await broker.publish(room, body(2), idempotency=Idempotency("s", "k", "f"))
