@@ -5,8 +5,10 @@ kind) that must come out clean."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,9 @@ def test_bad_arguments_get_a_clear_error() -> None:
     r = subprocess.run([sys.executable, "-m", "hubbub", "soak", "--nodes", "1"],
                        capture_output=True, text=True, timeout=30, cwd=ROOT)  # fmt: skip
     assert r.returncode == 2 and "--nodes must be between 2 and 16" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "hubbub", "soak", "--faults", "kill,meteor"],
+                       capture_output=True, text=True, timeout=30, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 2 and "--faults takes 'all', 'none' or kinds among" in r.stderr
 
 
 @pytest.mark.timeout(300)
@@ -127,3 +132,43 @@ def test_soak_sixty_seconds_is_clean(tmp_path: Path) -> None:
     assert summary["deliveries_checked"] > 0 and summary["resumes"] > 0
     assert summary["publishes"]["ws"] > 0 and summary["presence_checks"] > 0
     assert summary["violations"] == 0 and "violations: 0" in r.stdout
+
+
+def _children(pid: int) -> set[int]:
+    """Pids whose parent is ``pid`` (from /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_stops_every_process_of_the_soak(tmp_path: Path) -> None:
+    """SIGTERM mid-run: the soak ends every task, then its nodes and Redis, and exits 130."""
+    need_tool("redis-server")
+    argv = [sys.executable, "-m", "hubbub", "soak", "--duration", "60", "--nodes", "2",
+            "--clients", "4", "--rate", "10", "--faults", "kill,client_drop",
+            "--out", str(tmp_path / "soak")]  # fmt: skip
+    p = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        until_kids = time.monotonic() + 40
+        kids: set[int] = set()
+        while len(kids) < 3 and time.monotonic() < until_kids:  # Redis and two nodes
+            kids |= _children(p.pid)
+            time.sleep(0.2)
+        assert len(kids) >= 3, kids
+        time.sleep(2)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=40)
+        assert p.returncode == 130 and "interrupted" in err, err
+        left = [k for k in kids if Path(f"/proc/{k}").exists()]
+        assert not left, left
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
