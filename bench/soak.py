@@ -119,15 +119,24 @@ async def _history(urls: list[str], key: str, room: str) -> dict[str, Any]:
 
 
 async def _settle(followers: list[Follower], acks: list[dict[str, Any]], within: float) -> None:
-    """Wait until every follower is live at its room's last acknowledged offset (or ``within``)."""
-    head: dict[str, tuple[str, int]] = {}
+    """Wait until every follower is live at each of its rooms' last acknowledged position (the
+    highest offset acknowledged in the epoch of the room's last acknowledgement), or
+    ``within`` seconds."""
+    epoch = {a["room"]: a["epoch"] for a in acks}
+    head: dict[str, int] = {}
     for a in acks:
-        if a["offset"] >= head.get(a["room"], ("", -1))[1]:
-            head[a["room"]] = (a["epoch"], a["offset"])
+        if a["epoch"] == epoch[a["room"]]:
+            head[a["room"]] = max(head.get(a["room"], 0), a["offset"])
+
+    def there(f: Follower, room: str) -> bool:
+        if room not in head:
+            return True
+        e, o = f.pos.get(room, (None, -1))
+        return e == epoch[room] and o >= head[room]
+
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if all(f.live and f.pos is not None and f.pos[1] >= head.get(f.room, ("", 0))[1]
-               for f in followers):  # fmt: skip
+        if all(f.live and all(there(f, r) for r in f.rooms) for f in followers):
             return
         await asyncio.sleep(0.1)
 
@@ -149,7 +158,10 @@ async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]
         for i in range(a.clients):
             f_rng = random.Random(rng.random())
             slow = f_rng.uniform(0.005, 0.03) if i % 10 == 3 else 0.0
-            args = (f"c{i}", rooms[i % len(rooms)], cluster.urls, key, f_rng)
+            mine = [rooms[i % len(rooms)]]
+            if i % 4 == 2 or i % 10 == 9:  # some follow two or three rooms on one connection
+                mine = list(dict.fromkeys(rooms[(i + k) % len(rooms)] for k in range(2 + i % 2)))
+            args = (f"c{i}", mine, cluster.urls, key, f_rng)
             if i % 5 == 4:
                 followers.append(SseFollower(*args, slow=slow))
             else:
@@ -208,7 +220,8 @@ async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]
         "clients_kinds": {"ws": sum(f.kind == "ws" for f in followers),
                           "sse": sum(f.kind == "sse" for f in followers),
                           "presence": sum(getattr(f, "presence", False) for f in followers),
-                          "slow": sum(f.slow > 0 for f in followers)},
+                          "slow": sum(f.slow > 0 for f in followers),
+                          "several_rooms": sum(len(f.rooms) > 1 for f in followers)},
         "presence_checks": rep.presence_checks, "presence_events": rep.presence_events,
         "deliveries_checked": rep.deliveries, "client_lives": rep.lives, "resumes": rep.resumes,
         "final_lives": rep.final_lives, "gaps": dict(rep.gaps),

@@ -107,6 +107,8 @@ def check_life(life: dict[str, Any], idx: AckIndex, rep: Report) -> None:
                 bad("presence reply without the subscriber", members=ev[2])
         elif kind in ("join", "leave"):
             rep.presence_events += 1
+        elif kind == "stray":
+            bad("a frame of a room not subscribed to", frame=ev[1:])
         elif kind == "start":
             if pos < 0:
                 epoch, pos = ev[1], int(ev[2])
@@ -189,13 +191,13 @@ def check(
     """Run every rule; see the module docstring."""
     rep = Report()
     idx = index_acks(acks)
-    last: dict[str, dict[str, Any]] = {}
+    last: dict[tuple[str, str], dict[str, Any]] = {}
     for life in lives:
         check_life(life, idx, rep)
-        last[str(life["client"])] = life
-    for cid, life in last.items():
+        last[(str(life["client"]), life["room"])] = life
+    for (cid, room), life in last.items():
         if not life.get("final"):
-            rep.violations.append({"client": cid, "life": life["life"], "room": life["room"],
+            rep.violations.append({"client": cid, "life": life["life"], "room": room,
                                    "rule": "not following at the end", "end": life.get("end")})  # fmt: skip
     if history is not None:
         check_history(acks, history, rep)

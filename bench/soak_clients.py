@@ -21,6 +21,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from hubbub.bench.wire import payload_maker
+from hubbub.hub.envelope import parse_cursor
 
 Pos = tuple[str | None, int]
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -223,7 +224,11 @@ class Publisher:
 
 
 class Follower:
-    """One client following one room through reconnects; ``lives`` is its log.
+    """One client following ``rooms`` (one or several, on one connection) through reconnects.
+
+    ``lives`` is its log: one life per connection and room, so the checker reads each room of a
+    connection on its own. ``pos`` holds the last position of each room (last message, gap end
+    or start position); a new connection resumes every room from there.
 
     ``slow`` > 0: the client sleeps that long after each frame (a slow consumer that keeps up
     with a modest rate). :meth:`stall` makes it stop reading for a while (the server's queue and
@@ -232,25 +237,47 @@ class Follower:
 
     kind = "?"
 
-    def __init__(self, cid: str, room: str, urls: list[str], key: str, rng: random.Random,
-                 slow: float = 0.0):  # fmt: skip
-        self.cid, self.room, self.urls, self.api_key, self.rng = cid, room, urls, key, rng
+    def __init__(self, cid: str, rooms: list[str], urls: list[str], key: str,
+                 rng: random.Random, slow: float = 0.0):  # fmt: skip
+        self.cid, self.rooms, self.urls, self.api_key, self.rng = cid, rooms, urls, key, rng
         self.slow = slow
         self.lives: list[dict[str, Any]] = []
-        self.pos: Pos | None = None
-        self.live = False  # subscribed and reading
+        self.open: dict[str, dict[str, Any]] = {}  # room -> the life of the current connection
+        self.pos: dict[str, Pos] = {}
+        self.started: set[str] = set()  # rooms of the current connection that are live
         self.stalls = 0
         self._life: asyncio.Task[None] | None = None
         self._stop = False
         self._reading = asyncio.Event()
         self._reading.set()
 
-    def _new_life(self, node: str) -> dict[str, Any]:
-        life = {"client": self.cid, "life": len(self.lives), "kind": self.kind, "room": self.room,
-                "node": node, "since": list(self.pos) if self.pos else None, "events": [],
-                "final": False, "end": None}  # fmt: skip
-        self.lives.append(life)
-        return life
+    @property
+    def live(self) -> bool:
+        """Subscribed to every room on the current connection, and reading."""
+        return len(self.started) == len(self.rooms)
+
+    def _new_lives(self, node: str, **extra: Any) -> None:
+        self.open = {}
+        self.started = set()
+        for room in self.rooms:
+            pos = self.pos.get(room)
+            life = {"client": self.cid, "life": len(self.lives), "kind": self.kind, "room": room,
+                    "node": node, "since": list(pos) if pos else None, "events": [],
+                    "final": False, "end": None, **extra}  # fmt: skip
+            self.lives.append(life)
+            self.open[room] = life
+
+    def _end(self, why: str) -> None:
+        """Note why the current connection ended (the first reason stays)."""
+        for life in self.open.values():
+            life["end"] = life["end"] or why
+
+    def _start(self, room: str, epoch: str | None, offset: int) -> None:
+        self.open[room]["events"].append(["start", epoch, offset])
+        if room not in self.started:
+            self.started.add(room)
+            if self.open[room]["since"] is None:
+                self.pos[room] = (epoch, offset)
 
     def stall(self, hold: float) -> bool:
         """Stop reading for ``hold`` seconds; False when already stalled."""
@@ -280,9 +307,9 @@ class Follower:
                     self._life.cancel()
                     raise  # run() itself is cancelled (not a drop of one life): end
             except Exception as exc:  # a life ends for any reason: log it and resume
-                if self.lives and self.lives[-1]["end"] is None and self.lives[-1]["node"] == node:
-                    self.lives[-1]["end"] = repr(exc)[:200]
-            self.live = False
+                self._end(repr(exc)[:200])
+            self.started = set()
+            self.open = {}
             if self._stop:
                 return
             await asyncio.sleep(0.05 + 0.25 * self.rng.random())
@@ -290,22 +317,27 @@ class Follower:
     def drop(self) -> None:
         """End the current connection abruptly; the client resumes elsewhere."""
         if self._life is not None and not self._life.done():
-            if self.lives:
-                self.lives[-1]["end"] = self.lives[-1]["end"] or "dropped by the soak"
+            self._end("dropped by the soak")
             self._life.cancel()
 
     def finish(self) -> None:
-        """End for good; the open life (if live) is marked final for the checker."""
+        """End for good; the open lives (if live) are marked final for the checker."""
         self._stop = True
         self._reading.set()
-        if self.live and self.lives:
-            self.lives[-1]["final"] = True
+        if self.live:
+            for life in self.open.values():
+                life["final"] = True
         if self._life is not None:
             self._life.cancel()
 
-    def _msg(self, ev: list[Any], epoch: str | None, offset: int) -> None:
-        self.lives[-1]["events"].append(ev)
-        self.pos = (epoch, offset)
+    def _msg(self, room: str, ev: list[Any], epoch: str | None, offset: int) -> None:
+        life = self.open.get(room)
+        if life is None:  # a room this client did not ask for
+            life = next(iter(self.open.values()))
+            life["events"].append(["stray", room, *ev])
+            return
+        life["events"].append(ev)
+        self.pos[room] = (epoch, offset)
 
     async def _connect(self, node: str) -> None:
         raise NotImplementedError
@@ -331,9 +363,9 @@ async def _small_socket(node: str) -> socket.socket:
 
 
 class WsFollower(Follower):
-    """Follows over WebSocket; with ``presence`` it subscribes as a presence member and logs
-    whether the subscribe reply listed its own session (``["presence", listed, members]``) and
-    every ``join``/``leave`` it gets (``["join"|"leave", session]``)."""
+    """Follows over WebSocket (one ``subscribe`` per room, ``since`` its last position); with
+    ``presence`` it subscribes as a presence member and logs whether the subscribe reply listed
+    its own session (``["presence", listed, members]``) and every ``join``/``leave`` it gets."""
 
     kind = "ws"
 
@@ -350,47 +382,51 @@ class WsFollower(Follower):
             first = json.loads(await asyncio.wait_for(ws.recv(), 3))
             if first.get("type") != "welcome":
                 return  # e.g. a draining node's disconnect: go elsewhere
-            life = self._new_life(node)
-            life["session"] = first.get("session")
-            sub: dict[str, Any] = {"type": "subscribe", "id": 1, "room": self.room}
-            if self.pos is not None:
-                sub["since"] = {"epoch": self.pos[0], "offset": self.pos[1]}
-            if self.presence:
-                sub["presence"] = True
-            await ws.send(json.dumps(sub))
+            session = first.get("session")
+            self._new_lives(node, session=session)
+            for i, room in enumerate(self.rooms, 1):
+                sub: dict[str, Any] = {"type": "subscribe", "id": i, "room": room}
+                if room in self.pos:
+                    sub["since"] = {"epoch": self.pos[room][0], "offset": self.pos[room][1]}
+                if self.presence:
+                    sub["presence"] = True
+                await ws.send(json.dumps(sub))
             try:
                 async for raw in ws:
                     await self._pace()
                     f = json.loads(raw)
                     t = f.get("type")
                     if t == "message" and "offset" in f:
-                        self._msg(["msg", f["epoch"], f["offset"]], f["epoch"], f["offset"])
+                        self._msg(f["room"], ["msg", f["epoch"], f["offset"]], f["epoch"],
+                                  f["offset"])  # fmt: skip
                     elif t == "gap":
-                        self._msg(["gap", f["epoch"], f["from"], f["to"]], f["epoch"], f["to"])
-                    elif t == "reply" and f.get("id") == 1:
-                        r = f["result"]
-                        life["events"].append(["start", r["epoch"], r["offset"]])
+                        self._msg(f["room"], ["gap", f["epoch"], f["from"], f["to"]], f["epoch"],
+                                  f["to"])  # fmt: skip
+                    elif t == "reply" and 1 <= (f.get("id") or 0) <= len(self.rooms):
+                        room, r = self.rooms[f["id"] - 1], f["result"]
+                        self._start(room, r["epoch"], r["offset"])
                         if self.presence:
                             members = [m.get("session") for m in r.get("presence") or []]
-                            life["events"].append(["presence", life["session"] in members,
-                                                   len(members)])  # fmt: skip
-                        self.pos = (r["epoch"], r["offset"])
-                        self.live = True
-                    elif t in ("join", "leave"):
-                        life["events"].append([t, f.get("session")])
+                            self.open[room]["events"].append(["presence", session in members,
+                                                              len(members)])  # fmt: skip
+                    elif t in ("join", "leave") and f.get("room") in self.open:
+                        self.open[f["room"]]["events"].append([t, f.get("session")])
                     elif t == "error":
-                        life["end"] = f"error {f.get('code')}: {f.get('message')}"
+                        self._end(f"error {f.get('code')}: {f.get('message')}")
                         return
                     elif t == "ping":
                         await ws.send('{"type":"pong"}')
                     elif t == "disconnect":
-                        life["end"] = f"disconnect {f.get('code')}"
+                        self._end(f"disconnect {f.get('code')}")
             except websockets.ConnectionClosed:
                 pass
-            life["end"] = life["end"] or f"closed {ws.close_code}"
+            self._end(f"closed {ws.close_code}")
 
 
 class SseFollower(Follower):
+    """Follows over SSE: ``/v1/rooms/{room}/events`` for one room, ``/v1/events?room=…`` for
+    several; resumes with ``Last-Event-ID`` (a cursor of every room of the stream)."""
+
     kind = "sse"
 
     def __init__(self, *a: Any, **kw: Any) -> None:
@@ -401,41 +437,45 @@ class SseFollower(Follower):
         hdrs = {"Authorization": f"Bearer {self.api_key}"}
         if self.last_id is not None:
             hdrs["Last-Event-ID"] = self.last_id
-        url = f"{node}/v1/rooms/{self.room}/events"
+        params: dict[str, list[str]] = {}
+        if len(self.rooms) == 1:
+            url = f"{node}/v1/rooms/{self.rooms[0]}/events"
+        else:
+            url, params = f"{node}/v1/events", {"room": self.rooms}
         async with (
             httpx.AsyncClient(timeout=httpx.Timeout(3.0, read=20.0)) as h,
-            h.stream("GET", url, headers=hdrs) as resp,
+            h.stream("GET", url, headers=hdrs, params=params) as resp,
         ):
             if resp.status_code != 200:
                 return
-            life = self._new_life(node)
+            self._new_lives(node)
+            first = True
             block: dict[str, str] = {}
             async for line in resp.aiter_lines():
                 if line == "":
                     await self._pace()
-                    self._event(life, block)
+                    self._event(block, first)
+                    first = first and "id" not in block
                     block = {}
                 elif not line.startswith(":"):
                     name, _, value = line.partition(":")
                     value = value[1:] if value.startswith(" ") else value
                     block[name] = block[name] + "\n" + value if name in block else value
-            life["end"] = life["end"] or "stream ended"
+            self._end("stream ended")
 
-    def _event(self, life: dict[str, Any], block: dict[str, str]) -> None:
+    def _event(self, block: dict[str, str], first: bool) -> None:
         event = block.get("event", "message")
         if "data" in block and event == "message":
             f = json.loads(block["data"])
-            self._msg(["msg", f["epoch"], f["offset"]], f["epoch"], f["offset"])
+            self._msg(f["room"], ["msg", f["epoch"], f["offset"]], f["epoch"], f["offset"])
         elif "data" in block and event == "hub.gap":
             f = json.loads(block["data"])
-            self._msg(["gap", f["epoch"], f["from"], f["to"]], f["epoch"], f["to"])
+            self._msg(f["room"], ["gap", f["epoch"], f["from"], f["to"]], f["epoch"], f["to"])
         elif "data" in block and event == "hub.disconnect":
-            life["end"] = f"hub.disconnect {block['data'][:100]}"
-        elif "id" in block and not life["events"]:
-            # The first block: the position this stream starts from (single-room cursor).
-            _, epoch, off = block["id"].rsplit("~", 1)[-1].split(".")
-            life["events"].append(["start", None if epoch == "0" else epoch, int(off)])
-            self.pos = (None if epoch == "0" else epoch, int(off))
-            self.live = True
+            self._end(f"hub.disconnect {block['data'][:100]}")
+        elif "id" in block and first:
+            # The first block: the position of every room this stream starts from.
+            for room, p in parse_cursor(block["id"], self.rooms).items():
+                self._start(room, None if p.epoch == "0" else p.epoch, p.offset)
         if "id" in block:
             self.last_id = block["id"]

@@ -68,6 +68,15 @@ def test_checker_finds_a_missing_acknowledged_offset_without_gap() -> None:
 def test_checker_finds_a_client_not_following_at_the_end() -> None:
     rep = check(ACKS, [life([["start", E, 0], *msgs(1, 2, 3, 4, 5)], final=False)], HISTORY)
     assert rules(rep) == ["not following at the end"]
+    # Two rooms on one connection: each room's last life must be open at the end.
+    other = {**life([["start", E, 0]], final=False), "room": "q"}
+    rep = check(ACKS, [life([["start", E, 0], *msgs(1, 2, 3, 4, 5)]), other], HISTORY)
+    assert rules(rep) == ["not following at the end"] and rep.violations[0]["room"] == "q"
+
+
+def test_checker_finds_a_frame_of_a_room_not_subscribed_to() -> None:
+    stray = life([["start", E, 0], ["stray", "q", "msg", E, 1], *msgs(1, 2, 3, 4, 5)])
+    assert rules(check(ACKS, [stray], HISTORY)) == ["a frame of a room not subscribed to"]
 
 
 def test_checker_finds_disorder_and_history_faults() -> None:
