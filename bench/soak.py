@@ -2,13 +2,15 @@
 
 It starts a private ``redis-server`` and ``--nodes`` nodes on 127.0.0.1 (each reaching Redis
 through a TCP proxy of the soak's), publishers at ``--rate`` across ``--rooms`` rooms over HTTP
-and WebSocket (idempotency keys and retries), ``--clients`` followers (WebSocket, one in four of
-them presence members, and one in five SSE; one in ten slow) that resume after every disconnect,
-and a fault schedule drawn from ``--seed`` (:mod:`hubbub.bench.soak_faults`). After ``--duration`` seconds the
-publishers stop, the followers get a settle time to catch up, history is read back, and
+and WebSocket (idempotency keys and retries), ``--clients`` followers of one or a few rooms
+(WebSocket, one in four of them presence members, and one in five SSE; one in ten slow) that
+resume after every disconnect, and a fault schedule drawn from ``--seed``
+(:mod:`hubbub.bench.soak_faults`). After ``--duration`` seconds the publishers stop, the
+followers get a settle time to catch up, history is read back, and
 :mod:`hubbub.bench.soak_check` checks every client life. Exit status: 0 clean, 1 violations,
-2 the run could not be carried out. ``--out`` receives ``summary.json`` and, on a violation,
-the offending clients' logs and the acknowledgements. Every process is stopped by pid at the end.
+2 the run could not be carried out, 130 interrupted (SIGINT or SIGTERM). ``--out`` receives
+``summary.json``, ``gaps.json`` and, on a violation (or with ``--keep-logs``), the checker's
+inputs and the offending clients' logs. Every process is stopped by pid at the end.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-queue",
         type=int,
         default=64,
-        help="the nodes' HUB_MAX_QUEUE (small, so stalled clients overflow it)",
+        help="the nodes' HUB_MAX_QUEUE (queued frames per session)",
     )
     p.add_argument(
         "--faults",
