@@ -116,6 +116,8 @@ class WsLink:
             self._pending.pop(fid, None)
             if not fut.done():
                 fut.cancel()
+            elif not fut.cancelled():
+                fut.exception()  # failed while the frame was being sent: seen, not awaited
         if f.get("type") == "reply":
             return dict(f["result"])
         text = f"{f.get('code')}: {f.get('message')}"
