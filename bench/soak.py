@@ -159,10 +159,13 @@ async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]
         await cluster.start()
         for i in range(a.clients):
             f_rng = random.Random(rng.random())
-            slow = f_rng.uniform(0.005, 0.03) if i % 10 == 3 else 0.0
             mine = [rooms[i % len(rooms)]]
             if i % 4 == 2 or i % 10 == 9:  # some follow two or three rooms on one connection
                 mine = list(dict.fromkeys(rooms[(i + k) % len(rooms)] for k in range(2 + i % 2)))
+            # A slow client reads at two to four times its rooms' rate (at most 30 ms a frame):
+            # slow, yet able to catch up after a resume, as the settle time expects.
+            rate = a.rate * len(mine) / len(rooms)
+            slow = min(0.03, f_rng.uniform(0.25, 0.5) / rate) if i % 10 == 3 else 0.0
             args = (f"c{i}", mine, cluster.urls, key, f_rng)
             if i % 5 == 4:
                 followers.append(SseFollower(*args, slow=slow))
