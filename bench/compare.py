@@ -7,6 +7,8 @@ Servers (each started fresh for every measurement, bound to 127.0.0.1, pinned to
 * ``socketio``: bench/sio_server.py, python-socketio on uvicorn (needs the ``bench`` extra);
 * ``hubbub``: ``hubbub serve`` (memory://), WebSocket subscribers;
 * ``hubbub-sse``: the same node, SSE subscribers.
+* ``hubbub-redis`` / ``hubbub-redis-sse``: ``hubbub serve`` on a private ``redis-server`` (core 1
+  with ``--pin``);
 * ``hubbub-asgi`` / ``hubbub-asgi-sse``: the same app on stock uvicorn (its own httptools and
   websockets-sansio protocols): the plain-ASGI path, without Hubbub's direct writes.
 
@@ -33,10 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from hubbub.bench.run import free_port, stop_process
+from hubbub.bench.storm import start_redis, wait_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 SERVERS = ("websockets", "socketio", "hubbub", "hubbub-sse")
+COMPANIONS: dict[int, subprocess.Popen[bytes]] = {}  # server pid -> its redis-server
 BASELINE = [""]  # --baseline: a checkout of an older Hubbub, run as "hubbub-before[-sse]"
 
 
@@ -63,8 +67,14 @@ def start(server: str, port: int, key: str, pin: bool) -> subprocess.Popen[bytes
     else:
         if server.startswith("hubbub-before"):
             env["PYTHONPATH"] = BASELINE[0]
+        broker = "memory://"
+        if server.startswith("hubbub-redis"):  # a private redis-server for this measurement
+            rport = free_port()
+            redis = start_redis(rport, pin)
+            wait_redis(rport, redis)
+            broker = f"redis://127.0.0.1:{rport}/0"
         env.update(HUB_API_KEYS=key, HUB_API_RATE="0", HUB_LOG_LEVEL="warning",
-                   HUB_BROKER_URL="memory://")  # fmt: skip
+                   HUB_BROKER_URL=broker)  # fmt: skip
         env.pop("HUB_JWT_SECRET", None)
         module = "hubbub.cli"
         if server.startswith("hubbub-before") and not (Path(BASELINE[0]) / "hubbub").is_dir():
@@ -81,6 +91,8 @@ def start(server: str, port: int, key: str, pin: bool) -> subprocess.Popen[bytes
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL)  # fmt: skip
     wait_port(port, proc)
+    if server.startswith("hubbub-redis"):
+        COMPANIONS[proc.pid] = redis
     return proc
 
 
@@ -107,6 +119,9 @@ def measure(server: str, n: int, args: argparse.Namespace, rate: float = 0.0) ->
         return result
     finally:
         stop_process(proc)
+        companion = COMPANIONS.pop(proc.pid, None)
+        if companion is not None:
+            stop_process(companion)
 
 
 def med(values: list[float]) -> float:
@@ -124,13 +139,15 @@ def table(runs: dict[tuple[str, int], list[dict[str, Any]]], servers: list[str],
           ns: list[int]) -> list[str]:  # fmt: skip
     lines = [
         "| N | server | deliveries/s (median) | noise | vs websockets | deliveries per server CPU-s "
-        "| vs websockets | p99 ms | RSS/conn KiB | lost / dup / disc. | loadgen saturated |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| vs websockets | connects/s | vs websockets | p99 ms | RSS/conn KiB | lost / dup / disc. "
+        "| loadgen saturated |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in ns:
         ref = runs.get(("websockets", n), [])
         ref_d = med([r["deliveries_per_s"] for r in ref])
         ref_c = med([r["deliveries_per_cpu_s"] or 0 for r in ref])
+        ref_k = med([r.get("connects_per_s") or 0 for r in ref])
         for s in servers:
             rs = runs.get((s, n), [])
             if not rs:
@@ -138,6 +155,7 @@ def table(runs: dict[tuple[str, int], list[dict[str, Any]]], servers: list[str],
             d = [r["deliveries_per_s"] for r in rs]
             c = [r["deliveries_per_cpu_s"] or 0.0 for r in rs]
             p99 = med([r["latency_ms"]["p99"] for r in rs])
+            k = med([r.get("connects_per_s") or 0 for r in rs])
             rss = med([r["rss_per_connection_kib"] or 0.0 for r in rs])
             lost = sum(r["lost"] for r in rs)
             dup = sum(r["duplicated"] for r in rs)
@@ -146,7 +164,7 @@ def table(runs: dict[tuple[str, int], list[dict[str, Any]]], servers: list[str],
             lines.append(
                 f"| {n} | {s} | {med(d):,.0f} | {spread(d)} | "
                 f"{med(d) / ref_d if ref_d else 0:.2f}x | {med(c):,.0f} | {med(c) / ref_c if ref_c else 0:.2f}x | "
-                f"{p99:.1f} | {rss:.1f} | {lost} / {dup} / {disc} | {sat}/{len(rs)} |"
+                f"{k:,.0f} | {k / ref_k if ref_k else 0:.2f}x | {p99:.1f} | {rss:.1f} | {lost} / {dup} / {disc} | {sat}/{len(rs)} |"
             )
     return lines
 

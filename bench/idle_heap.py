@@ -1,12 +1,13 @@
-"""Where the memory of idle WebSocket connections goes: tracemalloc on a real node.
+"""Where the memory of idle WebSocket (or SSE) connections goes: tracemalloc on a real node.
 
 Starts ``hubbub serve`` (memory:// broker, an API key) with tracemalloc running from the start
 (a ``sitecustomize`` on PYTHONPATH that dumps a snapshot on SIGUSR1), takes a snapshot, opens N
 WebSocket subscribers like ``hubbub bench`` does (``welcome`` → ``subscribe`` → ``reply``,
-answering pings), waits, takes a second snapshot and prints the difference per connection,
+answering pings; ``--transport sse``: SSE streams of one room), waits, takes a second snapshot and prints the difference per connection,
 grouped by file (and by file:line with ``--lines``), plus the RSS per connection.
 
     .venv/bin/python bench/idle_heap.py --subscribers 2000 [--lines 30] [--pin] [--jwt]
+        [--transport sse]
 
 RSS here includes tracemalloc's own bookkeeping: use ``hubbub bench`` for RSS figures.
 """
@@ -52,9 +53,10 @@ def snapshot(pid: int, where: Path, n: int) -> tracemalloc.Snapshot:
 
 
 async def connect(
-    port: int, key: str, n: int, room: str, jwt_secret: str | None = None
+    port: int, key: str, n: int, room: str, jwt_secret: str | None = None, kind: str = "ws"
 ) -> list[Subscriber]:
-    """N subscribers of ``room``: all with the API key, or each its own user's JWT (1 h)."""
+    """N subscribers of ``room`` (``kind``: ``ws`` or ``sse``): all with the API key, or each
+    its own user's JWT (1 h)."""
     loop = asyncio.get_running_loop()
     tally = Tally()
     subs: list[Subscriber] = []
@@ -67,7 +69,7 @@ async def connect(
 
                 claims = {"sub": f"user-{room}-{i + j}", "exp": int(time.time()) + 3600}
                 cred = jwt.encode(claims, jwt_secret, algorithm="HS256")
-            sub = Subscriber("ws", "hubbub", "127.0.0.1", port, room, cred, tally)
+            sub = Subscriber(kind, "hubbub", "127.0.0.1", port, room, cred, tally)
             await loop.create_connection(lambda s=sub: s, "127.0.0.1", port)  # type: ignore[misc]
             batch.append(sub)
         await asyncio.gather(*(s.ready for s in batch))
@@ -97,16 +99,15 @@ async def run(args: argparse.Namespace) -> None:
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)  # noqa: ASYNC220
     try:
         await asyncio.to_thread(wait_ready, f"http://127.0.0.1:{port}", proc)
-        subs = await connect(
-            port, key, 20, "warm", secret
-        )  # first-use allocations (imports, caches)
+        # first-use allocations (imports, caches)
+        subs = await connect(port, key, 20, "warm", secret, args.transport)
         await asyncio.sleep(1)
         for s in subs:
             s.close()
         await asyncio.sleep(1)
         before = await asyncio.to_thread(snapshot, proc.pid, where, 1)
         rss0 = proc_rss_kib(proc.pid)
-        subs = await connect(port, key, args.subscribers, "idle", secret)
+        subs = await connect(port, key, args.subscribers, "idle", secret, args.transport)
         await asyncio.sleep(args.settle)
         after = await asyncio.to_thread(snapshot, proc.pid, where, 2)
         rss1 = proc_rss_kib(proc.pid)
@@ -143,6 +144,7 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=1)
     p.add_argument("--pin", action="store_true")
     p.add_argument("--jwt", action="store_true", help="one user per connection, 1 h JWTs")
+    p.add_argument("--transport", choices=("ws", "sse"), default="ws")
     asyncio.run(run(p.parse_args()))
 
 

@@ -90,9 +90,11 @@ async def _subscriber_main(job: WorkerJob, progress: Any, conn: Connection) -> N
             subs.append(s)
             await asyncio.wait_for(s.ready, 60)
 
+    t_open = time.monotonic()
     results = await asyncio.gather(*(one(*a) for a in job.assignments), return_exceptions=True)
+    opened_s = time.monotonic() - t_open  # handshake plus subscribe, every connection
     errors = [repr(r) for r in results if isinstance(r, BaseException)]
-    conn.send(("ready", len(job.assignments) - len(errors), errors[:3]))
+    conn.send(("ready", len(job.assignments) - len(errors), errors[:3], opened_s))
     await _recv(conn)  # go
     cpu0, t0 = time.process_time(), time.monotonic()
     await _recv(conn)  # stop

@@ -245,6 +245,8 @@ def _measure(
         ready = _wait_all(conns, "ready", 120 + n / 50)
         connected = sum(r[1] for r in ready)
         connect_errors = [e for r in ready for e in r[2]]
+        # The workers open theirs in parallel: the slowest one's span is the whole opening.
+        connect_s = max((r[3] for r in ready if len(r) > 3), default=None)
         _wait_all([pparent], "ready", 30)
         time.sleep(0.5)
         rss_connected = {pid: proc_rss_kib(pid) for pid in pids}
@@ -279,9 +281,12 @@ def _measure(
             pr.join(5)
             if pr.is_alive():
                 pr.kill()
-    return _report(args, bases, pids, connected, connect_errors, published, finals, first_at,
+    report = _report(args, bases, pids, connected, connect_errors, published, finals, first_at,
                    pub_cpu, pub_wall, pub_errors, behind, done, rss_base, rss_connected,
                    rss_peak, cpu0, cpu1, wall, room_sizes)  # fmt: skip
+    report["connect_s"] = round(connect_s, 3) if connect_s else None
+    report["connects_per_s"] = round(connected / connect_s, 1) if connect_s else None
+    return report
 
 
 def _expected_deliveries(published: int, rooms: list[str], room_sizes: dict[str, int]) -> int:
@@ -381,6 +386,8 @@ def render(r: dict[str, Any]) -> str:
         f"  published        {r['published']} ({r['publish_per_s']:,.0f}/s)",
         f"  deliveries       {r['deliveries']} ({r['deliveries_per_s']:,.0f}/s)",
         f"  latency ms       p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}",
+        f"  connected        in {r.get('connect_s')} s ({r.get('connects_per_s')}/s: handshake "
+        f"plus subscribe)",
         f"  lost             {r['lost']}   duplicated {r['duplicated']}   disconnected "
         f"{r['disconnected']}",
         f"  server RSS       {r['server_rss_kib'] / 1024:.1f} MiB (idle {r['server_rss_idle_kib'] / 1024:.1f} MiB),"

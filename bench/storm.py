@@ -30,13 +30,21 @@ from typing import Any
 import httpx
 import jwt
 
-from hubbub.bench.run import free_port, percentile, raise_fd_limit, stop_process, wait_ready
+from hubbub.bench.run import (
+    free_port,
+    percentile,
+    proc_cpu_s,
+    raise_fd_limit,
+    stop_process,
+    wait_ready,
+)
 from hubbub.bench.storm_client import StormJob, storm_worker
 
 FALSE_OUTAGE_CLOSE = "4003"
 
 
-def _redis(port: int, pin: bool) -> subprocess.Popen[bytes]:
+def start_redis(port: int, pin: bool) -> subprocess.Popen[bytes]:
+    """A private redis-server on 127.0.0.1:``port``, no persistence (``pin``: on core 1)."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise SystemExit(
@@ -49,7 +57,7 @@ def _redis(port: int, pin: bool) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
 
-def _wait_redis(port: int, proc: subprocess.Popen[bytes]) -> None:
+def wait_redis(port: int, proc: subprocess.Popen[bytes]) -> None:
     import socket
 
     deadline = time.monotonic() + 10
@@ -120,24 +128,24 @@ class Publisher:
 def run_storm(args: Any) -> dict[str, Any]:
     """Run one storm (see the module docstring); returns the figures."""
     n = args.subscribers
-    raise_fd_limit(n * 2 + 512)
+    raise_fd_limit(n + 1024)  # per process: a node holds every client, so does a worker its share
     key = secrets.token_urlsafe(24)
     secret = secrets.token_urlsafe(32)
     rooms = [f"storm-{i:03d}" for i in range(max(1, args.rooms))]
     redis_port = free_port()
-    redis = _redis(redis_port, args.pin)
+    redis = start_redis(redis_port, args.pin)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        _wait_redis(redis_port, redis)
+        wait_redis(redis_port, redis)
         env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
         env.update(HUB_API_KEYS=key, HUB_JWT_SECRET=secret, HUB_API_RATE="0",
-                   HUB_LOG_LEVEL="warning", HUB_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
-                   HUB_MAX_CONNECTIONS_PER_USER="0")  # fmt: skip
+                   HUB_LOG_LEVEL="warning",
+                   HUB_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0")  # fmt: skip
         ports = [free_port(), free_port()]
         procs = [_node(p, env, args.pin) for p in ports]
         for p, proc in zip(ports, procs, strict=True):
             wait_ready(f"http://127.0.0.1:{p}", proc)
-        return _storm(args, n, key, secret, rooms, ports, procs)
+        return _storm(args, n, key, secret, rooms, ports, procs, redis.pid)
     finally:
         for proc in procs:
             stop_process(proc)
@@ -156,7 +164,7 @@ def _tokens(secret: str, n: int, rooms: list[str]) -> list[tuple[str, str]]:
 
 
 def _storm(args: Any, n: int, key: str, secret: str, rooms: list[str], ports: list[int],
-           procs: list[subprocess.Popen[bytes]]) -> dict[str, Any]:  # fmt: skip
+           procs: list[subprocess.Popen[bytes]], redis_pid: int) -> dict[str, Any]:  # fmt: skip
     clients = _tokens(secret, n, rooms)
     ctx = mp.get_context("spawn")
     workers = max(1, args.workers)
@@ -170,7 +178,8 @@ def _storm(args: Any, n: int, key: str, secret: str, rooms: list[str], ports: li
         pipes.append(ours)
         kids.append(kid)
     try:
-        return asyncio.run(_drive(args, n, key, rooms, ports, procs, pipes))
+        watch = {"redis": [redis_pid], "clients": [k.pid for k in kids if k.pid is not None]}
+        return asyncio.run(_drive(args, n, key, rooms, ports, procs, pipes, watch))
     finally:
         for kid in kids:
             kid.join(10)
@@ -197,7 +206,8 @@ async def _get(pipe: Any, within: float) -> Any:
 
 
 async def _drive(args: Any, n: int, key: str, rooms: list[str], ports: list[int],
-                 procs: list[subprocess.Popen[bytes]], pipes: list[Any]) -> dict[str, Any]:  # fmt: skip
+                 procs: list[subprocess.Popen[bytes]], pipes: list[Any],
+                 watch: dict[str, list[int]]) -> dict[str, Any]:  # fmt: skip
     t_open = time.monotonic()
     for p in pipes:
         msg = await _get(p, 120)
@@ -210,6 +220,8 @@ async def _drive(args: Any, n: int, key: str, rooms: list[str], ports: list[int]
     profiler = _profiler(procs[1].pid)
     if profiler is not None:
         await asyncio.sleep(0.5)
+    cpu0 = proc_cpu_s(procs[1].pid)
+    others0 = {k: sum(proc_cpu_s(p) for p in pids) for k, pids in watch.items()}
     t0 = time.monotonic_ns()
     procs[0].send_signal(signal.SIGTERM)
     deadline = time.monotonic() + args.storm_timeout
@@ -223,6 +235,10 @@ async def _drive(args: Any, n: int, key: str, rooms: list[str], ports: list[int]
         msg = p.recv()
         assert msg[0] == "resumed", msg
     t_end = time.monotonic_ns()
+    cpu_b = proc_cpu_s(procs[1].pid) - cpu0
+    others = {
+        k: round(sum(proc_cpu_s(p) for p in pids) - others0[k], 2) for k, pids in watch.items()
+    }
     if profiler is not None:
         await asyncio.get_running_loop().run_in_executor(None, profiler.wait)
     await asyncio.sleep(1.0)
@@ -237,7 +253,12 @@ async def _drive(args: Any, n: int, key: str, rooms: list[str], ports: list[int]
             if msg[0] == "done":
                 reports.append(msg[1])
                 break
-    return _figures(n, t0, t_end, opened_s, resumed_all, pub, reports)
+    return {
+        **_figures(n, t0, t_end, opened_s, resumed_all, pub, reports),
+        "node_b_cpu_s": round(cpu_b, 2),
+        "redis_cpu_s": others["redis"],
+        "clients_cpu_s": others["clients"],
+    }
 
 
 def _figures(n: int, t0: int, t_end: int, opened_s: float, resumed_all: bool, pub: Publisher,
@@ -290,6 +311,8 @@ def render_storm(r: dict[str, Any]) -> str:
         f"  resumed {r['resumed']}/{r['clients']} ({r['recovered']} recovered: true), after the "
         f"SIGTERM: p50 {r['resume_p50_ms']} ms, p99 {r['resume_p99_ms']} ms, "
         f"last {r['resume_last_ms']} ms",
+        f"  CPU-s used meanwhile: node B {r['node_b_cpu_s']}, redis {r['redis_cpu_s']}, "
+        f"client workers {r['clients_cpu_s']}",
         f"  lost {r['lost']}, duplicated {r['duplicated']}, gaps {r['gaps']}",
         f"  false outages (unavailable / 4003): {r['false_outages']}; errors {r['errors']}; "
         f"closes {r['closes']}",

@@ -8,6 +8,8 @@ Rules enforced here, for every transport alike:
   configured JWKS keys; ``jku``/``jwk``/``x5u`` are ignored.
 * ``sub`` and ``exp`` are required; ``exp`` further than ``jwt_max_ttl`` ahead is refused;
   ``aud``/``iss`` are checked when configured; ``nbf`` is honoured.
+* A token of a revoked user (:mod:`hub.revocation`: ``iat`` at or before the revocation, or no
+  ``iat``) is refused with the reason ``revoked``, checked in a local table (no broker call).
 * Every refusal raises the same :class:`~hub.errors.Unauthorized` (no reason oracle); the reason is
   kept on the exception's ``details``-free ``reason`` attribute for metrics and logs only.
 """
@@ -30,6 +32,7 @@ import jwt
 from jwt import PyJWK
 
 from hubbub.hub.errors import ConfigError, Unauthorized
+from hubbub.hub.revocation import Revocations
 from hubbub.hub.settings import GRANT_KINDS, Settings
 
 log = logging.getLogger("hubbub.auth")
@@ -78,6 +81,7 @@ class Identity:
     api_key: bool = False
     guest: bool = False
     scope: str = ""  # the credential, for idempotency scoping
+    iat: Any = None  # a token's iat claim as given (revocation: hub.revocation)
 
     def can(self, kind: str, room: str) -> bool:
         """Whether this identity holds grant ``kind`` for ``room``."""
@@ -176,6 +180,8 @@ class Authenticator:
         self.settings = settings
         self._api_keys = [k.encode() for k in settings.api_keys]
         self.failures: Counter[str] = Counter()  # refusals by reason (metrics only)
+        # Revoked users (kept in sync across the cluster by the hub): read on every token check.
+        self.revocations = Revocations(settings.jwt_max_ttl)
         self._public_key: Any = None
         self._jwks: dict[str, _JwksKey] = {}
         self._jwks_list: list[_JwksKey] = []
@@ -227,10 +233,12 @@ class Authenticator:
         return self.verify_token(credential)
 
     def guest(self) -> Identity:
+        """A guest: ``HUB_DEFAULT_GRANTS``, narrowed to the rooms of [[rooms]] tables with
+        ``anonymous = true`` when only those tables let guests in (hub.room_options)."""
+        from hubbub.hub.room_options import guest_grants
+
         sub = "guest-" + secrets.token_hex(4)
-        return Identity(
-            sub=sub, grants=dict(self.settings.default_grants), guest=True, scope=f"sub:{sub}"
-        )
+        return Identity(sub=sub, grants=guest_grants(self.settings), guest=True, scope=f"sub:{sub}")
 
     def verify_token(self, token: str) -> Identity:
         """Verify a client JWT. Raises Unauthorized (always the same message)."""
@@ -300,6 +308,8 @@ class Authenticator:
         for purpose in ("typ", "token_type", "token_use"):
             if str(claims.get(purpose, "")).lower() in ("refresh", "refresh_token", "id"):
                 raise Unauthorized(reason="token_type")
+        if self.revocations.refuses(sub, claims.get("iat")):
+            raise Unauthorized(reason="revoked")
         grants = _parse_hub_claim(claims["hub"]) if "hub" in claims else dict(s.default_grants)
         name = claims.get("name")
         if name is not None and not isinstance(name, str):
@@ -311,6 +321,7 @@ class Authenticator:
             info=claims.get("info"),
             exp=float(exp),
             scope=f"sub:{sub}",
+            iat=claims.get("iat"),
         )
 
 

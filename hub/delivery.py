@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
+from hubbub.hub.auth import Authenticator
 from hubbub.hub.brokers.base import Broker
 from hubbub.hub.envelope import Publication
 from hubbub.hub.errors import CLOSE_KICKED, CLOSE_SLOW, BrokerError
@@ -32,6 +33,7 @@ class Delivery:
     sessions: dict[str, Session]
     by_user: dict[str, set[Session]]
     broker_up: bool
+    auth: Authenticator
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         raise NotImplementedError
@@ -120,6 +122,9 @@ class Delivery:
     def on_control(self, message: dict[str, Any]) -> None:
         kind = message.get("t")
         if kind == "kick":
+            cutoff = message.get("revoked_before")
+            if isinstance(cutoff, int | float) and not isinstance(cutoff, bool):
+                self.auth.revocations.add(str(message.get("user")), float(cutoff))
             for s in list(self.by_user.get(str(message.get("user")), ())):
                 s.close(CLOSE_KICKED, str(message.get("reason") or "disconnected by the server"))
         elif kind == "direct":

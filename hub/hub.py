@@ -16,12 +16,14 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from hubbub.hub.auth import Authenticator, Identity, grant_matches
+from hubbub.hub.auth import Authenticator, Identity
 from hubbub.hub.brokers.base import Broker, Idempotency, Member, StateStore, backends_from_url
+from hubbub.hub.brokers.memory_state import MemoryStateStore
+from hubbub.hub.budgets import UserBudget
 from hubbub.hub.delivery import Delivery
 from hubbub.hub.envelope import (
     Position,
@@ -33,6 +35,7 @@ from hubbub.hub.envelope import (
     parse_since,
 )
 from hubbub.hub.errors import (
+    CLOSE_KICKED,
     CLOSE_LIMIT,
     CLOSE_SHUTDOWN,
     BadRequest,
@@ -41,14 +44,21 @@ from hubbub.hub.errors import (
     Disconnect,
     Forbidden,
     NotFound,
+    RateLimited,
     RoomFull,
     Unavailable,
 )
 from hubbub.hub.metrics import Metrics
-from hubbub.hub.recovery import Seam, go_live, replay
+from hubbub.hub.ratelimit import TokenBucket
+from hubbub.hub.recovery import Seam, gap_frame, go_live, replay
+from hubbub.hub.room_agreement import RoomAgreement
+from hubbub.hub.room_options import RoomOptions, RoomRules, check_room_access
 from hubbub.hub.rooms import RoomIndex, RoomState
 from hubbub.hub.session import SIGNAL, Control, Session, Subscription
 from hubbub.hub.settings import Settings
+
+if TYPE_CHECKING:
+    from hubbub.hub.webhooks.service import Webhooks
 
 log = logging.getLogger("hubbub.hub")
 
@@ -76,23 +86,27 @@ class Hub(Delivery):
         self, settings: Settings, broker: Broker | None = None, state: StateStore | None = None
     ) -> None:
         self.settings = settings
+        self.room_rules = RoomRules(settings)
         if broker is None:
             broker, default_state = backends_from_url(
                 settings.broker_url,
                 history_size=settings.history_size,
                 history_ttl=settings.history_ttl,
+                room_history=self.room_rules.history_of if self.room_rules.history_varies else None,
+                longest_ttl=self.room_rules.longest_ttl(),
                 prefix=settings.redis_prefix,
                 presence_ttl=settings.presence_ttl,
                 timeout=settings.broker_timeout,
             )
             state = state or default_state
         elif state is None:
-            from hubbub.hub.brokers.memory_state import MemoryStateStore
-
             state = MemoryStateStore()
         self.broker: Broker = broker
         self.state: StateStore = state
         self.auth = Authenticator(settings)
+        # HUB_USER_PUBLISH_RATE: cluster-wide through the state store unless it is this node's.
+        shared = None if isinstance(state, MemoryStateStore) else state
+        self.budget = UserBudget(settings.user_publish_rate, shared)
         self.node_id = secrets.token_hex(6)
         self.sessions: dict[str, Session] = {}
         self.by_user: dict[str, set[Session]] = {}
@@ -103,20 +117,45 @@ class Hub(Delivery):
         # deadline starts only once it is let in. A reconnect storm then queues on the node
         # instead of timing out in the broker, which would be reported as an outage.
         self.admission = asyncio.Semaphore(settings.admission_concurrency)
+        # The transports' handshakes (token check, upgrade, session) take turns the same way.
+        self.handshakes = asyncio.Semaphore(settings.handshake_concurrency)
         self.broker_up = False
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.room_agreement: RoomAgreement | None = None  # Redis: do all nodes agree?
+        # Built by start() when HUB_WEBHOOK_URLS is set; None costs one check per hook.
+        self.webhooks: Webhooks | None = None
+        self._state_started = False  # resync loads revocations once the state store started
 
     # ---- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
         await self.broker.start(self, self.node_id)
         await self.state.start(self.node_id)
+        self._state_started = True
+        if self.broker_up:  # else the load follows the broker's first connection (resync)
+            await self.load_revocations()
+        if hasattr(self.broker, "script") and hasattr(self.broker, "run"):  # Redis
+            ttl = self.settings.presence_ttl
+            self.room_agreement = RoomAgreement(
+                self.broker, self.node_id, self.room_rules.digest(), ttl=ttl,
+                interval=min(5.0, ttl / 3),
+            )  # fmt: skip
+            self.room_agreement.start()
+        if self.settings.webhook_urls and self.webhooks is None:
+            from hubbub.hub.webhooks.service import Webhooks
+
+            self.webhooks = Webhooks(self.settings, self.broker, self.node_id, self.room_rules)
+            await self.webhooks.start()
 
     async def stop(self) -> None:
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         for task in list(self._tasks):
             task.cancel()
         for s in list(self.sessions.values()):
             s.close(CLOSE_SHUTDOWN, "server shutting down")
+        if self.room_agreement is not None:
+            await self.room_agreement.close()
         try:
             await self.state.close()
         finally:
@@ -142,6 +181,8 @@ class Hub(Delivery):
     async def ready(self) -> bool:
         if self.draining:
             return False
+        if self.room_agreement is not None and self.room_agreement.mismatch:
+            return False  # its room options differ from the cluster's (logged)
         try:
             return await asyncio.wait_for(self.broker.ready(), self.settings.broker_timeout)
         except (TimeoutError, BrokerError, OSError):
@@ -150,7 +191,8 @@ class Hub(Delivery):
     # ---- sessions --------------------------------------------------------------------------
     async def open_session(self, identity: Identity, transport: str) -> Session:
         """Register a session. Raises Disconnect(4000) while draining, Disconnect(4510) over the
-        per-user connection limit, Unavailable when the broker is down."""
+        per-user connection limit, Disconnect(4509) when the user's token was revoked since it
+        was checked, Unavailable when the broker is down."""
         if self.draining:
             raise Disconnect(CLOSE_SHUTDOWN, "server draining")
         s = self.settings
@@ -162,22 +204,37 @@ class Hub(Delivery):
             # Backends (API keys) are limited per key over HTTP, not per session.
             publish_rate=None if identity.api_key else s.client_publish_rate,
         )
-        try:
-            async with self.admission:
-                count = await self.state.connection_add(identity.sub, session.id)
-        except BrokerError:
-            raise Unavailable("broker unavailable") from None
-        if (
-            s.max_connections_per_user
-            and count > s.max_connections_per_user
-            and not identity.api_key
-        ):
+        limit = 0 if identity.api_key else s.max_connections_per_user
+        if limit:  # the cluster-wide count decides: wait for it
+            try:
+                async with self.admission:
+                    count = await self.state.connection_add(identity.sub, session.id)
+            except BrokerError:
+                with contextlib.suppress(BrokerError):  # forget it locally too
+                    await self.state.connection_remove(identity.sub, session.id)
+                raise Unavailable("broker unavailable") from None
+            if count > limit:
+                with contextlib.suppress(BrokerError):
+                    await self.state.connection_remove(identity.sub, session.id)
+                raise Disconnect(CLOSE_LIMIT, "connection limit reached")
+        else:
+            # Nothing waits on the count: the registration is written in the background (one
+            # Redis round trip fewer per connect); the state store keeps it and its refresh
+            # loop writes it again should this write fail. A broker known to be down (its
+            # link says so, no round trip) still refuses the session, as the count would.
+            if not self.broker_up:
+                raise Unavailable("broker unavailable")
+            self.state.connection_add_nowait(identity.sub, session.id)
+        if not identity.api_key and self.auth.revocations.refuses(identity.sub, identity.iat):
+            # Revoked while it was opening: the kick came before the session was registered.
             with contextlib.suppress(BrokerError):
                 await self.state.connection_remove(identity.sub, session.id)
-            raise Disconnect(CLOSE_LIMIT, "connection limit reached")
+            raise Disconnect(CLOSE_KICKED, "token revoked")
         self.sessions[session.id] = session
         self.by_user.setdefault(identity.sub, set()).add(session)
         self.metrics.connections[transport] += 1
+        if self.webhooks is not None:
+            self.webhooks.connected(identity.sub, session.id, transport)
         log.info("session %s opened: user %s via %s", session.id, identity.sub, transport,
                  extra=_log_context(session))  # fmt: skip
         return session
@@ -205,10 +262,21 @@ class Hub(Delivery):
                 await self.unsubscribe(session, room)
         with contextlib.suppress(Exception):
             await self.state.connection_remove(session.identity.sub, session.id)
+        if self.webhooks is not None:
+            self.webhooks.disconnected(session.identity.sub, session.id, session.transport)
 
     # ---- rooms -------------------------------------------------------------------------------
     def is_call_room(self, room: str) -> bool:
-        return any(grant_matches(p, room) for p in self.settings.signal_rooms)
+        return self.room_rules.is_call_room(room)
+
+    def room_options(self, ident: Identity, room: str, action: str) -> RoomOptions | None:
+        """The options of ``room`` when [[rooms]] tables exist (None otherwise: the global
+        settings apply), after refusing a guest where guests are not allowed."""
+        if not self.room_rules.active:
+            return None
+        opts = self.room_rules.get(room)
+        check_room_access(opts, ident, room, action)
+        return opts
 
     async def _join_room(self, name: str) -> RoomState:
         room = self.rooms.get(name)
@@ -231,6 +299,8 @@ class Hub(Delivery):
                     raise Unavailable("broker unavailable") from None
                 raise
             room.ready.set_result(None)
+            if self.webhooks is not None:
+                self.webhooks.room_up(name)
             if room.pending:
                 self._start_catch_up(room)
         else:
@@ -257,6 +327,7 @@ class Hub(Delivery):
             raise Forbidden(f"no subscribe grant for room {name}", details={"room": name})
         if presence and not ident.can("presence", name):
             raise Forbidden(f"no presence grant for room {name}", details={"room": name})
+        opts = self.room_options(ident, name, "presence" if presence else "subscribe")
         if name in session.subs:
             raise Conflict(f"already subscribed to {name}", details={"room": name})
         limit = self.settings.max_subscriptions
@@ -276,23 +347,37 @@ class Hub(Delivery):
                 pos = parse_since(since, [name]).get(name)
             except BadRequest:
                 pos = Position("-", 0)  # unparseable: gap from 1, then everything retained
+        resumed = None
+        if opts is not None:
+            await self._check_subscribers(opts, name)
+            if pos is not None and not opts.recover:  # no replay: a gap, then live
+                resumed, pos, history = pos, None, None
         if presence and self.is_call_room(name):
             members = await self._presence_members(name)
-            if len(members) >= self.settings.signal_max_peers:
+            peers = self.room_rules.max_peers(name)
+            if len(members) >= peers:
                 raise RoomFull(
-                    f"call room {name} is full ({self.settings.signal_max_peers} peers)",
-                    details={"room": name, "limit": self.settings.signal_max_peers},
+                    f"call room {name} is full ({peers} peers)",
+                    details={"room": name, "limit": peers},
                 )
         sub = Subscription(name, presence=presence)
         session.subs[name] = sub
+        counted = False
         try:
             async with self.admission:
                 room = await self._join_room(name)
                 room.subs[session] = sub
-                await self.state.room_sessions(name, 1)
+                # The rooms listing's count: written in the background (the state store keeps
+                # this node's counts and its refresh loop writes them again after a failure).
+                self.state.room_sessions_nowait(name, 1)
+                counted = True
                 seam: Seam = await replay(self.broker, session, name, pos, history)
+                if resumed is not None:
+                    _send_resume_gap(session, name, resumed, seam)
         except BaseException:
             session.subs.pop(name, None)
+            if counted:
+                self.state.room_sessions_nowait(name, -1)
             r = self.rooms.get(name)
             if r is not None and session in r.subs:
                 del r.subs[session]
@@ -303,10 +388,13 @@ class Hub(Delivery):
             member = self._member(session, name)
             # Call rooms: the cap is enforced atomically by the broker (the check above only
             # saves a replay); concurrent joins on several nodes cannot overfill the room.
-            cap = self.settings.signal_max_peers if self.is_call_room(name) else None
+            cap = self.room_rules.max_peers(name) if self.is_call_room(name) else None
             try:
                 await self.state.presence_add(member, limit=cap)
-                await self.broker.publish_frame(name, self._presence_frame("join", member))
+                if self.webhooks is not None:
+                    self.webhooks.member_up(member)
+                if opts is None or opts.join_leave:
+                    await self.broker.publish_frame(name, self._presence_frame("join", member))
                 result["presence"] = [m.public() for m in await self._presence_members(name)]
             except RoomFull:
                 sub.presence = False  # never announced: leave without a leave frame
@@ -332,18 +420,40 @@ class Hub(Delivery):
         if log.isEnabledFor(logging.DEBUG):
             log.debug("session %s left %s", session.id, name,
                       extra={**_log_context(session), "room": name})  # fmt: skip
+        self.state.room_sessions_nowait(name, -1)
         try:
             if sub.presence:
+                member = self._member(session, name)
+                if self.webhooks is not None:
+                    self.webhooks.member_down(member)
                 await self.state.presence_remove(name, session.id)
-                frame = self._presence_frame("leave", self._member(session, name))
-                await self.broker.publish_frame(name, frame)
-            await self.state.room_sessions(name, -1)
+                if self.room_rules.get(name).join_leave:
+                    await self.broker.publish_frame(name, self._presence_frame("leave", member))
         finally:
             await self._maybe_leave_room(room)
+
+    async def _check_subscribers(self, opts: RoomOptions, name: str) -> None:
+        """Refuse with RoomFull when ``name`` already has ``max_subscribers`` sessions on all
+        nodes (counted from the rooms listing: subscribers joining at the same moment on
+        several nodes may pass the limit together)."""
+        limit = opts.max_subscribers
+        if not limit:
+            return
+        try:
+            rooms, _ = await self.state.list_rooms(name, None, 1)
+        except BrokerError:
+            raise Unavailable("broker unavailable") from None
+        if rooms and rooms[0][0] == name and rooms[0][1] >= limit:
+            raise RoomFull(
+                f"room {name} is full ({limit} subscribers)",
+                details={"room": name, "limit": limit},
+            )
 
     async def _maybe_leave_room(self, room: RoomState) -> None:
         if not room.subs and self.rooms.get(room.name) is room:
             self.rooms.drop(room.name)
+            if self.webhooks is not None:
+                self.webhooks.room_down(room.name)
             with contextlib.suppress(BrokerError):
                 await self.broker.unsubscribe(room.name)
 
@@ -375,6 +485,7 @@ class Hub(Delivery):
         check_room(room)
         if not ident.can("presence", room):
             raise Forbidden(f"no presence grant for room {room}", details={"room": room})
+        self.room_options(ident, room, "presence")
         members = await self._presence_members(room)
         return {
             "members": [m.public() for m in members],
@@ -400,7 +511,35 @@ class Hub(Delivery):
         prepared = self.prepare_publish(
             ident, room, data, event=event, ephemeral=ephemeral, key=key, session=session
         )
+        if not ident.api_key:
+            try:
+                await self.budget.take(ident.sub)
+            except RateLimited:
+                self.metrics.rate_limited += 1
+                raise
+            if session is None and self.room_rules.active:
+                await self._take_room_rate(ident, prepared.room)
         return await self.publish_prepared(prepared)
+
+    async def _take_room_rate(self, ident: Identity, room: str) -> None:
+        """A room's ``publish_rate`` for a client without a session (HTTP): one bucket per
+        credential and room, shared by the cluster. Raises RateLimited, Unavailable."""
+        rate = self.room_rules.get(room).publish_rate
+        if not rate.enabled:
+            return
+        try:
+            allowed, _, _ = await self.state.take(
+                f"room-pub:{room}:{ident.scope or ident.sub}", rate.rate, rate.burst
+            )
+        except BrokerError:
+            raise Unavailable("broker unavailable") from None
+        if not allowed:
+            self.metrics.rate_limited += 1
+            raise RateLimited(
+                f"publish rate of room {room} exceeded ({rate.rate:g}/s)",
+                details={"room": room},
+                retry_after=max(1.0, 1.0 / rate.rate),
+            )
 
     def prepare_publish(
         self,
@@ -423,7 +562,14 @@ class Hub(Delivery):
             raise BadRequest("idempotency key must be a string of 1 to 256 characters")
         if not ident.can("publish", room):
             raise Forbidden(f"no publish grant for room {room}", details={"room": room})
-        data_json = encode_data(data, self.settings.max_message_bytes)
+        limit = self.settings.max_message_bytes
+        if self.room_rules.active:
+            opts = self.room_rules.get(room)
+            check_room_access(opts, ident, room, "publish")
+            limit = opts.max_message_bytes
+            if session is not None and opts.publish_rate.enabled and not ident.api_key:
+                _take_session_room_rate(session, room, opts)
+        data_json = encode_data(data, limit)
         sender = None
         if not ident.api_key:
             sender = {"user": ident.sub}
@@ -455,6 +601,9 @@ class Hub(Delivery):
         if not res.duplicate:
             self.metrics.publications += 1
             self.metrics.published[p.session.transport if p.session is not None else "http"] += 1
+            wh = self.webhooks
+            if wh is not None and wh.messages:
+                wh.published(room, p.body, res.offset, res.epoch)
         if res.offset is None:
             return {"room": room, "ephemeral": True}
         assert res.epoch is not None
@@ -473,6 +622,7 @@ class Hub(Delivery):
         check_room(room)
         if not ident.can("subscribe", room):
             raise Forbidden(f"no subscribe grant for room {room}", details={"room": room})
+        self.room_options(ident, room, "history")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise BadRequest("limit must be an integer >= 1")
         limit = min(limit, 1000)
@@ -546,6 +696,70 @@ class Hub(Delivery):
         except BrokerError:
             raise Unavailable("broker unavailable") from None
         return n
+
+    # ---- revocation (PROTOCOL.md §8 "Limits and abuse") -----------------------------------
+    async def revoke_user(
+        self, user: str, reason: str = "disconnected by the server"
+    ) -> tuple[int, int]:
+        """Revoke every token of ``user`` issued until now (``iat`` at or before the cutoff, or
+        none), on every node, and close the user's sessions everywhere with 4509. Returns
+        (sessions closed, cutoff in Unix seconds). The cutoff is stored first (a node that
+        starts or reconnects later loads it), then announced with the kick on the control
+        channel (each node adds it to its table). Raises Unavailable."""
+        cutoff = int(time.time())
+        keep = self.settings.jwt_max_ttl
+        self.auth.revocations.add(user, cutoff)  # this node refuses at once
+        try:
+            await self.state.revoke(user, cutoff, keep)
+            n = await self.state.connection_count(user)
+            await self.broker.send_control(
+                {"t": "kick", "user": user, "reason": reason, "revoked_before": cutoff}
+            )
+        except BrokerError:
+            raise Unavailable("broker unavailable") from None
+        log.info("tokens of user %s issued until %d revoked", user, cutoff)
+        return n, cutoff
+
+    async def load_revocations(self) -> None:
+        """Add the revocations the state store holds to this node's table (at start and after
+        every broker reconnection: announcements sent meanwhile may have been missed). Never
+        raises; a failure is logged and repaired by the next reconnection."""
+        try:
+            entries = await self.state.revocations(self.settings.jwt_max_ttl)
+        except BrokerError:
+            log.warning("could not load token revocations (broker unavailable)")
+            return
+        self.auth.revocations.merge(entries)
+
+    def resync(self) -> None:
+        super().resync()
+        if self._state_started:
+            self.spawn(self.load_revocations())
+
+
+def _take_session_room_rate(session: Session, room: str, opts: RoomOptions) -> None:
+    """A room's ``publish_rate`` for one session. Raises RateLimited."""
+    rates = session.room_rates
+    if rates is None:
+        rates = session.room_rates = {}
+    bucket = rates.get(room)
+    if bucket is None:
+        if len(rates) >= 1024:  # bounded: a session publishing to many rooms starts afresh
+            rates.clear()
+        bucket = rates[room] = TokenBucket.of(opts.publish_rate)
+    if not bucket.take():
+        raise RateLimited(
+            f"publish rate of room {room} exceeded ({opts.publish_rate.rate:g}/s)",
+            details={"room": room},
+        )
+
+
+def _send_resume_gap(session: Session, room: str, since: Position, seam: Seam) -> None:
+    """A room without recovery: what the session asked to resume is skipped, said by a gap."""
+    if (since.epoch is not None and since.epoch != seam.epoch) or since.offset > seam.offset:
+        session.send(gap_frame(room, seam.epoch, 1, seam.offset))
+    elif since.offset < seam.offset:
+        session.send(gap_frame(room, seam.epoch, since.offset + 1, seam.offset))
 
 
 def _log_context(session: Session) -> dict[str, Any]:

@@ -120,6 +120,10 @@ class Metrics:
                    [("", int(bool(hub.broker_up)))])  # fmt: skip
             metric("draining", "gauge", "1 while the node drains (SIGTERM).",
                    [("", int(bool(hub.draining)))])  # fmt: skip
+            agreement = getattr(hub, "room_agreement", None)
+            metric("room_options_mismatch", "gauge",
+                   "1 when this node's [[rooms]] options differ from the cluster's (not ready).",
+                   [("", int(bool(agreement is not None and agreement.mismatch)))])  # fmt: skip
         metric("publications_total", "counter", "Publications accepted by this node, by transport.",
                by(self.published, "transport", "http", "ws"))  # fmt: skip
         metric("deliveries_total", "counter", "Messages fanned out to local sessions.",
@@ -147,6 +151,9 @@ class Metrics:
         out.extend(self.publish_latency.samples("hubbub_broker_publish_seconds"))
         head("delivery_lag_seconds", "histogram", "Publish stamp to fan-out on this node.")
         out.extend(self.delivery_lag.samples("hubbub_delivery_lag_seconds"))
+        webhooks = getattr(hub, "webhooks", None)
+        if webhooks is not None:
+            out.extend(webhooks.metric_lines())
         for name, value in (extra or {}).items():
             metric(name, "gauge", name.replace("_", " ") + ".", [("", value)])
         return "\n".join(out) + "\n"

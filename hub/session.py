@@ -145,6 +145,7 @@ class Session:
         "queued_bytes",
         "rate",
         "rate_strikes",
+        "room_rates",
         "subs",
         "transport",
         "waker",
@@ -175,6 +176,8 @@ class Session:
             else UNLIMITED
         )  # fmt: skip
         self.rate_strikes = 0
+        # Per-room publish buckets ([[rooms]] publish_rate), made on the first publish there.
+        self.room_rates: dict[str, TokenBucket] | None = None
         self.bad_frames = 0
         self._waiter: asyncio.Future[None] | None = None
         # Set by a transport that can write a frame synchronously; returns False to make the
@@ -245,8 +248,10 @@ class Session:
 
     def _wake(self) -> None:
         w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
         if self.waker is not None:
             self.waker()
 
@@ -265,6 +270,19 @@ class Session:
         self.queued_bytes = 0
         self.pushed = 0
         return list(q)
+
+    def arrival(self) -> asyncio.Future[None] | None:
+        """A future that resolves once a frame is queued or the session closes, or None when
+        there is nothing to wait for (frames are queued, or the session is closed). For a
+        consumer that awaits it directly and then calls :meth:`take`: unlike with
+        :meth:`next_batch`, no coroutine frame waits with an idle session. One consumer at a
+        time."""
+        if self._queue or self.closed is not None:
+            return None
+        w = self._waiter
+        if w is None or w.done():
+            w = self._waiter = asyncio.get_running_loop().create_future()
+        return w
 
     async def next_batch(self) -> list[Item]:
         """Wait for frames and take every queued one. Returns [] once the session is closed

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from hubbub.hub.errors import ConfigError
+from hubbub.hub.room_options import RoomTable, parse_tables
 from hubbub.hub.specs import SPEC, Kind, Spec, spec_of
 from hubbub.hub.values import (
     GRANT_KINDS,
@@ -48,6 +49,11 @@ JWT_ALGORITHMS = (
 NOT_SETTINGS = ("HUB_CONFIG",)  # HUB_* variables read elsewhere
 MIN_JWT_SECRET_BYTES = 32  # an HMAC key guessable offline from one token when shorter
 MIN_API_KEY_CHARS = 16
+WEBHOOK_EVENTS = (
+    "room.occupied", "room.vacated", "member.joined", "member.left",
+    "message.published", "user.connected", "user.disconnected",
+)  # fmt: skip
+DEFAULT_WEBHOOK_EVENTS = WEBHOOK_EVENTS[:4]
 
 
 def _setting(default: Any, kind: Kind, help: str, **spec: Any) -> Any:
@@ -85,6 +91,18 @@ def _check_broker_url(url: str) -> None:
     for key, value in query:
         if key == "cluster":
             parse_bool(value)
+
+
+def _check_webhook_urls(urls: tuple[str, ...]) -> None:
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            raise Invalid(f"{redact_url(url)!r} cannot be parsed") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise Invalid(f"{redact_url(url)!r} is not an http:// or https:// URL")
+    if len(set(urls)) != len(urls):
+        raise Invalid("an endpoint is listed twice")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,10 +156,13 @@ class Settings:
     max_queue_bytes: int = _count(4 * MIB, "queued outbound bytes per session",
                                   high=64 * 1024 * MIB, unit="bytes")  # fmt: skip
     max_subscriptions: int = _count(128, "rooms per session", high=100_000)
-    max_connections_per_user: int = _count(0, "sessions per user (0: no limit)", low=0,
+    max_connections_per_user: int = _count(100, "sessions per user (0: no limit)", low=0,
                                            high=10_000_000)  # fmt: skip
     client_publish_rate: Rate = _setting(  # noqa: RUF009
         Rate(20.0, 40.0), Kind.RATE, "publishes per session"
+    )
+    user_publish_rate: Rate = _setting(  # noqa: RUF009
+        Rate(100.0, 200.0), Kind.RATE, "publishes and signals per user over all its sessions"
     )
     client_command_rate: Rate = _setting(  # noqa: RUF009
         Rate(50.0, 100.0), Kind.RATE,
@@ -165,6 +186,10 @@ class Settings:
     auth_timeout: float = _seconds(10.0, "deadline of the WebSocket auth frame", high=3600)
     handshake_timeout: float = _seconds(10.0, "time to send HTTP request headers", high=3600)
     broker_timeout: float = _seconds(5.0, "deadline of each broker call", high=3600)
+    handshake_concurrency: int = _count(
+        64, "WebSocket handshakes (token check, upgrade, session) worked on at once (the rest "
+        "wait their turn)", high=1_000_000,
+    )  # fmt: skip
     admission_concurrency: int = _count(
         256, "sessions opening and subscriptions joining that do their broker work at once "
         "(the rest wait their turn)", high=1_000_000,
@@ -176,6 +201,27 @@ class Settings:
         None, Kind.OPTIONAL_TEXT, "bearer token /metrics requires (unset: /metrics is open)",
         secret=True,
     )  # fmt: skip
+    # Per-room options: only from [[rooms]] tables of the TOML file (hub.room_options).
+    rooms: tuple[RoomTable, ...] = _setting(
+        (), Kind.ROOMS, "per-room options: [[rooms]] tables of the --config file"
+    )
+    webhook_urls: tuple[str, ...] = _setting(
+        (), Kind.LIST, "endpoints that receive webhook batches (POST)", check=_check_webhook_urls,
+        expect="a comma-separated list of http:// or https:// URLs",
+        show=lambda v: repr(",".join(redact_url(u) for u in v.split(","))),
+    )  # fmt: skip
+    webhook_secret: tuple[str, ...] = _setting(
+        (), Kind.LIST, "HMAC key(s) signing webhooks: one, or two during a rotation", secret=True
+    )
+    webhook_events: tuple[str, ...] = _setting(
+        DEFAULT_WEBHOOK_EVENTS, Kind.LIST, "event types sent to the webhook endpoints",
+        choices=WEBHOOK_EVENTS,
+    )  # fmt: skip
+    webhook_timeout: float = _seconds(5.0, "deadline of one webhook request", high=600)
+    webhook_max_age: float = _seconds(3600.0, "age after which an undelivered webhook is dropped")
+    webhook_vacated_delay: float = _seconds(
+        5.0, "time a room stays empty before room.vacated", zero=True, high=3600
+    )
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -185,7 +231,16 @@ class Settings:
 
     @property
     def anonymous(self) -> bool:
-        return self.dev_mode if self.allow_anonymous is None else self.allow_anonymous
+        """Guests may connect: the global setting, or a [[rooms]] table with anonymous = true
+        (guests then use only the rooms that allow them, see hub.room_options)."""
+        on = self.dev_mode if self.allow_anonymous is None else self.allow_anonymous
+        return on or any(t.get("anonymous") is True for t in self.rooms)
+
+    @property
+    def largest_message_bytes(self) -> int:
+        """``max_message_bytes`` of the room allowing the most (frame limits follow it)."""
+        rooms = [int(t.get("max_message_bytes", 0)) for t in self.rooms]
+        return max([self.max_message_bytes, *rooms])
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -252,6 +307,7 @@ class Settings:
             )
         if self.turn_urls and not self.turn_secret:
             raise ConfigError("HUB_TURN_SECRET is required when HUB_TURN_URLS is set")
+        self._check_webhooks()
         self._check_strength()
 
     def _check_strength(self) -> None:
@@ -272,6 +328,31 @@ class Settings:
                     f"HUB_API_KEYS: key {i} of {len(self.api_keys)} is shorter than "
                     f"{MIN_API_KEY_CHARS} characters (value not shown: it is secret); "
                     "generate one with `openssl rand -hex 24`"
+                )
+
+    def _check_webhooks(self) -> None:
+        """With ``HUB_WEBHOOK_URLS`` set, ``HUB_WEBHOOK_SECRET`` must hold one or two keys of at
+        least 32 bytes each (dev mode too: receivers trust what it signs). Names the setting,
+        never the value."""
+        if not self.webhook_urls:
+            return
+        n = len(self.webhook_secret)
+        if n == 0:
+            raise ConfigError(
+                "HUB_WEBHOOK_SECRET is required when HUB_WEBHOOK_URLS is set; generate one "
+                "with `openssl rand -hex 32`"
+            )
+        if n > 2:
+            raise ConfigError(
+                f"HUB_WEBHOOK_SECRET holds {n} keys; at most 2 (the new one and the old one "
+                "during a rotation) (value not shown: it is secret)"
+            )
+        for i, key in enumerate(self.webhook_secret, 1):
+            if len(key.encode()) < MIN_JWT_SECRET_BYTES:
+                raise ConfigError(
+                    f"HUB_WEBHOOK_SECRET: key {i} of {n} must be at least "
+                    f"{MIN_JWT_SECRET_BYTES} bytes long (value not shown: it is secret); "
+                    "generate one with `openssl rand -hex 32`"
                 )
 
     def check_serving(self) -> None:
@@ -315,7 +396,12 @@ def _read_file(path: str, specs: Mapping[str, Spec]) -> dict[str, tuple[str, Any
     if not isinstance(section, dict):
         raise ConfigError(f"config file {path!r}: [hubbub] must be a table")
     out: dict[str, tuple[str, Any]] = {}
+    if section is not data and "rooms" in data:  # [[rooms]] beside a [hubbub] table
+        out["rooms"] = (f"[[rooms]] in {path}", parse_tables(data["rooms"], path))
     for key, value in section.items():
+        if key == "rooms":
+            out["rooms"] = (f"[[rooms]] in {path}", parse_tables(value, path))
+            continue
         name = key.lower().removeprefix("hub_")
         if name not in specs:
             raise ConfigError(f"unknown setting {key} in {path}{_hint(env_name(name))}")

@@ -30,6 +30,7 @@ class Kind(Enum):
     RATE = "rate"
     GRANTS = "grants"
     CHOICE = "choice"
+    ROOMS = "rooms"  # [[rooms]] tables of the TOML file (hub.room_options), never text
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,8 @@ class Spec:
             return "true or false (or 1/0, yes/no, on/off)"
         if k is Kind.RATE:
             return "a rate like 20/s or 20/s:40 (<rate>/s[:<burst>]), or 0 for no limit"
+        if k is Kind.ROOMS:
+            return "[[rooms]] tables in the TOML file (--config), not an environment variable"
         if k is Kind.GRANTS:
             return "grants like subscribe=a,b;publish=c (kinds: " + ", ".join(GRANT_KINDS) + ")"
         return "text"
@@ -210,6 +213,18 @@ def _is_grants(v: Any) -> bool:
     )
 
 
+def _rooms(raw: Any) -> tuple[Any, ...]:
+    if isinstance(raw, tuple) and _is_rooms(raw):
+        return raw  # parsed by hub.room_options.parse_tables, which names file, table and key
+    raise ValueError("not [[rooms]] tables")
+
+
+def _is_rooms(v: Any) -> bool:
+    from hubbub.hub.room_options import RoomTable
+
+    return isinstance(v, tuple) and all(isinstance(t, RoomTable) for t in v)
+
+
 _PARSE: dict[Kind, Callable[[Any], Any]] = {
     Kind.INT: _int,
     Kind.FLOAT: _float,
@@ -220,6 +235,7 @@ _PARSE: dict[Kind, Callable[[Any], Any]] = {
     Kind.RATE: _rate,
     Kind.GRANTS: _grants,
     Kind.CHOICE: _choice,
+    Kind.ROOMS: _rooms,
 }
 
 _TYPE_OK: dict[Kind, Callable[[Any], bool]] = {
@@ -232,4 +248,5 @@ _TYPE_OK: dict[Kind, Callable[[Any], bool]] = {
     Kind.RATE: lambda v: isinstance(v, Rate),
     Kind.GRANTS: _is_grants,
     Kind.CHOICE: lambda v: isinstance(v, str),
+    Kind.ROOMS: _is_rooms,
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -91,10 +92,10 @@ class HubApp(Starlette):
       ``POST /v1/rooms/{room}/messages`` made with an API key.
 
     WebSocket connections to ``/v1/ws`` go straight to the endpoint
-    (:func:`hubbub.transports.websocket.asgi_endpoint`): the router and middleware layers do
+    (:func:`hubbub.transports.websocket.asgi_endpoint`), and ``GET``/``HEAD`` on the SSE paths
+    to :meth:`hubbub.transports.sse.SSEEndpoint.answer`: the router and middleware layers do
     nothing for them but hold a coroutine frame each for the connection's life. Middleware
-    added to the app therefore never sees these connections (nor the SSE streams, answered
-    by the outermost middleware, :class:`hubbub.transports.sse.SSEEndpoint`).
+    added to the app therefore never sees these connections.
     """
 
     hub: Hub
@@ -112,6 +113,8 @@ class HubApp(Starlette):
         self._stopped = False
         self._starting: asyncio.Lock | None = None
         self._signals = SignalDrain(self._drain_on_signal) if handle_signals else None
+        # Answers GET/HEAD on the SSE paths ahead of the Starlette stack (set by create_app).
+        self.sse_endpoint: sse.SSEEndpoint | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -123,11 +126,25 @@ class HubApp(Starlette):
             return
         if not self._started:
             await self.start()
-        if kind == "websocket" and route_path(scope) == websocket.PATH:
+        # A WebSocket on /v1/ws or an SSE stream: the endpoint's own coroutine, awaited here
+        # without Starlette's layers between.
+        direct = self._direct(scope, receive, send)
+        await (super().__call__(scope, receive, send) if direct is None else direct)
+
+    def _direct(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> Coroutine[Any, Any, None] | None:
+        if scope["type"] == "websocket":
+            if route_path(scope) != websocket.PATH:
+                return None
             scope["app"] = self
-            await websocket.asgi_endpoint(scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
+            return websocket.asgi_endpoint(scope, receive, send)
+        if self.sse_endpoint is None:
+            return None
+        answer = self.sse_endpoint.answer(scope, receive, send)
+        if answer is not None:
+            scope["app"] = self
+        return answer
 
     async def start(self) -> None:
         """Start the hub (its broker, pub/sub reader and timers) unless it runs already, and
@@ -260,7 +277,7 @@ def create_app(
     routes.append(Mount("/static", StaticFiles(directory=STATIC), name="static"))
     app = HubApp(settings, the_hub, routes, handle_signals)
     http.install(app, the_hub)
-    sse.install(app, the_hub)  # SSE streams answered ahead of the Starlette stack
+    app.sse_endpoint = sse.install(app, the_hub)  # SSE streams answered ahead of the stack
     return app
 
 

@@ -1,4 +1,5 @@
-"""``hubbub serve | token | probe | bench | soak`` (PROTOCOL.md §7)."""
+"""``hubbub serve | token | rooms explain | probe | bench | soak | webhooks listen``
+(PROTOCOL.md §7)."""
 
 from __future__ import annotations
 
@@ -114,6 +115,36 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rooms(args: argparse.Namespace) -> int:
+    """``hubbub rooms explain ROOM``: the effective options of a room and where each comes
+    from (a [[rooms]] table of the config file, or the global setting)."""
+    from hubbub.hub.envelope import check_room
+    from hubbub.hub.errors import BadRequest
+    from hubbub.hub.room_options import RoomRules
+
+    settings = load_settings(args)
+    try:
+        room = check_room(args.room)
+    except BadRequest as exc:
+        print(f"hubbub: {exc.message}", file=sys.stderr)
+        return 2
+    rules = RoomRules(settings)
+    table = rules.get(room).table
+    if args.json:
+        out = {
+            "room": room,
+            "table": table and {"index": table.index, "pattern": table.pattern},
+            "options": {k: {"value": v, "from": src} for k, v, src in rules.explain(room)},
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"room {room}: " + (f"{table.name}" if table else "no [[rooms]] table matches"))
+    for key, value, src in rules.explain(room):
+        shown = json.dumps(value) if not isinstance(value, str) else value
+        print(f"  {key:<18} {shown:<12} {src}")
+    return 0
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     try:
         from hubbub.probe.peer import run_probe
@@ -134,6 +165,12 @@ def cmd_soak(args: argparse.Namespace) -> int:
     from hubbub.bench.soak import cmd_soak as run_soak
 
     return run_soak(args)
+
+
+def cmd_webhooks_listen(args: argparse.Namespace) -> int:
+    from hubbub.webhook_listen import cmd_listen
+
+    return cmd_listen(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument(f"--{kind}", action="append", metavar="PATTERN",
                        help=f"grant {kind} on rooms matching PATTERN (repeatable)")  # fmt: skip
     t.set_defaults(func=cmd_token)
+    ro = sub.add_parser("rooms", help="per-room options of the config file")
+    ro_sub = ro.add_subparsers(dest="rooms_command", required=True, help="what to do")
+    ex = ro_sub.add_parser("explain", help="print a room's effective options and their source")
+    ex.add_argument("room", help="the room name")
+    ex.add_argument("--config", help="TOML file with HUB_* settings and [[rooms]] tables")
+    ex.add_argument("--json", action="store_true", help="print JSON")
+    ex.set_defaults(func=cmd_rooms)
     pr = sub.add_parser("probe", help="join a call room as a WebRTC peer (aiortc) and echo")
     pr.add_argument("room", help="the call room to join")
     pr.add_argument("--url", default="ws://127.0.0.1:8000/v1/ws", help="the hub's /v1/ws URL")
@@ -180,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "acknowledged was lost")  # fmt: skip
     soak_arguments(sk)
     sk.set_defaults(func=cmd_soak)
+    from hubbub.webhook_listen import add_arguments as listen_arguments
+
+    wh = sub.add_parser("webhooks", help="webhook tools (docs/webhooks.md)")
+    wh_sub = wh.add_subparsers(dest="webhooks_command", required=True, help="listen")
+    wl = wh_sub.add_parser("listen", help="a local receiver that verifies and prints events")
+    listen_arguments(wl)
+    wl.set_defaults(func=cmd_webhooks_listen)
     return p
 
 

@@ -156,8 +156,10 @@ class _Api:
         return _Req("GET", "/v1/rooms", params=params)
 
     @staticmethod
-    def _disconnect(user: str, reason: str | None) -> _Req:
-        body = {"reason": reason} if reason is not None else {}
+    def _disconnect(user: str, reason: str | None, revoke: bool = False) -> _Req:
+        body: dict[str, Any] = {"reason": reason} if reason is not None else {}
+        if revoke:
+            body["revoke"] = True
         return _Req("POST", f"/v1/users/{_room(user)}/disconnect", body=body, has_body=True)
 
     @staticmethod
@@ -280,6 +282,13 @@ class HubClient(_Api):
     async def disconnect(self, user: str, reason: str | None = None) -> int:
         """Close every session of ``user`` (close 4509); returns how many there were."""
         return int((await self._call(self._disconnect(user, reason)))["sessions"])
+
+    async def revoke(self, user: str, reason: str | None = None) -> dict[str, Any]:
+        """Close every session of ``user`` (4509) and refuse, on every node, the user's tokens
+        issued until now: ``{sessions, revoked_before}`` (Unix seconds; tokens with a later
+        ``iat`` work)."""
+        out: dict[str, Any] = await self._call(self._disconnect(user, reason, revoke=True))
+        return out
 
     async def token(
         self,
@@ -528,6 +537,10 @@ class SyncHubClient(_Api):
 
     def disconnect(self, user: str, reason: str | None = None) -> int:
         return int(self._call(self._disconnect(user, reason))["sessions"])
+
+    def revoke(self, user: str, reason: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = self._call(self._disconnect(user, reason, revoke=True))
+        return out
 
     def token(
         self,

@@ -1,6 +1,7 @@
 """WebRTC signaling relay rules (PROTOCOL.md §6).
 
-A ``signal`` frame is relayed only when: the room is a call room (``HUB_SIGNAL_ROOMS``), the
+A ``signal`` frame is relayed only when: the room is a call room (``HUB_SIGNAL_ROOMS``, or the
+``signal`` key of [[rooms]] tables: :mod:`hub.room_options`), the
 sender is a presence member of it and holds the ``signal`` grant, ``data`` has one of the four
 shapes below (field names of RTCSessionDescriptionInit / RTCIceCandidateInit), and ``to`` is a
 presence member of the same room on any node. ``from`` is always set here, never taken from the
@@ -67,7 +68,8 @@ async def relay_signal(hub: Hub, session: Session, frame: dict[str, Any]) -> Non
     room = check_room(frame.get("room"))
     data = validate_signal_data(frame.get("data"))
     if not hub.is_call_room(room):
-        raise Forbidden(f"{room} is not a call room (HUB_SIGNAL_ROOMS)", details={"room": room})
+        source = "[[rooms]] signal" if hub.room_rules.signal_from_tables else "HUB_SIGNAL_ROOMS"
+        raise Forbidden(f"{room} is not a call room ({source})", details={"room": room})
     if not session.identity.can("signal", room):
         raise Forbidden(f"no signal grant for room {room}", details={"room": room})
     out = {

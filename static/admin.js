@@ -118,6 +118,7 @@
       subs: s.subscriptions,
       brokerUp: s.broker.up,
       draining: s.draining,
+      webhooks: s.webhooks || [],
     };
     const n = nodes.get(s.node) || { pubRate: 0, delRate: 0 };
     if (n.cur) {
@@ -157,6 +158,7 @@
     $("nodes-count").textContent = `${live} node${live === 1 ? "" : "s"}`;
     push(series.pub, pub); push(series.del, del); push(series.conn, ws + sse);
     renderNodes(now);
+    renderWebhooks(now);
     drawChart();
   }
 
@@ -195,6 +197,35 @@
       body.appendChild(tr);
     }
     if (!ids.length) emptyRow(body, 7, "no node answered yet");
+  }
+
+  /** Per endpoint: deliveries summed over live nodes; queue depth and age: the largest seen. */
+  function renderWebhooks(now) {
+    const rows = new Map();
+    for (const n of nodes.values()) {
+      if (now - n.seen > NODE_STALE_MS) continue;
+      for (const w of n.cur.webhooks) {
+        const r = rows.get(w.endpoint) || { ok: 0, failed: 0, dropped: 0, depth: 0, age: 0 };
+        r.ok += w.deliveries.ok; r.failed += w.deliveries.failed;
+        r.dropped += w.deliveries.dropped;
+        r.depth = Math.max(r.depth, w.queue_depth);
+        r.age = Math.max(r.age, w.oldest_age_seconds || 0);
+        rows.set(w.endpoint, r);
+      }
+    }
+    $("webhooks-section").hidden = rows.size === 0;
+    const body = $("webhooks");
+    body.replaceChildren();
+    for (const [endpoint, r] of [...rows.entries()].sort()) {
+      const tr = document.createElement("tr");
+      cell(tr, endpoint);
+      cell(tr, String(r.ok), "num");
+      cell(tr, String(r.failed), "num");
+      cell(tr, String(r.dropped), r.dropped ? "num bad" : "num");
+      cell(tr, String(r.depth), "num");
+      cell(tr, r.age ? r.age.toFixed(1) + "s" : "–", "num");
+      body.appendChild(tr);
+    }
   }
 
   function emptyRow(body, span, text) {

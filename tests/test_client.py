@@ -162,6 +162,8 @@ async def test_every_call(node: Any, hub: HubClient) -> None:
     assert (await hub.presence("a")) == {"members": [], "users": 0, "sessions": 0}
     assert (await hub.rooms())["cursor"] is None
     assert await hub.disconnect("nobody", reason="test") == 0
+    revoked = await hub.revoke("nobody")
+    assert revoked["sessions"] == 0 and revoked["revoked_before"] <= time.time()
     async with HubClient(node.url, token=minted["token"]) as carol:
         assert (await carol.ice_servers())["ice_servers"] == []
         assert (await carol.history("a"))["messages"][0]["data"] == 1
@@ -275,6 +277,7 @@ async def test_sync_client(node: Any) -> None:
             with SyncHubClient(node.url, token=minted["token"]) as user:
                 ice = user.ice_servers()
                 presence = user.presence("sync")
+            assert c.revoke("sy")["sessions"] == 0
             return first, again, many, page, c.rooms(), c.disconnect("sy"), ice, presence
 
     first, again, many, page, rooms, n, ice, presence = await asyncio.to_thread(work)

@@ -11,7 +11,8 @@ to a plain server:
 * header size limits: a request target over 16 KiB is answered 414, headers over 64 KiB 431;
 * a direct write path for streaming responses (SSE): ``scope["extensions"]["hubbub.http"]``
   is the connection, whose :meth:`HttpConnection.chunked_stream` lets the stream write HTTP
-  chunks to the socket without going through the ASGI ``send`` coroutine.
+  chunks to the socket without going through the ASGI ``send`` coroutine, and may keep the
+  response going after the ASGI call returns (:meth:`ChunkedStream.hold`).
 
 Contract with the server that creates it (checked by :func:`server.fast_path_problem`): it is
 constructed as ``cls(config=, server_state=, app_state=, _loop=)``; ``config`` carries
@@ -25,12 +26,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.parse
+from collections.abc import Coroutine
 from typing import Any, cast
 
 import httptools
 
 from hubbub.transports.flow import Flag
 from hubbub.transports.h1_cycle import (
+    ASGI_VERSION,
     ChunkedStream,
     Cycle,
     access_parts,
@@ -50,6 +53,12 @@ HEADER_TIMEOUT = 10.0
 class HttpConnection(asyncio.Protocol):
     """One TCP connection speaking HTTP/1.1 (keep-alive, pipelining) to the ASGI app."""
 
+    __slots__ = ("app", "app_state", "client", "config", "cycle", "expect_100", "header_bytes",
+                 "headers", "idle", "log_access", "loop", "parser", "parsing", "pipeline",
+                 "reading_paused", "refused", "root_path", "scheme", "server", "server_state",
+                 "stream", "timer", "transport", "upgrade", "url", "writable",
+                 "write_paused")  # fmt: skip
+
     def __init__(
         self,
         config: Any,
@@ -65,7 +74,8 @@ class HttpConnection(asyncio.Protocol):
         self.loop = _loop or asyncio.get_running_loop()
         self.root_path: str = config.root_path or ""
         self.log_access = bool(config.access_log)
-        self.parser = httptools.HttpRequestParser(self)
+        # Dropped while a response streams (chunked_stream) and made again for the next request.
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.server: Any = None
         self.client: Any = None
@@ -133,8 +143,11 @@ class HttpConnection(asyncio.Protocol):
             self._arm(HEADER_TIMEOUT)
         if self.refused:
             return
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpRequestParser(self)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             if not self.refused:
                 self._upgrade(data[exc.args[0] :] if exc.args else b"")
@@ -187,9 +200,12 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.cycle is None:
             self._disarm()
-        if self.parser.should_upgrade() and self.upgrade == b"websocket":
+        parser = self.parser
+        assert parser is not None  # called while it parses
+        if parser.should_upgrade() and self.upgrade == b"websocket":
             return  # HttpParserUpgrade follows: _upgrade takes the connection
         parsed = httptools.parse_url(self.url)
+        self.url = b""
         raw_path = parsed.path
         path = raw_path.decode("ascii", "replace")
         if "%" in path:
@@ -197,12 +213,12 @@ class HttpConnection(asyncio.Protocol):
         self.server_state.total_requests += 1
         scope: dict[str, Any] = {
             "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": self.parser.get_http_version(),
+            "asgi": ASGI_VERSION,
+            "http_version": parser.get_http_version(),
             "server": self.server,
             "client": self.client,
             "scheme": self.scheme,
-            "method": self.parser.get_method().decode("ascii"),
+            "method": parser.get_method().decode("ascii"),
             "root_path": self.root_path,
             "path": self.root_path + path,
             "raw_path": self.root_path.encode("ascii") + raw_path,
@@ -211,7 +227,10 @@ class HttpConnection(asyncio.Protocol):
             "state": self.app_state.copy(),
             "extensions": {"hubbub.http": self},
         }
-        cycle = Cycle(self, scope, self.parser.should_keep_alive())
+        # The scope has the list now: let an app drop it for good (a stream keeps its scope for
+        # hours; hubbub's SSE endpoint clears the headers once the stream is accepted).
+        self.headers = []
+        cycle = Cycle(self, scope, parser.should_keep_alive())
         cycle.continue_100 = self.expect_100
         self.parsing = cycle
         if self.cycle is None:
@@ -261,7 +280,7 @@ class HttpConnection(asyncio.Protocol):
             cycle.started = cycle.complete = True
             self.transport.write(simple_response(500, "Internal Server Error"))
             self.transport.close()
-        elif not cycle.complete and self.transport is not None:
+        elif not cycle.complete and not cycle.held and self.transport is not None:
             self.transport.close()  # the app returned with its response unfinished
 
     def response_done(self, cycle: Cycle) -> None:
@@ -288,6 +307,13 @@ class HttpConnection(asyncio.Protocol):
         self._arm(float(self.config.timeout_keep_alive))
         self.idle = True
 
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task of the app's, which the server waits for when it shuts down."""
+        task = self.loop.create_task(coro)
+        self.server_state.tasks.add(task)
+        task.add_done_callback(self.server_state.tasks.discard)
+        return task
+
     def chunked_stream(self, scope: Any) -> ChunkedStream | None:
         """A :class:`ChunkedStream` for the response to ``scope``, or None (then use the ASGI
         ``send``): only over HTTP/1.1, for the connection's current request, once its response
@@ -305,6 +331,10 @@ class HttpConnection(asyncio.Protocol):
         ):
             return None
         self.stream = ChunkedStream(self, cycle)
+        if self.parsing is None and not self.pipeline:
+            # The request is read and a stream lives for hours: no parser meanwhile (about
+            # 0.9 KiB with its callbacks); data_received makes one for the next request.
+            self.parser = None
         return self.stream
 
     # ---- helpers ------------------------------------------------------------------------------------
@@ -349,12 +379,13 @@ class HttpConnection(asyncio.Protocol):
         if self.cycle is not None:  # an upgrade pipelined behind a request: not supported
             self._refuse(400, "Upgrade behind a pending request")
             return
-        if self.parser.get_method() != b"GET":
+        if self.parser is None or self.parser.get_method() != b"GET":
             self._refuse(400, "WebSocket upgrade needs GET")
             return
         ws = WSConnection(self, self.url, self.headers)
         self.server_state.connections.discard(self)
         self._disarm()
+        self.parser = None  # (it refers back to this object: let both go at once)
         self.transport.set_protocol(ws)
         ws.connection_made(self.transport)
         if rest:

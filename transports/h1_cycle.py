@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import http
 import urllib.parse
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from hubbub.transports.flow import Flag
@@ -42,11 +43,24 @@ def simple_response(status: int, text: str) -> bytes:
     )
 
 
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+"""``scope["asgi"]``: one dict for every scope (read-only by convention)."""
+
+_servers: dict[tuple[str, int], tuple[str, int]] = {}
+
+
 def addresses(transport: asyncio.BaseTransport) -> tuple[Any, Any, str]:
-    """(server, client, scheme) of a connection, as ASGI scopes carry them."""
+    """(server, client, scheme) of a connection, as ASGI scopes carry them. The server's
+    address is one tuple shared by the connections to it (a node has few)."""
     sock = transport.get_extra_info("sockname")
     peer = transport.get_extra_info("peername")
     server = (str(sock[0]), int(sock[1])) if isinstance(sock, tuple) else None
+    if server is not None:
+        shared = _servers.get(server)
+        if shared is not None:
+            server = shared
+        elif len(_servers) < 64:
+            _servers[server] = server
     client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
     tls = transport.get_extra_info("sslcontext") is not None
     return server, client, "https" if tls else "http"
@@ -105,6 +119,17 @@ class ChunkedStream:
         if callback is not None:
             callback()
 
+    def hold(self) -> None:
+        """The app is about to return and keeps writing this response (through :meth:`write`
+        and the ``send`` it was given, with which it must end it): the connection is not
+        closed when the ASGI call returns."""
+        self.cycle.held = True
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task for the app's work on this response, which the server waits for when it
+        shuts down (as it waits for the ASGI ones)."""
+        return self.conn.spawn(coro)
+
     def detach(self) -> None:
         """The response ended: no more ``on_lost`` calls."""
         self.on_lost = None
@@ -116,7 +141,7 @@ class Cycle:
     """One request and its response: the ASGI ``receive`` and ``send`` of an HTTP scope."""
 
     __slots__ = ("body", "body_read", "chunked", "complete", "conn", "continue_100", "disconnected", "head",
-                 "keep_alive", "more_body", "scope", "started", "status", "wake")  # fmt: skip
+                 "held", "keep_alive", "more_body", "scope", "started", "status", "wake")  # fmt: skip
 
     def __init__(self, conn: HttpConnection, scope: dict[str, Any], keep_alive: bool) -> None:
         self.conn = conn
@@ -133,6 +158,7 @@ class Cycle:
         self.keep_alive = keep_alive
         self.status = 0
         self.continue_100 = False
+        self.held = False  # the app returned and finishes the response later (ChunkedStream.hold)
 
     async def receive(self) -> dict[str, Any]:
         """The request body in pieces, then (ASGI) block until the client goes away or the

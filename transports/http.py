@@ -206,8 +206,14 @@ class Api:
         # it becomes a WebSocket close reason: at most 123 bytes of UTF-8 (RFC 6455 §5.5)
         if not isinstance(reason, str) or len(reason.encode("utf-8", "replace")) > 120:
             raise BadRequest("reason must be a string of at most 120 bytes (UTF-8)")
-        n = await self.hub.disconnect_user(user, reason or "disconnected by the server")
-        return {"sessions": n}, 200
+        revoke = body.get("revoke", False)
+        if not isinstance(revoke, bool):
+            raise BadRequest("revoke must be a boolean")
+        reason = reason or "disconnected by the server"
+        if revoke:
+            n, cutoff = await self.hub.revoke_user(user, reason)
+            return {"sessions": n, "revoked_before": cutoff}, 200
+        return {"sessions": await self.hub.disconnect_user(user, reason)}, 200
 
     async def tokens(self, request: Request, call: Call) -> tuple[Any, int]:
         call.need_api_key()
@@ -287,6 +293,8 @@ def node_stats(hub: Hub) -> dict[str, Any]:
         "disconnects": {str(code): n for code, n in sorted(m.disconnects.items())},
         "auth_failures": m.auth_failures,
         "rate_limited": m.rate_limited,
+        # Per endpoint: deliveries by result, queue depth, oldest event age (docs/webhooks.md).
+        "webhooks": hub.webhooks.stats() if hub.webhooks is not None else [],
     }
 
 

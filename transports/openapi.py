@@ -163,9 +163,28 @@ SCHEMAS: dict[str, Any] = {
         },
         extra=False,
     ),
-    "DisconnectRequest": _obj([], {"reason": {"type": "string", "maxLength": 120}}),
+    "DisconnectRequest": _obj(
+        [],
+        {
+            "reason": {"type": "string", "maxLength": 120},
+            "revoke": {
+                "type": "boolean",
+                "description": "also refuse, on every node, every token of the user issued "
+                "until now (iat at or before revoked_before, or no iat) until it expires",
+            },
+        },
+    ),
     "DisconnectResult": _obj(
-        ["sessions"], {"sessions": {"type": "integer", "minimum": 0}}, extra=False
+        ["sessions"],
+        {
+            "sessions": {"type": "integer", "minimum": 0},
+            "revoked_before": {
+                "type": "integer",
+                "description": "with revoke: the cutoff (Unix seconds); tokens with a later "
+                "iat are accepted",
+            },
+        },
+        extra=False,
     ),
     "Grants": _obj(
         [],
@@ -259,6 +278,12 @@ SCHEMAS: dict[str, Any] = {
             },
             "auth_failures": {"type": "integer", "minimum": 0},
             "rate_limited": {"type": "integer", "minimum": 0},
+            "webhooks": {
+                "type": "array",
+                "description": "per webhook endpoint (HUB_WEBHOOK_URLS): deliveries by result, "
+                "dropped events, queue depth and the oldest queued event's age in seconds",
+                "items": {"type": "object"},
+            },
         },
     ),
     "Health": _obj(["status"], {"status": {"type": "string", "enum": ["ok", "unavailable"]}}),
@@ -403,7 +428,8 @@ def spec() -> dict[str, Any]:
         "/v1/users/{user}/disconnect": {
             "parameters": [_path_param("user", {"type": "string", "minLength": 1})],
             "post": _op(
-                "Close every session of a user on every node (close code 4509)",
+                "Close every session of a user on every node (close code 4509); with revoke, "
+                "refuse the user's tokens issued until now",
                 ("200", "DisconnectResult", "number of sessions closed"),
                 errors=("403", "413", "415"),
                 body="DisconnectRequest",

@@ -92,7 +92,7 @@ def server_options(settings: Any, fast_path: bool | None = None) -> dict[str, An
         # A drained node's clients arrive here all at once: a full accept queue drops their
         # SYNs, and each retries only after 1 s, 3 s, 7 s (a reconnect storm's long tail).
         "backlog": settings.backlog,
-        "ws_max_size": settings.max_message_bytes + 16 * 1024,
+        "ws_max_size": settings.largest_message_bytes + 16 * 1024,
         # Compression costs CPU per subscriber and is a decompression-bomb risk.
         "ws_per_message_deflate": False,
         # The app drains its sessions on SIGTERM before uvicorn starts its own shutdown

@@ -22,6 +22,7 @@ always closed with :meth:`Hub.close_session` when the response ends, whatever th
 from __future__ import annotations
 
 import re
+from collections.abc import Coroutine
 from typing import Any
 
 import anyio
@@ -37,13 +38,12 @@ from hubbub.hub.values import parse_bool
 from hubbub.transports.edge import admit, error_response, route_path
 from hubbub.transports.http_edge import CORSMiddleware
 from hubbub.transports.sse_blocks import farewell
-from hubbub.transports.sse_stream import SEND_TIMEOUT, EventStream
+from hubbub.transports.sse_stream import CLOSE_TIMEOUT, SEND_TIMEOUT, EventStream
 
 __all__ = ["SEND_TIMEOUT", "EventStream", "SSEEndpoint", "install", "routes"]
 
 MAX_ROOMS = 32
 MEDIA_TYPE = "text/event-stream"
-CLOSE_TIMEOUT = 5.0  # bound on close_session when the response ends
 _ROOM_PATH = re.compile(r"/v1/rooms/([^/]+)/events")
 _HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]  # fmt: skip
@@ -81,7 +81,9 @@ def _ending_response(hub: Hub, closed: Disconnect) -> Response:
 
 
 class _StreamResponse:
-    """The ASGI response of an accepted stream; always closes its session at the end."""
+    """The ASGI response of an accepted stream; always closes its session at the end. Calling
+    it returns the coroutine of :func:`_run_stream` (no frame of its own for the stream's
+    life)."""
 
     __slots__ = ("headers", "stream")
 
@@ -89,14 +91,21 @@ class _StreamResponse:
         self.stream = stream
         self.headers = headers
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.stream.respond(scope, receive, send, self.headers)
-        except OSError:
-            pass  # the client went away mid-write
-        finally:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        return _run_stream(self.stream, self.headers, scope, receive, send)
+
+
+async def _run_stream(stream: EventStream, headers: list[tuple[bytes, bytes]], scope: Scope,
+                      receive: Receive, send: Send) -> None:  # fmt: skip
+    held = False
+    try:
+        held = await stream.respond(scope, receive, send, headers)
+    except OSError:
+        pass  # the client went away mid-write
+    finally:
+        if not held:  # (a held stream closes its session itself)
             with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
-                await self.stream.close()
+                await stream.close()
 
 
 # ---- endpoint -------------------------------------------------------------------------------
@@ -154,7 +163,17 @@ async def _serve(
         # Mercure-style reconciliation header (hardening case 42).
         value = stream.cursor.text() if stream.recovered else "earliest"
         headers.append((b"hubbub-last-event-id", value.encode()))
+    _forget_request(conn.scope)
     return _StreamResponse(stream, headers)
+
+
+def _forget_request(scope: Scope) -> None:
+    """Let go of the request headers once the stream is accepted: everything read from them
+    (origin, credential, ``Last-Event-ID``, CORS) is decided, and a stream keeps its scope for
+    hours (several hundred bytes per stream, more with browser cookies)."""
+    headers = scope.get("headers")
+    if isinstance(headers, list):
+        headers.clear()
 
 
 def _with(response: Response, cors: list[tuple[bytes, bytes]]) -> Response:
@@ -191,18 +210,30 @@ class SSEEndpoint:
         self.cors = CORSMiddleware(app, hub.settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = self.answer(scope, receive, send)
+        await (self.app(scope, receive, send) if answer is None else answer)
+
+    def answer(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> Coroutine[Any, Any, None] | None:
+        """The coroutine answering ``scope`` when it is a ``GET``/``HEAD`` on an SSE path, else
+        None. A plain function, so that :class:`hubbub.app.HubApp` can hand the request to it
+        without a coroutine frame of its own (and none of this class's either) living as long
+        as the stream."""
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
-            await self.app(scope, receive, send)
-            return
+            return None
         path = route_path(scope)  # as Starlette's router matches it
         if path == "/v1/events":
             names = None
         else:
             match = _ROOM_PATH.fullmatch(path)
             if match is None:
-                await self.app(scope, receive, send)
-                return
+                return None
             names = [match.group(1)]
+        return self._answer(scope, receive, send, names)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send,
+                      names: list[str] | None) -> None:  # fmt: skip
         response = await self._serve(scope, names)
         await response(scope, receive, send)
 
@@ -214,6 +245,9 @@ class SSEEndpoint:
         return await _serve(self.hub, conn, names, cors)
 
 
-def install(app: Any, hub: Hub) -> None:
-    """Register :class:`SSEEndpoint` as the app's outermost middleware (after the others)."""
+def install(app: Any, hub: Hub) -> SSEEndpoint:
+    """Register :class:`SSEEndpoint` as the app's outermost middleware (after the others), and
+    return one for the app to answer SSE requests with ahead of its whole stack
+    (:meth:`SSEEndpoint.answer`)."""
     app.add_middleware(SSEEndpoint, hub=hub)
+    return SSEEndpoint(app, hub)

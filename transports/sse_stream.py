@@ -24,13 +24,16 @@ Writing. Each event is encoded once per item, not per subscriber, where it can b
 :class:`~hubbub.transports.direct.DirectWriter`) is installed as the session's ``direct`` writer
 once the first block and the replay are out: the fan-out's blocks leave as one HTTP chunk per
 loop iteration, and no task wakes per subscriber. It refuses (the session queues) while the
-socket is over its high-water mark or while the stream's coroutine holds frames it took from the
+socket is over its high-water mark or while the stream's writer holds frames it took from the
 queue, so the order holds and a client that stops reading fills its queue: ``HUB_MAX_QUEUE`` →
 4001, as for WebSocket. Elsewhere (another server, HTTP/1.0) every batch goes through the ASGI
 ``send``.
 
-One coroutine per stream (the ASGI call itself) waits on the session; no task group. The
-``: ping`` heartbeat is the session's own heartbeat timer (its ``ping`` frame becomes the
+On Hubbub's protocol a stream, once started, is held without a task or coroutine: the ASGI call
+returns (:meth:`ChunkedStream.hold`), frames the session queues are written by a task that ends
+when the queue is empty, and the session's close starts the task that ends the response and
+closes the session. Elsewhere one coroutine per stream (the ASGI call itself) waits on the
+session. The ``: ping`` heartbeat is the session's own heartbeat timer (its ``ping`` frame becomes the
 comment). A client going away is noticed by the protocol's ``connection_lost`` (elsewhere, by a
 task reading ``receive`` for ``http.disconnect``) and closes the session. A write that waits
 for the client longer than the send timeout (30 s, at least two ping intervals) drops the
@@ -45,6 +48,7 @@ import asyncio
 import logging
 from typing import Any
 
+import anyio
 from starlette.types import Receive, Scope, Send
 
 from hubbub.hub.envelope import Position, parse_since
@@ -60,6 +64,8 @@ log = logging.getLogger("hubbub.sse")
 
 SEND_TIMEOUT = 30.0  # a client that reads nothing for this long is dropped
 FAREWELL_GRACE = 3.0  # after the session closed, time to write the last events
+CLOSE_TIMEOUT = 5.0  # bound on close_session when the response ends
+_NOTHING: list[Item] = []  # (never appended to)
 
 
 class EventStream:
@@ -71,9 +77,10 @@ class EventStream:
     intervals are allowed).
     """
 
-    __slots__ = ("_late", "_timeout", "buffered", "buffered_bytes", "closed_at", "cursor",
-                 "garbage", "gone", "hub", "pending", "prelude", "presence", "recovered",
-                 "resume", "rooms", "send_timeout", "session", "since", "single")  # fmt: skip
+    __slots__ = ("_ending", "_late", "_out", "_pumping", "_timeout", "_writer", "buffered",
+                 "buffered_bytes", "closed_at", "cursor", "garbage", "gone", "hub", "pending",
+                 "prelude", "presence", "recovered", "resume", "rooms", "send_timeout",
+                 "session", "since", "single")  # fmt: skip
 
     def __init__(
         self,
@@ -102,6 +109,12 @@ class EventStream:
         self.gone = False  # the client went away: nothing more to write
         self.closed_at: float | None = None  # loop time the session closed
         self._timeout: asyncio.Timeout | None = None  # the current wait for the client
+        # A held stream (Hubbub's protocol): its connection, writer, and the tasks that run
+        # while it writes queued frames and while it ends.
+        self._out: ChunkedStream | None = None
+        self._writer: _Writer | None = None
+        self._pumping: asyncio.Task[None] | None = None
+        self._ending: asyncio.Task[None] | None = None
         try:
             self.resume = parse_since(since, rooms) if since is not None else {}
             self.garbage = False
@@ -228,9 +241,13 @@ class EventStream:
         self._lost()
 
     async def respond(self, scope: Scope, receive: Receive, send: Send,
-                      headers: list[tuple[bytes, bytes]]) -> None:  # fmt: skip
+                      headers: list[tuple[bytes, bytes]]) -> bool:  # fmt: skip
         """Write the response: first block, prelude, replay, live; ends when the session
-        closes, with the farewell block when the client is still there."""
+        closes, with the farewell block when the client is still there.
+
+        On Hubbub's protocol the stream is handed over once started (:meth:`_hold`) and this
+        returns True at once: it goes on without this coroutine and closes its session itself.
+        Elsewhere it returns False when the response is over (the caller closes the session)."""
         session = self.session
         session.on_close(self._closed)
         if session.closed is not None:
@@ -250,36 +267,135 @@ class EventStream:
             self._late = loop.create_task(self._subscribe_late())
         interval = self.hub.settings.sse_ping_interval
         session.start_heartbeat(interval, 0.0, client_pongs=False)  # PING → ": ping"
+        if out is not None:
+            self._hold(out, writer)
+            return True
         try:
-            await self._stream(writer)
+            items, self.buffered = self.buffered, []
+            while True:
+                if items:
+                    written = await writer.write_items(items)
+                    items = _NOTHING  # (the batch is not kept while the stream waits)
+                    if not written:
+                        return False
+                arrival = session.arrival()
+                if arrival is not None:
+                    await arrival
+                items = session.take()
+                if not items and session.closed is not None:
+                    break  # closed, and everything queued before the close is written
+            await self._finish(writer)
         except TimeoutError:
-            if session.closed is None:
-                log.info("sse client stopped reading; stream dropped")
-                session.close(CLOSE_SLOW, "slow consumer: client stopped reading")
-            else:
-                log.info("sse client did not take its last events in time; stream dropped")
-            if out is not None:
-                out.abort()
+            self._timed_out(None)
         finally:
-            session.direct = None
-            writer.flush()
-            writer.detach()
-            if out is not None:
-                out.detach()
-            if watcher is not None:
-                watcher.cancel()
+            self._release(writer, None, watcher)
+        return False
 
-    async def _stream(self, writer: _Writer) -> None:
+    # ---- a held stream (Hubbub's protocol) ----------------------------------------------------
+    # No task or coroutine while the stream is idle: the fan-out writes through the session's
+    # ``direct`` writer; frames the session queues (socket over its high-water mark, replay)
+    # are written by a task started by the session's ``waker`` that ends when the queue is
+    # empty (:meth:`_pump`); the session's close starts the ending (:meth:`_end_held`).
+    def _hold(self, out: ChunkedStream, writer: _Writer) -> None:
         session = self.session
+        self._out = out
+        self._writer = writer
+        out.hold()
+        session.waker = self._woken
         items, self.buffered = self.buffered, []
-        while True:
-            if items and not await writer.write_items(items):
-                return
-            if writer.direct and session.direct is None and session.closed is None:
-                session.direct = writer  # the queue is empty or taken: fan-out may write now
-            items = await session.next_batch()
-            if not items:
-                break
+        if not items:
+            items = session.take()  # (what the replay queued after the collector stopped)
+        if items:
+            self._pumping = out.spawn(self._pump(items))
+        elif session.closed is None:
+            session.direct = writer
+        if session.closed is not None:
+            self._woken()
+
+    def _woken(self) -> None:
+        """``Session.waker`` of a held stream: a frame was queued, or the session closed."""
+        out = self._out
+        if out is None:
+            return
+        if self.session.closed is not None:
+            if self._ending is None:
+                self._ending = out.spawn(self._end_held(out))
+        elif self._pumping is None:
+            self._pumping = out.spawn(self._pump(_NOTHING))
+
+    async def _pump(self, items: list[Item]) -> None:
+        """Write ``items``, then what the session queued, until nothing is queued; then the
+        fan-out writes directly again."""
+        session = self.session
+        writer = self._writer
+        assert writer is not None
+        try:
+            while True:
+                if items:
+                    written = await writer.write_items(items)
+                    items = _NOTHING
+                    if not written:
+                        self._lost()
+                        return
+                if session.closed is not None:
+                    return
+                items = session.take()
+                if not items:
+                    if writer.direct and session.direct is None:
+                        session.direct = writer  # the queue is empty: fan-out may write now
+                    return
+        except TimeoutError:
+            self._timed_out(self._out)
+        finally:
+            if self._pumping is asyncio.current_task():
+                self._pumping = None
+
+    async def _end_held(self, out: ChunkedStream) -> None:
+        """The held stream's session closed: what is being written, then the farewell and the
+        end of the response, then the session closed in the hub."""
+        writer = self._writer
+        assert writer is not None
+        try:
+            pumping = self._pumping
+            if pumping is not None:
+                await asyncio.wait([pumping])  # bounded by FAREWELL_GRACE (_closed)
+            await self._finish(writer)
+        except TimeoutError:
+            self._timed_out(out)
+        except OSError:
+            pass  # the client went away mid-write
+        finally:
+            self.session.waker = None
+            self._release(writer, out, None)
+            self._out = self._writer = None
+            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                await self.close()
+
+    def _timed_out(self, out: ChunkedStream | None) -> None:
+        session = self.session
+        if session.closed is None:
+            log.info("sse client stopped reading; stream dropped")
+            session.close(CLOSE_SLOW, "slow consumer: client stopped reading")
+        else:
+            log.info("sse client did not take its last events in time; stream dropped")
+        if out is not None:
+            out.abort()
+
+    def _release(
+        self, writer: _Writer, out: ChunkedStream | None, watcher: asyncio.Task[None] | None
+    ) -> None:
+        self.session.direct = None
+        writer.flush()
+        writer.detach()
+        if out is not None:
+            out.detach()
+        if watcher is not None:
+            watcher.cancel()
+
+    async def _finish(self, writer: _Writer) -> None:
+        """The session closed: the farewell block and the end of the response, when the
+        client is still there."""
+        session = self.session
         session.direct = None
         writer.flush()
         closed = session.closed

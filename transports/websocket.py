@@ -1,13 +1,17 @@
 """WebSocket transport: ``GET /v1/ws`` (PROTOCOL.md §3).
 
-One connection = one :class:`~hub.session.Session` and one task, the ASGI one: it reads and
-handles client frames one at a time (so one publisher's publications keep their order). Frames to
-the client are written by the fan-out itself when the socket is writable (:class:`_Writer`, the
-shared :class:`~hubbub.transports.direct.DirectWriter`); only what has to wait (flow control,
-another server) is queued, and a writer task runs while the queue holds frames (:class:`_Link`). Closing the session interrupts the reading task.
+One connection = one :class:`~hub.session.Session`. Client frames are handled one at a time
+(so one publisher's publications keep their order). Frames to the client are written by the
+fan-out itself when the socket is writable (:class:`_Writer`, the shared
+:class:`~hubbub.transports.direct.DirectWriter`); only what has to wait (flow control, another
+server) is queued, and a writer task runs while the queue holds frames (:class:`_Link`).
 
-An idle connection costs memory, not CPU, and a node holds thousands: no task, Event or closure
-per connection beyond the ASGI task (see bench/idle-memory.md).
+An idle connection costs memory, not CPU, and a node holds thousands. On Hubbub's own protocol
+(:class:`~hubbub.transports.wsconn.WSConnection`) the endpoint starts the session and returns,
+holding the connection: a task runs only while client frames are being handled, while queued
+frames are written, and to end the connection once the session closes; an idle connection has
+no task, coroutine, Event or closure (see bench/idle-memory.md). On another ASGI server the
+ASGI task reads and handles the frames, and closing the session interrupts it.
 
 Refusals complete the upgrade and then close with the code so browsers can see it (4501, 4510,
 4003); a bad ``Origin`` is refused with HTTP 403 at the handshake (hardening case 13).
@@ -23,7 +27,7 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute, WebSocketRoute
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hubbub.hub.auth import Identity
@@ -88,16 +92,45 @@ async def _auth_frame(hub: Hub, ws: WebSocket) -> str:
     return token
 
 
-async def _admit(hub: Hub, ws: WebSocket) -> Identity | None:
+class _Turn:
+    """A handshake's place at the hub's handshake gate (``HUB_HANDSHAKE_CONCURRENCY``): held
+    while the node works on it (token check, upgrade, session), given back while the client
+    is awaited (its ``auth`` frame), so a slow client holds no place."""
+
+    __slots__ = ("gate", "held")
+
+    def __init__(self, gate: asyncio.Semaphore) -> None:
+        self.gate = gate
+        self.held = False
+
+    async def take(self) -> None:
+        await self.gate.acquire()
+        self.held = True
+
+    def give(self) -> None:
+        if self.held:
+            self.held = False
+            self.gate.release()
+
+
+async def _admit(hub: Hub, ws: WebSocket, turn: _Turn) -> Identity | None:
     """The client's identity (:func:`~hubbub.transports.edge.admit`): credentials from
     header/cookie/query, else the first ``auth`` frame. Returns None after refusing: a bad
     ``Origin`` before the upgrade (HTTP 403), anything else after it with close 4501."""
+
+    async def late() -> str:
+        turn.give()
+        try:
+            return await _auth_frame(hub, ws)
+        finally:
+            await turn.take()
+
     try:
         return await admit(
             hub,
             _handshake(ws),
             accepted=ws.accept,
-            late=lambda: _auth_frame(hub, ws),
+            late=late,
             transport="ws",
         )
     except Forbidden:  # the origin: before accept, so HTTP 403 at the handshake
@@ -127,25 +160,42 @@ def _handshake(ws: WebSocket) -> HTTPConnection:
 
 async def ws_endpoint(ws: WebSocket) -> None:
     hub: Hub = ws.app.state.hub
-    ident = await _admit(hub, ws)
-    if ident is None:
+    session = await _open(hub, ws)
+    if session is None:
         return
-    _forget_request(ws)
-    try:
-        session = await hub.open_session(ident, "ws")
-    except Disconnect as d:
-        hub.metrics.disconnects[d.code] += 1
-        await _send_json(ws, {"type": "disconnect", "code": d.code, "reason": d.reason,
-                              "reconnect": d.reconnect})  # fmt: skip
-        await _close(ws, d.code, d.reason)
-        return
-    except Unavailable:
-        await _close(ws, CLOSE_BROKER, "broker unavailable")
+    proto = _protocol(ws)
+    if proto is not None:
+        await _hand_over(hub, ws, proto, session)
         return
     try:
         await _run(hub, ws, session)
     finally:
         await hub.close_session(session)
+
+
+async def _open(hub: Hub, ws: WebSocket) -> Session | None:
+    """Admit the client and open its session, at most ``HUB_HANDSHAKE_CONCURRENCY`` at once
+    (a reconnect storm's handshakes take turns, so the node's loop keeps serving everything
+    else between them). None after a refusal (already answered)."""
+    turn = _Turn(hub.handshakes)
+    await turn.take()
+    try:
+        ident = await _admit(hub, ws, turn)
+        if ident is None:
+            return None
+        _forget_request(ws)
+        try:
+            return await hub.open_session(ident, "ws")
+        except Disconnect as d:
+            hub.metrics.disconnects[d.code] += 1
+            await _send_json(ws, {"type": "disconnect", "code": d.code, "reason": d.reason,
+                                  "reconnect": d.reconnect})  # fmt: skip
+            await _close(ws, d.code, d.reason)
+        except Unavailable:
+            await _close(ws, CLOSE_BROKER, "broker unavailable")
+        return None
+    finally:
+        turn.give()
 
 
 async def _send_json(ws: WebSocket, obj: dict[str, Any]) -> None:
@@ -174,17 +224,42 @@ def _welcome(hub: Hub, session: Session) -> dict[str, Any]:
     return welcome
 
 
-async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
+def _start(hub: Hub, session: Session) -> FrameHandler:
+    """The session's first steps: ``welcome``, heartbeat, token expiry, TURN refresh."""
     s = hub.settings
-    link = _Link(ws, session, hub.metrics)
+    session.send(_welcome(hub, session))
+    session.start_heartbeat(s.ping_interval, s.ping_timeout, client_pongs=True)
+    handler = FrameHandler(hub, session, relay_signal)
+    session.arm_expiry(handler.expiring)
+    arm_ice_refresh(session, s)  # PROTOCOL.md §6: fresh TURN credentials before they expire
+    return handler
+
+
+async def _hand_over(hub: Hub, ws: WebSocket, proto: WSConnection, session: Session) -> None:
+    """On Hubbub's protocol: start the session and return, leaving the connection open
+    (:meth:`WSConnection.hold`). From then on a task runs only while something happens: client
+    frames being handled (:meth:`_Link.heard`), queued frames being written, and the ending
+    (:meth:`_Link.finish`) once the session closes. An idle connection has no task and no
+    coroutine at all."""
+    link = _Link(hub, ws, session)
+    try:
+        handler = _start(hub, session)
+    except BaseException:
+        await link.stop()
+        await hub.close_session(session)
+        raise
+    proto.hold()
+    link.listen(handler)
+
+
+async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
+    """The session on a plain ASGI server: this task reads and handles client frames until
+    the session closes."""
+    link = _Link(hub, ws, session)
     task = asyncio.current_task()
     assert task is not None
     try:
-        session.send(_welcome(hub, session))
-        session.start_heartbeat(s.ping_interval, s.ping_timeout, client_pongs=True)
-        handler = FrameHandler(hub, session, relay_signal)
-        session.arm_expiry(handler.expiring)
-        arm_ice_refresh(session, s)  # PROTOCOL.md §6: fresh TURN credentials before they expire
+        handler = _start(hub, session)
         link.reader = task  # closing the session now interrupts the reading
         await _reader(ws, session, handler)
     except asyncio.CancelledError:
@@ -194,6 +269,12 @@ async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
     finally:
         link.reader = None
         await link.stop()
+    await _goodbye(ws, session)
+
+
+async def _goodbye(ws: WebSocket, session: Session) -> None:
+    """Tell the client why its session ended (a ``disconnect`` frame for codes from 4000),
+    then close with the session's code (1000 when it was not closed)."""
     closed = session.closed
     if closed is not None:  # counted in hubbub_disconnects_total by Hub.close_session
         if closed.code >= 4000:
@@ -205,22 +286,31 @@ async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
 
 
 class _Link:
-    """One connection's outbound side and the hook that ends its reading.
+    """One connection's outbound side, the handling of its client frames, and its ending.
 
     Its :class:`_Writer` is installed as the session's ``direct`` writer (when the server is
     Hubbub's own uvicorn protocol) and :meth:`wake` as its ``waker``. A queued frame starts the
-    writer task, which ends as soon as the queue is empty again; closing the session cancels
-    the task that reads (:attr:`reader`, the ASGI task while it is in :func:`_reader`), unless
-    the close comes from that task itself."""
+    writer task, which ends as soon as the queue is empty again.
 
-    __slots__ = ("interrupted", "out", "proto", "reader", "session", "writer")
+    On Hubbub's protocol (:meth:`listen`) client frames are handled by a task started when one
+    arrives (:meth:`heard`, the connection's ``listener``), which ends once none is waiting;
+    closing the session cancels a frame being handled (unless the close comes from that task
+    itself) and starts :meth:`finish`. Elsewhere the ASGI task reads (:attr:`reader`, in
+    :func:`_reader`) and closing the session cancels it."""
 
-    def __init__(self, ws: WebSocket, session: Session, metrics: Metrics | None) -> None:
+    __slots__ = ("ending", "handler", "hub", "interrupted", "out", "proto", "reader", "session",
+                 "worker", "writer")  # fmt: skip
+
+    def __init__(self, hub: Hub, ws: WebSocket, session: Session) -> None:
         self.session = session
+        self.hub = hub
         proto = self.proto = _protocol(ws)
-        self.out = _Writer(ws, proto, metrics)
+        self.out = _Writer(ws, proto, hub.metrics)
         self.writer: asyncio.Task[None] | None = None
         self.reader: asyncio.Task[Any] | None = None
+        self.worker: asyncio.Task[None] | None = None
+        self.ending: asyncio.Task[None] | None = None
+        self.handler: FrameHandler | None = None
         self.interrupted = False
         if proto is not None:
             session.direct = self.out
@@ -229,19 +319,87 @@ class _Link:
     def wake(self) -> None:
         """``Session.waker``: a frame was queued, or the session closed."""
         if self.session.closed is not None:
+            current = asyncio.current_task()
             reader = self.reader
-            if reader is not None and reader is not asyncio.current_task():
+            if reader is not None and reader is not current:
                 self.reader = None
                 self.interrupted = True
                 reader.cancel()
+            worker = self.worker
+            if worker is not None and worker is not current:
+                self.worker = None
+                worker.cancel()
+            if self.handler is not None and self.ending is None and self.proto is not None:
+                self.ending = self.proto.spawn(self.finish())
         elif self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._write())
 
+    def listen(self, handler: FrameHandler) -> None:
+        """Handle client frames as they arrive (Hubbub's protocol), and :meth:`finish` once the
+        session closes."""
+        proto = self.proto
+        assert proto is not None
+        self.handler = handler
+        proto.listener = self.heard
+        if self.session.closed is None:
+            self.heard()  # frames that arrived meanwhile
+        else:
+            self.wake()
+
+    def heard(self) -> None:
+        """The connection's ``listener``: a client message (or its going away) is waiting."""
+        handler = self.handler
+        if self.worker is None and self.session.closed is None and handler is not None:
+            assert self.proto is not None
+            self.worker = self.proto.spawn(self._work(handler))
+
+    async def _work(self, handler: FrameHandler) -> None:
+        """Handle what the client sent, one message at a time, until none is waiting."""
+        proto = self.proto
+        assert proto is not None
+        session = self.session
+        limit = session_frame_limit(handler.hub)
+        try:
+            while session.closed is None:
+                msg = proto.receive_nowait()
+                if msg is None or not await _handle(msg, session, handler, limit):
+                    break
+        except Exception:
+            log.exception("frame handling failed (session %s)", session.id)
+            session.close(CLOSE_INTERNAL, "internal error")
+        finally:
+            if self.worker is asyncio.current_task():
+                self.worker = None
+
+    async def finish(self) -> None:
+        """The session closed (Hubbub's protocol): let a frame whose handling closed it finish
+        (any other was cancelled), stop, tell the client, close the connection, and close the
+        session in the hub."""
+        session = self.session
+        try:
+            worker = self.worker
+            if worker is not None:
+                await asyncio.wait([worker])
+            await self.stop()
+            await _goodbye(self.out.ws, session)
+        except Exception:
+            log.exception("closing the connection failed (session %s)", session.id)
+        finally:
+            await self.hub.close_session(session)
+
     async def stop(self) -> None:
-        """End the writer, detach from the session, write what the direct path accepted."""
+        """End the frame handling and the writer, detach from the session, write what the
+        direct path accepted."""
         session = self.session
         session.waker = None
         session.direct = None
+        if self.proto is not None:
+            self.proto.listener = None
+        self.handler = None
+        worker, self.worker = self.worker, None
+        if worker is not None and worker is not asyncio.current_task():
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
         writer = self.writer
         if writer is not None:
             writer.cancel()
@@ -318,7 +476,8 @@ def _protocol(ws: WebSocket) -> WSConnection | None:
 
 
 async def _reader(ws: WebSocket, session: Session, handler: FrameHandler) -> None:
-    """Read and handle client frames until the client goes or the session closes."""
+    """Read and handle client frames until the client goes or the session closes (without
+    Hubbub's protocol: the ASGI ``receive``)."""
     limit = session_frame_limit(handler.hub)
     while session.closed is None:
         try:
@@ -326,53 +485,60 @@ async def _reader(ws: WebSocket, session: Session, handler: FrameHandler) -> Non
         except (OSError, RuntimeError, WebSocketDisconnect):
             session.close(1006, "connection lost")
             return
-        if msg["type"] == "websocket.disconnect":
-            session.close(int(msg.get("code") or 1005), "client closed")
+        if not await _handle(msg, session, handler, limit):
             return
-        text = msg.get("text")
-        if text is None:
-            session.close(CLOSE_PROTOCOL, "binary frames are not part of the protocol")
-            return
-        if len(text) > limit and len(text.encode()) > limit:
-            session.close(CLOSE_TOO_LARGE, "frame too large")
-            return
-        session.touch()
-        try:
-            frame = parse_frame(text)
-        except BadString as exc:
-            session.send(exc.frame(None))
+
+
+async def _handle(msg: Message, session: Session, handler: FrameHandler, limit: int) -> bool:
+    """Handle one ASGI message from the client. False when no more are to be read (the client
+    went away or the session was closed for what it sent)."""
+    if msg["type"] == "websocket.disconnect":
+        session.close(int(msg.get("code") or 1005), "client closed")
+        return False
+    text = msg.get("text")
+    if text is None:
+        session.close(CLOSE_PROTOCOL, "binary frames are not part of the protocol")
+        return False
+    if len(text) > limit and len(text.encode()) > limit:
+        session.close(CLOSE_TOO_LARGE, "frame too large")
+        return False
+    session.touch()
+    try:
+        frame = parse_frame(text)
+    except BadString as exc:
+        session.send(exc.frame(None))
+        session.bad_frames += 1
+        if session.bad_frames >= MAX_BAD_FRAMES:
+            session.close(CLOSE_PROTOCOL, "too many bad frames")
+        return True
+    except BadRequest as exc:
+        session.close(CLOSE_PROTOCOL, exc.message)
+        return False
+    fid = frame.get("id")
+    try:
+        await handler.handle(frame)
+    except RateLimited as exc:
+        handler.hub.metrics.rate_limited += 1
+        session.send(exc.frame(fid if isinstance(fid, int) else None))
+        session.rate_strikes += 1
+        if session.rate_strikes >= MAX_RATE_STRIKES:
+            session.close(CLOSE_RATE, "rate limited too long")
+    except HubError as exc:
+        session.send(exc.frame(fid if isinstance(fid, int) and not isinstance(fid, bool) else None))
+        if isinstance(exc, BadRequest):
             session.bad_frames += 1
             if session.bad_frames >= MAX_BAD_FRAMES:
                 session.close(CLOSE_PROTOCOL, "too many bad frames")
-            continue
-        except BadRequest as exc:
-            session.close(CLOSE_PROTOCOL, exc.message)
-            return
-        fid = frame.get("id")
-        try:
-            await handler.handle(frame)
-        except RateLimited as exc:
-            handler.hub.metrics.rate_limited += 1
-            session.send(exc.frame(fid if isinstance(fid, int) else None))
-            session.rate_strikes += 1
-            if session.rate_strikes >= MAX_RATE_STRIKES:
-                session.close(CLOSE_RATE, "rate limited too long")
-        except HubError as exc:
-            session.send(
-                exc.frame(fid if isinstance(fid, int) and not isinstance(fid, bool) else None)
-            )
-            if isinstance(exc, BadRequest):
-                session.bad_frames += 1
-                if session.bad_frames >= MAX_BAD_FRAMES:
-                    session.close(CLOSE_PROTOCOL, "too many bad frames")
-        except Exception:
-            log.exception("frame handler failed (session %s)", session.id)
-            session.close(CLOSE_INTERNAL, "internal error")
+    except Exception:
+        log.exception("frame handler failed (session %s)", session.id)
+        session.close(CLOSE_INTERNAL, "internal error")
+    return True
 
 
 def session_frame_limit(hub: Hub) -> int:
-    """Largest accepted frame: ``HUB_MAX_MESSAGE_BYTES`` + 16 KiB (PROTOCOL.md §3)."""
-    return hub.settings.max_message_bytes + 16 * 1024
+    """Largest accepted frame: ``HUB_MAX_MESSAGE_BYTES`` (or a [[rooms]] table's larger
+    ``max_message_bytes``) + 16 KiB (PROTOCOL.md §3)."""
+    return hub.settings.largest_message_bytes + 16 * 1024
 
 
 PATH = "/v1/ws"

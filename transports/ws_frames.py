@@ -20,12 +20,19 @@ Reads and subscriptions are metered too: every ``subscribe``, ``unsubscribe``, `
 ``error rate_limited`` (temporary) and nothing is served (publishes and signals have their own
 ``HUB_CLIENT_PUBLISH_RATE`` bucket; ``ping``/``pong`` are free). API-key sessions are not
 metered, as for publishes.
+
+Publishes and signals of a client session also draw on its user's ``HUB_USER_PUBLISH_RATE``
+budget (:mod:`hub.budgets`): the node's bucket before the publish task starts; with Redis, a
+token of the node's lease of the cluster's bucket, or else a new lease, awaited before the
+publish task starts. While a publish awaits a lease, the later publishes of its connection are
+held in order behind it (a deque, no task each), so the order still holds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -77,6 +84,8 @@ class FrameHandler:
         self._changed: asyncio.Event | None = None
         # HUB_CLIENT_COMMAND_RATE, made on the first metered frame (idle connections carry none).
         self._commands: TokenBucket | None = None
+        # Publishes held (in order) while one before them waits for the cluster's user budget.
+        self._held: deque[tuple[PreparedPublish, int | None, bool]] | None = None
 
     async def handle(self, frame: dict[str, Any]) -> None:
         fid = _frame_id(frame)
@@ -147,6 +156,8 @@ class FrameHandler:
         if "data" not in frame:
             raise BadRequest("publish needs data")
         self._take_rate()
+        ident = self.session.identity
+        shared = not ident.api_key and self.hub.budget.take_local(ident.sub)
         prepared = self.hub.prepare_publish(
             self.session.identity,
             frame.get("room"),  # type: ignore[arg-type]
@@ -159,7 +170,52 @@ class FrameHandler:
         if self.in_flight >= MAX_PUBLISHES_IN_FLIGHT:
             await self._wait_in_flight(MAX_PUBLISHES_IN_FLIGHT - 1)
         self.in_flight += 1
-        self.hub.spawn(self._publish(prepared, fid))
+        if self._held is not None:  # a publish before this one waits for the user budget
+            self._held.append((prepared, fid, shared))
+        elif shared:
+            self._held = deque([(prepared, fid, True)])
+            self.hub.spawn(self._release_held())
+        else:
+            self.hub.spawn(self._publish(prepared, fid))
+
+    async def _release_held(self) -> None:
+        """Start the held publishes in their order. One that needs a token of the cluster's
+        ``HUB_USER_PUBLISH_RATE`` bucket waits for it first (:mod:`hub.budgets`); the publish
+        tasks started before that wait make their broker calls during it (they were scheduled
+        first), so the order holds. When the broker is unavailable, every publish held then gets
+        that error at once (not one broker timeout after another). Ends, and stops holding,
+        when none is left."""
+        held = self._held
+        assert held is not None
+        try:
+            while held:
+                prepared, fid, shared = held.popleft()
+                if shared:
+                    try:
+                        await self.hub.budget.take_shared(self.session.identity.sub)
+                    except RateLimited as exc:
+                        self.hub.metrics.rate_limited += 1
+                        self.session.send(exc.frame(fid))
+                        self._publish_done()
+                        continue
+                    except HubError as exc:  # the broker is down: so for every one held
+                        self.session.send(exc.frame(fid))
+                        self._publish_done()
+                        while held:
+                            self.session.send(exc.frame(held.popleft()[1]))
+                            self._publish_done()
+                        return
+                self.hub.spawn(self._publish(prepared, fid))
+        finally:
+            for _ in range(len(held)):  # cancelled (the node stops): nothing more is sent
+                self._publish_done()
+            held.clear()
+            self._held = None
+
+    def _publish_done(self) -> None:
+        self.in_flight -= 1
+        if self._changed is not None:
+            self._changed.set()
 
     async def _publish(self, prepared: PreparedPublish, fid: int | None) -> None:
         try:
@@ -172,9 +228,7 @@ class FrameHandler:
         else:
             self.reply(fid, result)
         finally:
-            self.in_flight -= 1
-            if self._changed is not None:
-                self._changed.set()
+            self._publish_done()
 
     async def history(self, frame: dict[str, Any], fid: int | None) -> None:
         result = await self.hub.history(
@@ -221,6 +275,9 @@ class FrameHandler:
 
     async def signal(self, frame: dict[str, Any], fid: int | None) -> None:
         self._take_rate()
+        ident = self.session.identity
+        if not ident.api_key:  # a signal is a publish for HUB_USER_PUBLISH_RATE too
+            await self.hub.budget.take(ident.sub)
         await self.relay(self.hub, self.session, frame)
         self.reply(fid, {})
 

@@ -10,6 +10,10 @@ for ``Upgrade: websocket``. What it adds to a plain server:
 * no per-message compression (CPU per subscriber, and a decompression-bomb risk) and no
   protocol-level pings: Hubbub's own heartbeat (``ping`` frames, close 4002) finds dead peers;
 * a refused handshake (the app closes before accepting) is answered with HTTP 403;
+* the app may return holding an accepted connection (:meth:`WSConnection.hold`): it goes on
+  with a :attr:`~WSConnection.listener` and :meth:`~WSConnection.receive_nowait`, tasks made
+  by :meth:`~WSConnection.spawn`, and the ``send`` it was given, with no task or coroutine
+  per idle connection;
 * little memory per idle connection: slots, a list inbox, the handshake request dropped once
   answered.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.parse
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from websockets.datastructures import Headers
@@ -28,7 +33,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from hubbub.transports.flow import Flag
-from hubbub.transports.h1_cycle import access_parts
+from hubbub.transports.h1_cycle import ASGI_VERSION, access_parts
 
 if TYPE_CHECKING:
     from hubbub.transports.h1 import HttpConnection
@@ -73,8 +78,8 @@ class WSConnection(asyncio.Protocol):
     pauses past ``INBOX_HIGH``)."""
 
     __slots__ = ("accepted", "app", "close_timer", "closed", "conn", "disconnected", "fragments",
-                 "http", "inbox", "log_access", "loop", "request", "scope", "server_state",
-                 "started", "transport", "wake", "writable")  # fmt: skip
+                 "held", "http", "inbox", "listener", "log_access", "loop", "request", "scope",
+                 "server_state", "started", "transport", "wake", "writable")  # fmt: skip
 
     def __init__(self, http: HttpConnection, url: bytes, headers: list[tuple[bytes, bytes]]):
         config = http.config
@@ -88,12 +93,16 @@ class WSConnection(asyncio.Protocol):
         self.request: Request | None = None
         self.inbox: list[dict[str, Any]] = []
         self.wake = Flag(False)
+        # Called (no arguments) whenever a message or the disconnect is added to the inbox: an
+        # app that takes messages with receive_nowait() instead of waiting in receive.
+        self.listener: Callable[[], None] | None = None
         self.writable = Flag(True)
         self.fragments: list[Data] | None = None
         self.accepted = False
         self.closed = False  # a close frame (or a refusal) went out
         self.disconnected = False  # the app was told the connection is over
         self.started = False
+        self.held = False  # the app returned and keeps the connection open (hold)
         self.close_timer: asyncio.TimerHandle | None = None
         self.scope = self._scope(http, url, headers)
 
@@ -104,7 +113,7 @@ class WSConnection(asyncio.Protocol):
         root = http.root_path
         return {
             "type": "websocket",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "asgi": ASGI_VERSION,
             "http_version": "1.1",
             "scheme": "wss" if http.scheme == "https" else "ws",
             "server": http.server,
@@ -247,6 +256,8 @@ class WSConnection(asyncio.Protocol):
         else:
             self.inbox.append({"type": "websocket.receive", "bytes": bytes(data)})
         self.wake.set()
+        if self.listener is not None:
+            self.listener()
         if len(self.inbox) > INBOX_HIGH and self.transport is not None:
             self.transport.pause_reading()
 
@@ -255,6 +266,8 @@ class WSConnection(asyncio.Protocol):
             self.disconnected = True
             self.inbox.append({"type": "websocket.disconnect", "code": code, "reason": ""})
             self.wake.set()
+            if self.listener is not None:
+                self.listener()
 
     def _flush(self) -> None:
         transport = self.transport
@@ -288,8 +301,8 @@ class WSConnection(asyncio.Protocol):
         self._end(error=False)
 
     def _end(self, error: bool) -> None:
-        """The app returned: finish what it left open."""
-        if self.transport is None:
+        """The app returned: finish what it left open (unless it holds the connection)."""
+        if self.transport is None or (self.held and not error):
             return
         if not self.accepted and not self.closed:
             self._refuse(500 if error else 403)
@@ -298,14 +311,41 @@ class WSConnection(asyncio.Protocol):
             self.conn.send_close(1011 if error else 1000)
             self._flush()
 
+    def hold(self) -> None:
+        """The app is about to return and keeps the connection open: it goes on through
+        :meth:`receive_nowait` with a :attr:`listener`, and the ``send`` it was given (which
+        it must use to close). No task or coroutine of the server's lives meanwhile."""
+        if not self.accepted:
+            raise RuntimeError("hold before websocket.accept")
+        self.held = True
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task for this connection's app, which the server waits for when it shuts down
+        (as it waits for the ASGI ones)."""
+        task = self.loop.create_task(coro)
+        self.server_state.tasks.add(task)
+        task.add_done_callback(self.server_state.tasks.discard)
+        return task
+
     async def _receive(self) -> dict[str, Any]:
         if not self.started:
             self.started = True
             return {"type": "websocket.connect"}
-        inbox = self.inbox
-        while not inbox:
+        while not self.inbox:
             self.wake.clear()
             await self.wake.wait()
+        message = self.receive_nowait()
+        assert message is not None
+        return message
+
+    def receive_nowait(self) -> dict[str, Any] | None:
+        """The next message from the client as the ASGI ``receive`` gives it once the app has
+        accepted (``websocket.receive``, then ``websocket.disconnect`` for good), or None when
+        none is waiting. With :attr:`listener` set, an app handles messages as they arrive,
+        with no coroutine waiting in ``receive`` meanwhile."""
+        inbox = self.inbox
+        if not inbox:
+            return None
         message = inbox.pop(0)
         if len(inbox) == INBOX_HIGH // 2 and self.transport is not None:
             self.transport.resume_reading()

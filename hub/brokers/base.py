@@ -15,8 +15,8 @@ Broker contract, for every implementation:
   lost some, it calls ``NodeListener.resync()`` so the node catches up from history.
 * The epoch and the offset counter outlive the history. If they are lost a new epoch starts at 1.
 
-StateStore contract: presence members, live sessions per user and per room (the rooms listing)
-and token buckets, as seen by the whole cluster. What a node adds stays until the node removes
+StateStore contract: presence members, live sessions per user and per room (the rooms listing),
+token buckets and token revocations, as seen by the whole cluster. What a node adds stays until the node removes
 it, closes, or stops refreshing it (a dead node's entries expire; Redis: after ``presence_ttl``).
 
 Every method of either may raise :class:`~hub.errors.BrokerError` when the backend is unreachable;
@@ -168,14 +168,26 @@ class StateStore(Protocol):
     async def presence_list(self, room: str) -> list[Member]: ...
 
     async def connection_add(self, user: str, session: str) -> int:
-        """Register a live session of ``user``; returns the user's session count, cluster-wide."""
+        """Register a live session of ``user``; returns the user's session count, cluster-wide.
+        The registration stands locally even when the write fails with BrokerError (it is
+        written again with the store's refresh); a caller that gives up on the session calls
+        :meth:`connection_remove`."""
+
+    def connection_add_nowait(self, user: str, session: str) -> None:
+        """:meth:`connection_add` without waiting for the count: the write goes out in the
+        background (ordered before any later call of this store) and its failure is repaired
+        by the store's refresh."""
 
     async def connection_remove(self, user: str, session: str) -> None: ...
 
     async def connection_count(self, user: str) -> int: ...
 
     async def room_sessions(self, room: str, delta: int) -> None:
-        """Adjust this node's count of sessions in ``room`` (for the rooms listing)."""
+        """Adjust this node's count of sessions in ``room`` (for the rooms listing). The count
+        stands locally even when the write fails (written again with the store's refresh)."""
+
+    def room_sessions_nowait(self, room: str, delta: int) -> None:
+        """:meth:`room_sessions` in the background, as :meth:`connection_add_nowait`."""
 
     async def list_rooms(
         self, prefix: str, cursor: str | None, limit: int
@@ -185,6 +197,18 @@ class StateStore(Protocol):
     async def take(self, key: str, rate: float, burst: float) -> tuple[bool, float, float]:
         """Take a token from the cluster's bucket ``key`` (:mod:`hub.ratelimit` semantics;
         rate 0: no limit): (allowed, remaining tokens, seconds until full)."""
+
+    async def take_many(self, key: str, rate: float, burst: float, n: int) -> int:
+        """Take up to ``n`` tokens at once from the cluster's bucket ``key`` (as :meth:`take`):
+        how many were taken (0 when it holds less than one; ``n`` at rate 0)."""
+
+    async def revoke(self, user: str, cutoff: float, keep: float) -> None:
+        """Store that the tokens of ``user`` issued at or before ``cutoff`` (Unix seconds) are
+        revoked, for ``keep`` seconds after ``cutoff``; a later cutoff replaces an earlier one
+        (an earlier one is ignored). Unlike the rest, revocations do not belong to a node."""
+
+    async def revocations(self, keep: float) -> dict[str, float]:
+        """Every stored revocation younger than ``keep`` seconds: ``{user: cutoff}``."""
 
 
 def backends_from_url(url: str, **options: Any) -> tuple[Broker, StateStore]:

@@ -20,6 +20,7 @@ import secrets
 import string
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,8 @@ def new_epoch() -> str:
 @dataclass(slots=True)
 class _Room:
     epoch: str
+    size: int  # history bounds of this room (per-room options, else the broker's)
+    ttl: float
     offset: int = 0
     history: deque[tuple[float, Publication]] = field(default_factory=deque)
 
@@ -63,10 +66,16 @@ class MemoryBroker:
         history_size: int = 1000,
         history_ttl: float = 3600.0,
         clock: Any = time.monotonic,
+        room_history: Callable[[str], tuple[int, float]] | None = None,
+        longest_ttl: float | None = None,
         **_: Any,
     ) -> None:
         self.history_size = history_size
         self.history_ttl = history_ttl
+        # Per-room (size, ttl), when rooms differ; rooms whose publications may have expired
+        # are then looked for with the longest ttl of any room.
+        self._room_history = room_history
+        self._sweep_ttl = history_ttl if longest_ttl is None else longest_ttl
         self._clock = clock
         self._rooms: dict[str, _Room] = {}
         # rooms with publications, oldest last publication first (for forgetting expired rooms)
@@ -94,15 +103,19 @@ class MemoryBroker:
     def _room(self, room: str) -> _Room:
         r = self._rooms.get(room)
         if r is None:
-            r = self._rooms[room] = _Room(epoch=new_epoch())
+            if self._room_history is None:
+                size, ttl = self.history_size, self.history_ttl
+            else:
+                size, ttl = self._room_history(room)
+            r = self._rooms[room] = _Room(new_epoch(), size, ttl)
         return r
 
     def _trim(self, r: _Room) -> None:
         h = r.history
-        while len(h) > self.history_size:
+        while len(h) > r.size:
             h.popleft()
-        if self.history_ttl > 0:
-            cutoff = self._clock() - self.history_ttl
+        if r.ttl > 0:
+            cutoff = self._clock() - r.ttl
             while h and h[0][0] < cutoff:
                 h.popleft()
 
@@ -135,9 +148,9 @@ class MemoryBroker:
 
     def _sweep(self, now: float) -> None:
         """Forget up to two rooms whose publications have all expired (amortized O(1))."""
-        if self.history_ttl <= 0:
+        if self._sweep_ttl <= 0:
             return
-        cutoff = now - self.history_ttl
+        cutoff = now - self._sweep_ttl
         for _ in range(2):
             if not self._published:
                 return

@@ -22,6 +22,7 @@ class MemoryStateStore:
         self._conns: dict[str, set[str]] = {}
         self._room_sessions: dict[str, int] = {}
         self.buckets = BucketStore(bucket_capacity, clock)
+        self._revoked: dict[str, float] = {}
 
     async def start(self, node_id: str) -> None:
         pass
@@ -57,6 +58,9 @@ class MemoryStateStore:
         s.add(session)
         return len(s)
 
+    def connection_add_nowait(self, user: str, session: str) -> None:
+        self._conns.setdefault(user, set()).add(session)
+
     async def connection_remove(self, user: str, session: str) -> None:
         s = self._conns.get(user)
         if s is not None:
@@ -68,6 +72,9 @@ class MemoryStateStore:
         return len(self._conns.get(user, ()))
 
     async def room_sessions(self, room: str, delta: int) -> None:
+        self.room_sessions_nowait(room, delta)
+
+    def room_sessions_nowait(self, room: str, delta: int) -> None:
         n = self._room_sessions.get(room, 0) + delta
         if n > 0:
             self._room_sessions[room] = n
@@ -87,3 +94,21 @@ class MemoryStateStore:
     # ---- rate limits -----------------------------------------------------------------------
     async def take(self, key: str, rate: float, burst: float) -> tuple[bool, float, float]:
         return self.buckets.take(key, rate, burst)
+
+    async def take_many(self, key: str, rate: float, burst: float, n: int) -> int:
+        taken = 0
+        while taken < n and self.buckets.take(key, rate, burst)[0]:
+            taken += 1
+        return taken
+
+    # ---- revocations -----------------------------------------------------------------------
+    async def revoke(self, user: str, cutoff: float, keep: float) -> None:
+        if cutoff > self._revoked.get(user, float("-inf")):
+            self._revoked[user] = cutoff
+        await self.revocations(keep)
+
+    async def revocations(self, keep: float) -> dict[str, float]:
+        oldest = time.time() - keep
+        for user in [u for u, c in self._revoked.items() if c < oldest]:
+            del self._revoked[user]
+        return dict(self._revoked)

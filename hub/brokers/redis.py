@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import logging
 import math
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -92,6 +92,8 @@ class RedisBroker:
         probe_interval: float | None = None,
         probe_timeout: float | None = None,
         max_connections: int = 64,
+        room_history: Callable[[str], tuple[int, float]] | None = None,
+        longest_ttl: float | None = None,
         **_: Any,
     ) -> None:
         self.url = url
@@ -103,7 +105,9 @@ class RedisBroker:
         self.probe_timeout = probe_timeout or max(3 * self.probe_interval, timeout)
         self.max_connections = max_connections
         self._ttl_ms = int(history_ttl * 1000)
-        self._meta_ttl = max(META_TTL, math.ceil(history_ttl * 10))
+        # Per-room (size, ttl s) when rooms differ ([[rooms]]): they reach the scripts as ARGV.
+        self._room_history = room_history
+        self._meta_ttl = max(META_TTL, math.ceil((longest_ttl or history_ttl) * 10))
         self._read_ttl = READ_TTL
         self._listener: NodeListener | None = None
         self.node = ""
@@ -116,6 +120,8 @@ class RedisBroker:
         self.cluster = False  # set by start() from the URL
         self._pipe: PublishPipe | None = None  # one Redis: publishes pipelined on one connection
         self._calls: PublishPipe | None = None  # one Redis: every other script call, pipelined
+        self._casts: set[asyncio.Task[None]] = set()  # casts and shared reads under way
+        self._positions: dict[str, asyncio.Future[tuple[str, int]]] = {}  # reads not sent yet
         self._lane: PublishLane[_PubCall, Any] = PublishLane(self._run_batch)
 
     # ---- keys ------------------------------------------------------------------------------------
@@ -209,6 +215,10 @@ class RedisBroker:
         for pipe in (self._pipe, self._calls):
             if pipe is not None:
                 await pipe.close()
+        casts = list(self._casts)
+        for task in casts:
+            task.cancel()
+        await asyncio.gather(*casts, return_exceptions=True)
         if self._link is not None:
             await self._link.close()
         if self._redis is not None:
@@ -259,13 +269,35 @@ class RedisBroker:
 
     def run(self, script: Script, keys: Sequence[Any], args: Sequence[Any] = ()) -> Awaitable[Any]:
         """Run a script of :meth:`script` within the timeout; every failure becomes
-        BrokerError (a script's own error reply stays a ``ResponseError``). One Redis: on the
-        calls pipe, concurrent calls pipelined on one connection (a reconnect storm's thousands
-        of subscribes cost one write per loop iteration, not one pooled round trip each); a
-        cluster: through redis-py, which routes each call to its slot's node."""
+        BrokerError. One Redis: on the calls pipe, concurrent calls pipelined on one connection
+        (a reconnect storm's thousands of subscribes cost one write per loop iteration, not one
+        pooled round trip each), within the pipe's own deadline (the oldest call written and
+        not answered); a cluster: through redis-py, which routes each call to its slot's node."""
         if self._calls is not None:
-            return self.call(self._calls.call("EVALSHA", script.sha, len(keys), *keys, *args))
+            return self._piped(self._calls, ("EVALSHA", script.sha, len(keys), *keys, *args))
         return self.call(script(keys=list(keys), args=list(args)))
+
+    @staticmethod
+    async def _piped(pipe: PublishPipe, args: tuple[Any, ...]) -> Any:
+        try:
+            return await pipe.call(*args)
+        except _ERRORS as exc:  # a script's error reply; the pipe's own failures are BrokerError
+            raise BrokerError("broker unavailable") from exc
+
+    def cast(self, script: Script, keys: Sequence[Any], args: Sequence[Any] = ()) -> None:
+        """Run a script of :meth:`script` without waiting for it; its failures are dropped
+        (for writes something else repeats, as the state store's refresh). One Redis: queued
+        on the calls pipe in call order, so a later :meth:`run` sees it; a cluster: a task."""
+        if self._calls is not None:
+            self._calls.cast("EVALSHA", script.sha, len(keys), *keys, *args)
+            return
+        task = asyncio.get_running_loop().create_task(self._cast_task(script, keys, args))
+        self._casts.add(task)
+        task.add_done_callback(self._casts.discard)
+
+    async def _cast_task(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> None:
+        with contextlib.suppress(BrokerError, RedisError):
+            await self.run(script, keys, args)
 
     def _on_state(self, up: bool) -> None:
         if self._listener is None:
@@ -312,14 +344,18 @@ class RedisBroker:
                 idempotency.scope.encode() + b"\0" + idempotency.key.encode()
             ).hexdigest()
             idem, fp = self._rk(room, "idem:" + digest), idempotency.fingerprint
+        size, ttl_ms = self.history_size, self._ttl_ms
+        if self._room_history is not None:
+            size, ttl = self._room_history(room)
+            ttl_ms = int(ttl * 1000)
         call = _PubCall(
             room,
             (meta, self._rk(room, "stream"), idem),
             (
                 new_epoch(),
                 body,
-                self.history_size,
-                self._ttl_ms,
+                size,
+                ttl_ms,
                 self._channel(room),
                 fp,
                 int(IDEMPOTENCY_TTL),
@@ -412,12 +448,15 @@ class RedisBroker:
     async def history(
         self, room: str, *, after: int | None = None, limit: int = 100
     ) -> HistoryPage:
+        ttl_ms = self._ttl_ms
+        if self._room_history is not None:
+            ttl_ms = int(self._room_history(room)[1] * 1000)
         res = await self.run(
             self._s_history,
             [self._rk(room, "meta"), self._rk(room, "stream")],
             [
                 new_epoch(),
-                self._ttl_ms,
+                ttl_ms,
                 "" if after is None else int(after),
                 max(0, int(limit)),
                 self._read_ttl,
@@ -428,12 +467,40 @@ class RedisBroker:
         return HistoryPage(epoch=epoch, head=int(res[1]), first=int(res[2]), publications=pubs)
 
     async def position(self, room: str) -> tuple[str, int]:
-        res = await self.run(
-            self._s_position,
-            [self._rk(room, "meta"), self._rk(room, "stream")],
-            [new_epoch(), self._read_ttl],
-        )
-        return res[0].decode(), int(res[1])
+        """The room's epoch and head. Calls for one room made in the same loop iteration share
+        one read, sent after the last of them was made (so each gets a head at least as new as
+        the room's at its call): a burst of subscribes to one room costs one read."""
+        pending = self._positions.get(room)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._positions[room] = pending
+            asyncio.get_running_loop().call_soon(self._read_position, room, pending)
+        return await asyncio.shield(pending)
+
+    def _read_position(self, room: str, fut: asyncio.Future[tuple[str, int]]) -> None:
+        if self._positions.get(room) is fut:
+            del self._positions[room]  # later calls make a read of their own
+        task = asyncio.get_running_loop().create_task(self._position_into(room, fut))
+        self._casts.add(task)
+        task.add_done_callback(self._casts.discard)
+
+    async def _position_into(self, room: str, fut: asyncio.Future[tuple[str, int]]) -> None:
+        try:
+            res = await self.run(
+                self._s_position,
+                [self._rk(room, "meta"), self._rk(room, "stream")],
+                [new_epoch(), self._read_ttl],
+            )
+            value = (res[0].decode(), int(res[1]))
+        except BaseException as exc:
+            if not fut.done():
+                fut.set_exception(exc if isinstance(exc, Exception) else BrokerError("cancelled"))
+                fut.exception()  # retrieved: every caller may be gone
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if not fut.done():
+            fut.set_result(value)
 
     # ---- control -------------------------------------------------------------------------------
     async def send_control(self, message: dict[str, Any], node: str | None = None) -> None:

@@ -335,3 +335,41 @@ local reset = (burst - tokens) / rate
 redis.call('PEXPIRE', KEYS[1], math.ceil(reset * 1000) + 1000)
 return {allowed, string.format('%.17g', tokens), string.format('%.17g', reset)}
 """
+
+REVOKE = """
+-- KEYS: revocations (zset: user -> cutoff, Unix seconds); ARGV: user, cutoff, oldest kept
+-- cutoff, expiry of the key (ms). A later cutoff of a user replaces an earlier one only.
+local old = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
+if not old or old < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+REVOCATIONS = """
+-- KEYS: revocations; ARGV: oldest kept cutoff. Returns user, cutoff, user, cutoff, ...
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+"""
+
+TAKE_MANY = """
+-- KEYS: bucket; ARGV: rate (tokens/s), burst, n. TAKE's arithmetic, taking up to n whole
+-- tokens at once; returns how many were taken.
+local rate, burst, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if rate <= 0 then
+  return n
+end
+local _t = redis.call('TIME')
+local now = tonumber(_t[1]) + tonumber(_t[2]) / 1000000
+local v = redis.call('HMGET', KEYS[1], 'tk', 'ts')
+local tokens = tonumber(v[1]) or burst
+local last = tonumber(v[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - last) * rate)
+local taken = math.min(n, math.floor(tokens))
+tokens = tokens - taken
+redis.call('HSET', KEYS[1], 'tk', string.format('%.17g', tokens), 'ts', string.format('%.17g', now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return taken
+"""

@@ -88,6 +88,17 @@ class PublishPipe:
         added while a connection is live is loaded through the NOSCRIPT path on first use."""
         self._preamble.append(command)
 
+    def cast(self, *args: Any) -> None:
+        """Queue one command whose reply nobody waits for (its errors are dropped): it keeps
+        its place in the order of calls like any other."""
+        if self._closed:
+            return
+        self._queue.append(_Call(args, None))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_loop(), name="redis-publish-writer"
+            )
+
     async def call(self, *args: Any) -> Any:
         """Run one command (see the module docstring)."""
         if self._closed:
@@ -156,14 +167,14 @@ class PublishPipe:
         return conn
 
     def _take(self) -> list[_Call]:
-        """The next write: calls to write again first, then queued calls (those whose caller
-        gave up are dropped: never written); led by the preamble on a fresh connection."""
+        """The next write: calls to write again first, then queued calls and casts (calls whose
+        caller gave up are dropped: never written); led by the preamble on a fresh connection."""
         batch: list[_Call] = self._retry
         self._retry = []
         queue = self._queue
         while queue and len(batch) < self.max_write:
             c = queue.popleft()
-            if c.fut is not None and not c.fut.done():
+            if c.fut is None or not c.fut.done():  # None: a cast, nobody waits for it
                 batch.append(c)
         if batch and self._fresh:
             self._fresh = False

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -48,6 +50,9 @@ class RedisConnection(Protocol):
 
     def run(self, script: Script, keys: Sequence[Any], args: Sequence[Any] = ()) -> Awaitable[Any]:
         """Run a registered script within the broker timeout (BrokerError on failure)."""
+
+    def cast(self, script: Script, keys: Sequence[Any], args: Sequence[Any] = ()) -> None:
+        """Run a registered script without waiting; failures are dropped."""
 
 
 class RedisStateStore:
@@ -85,6 +90,9 @@ class RedisStateStore:
         self._s_node_alive = self._conn.script(lua.NODE_ALIVE)
         self._s_list_rooms = self._conn.script(lua.LIST_ROOMS)
         self._s_take = self._conn.script(lua.TAKE)
+        self._s_take_many = self._conn.script(lua.TAKE_MANY)
+        self._s_revoke = self._conn.script(lua.REVOKE)
+        self._s_revocations = self._conn.script(lua.REVOCATIONS)
         self._task = asyncio.get_running_loop().create_task(
             supervise("redis presence refresher", self.refresh_loop, lambda: not self.stopped),
             name="redis-refresh",
@@ -182,18 +190,17 @@ class RedisStateStore:
         return f"{self.prefix}{{user:{user}}}:conns"
 
     async def connection_add(self, user: str, session: str) -> int:
-        own = self._conns.setdefault(user, set())
-        own.add(session)
-        try:
-            n = await self._conn.run(
-                self._s_conn_add, [self._conn_key(user)], [session, self._presence_ms]
-            )
-        except BrokerError:
-            own.discard(session)
-            if not own:
-                self._conns.pop(user, None)
-            raise
+        # Kept locally even when the write fails: the refresh loop writes it again. A caller
+        # that gives up on the session calls connection_remove.
+        self._conns.setdefault(user, set()).add(session)
+        n = await self._conn.run(
+            self._s_conn_add, [self._conn_key(user)], [session, self._presence_ms]
+        )
         return int(n)
+
+    def connection_add_nowait(self, user: str, session: str) -> None:
+        self._conns.setdefault(user, set()).add(session)
+        self._conn.cast(self._s_conn_add, [self._conn_key(user)], [session, self._presence_ms])
 
     async def connection_remove(self, user: str, session: str) -> None:
         own = self._conns.get(user)
@@ -210,7 +217,11 @@ class RedisStateStore:
         keys = [*self._rooms_keys, self._node_set_prefix + self.node]
         return keys, [self.node, room, n, self._presence_ms]
 
-    async def room_sessions(self, room: str, delta: int) -> None:
+    def room_sessions_nowait(self, room: str, delta: int) -> None:
+        n = self._count(room, delta)
+        self._conn.cast(self._s_room_set, *self._room_set_args(room, max(n, 0)))
+
+    def _count(self, room: str, delta: int) -> int:
         n = self._room_counts.get(room, 0) + delta
         if n > 0:
             self._room_counts[room] = n
@@ -218,14 +229,13 @@ class RedisStateStore:
         else:
             self._room_counts.pop(room, None)
             self._rooms_zeroed.add(room)
-        try:
-            await self._conn.run(self._s_room_set, *self._room_set_args(room, max(n, 0)))
-        except BrokerError:
-            if delta > 0:  # the caller gives up on this session: undo; a decrement stands
-                self._room_counts[room] = n - delta
-                if n - delta <= 0:
-                    self._room_counts.pop(room, None)
-            raise
+        return n
+
+    async def room_sessions(self, room: str, delta: int) -> None:
+        n = self._count(room, delta)
+        # This node's count is the truth: a failed write is written again by the refresh loop
+        # (a caller that gives up on a session adjusts the count back itself).
+        await self._conn.run(self._s_room_set, *self._room_set_args(room, max(n, 0)))
         if n <= 0:
             self._rooms_zeroed.discard(room)
 
@@ -247,6 +257,31 @@ class RedisStateStore:
             self._s_take, [f"{self.prefix}{{rl:{key}}}"], [repr(rate), repr(burst)]
         )
         return bool(int(res[0])), float(res[1]), float(res[2])
+
+    async def take_many(self, key: str, rate: float, burst: float, n: int) -> int:
+        res = await self._conn.run(
+            self._s_take_many, [f"{self.prefix}{{rl:{key}}}"], [repr(rate), repr(burst), int(n)]
+        )
+        return int(res)
+
+    # ---- revocations ---------------------------------------------------------------------------
+    def _revoked_key(self) -> str:
+        return f"{self.prefix}{{revoked}}"
+
+    async def revoke(self, user: str, cutoff: float, keep: float) -> None:
+        now = time.time()
+        expiry_ms = max(1, math.ceil((cutoff + keep - now) * 1000))
+        await self._conn.run(
+            self._s_revoke,
+            [self._revoked_key()],
+            [user, repr(float(cutoff)), repr(now - keep), expiry_ms],
+        )
+
+    async def revocations(self, keep: float) -> dict[str, float]:
+        raw = await self._conn.run(
+            self._s_revocations, [self._revoked_key()], [repr(time.time() - keep)]
+        )
+        return {raw[i].decode(): float(raw[i + 1]) for i in range(0, len(raw), 2)}
 
     # ---- refresh ---------------------------------------------------------------------------------
     async def _batch(self, redis: Any, calls: list[tuple[Script, list[Any], list[Any]]]) -> None:

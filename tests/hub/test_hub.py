@@ -1006,6 +1006,7 @@ async def test_broker_down_maps_to_unavailable() -> None:
         await sub(hub, s, "live")
         take(s)
         outage.down = True
+        hub.broker_state(False)  # as a real broker's link reports it
         assert not await hub.ready()
         with pytest.raises(Unavailable) as info:
             await hub.publish(user(), "r", 1)
@@ -1024,6 +1025,7 @@ async def test_broker_down_maps_to_unavailable() -> None:
         await hub.close_session(s)  # never raises, even with the broker down
         assert hub.sessions == {}
         outage.down = False
+        hub.broker_state(True)
         assert await hub.ready()
         again = await hub.open_session(user(), "ws")
         await sub(hub, again, "r", presence=True)

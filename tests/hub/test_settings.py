@@ -60,6 +60,7 @@ ENV_CASES: list[tuple[str, str, str, Any]] = [
     ("HUB_MAX_QUEUE", "10", "max_queue", 10),
     ("HUB_MAX_SUBSCRIPTIONS", "3", "max_subscriptions", 3),
     ("HUB_MAX_CONNECTIONS_PER_USER", "4", "max_connections_per_user", 4),
+    ("HUB_USER_PUBLISH_RATE", "5/s:10", "user_publish_rate", Rate(5.0, 10.0)),
     ("HUB_CLIENT_PUBLISH_RATE", "5/s:10", "client_publish_rate", Rate(5.0, 10.0)),
     ("HUB_API_RATE", "100/s", "api_rate", Rate(100.0, 100.0)),
     ("HUB_SIGNAL_ROOMS", "call:*,meet:*", "signal_rooms", ("call:*", "meet:*")),
@@ -89,8 +90,9 @@ def test_defaults_match_protocol() -> None:
     assert (s.ping_interval, s.ping_timeout) == (25, 10)
     assert (s.sse_ping_interval, s.sse_retry_ms) == (15, 2000)
     assert (s.max_message_bytes, s.max_queue, s.max_subscriptions) == (65536, 1000, 128)
-    assert s.max_connections_per_user == 0
+    assert s.max_connections_per_user == 100
     assert s.client_publish_rate == Rate(20.0, 40.0)
+    assert s.user_publish_rate == Rate(100.0, 200.0)
     assert s.api_rate == Rate(1000.0, 2000.0)
     assert (s.signal_rooms, s.signal_max_peers) == (("call:*",), 8)
     assert (s.turn_ttl, s.shutdown_timeout, s.log_format, s.log_level) == (3600, 30, "text", "info")
@@ -143,7 +145,7 @@ def test_env_cases_cover_protocol_table() -> None:
     known = {f"HUB_{f.name.upper()}" for f in dataclasses.fields(Settings)} | {"HUB_CONFIG"}
     assert listed <= known, listed - known
     assert names <= known, names - known
-    assert len(names) == 36
+    assert len(names) == 37
 
 
 def test_api_keys_end_dev_mode_and_anonymous_can_be_forced() -> None:
@@ -416,7 +418,7 @@ def test_every_field_has_a_spec_with_bounds() -> None:
         # The defaults pass their own checks.
         spec.validate(getattr(Settings(), f.name))
     secret = {f.name for f in dataclasses.fields(Settings) if spec_of(f).secret}
-    assert secret == {"jwt_secret", "api_keys", "turn_secret", "metrics_token"}
+    assert secret == {"jwt_secret", "api_keys", "turn_secret", "metrics_token", "webhook_secret"}
 
 
 @pytest.mark.parametrize(

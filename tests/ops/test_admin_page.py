@@ -200,3 +200,28 @@ async def test_admin_page_behind_nginx_shows_both_nodes(
         finally:
             for c in clients:
                 await c.close()
+
+
+async def test_admin_page_shows_webhook_deliveries(node_factory: Any, page: Any) -> None:
+    from hubbub.hub.auth import Identity
+    from hubbub.hub.webhooks.dispatch import endpoint_label
+    from tests.hub.test_webhooks import fast
+    from tests.hub.webhook_receiver import WEBHOOK_SECRET, Receiver
+
+    receiver = await Receiver(answers=[500]).start()
+    try:
+        node = await node_factory(
+            webhook_urls=(receiver.url,), webhook_secret=(WEBHOOK_SECRET,),
+            webhook_events=("message.published",),
+        )  # fmt: skip
+        fast(node.hub)
+        await node.hub.publish(Identity("svc", api_key=True), "r", 1)
+        await until(lambda: receiver.delivered(), what="a delivery after one failure")
+        await page.goto(f"{node.url}/admin#key={API_KEY}")
+        await page.wait_for_selector("#webhooks-section:not([hidden])")
+        row = await until(lambda: _text_if(page, "#webhooks", "\t"), what="webhook row")
+        cells = row.split("\t")
+        assert cells[:4] == [endpoint_label(receiver.url), "1", "1", "0"], cells
+        assert page.errors == []
+    finally:
+        await receiver.stop()

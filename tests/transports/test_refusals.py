@@ -6,6 +6,7 @@ transport, ``HUB_ALLOWED_ORIGINS`` and the escaped origin), never in the answer.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -121,3 +122,25 @@ async def test_refused_origin_is_logged_escaped(
     ), lines
     assert any(line.startswith("ws:") and "'https://other.example'" in line for line in lines)
     assert all(origin not in line for line in lines)
+
+
+async def test_a_client_awaited_for_its_auth_frame_holds_no_handshake_turn(
+    node_factory: Any,
+) -> None:
+    """With one handshake at a time (HUB_HANDSHAKE_CONCURRENCY=1), clients that connected
+    without a token and send no ``auth`` frame do not hold the turn: others get in meanwhile,
+    and a late ``auth`` frame still gets its welcome."""
+    node = await node_factory(handshake_concurrency=1)
+    waiting = [await websockets.connect(node.ws_url, open_timeout=5) for _ in range(3)]
+    try:
+        for i in range(3):
+            url = f"{node.ws_url}?token={token(f'u{i}')}"
+            async with websockets.connect(url, open_timeout=5) as ws:
+                welcome = await asyncio.wait_for(ws.recv(), 2)
+                assert '"type":"welcome"' in str(welcome)
+        late = waiting[0]
+        await late.send(json.dumps({"type": "auth", "token": token("late")}))
+        assert '"type":"welcome"' in str(await asyncio.wait_for(late.recv(), 2))
+    finally:
+        for ws in waiting:
+            await ws.close()

@@ -1,6 +1,7 @@
 """What keeps an idle WebSocket connection small (bench/idle-memory.md), and that the behaviour
 around it holds: the protocol's list-based inbox and flag, one task per idle connection (the
-writer task only while frames wait), the reader interrupted by a close, ``/v1/ws`` past
+writer task only while frames wait, a task handling client frames only while some wait), a
+close interrupting what is being handled, ``/v1/ws`` past
 Starlette's router. Real uvicorn and real ``websockets`` clients."""
 
 from __future__ import annotations
@@ -83,7 +84,10 @@ async def test_idle_connection_runs_no_writer_task(node: Node) -> None:
         assert isinstance(proto.inbox, list) and isinstance(proto.writable, Flag)
         assert proto.request is None and proto.http is None  # the handshake is let go
         assert proto.scope["headers"] == []  # let go once the client is authenticated
-        assert link.reader is not None and not link.reader.done()
+        # No task or coroutine while idle: the ASGI call returned holding the connection; a
+        # task handles client frames only while some wait.
+        assert proto.held and proto.listener == link.heard
+        assert link.reader is None and link.worker is None and link.ending is None
     # Fan-out still reaches everyone, in order, without a writer task.
     for i in range(5):
         await node.hub.publish(Identity(sub="svc", grants={"publish": ("*",)}), "idle", i)
@@ -113,18 +117,76 @@ async def test_writer_task_runs_while_frames_wait_and_keeps_order(node: Node) ->
     await ws.close()
 
 
-async def test_close_interrupts_the_waiting_reader(node: Node) -> None:
+async def test_close_ends_an_idle_connection(node: Node) -> None:
     ws = await WS.connect(node.ws_url, token("bob"))
     (link,) = _links(node)
-    reader = link.reader
-    assert reader is not None
+    assert link.ending is None
     await node.hub.disconnect_user("bob", "go away")
     code, frames = await ws.closed()
     assert code == 4509
     assert frames[-1]["type"] == "disconnect" and frames[-1]["code"] == 4509
     await until(lambda: not node.hub.sessions)
-    await until(reader.done)
-    assert not reader.cancelled()  # the ASGI task ended normally after its own interruption
+    ending = link.ending
+    assert ending is not None
+    await until(ending.done)
+    assert link.worker is None and link.proto is not None and link.proto.listener is None
+
+
+async def test_client_going_away_closes_the_session(node: Node) -> None:
+    ws = await WS.connect(node.ws_url, token("erin"))
+    await ws.result({"type": "subscribe", "room": "gone"})
+    (link,) = _links(node)
+    await ws.close()
+    await until(lambda: not node.hub.sessions)
+    assert link.session.closed is not None and link.session.closed.code == 1000
+    ending = link.ending
+    assert ending is not None
+    await until(ending.done)
+
+
+async def test_frames_handled_by_a_task_only_while_they_wait(node: Node) -> None:
+    ws = await WS.connect(node.ws_url, token("carol"))
+    (link,) = _links(node)
+    for i in range(20):  # back to back: handled in order by one task, which then ends
+        await ws.send({"type": "subscribe", "room": f"r{i}", "id": i + 1})
+    ids: list[int] = []
+    while len(ids) < 20:
+        frame = await ws.recv()
+        assert frame["type"] in ("reply", "ping"), frame
+        if frame["type"] == "reply":
+            ids.append(frame["id"])
+    assert ids == list(range(1, 21))
+    await until(lambda: link.worker is None)
+    assert link.session.subs.keys() == {f"r{i}" for i in range(20)}
+    await ws.close()
+    await until(lambda: not node.hub.sessions)
+
+
+async def test_close_interrupts_a_frame_being_handled(node: Node) -> None:
+    ws = await WS.connect(node.ws_url, token("dave"))
+    (link,) = _links(node)
+    session = link.session
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+    handler = link.handler
+    assert handler is not None
+
+    async def slow(frame: dict[str, object]) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    handler.handle = slow  # type: ignore[method-assign]
+    await ws.send({"type": "subscribe", "room": "slow", "id": 1})
+    await asyncio.wait_for(started.wait(), 5)
+    session.close(4000, "draining")
+    await asyncio.wait_for(cancelled.wait(), 5)
+    code, _frames = await ws.closed()
+    assert code == 4000
+    await until(lambda: not node.hub.sessions)
 
 
 async def test_other_websocket_paths_still_go_through_starlette(node: Node) -> None:

@@ -103,7 +103,7 @@ async def test_memory_idempotency_keys_expire_in_order_without_a_scan() -> None:
 def test_memory_rate_buckets_are_evicted_lru() -> None:
     """200 000 client addresses in a store of 100 000: the recent half stays, nothing resets
     everyone's buckets."""
-    store = MemoryStateStore(bucket_capacity=100_000)
+    store = MemoryStateStore(bucket_capacity=100_000, clock=Clock())  # time stands still
     buckets = store.buckets
     assert buckets.take("keep", 1.0, 1.0)[0]  # empties "keep"
     for i in range(KEYS):

@@ -445,11 +445,42 @@ async def test_take_is_a_token_bucket(make_state: StateFactory) -> None:
     assert (await b.take("k", 10.0, 3.0))[0] is True
 
 
+async def test_take_many_takes_what_the_bucket_holds(make_state: StateFactory) -> None:
+    env = await make_state()
+    b = env.state
+    assert await b.take_many("m", 4.0, 5.0, 3) == 3
+    assert await b.take_many("m", 4.0, 5.0, 3) == 2  # what is left
+    assert await b.take_many("m", 4.0, 5.0, 3) == 0
+    assert (await b.take("m", 4.0, 5.0))[0] is False  # one bucket with take
+    await env.advance(0.6)
+    assert 2 <= await b.take_many("m", 4.0, 5.0, 3) <= 3  # refilled (a little time passes)
+    assert await b.take_many("free", 0.0, 0.0, 7) == 7
+
+
 async def test_take_at_rate_zero_is_unlimited(make_state: StateFactory) -> None:
     env = await make_state()
     got = [await env.state.take("free", 0.0, 0.0) for _ in range(20)]
     assert all(allowed for allowed, _, _ in got)
     assert all(reset == 0.0 for _, _, reset in got)
+
+
+async def test_revocations_keep_the_latest_cutoff_and_forget_old_ones(
+    make_state: StateFactory,
+) -> None:
+    """A revocation per user: a later cutoff replaces an earlier one, an earlier one is
+    ignored, and one older than ``keep`` is no longer listed."""
+    import time
+
+    env = await make_state()
+    b = env.state
+    now = int(time.time())
+    assert await b.revocations(60.0) == {}
+    await b.revoke("alice", now - 5, 60.0)
+    await b.revoke("alice", now, 60.0)
+    await b.revoke("alice", now - 10, 60.0)  # announcements may come in any order
+    await b.revoke("bob", now - 30, 60.0)
+    assert await b.revocations(60.0) == {"alice": now, "bob": now - 30}
+    assert await b.revocations(20.0) == {"alice": now}  # bob's is older than keep
 
 
 async def test_presence_limit_is_atomic(make_state: StateFactory) -> None:
