@@ -1,13 +1,16 @@
 """``hubbub soak``: a randomized fault run and a checker that proves nothing acknowledged was lost.
 
-It starts a private ``redis-server`` and ``--nodes`` nodes on 127.0.0.1, HTTP publishers (with
-idempotency keys and retries) at ``--rate`` across ``--rooms`` rooms, ``--clients`` followers
-(WebSocket, and about one in five SSE) that resume after every disconnect, and a fault schedule
-drawn from ``--seed`` (:mod:`hubbub.bench.soak_faults`). After ``--duration`` seconds the
-publishers stop, the followers get a settle time to catch up, history is read back, and
+It starts a private ``redis-server`` and ``--nodes`` nodes on 127.0.0.1 (each reaching Redis
+through a TCP proxy of the soak's), publishers at ``--rate`` across ``--rooms`` rooms over HTTP
+and WebSocket (idempotency keys and retries), ``--clients`` followers of one or a few rooms
+(WebSocket, one in four of them presence members, and one in five SSE; one in ten slow) that
+resume after every disconnect, and a fault schedule drawn from ``--seed``
+(:mod:`hubbub.bench.soak_faults`). After ``--duration`` seconds the publishers stop, the
+followers get a settle time to catch up, history is read back, and
 :mod:`hubbub.bench.soak_check` checks every client life. Exit status: 0 clean, 1 violations,
-2 the run could not be carried out. ``--out`` receives ``summary.json`` and, on a violation,
-the offending clients' logs and the acknowledgements. Every process is stopped by pid at the end.
+2 the run could not be carried out, 130 interrupted (SIGINT or SIGTERM). ``--out`` receives
+``summary.json``, ``gaps.json`` and, on a violation (or with ``--keep-logs``), the checker's
+inputs and the offending clients' logs. Every process is stopped by pid at the end.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import json
 import random
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -33,12 +37,32 @@ from hubbub.bench.soak_faults import FAULT_KINDS, Cluster, Injector, SoakError, 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=60.0, help="seconds of publishing and faults")
     p.add_argument("--seed", type=int, default=1, help="seed of the fault schedule and the load")
-    p.add_argument("--nodes", type=int, default=2, help="nodes to start (at least 2)")
+    p.add_argument("--nodes", type=int, default=3, help="nodes to start (at least 2)")
     p.add_argument("--rooms", type=int, default=4, help="rooms to publish to")
     p.add_argument("--clients", type=int, default=20, help="following clients (1 in 5 over SSE)")
     p.add_argument("--rate", type=float, default=50.0, help="publications per second in total")
+    p.add_argument(
+        "--ws-share",
+        type=float,
+        default=0.3,
+        help="share of the publications sent over WebSocket (the rest over HTTP)",
+    )
+    p.add_argument("--size", type=int, default=256, help="about this many bytes per publication")
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="the nodes' HUB_MAX_QUEUE (queued frames per session)",
+    )
+    p.add_argument(
+        "--faults",
+        default="all",
+        help="comma-separated fault kinds to inject (default: all; none: no faults)",
+    )
     p.add_argument("--settle", type=float, default=10.0,
                    help="at most this many seconds for clients to catch up at the end")  # fmt: skip
+    p.add_argument("--keep-logs", action="store_true",
+                   help="write every client's log (clients.json), not only offending ones")  # fmt: skip
     p.add_argument(
         "--out", help="folder for the summary and offending logs (default: a new temp dir)"
     )
@@ -55,7 +79,25 @@ def _check_args(a: argparse.Namespace) -> str | None:
         return "--rate must be more than 0 and at most 10000"
     if not 0 <= a.settle <= 600:
         return "--settle must be between 0 and 600"
+    if not 0 <= a.ws_share <= 1:
+        return "--ws-share must be between 0 and 1"
+    if not 0 <= a.size <= 60_000:
+        return "--size must be between 0 and 60000"  # 0: as small as it gets
+    if not 1 <= a.max_queue <= 1_000_000:
+        return "--max-queue must be between 1 and 1000000"
+    if _kinds(a.faults) is None:
+        return f"--faults takes 'all', 'none' or kinds among: {', '.join(FAULT_KINDS)}"
     return None
+
+
+def _kinds(text: str) -> set[str] | None:
+    """The fault kinds named by ``--faults``; None when one is unknown."""
+    if text == "all":
+        return set(FAULT_KINDS)
+    if text == "none":
+        return set()
+    kinds = {k.strip() for k in text.split(",") if k.strip()}
+    return kinds if kinds and kinds <= set(FAULT_KINDS) else None
 
 
 async def _history(urls: list[str], key: str, room: str) -> dict[str, Any]:
@@ -79,15 +121,24 @@ async def _history(urls: list[str], key: str, room: str) -> dict[str, Any]:
 
 
 async def _settle(followers: list[Follower], acks: list[dict[str, Any]], within: float) -> None:
-    """Wait until every follower is live at its room's last acknowledged offset (or ``within``)."""
-    head: dict[str, tuple[str, int]] = {}
+    """Wait until every follower is live at each of its rooms' last acknowledged position (the
+    highest offset acknowledged in the epoch of the room's last acknowledgement), or
+    ``within`` seconds."""
+    epoch = {a["room"]: a["epoch"] for a in acks}
+    head: dict[str, int] = {}
     for a in acks:
-        if a["offset"] >= head.get(a["room"], ("", -1))[1]:
-            head[a["room"]] = (a["epoch"], a["offset"])
+        if a["epoch"] == epoch[a["room"]]:
+            head[a["room"]] = max(head.get(a["room"], 0), a["offset"])
+
+    def there(f: Follower, room: str) -> bool:
+        if room not in head:
+            return True
+        e, o = f.pos.get(room, (None, -1))
+        return e == epoch[room] and o >= head[room]
+
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if all(f.live and f.pos is not None and f.pos[1] >= head.get(f.room, ("", 0))[1]
-               for f in followers):  # fmt: skip
+        if all(f.live and all(there(f, r) for r in f.rooms) for f in followers):
             return
         await asyncio.sleep(0.1)
 
@@ -95,32 +146,53 @@ async def _settle(followers: list[Follower], acks: list[dict[str, Any]], within:
 async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]]:
     """One run; returns the checker's report and the summary."""
     key, secret = secrets.token_urlsafe(24), secrets.token_urlsafe(32)
-    cluster = Cluster(out, a.nodes, key, secret, history=max(10_000, int(a.rate * a.duration * 2)))
+    cluster = Cluster(out, a.nodes, key, secret, history=max(10_000, int(a.rate * a.duration * 2)),
+                      env_extra={"HUB_MAX_QUEUE": str(a.max_queue)})  # fmt: skip
     rng = random.Random(a.seed)
     rooms = [f"soak-{a.seed}-{i}" for i in range(a.rooms)]
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    tasks: list[asyncio.Task[None]] = []
+    followers: list[Follower] = []
     try:
         await cluster.start()
-        followers: list[Follower] = []
         for i in range(a.clients):
-            cls = SseFollower if i % 5 == 4 else WsFollower
-            followers.append(cls(f"c{i}", rooms[i % len(rooms)], cluster.urls, key,
-                                 random.Random(rng.random())))  # fmt: skip
-        tasks = [asyncio.create_task(f.run()) for f in followers]
+            f_rng = random.Random(rng.random())
+            mine = [rooms[i % len(rooms)]]
+            if i % 4 == 2 or i % 10 == 9:  # some follow two or three rooms on one connection
+                mine = list(dict.fromkeys(rooms[(i + k) % len(rooms)] for k in range(2 + i % 2)))
+            # A slow client reads at two to four times its rooms' rate (at most 30 ms a frame):
+            # slow, yet able to catch up after a resume, as the settle time expects.
+            rate = a.rate * len(mine) / len(rooms)
+            slow = min(0.03, f_rng.uniform(0.25, 0.5) / rate) if i % 10 == 3 else 0.0
+            args = (f"c{i}", mine, cluster.urls, key, f_rng)
+            if i % 5 == 4:
+                followers.append(SseFollower(*args, slow=slow))
+            else:
+                followers.append(WsFollower(*args, slow=slow, presence=i % 4 == 1))
+        tasks += [asyncio.create_task(f.run()) for f in followers]
         await _settle(followers, [], 10.0)  # everyone subscribed before publishing starts
 
-        def drop(n: int) -> int:
+        def drop(n: int, _hold: float) -> int:
             chosen = rng.sample(followers, min(n, len(followers)))
             for f in chosen:
                 f.drop()
             return len(chosen)
 
-        faults = schedule(a.seed, a.duration, a.nodes)
-        injector = Injector(cluster, faults, drop)
-        pub = Publisher(cluster.urls, key, rooms, a.rate, a.seed)
+        def stall(n: int, hold: float) -> int:
+            chosen = rng.sample(followers, min(n, len(followers)))
+            return sum(f.stall(hold) for f in chosen)
+
+        faults = schedule(a.seed, a.duration, a.nodes, _kinds(a.faults))
+        injector = Injector(cluster, faults, {"client_drop": drop, "client_stall": stall})
+        pub = Publisher(cluster.urls, key, rooms, a.rate, a.seed, ws_share=a.ws_share,
+                        size=a.size)  # fmt: skip
         stop = asyncio.Event()
         t0 = time.monotonic()
         pub_task = asyncio.create_task(pub.run(stop))
         inj_task = asyncio.create_task(injector.run(t0))
+        tasks += [pub_task, inj_task]
         await asyncio.sleep(a.duration)
         await inj_task  # a last restart may overrun the duration a little
         stop.set()
@@ -131,7 +203,15 @@ async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]
         await asyncio.gather(*tasks, return_exceptions=True)
         history = {r: await _history(cluster.urls, key, r) for r in rooms}
     finally:
+        # Nothing may restart a process once the stopping begins: end every task first.
+        for f in followers:
+            f.finish()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         cluster.close()
+        await cluster.close_proxies()
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
     lives = [life for f in followers for life in f.lives]
     rep = check(pub.acks, lives, history)
     summary = {
@@ -140,17 +220,28 @@ async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]
         "faults": {k: injector.done.get(k, 0) for k in FAULT_KINDS},
         "fault_log": injector.log,
         "publishes": {"sent": pub.sent, "acknowledged": len(pub.acks), "retries": pub.retries,
-                      "failed": len(pub.failed)},
+                      "failed": len(pub.failed), "http": pub.by_transport["http"],
+                      "ws": pub.by_transport["ws"]},
+        "clients_kinds": {"ws": sum(f.kind == "ws" for f in followers),
+                          "sse": sum(f.kind == "sse" for f in followers),
+                          "presence": sum(getattr(f, "presence", False) for f in followers),
+                          "slow": sum(f.slow > 0 for f in followers),
+                          "several_rooms": sum(len(f.rooms) > 1 for f in followers)},
+        "presence_checks": rep.presence_checks, "presence_events": rep.presence_events,
         "deliveries_checked": rep.deliveries, "client_lives": rep.lives, "resumes": rep.resumes,
         "final_lives": rep.final_lives, "gaps": dict(rep.gaps),
         "skips_without_acknowledged_loss": rep.unacked_skips,
         "violations": len(rep.violations),
     }  # fmt: skip
+    (out / "gaps.json").write_text(json.dumps(rep.gap_log, indent=1))
+    if not rep.ok or a.keep_logs:  # enough to run the checker again: check(acks, lives, history)
+        (out / "clients.json").write_text(json.dumps([f.lives for f in followers]))
+        (out / "acks.json").write_text(json.dumps(pub.acks))
+        (out / "history.json").write_text(json.dumps(history))
+        (out / "failed_publishes.json").write_text(json.dumps(pub.failed, indent=1))
     if not rep.ok:
         bad = rep.offending_clients()
         (out / "violations.json").write_text(json.dumps(rep.violations, indent=1))
-        (out / "acks.json").write_text(json.dumps(pub.acks))
-        (out / "failed_publishes.json").write_text(json.dumps(pub.failed, indent=1))
         for f in followers:
             if f.cid in bad:
                 (out / f"client-{f.cid}.json").write_text(json.dumps(f.lives, indent=1))
@@ -163,11 +254,13 @@ def _print(summary: dict[str, Any], rep: Report, out: Path) -> None:
     print(f"hubbub soak: seed {summary['seed']}, {summary['nodes']} nodes, {summary['rooms']} "
           f"rooms, {summary['clients']} clients, {summary['rate']:g}/s for {summary['duration']:g}s")  # fmt: skip
     print("faults: " + ", ".join(f"{k} {v}" for k, v in summary["faults"].items()))
-    print(f"publishes: {p['sent']} sent, {p['acknowledged']} acknowledged, {p['retries']} "
-          f"retries, {p['failed']} failed")  # fmt: skip
+    print(f"publishes: {p['sent']} sent ({p['http']} HTTP, {p['ws']} WebSocket), "
+          f"{p['acknowledged']} acknowledged, {p['retries']} retries, {p['failed']} failed")  # fmt: skip
     print(f"deliveries checked: {summary['deliveries_checked']}; client lives: "
           f"{summary['client_lives']}; resumes: {summary['resumes']}; open at the end: "
           f"{summary['final_lives']}")  # fmt: skip
+    print(f"presence: {summary['presence_checks']} subscribe replies checked, "
+          f"{summary['presence_events']} join/leave received")  # fmt: skip
     gaps = ", ".join(f"{k} {v}" for k, v in summary["gaps"].items()) or "none"
     print(f"gaps: {gaps}")
     print(f"violations: {summary['violations']}")
@@ -188,7 +281,7 @@ def cmd_soak(a: argparse.Namespace) -> int:
     except SoakError as exc:
         print(f"hubbub soak: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # SIGINT, or SIGTERM (cancels the run)
         print("hubbub soak: interrupted; every process was stopped", file=sys.stderr)
         return 130
     _print(summary, rep, out)

@@ -21,6 +21,10 @@ Rules (each breach is one violation naming the client life):
    position (the publishers had stopped and the settle time passed).
 4. Every acknowledged publication is in history at its (epoch, offset) with its key, unless the
    room's epoch changed since; no idempotency key appears twice in history.
+5. A presence member's subscribe reply lists its own session (``["presence", listed, n]``).
+6. A ``gap`` covers only what is gone: none of its offsets is in history at the end in its
+   epoch (the soak's history never trims or expires, so whatever history still holds at the
+   end was there when the gap was sent, and the gap should have been those messages).
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ class Report:
     final_lives: int = 0
     gaps: Counter[str] = field(default_factory=Counter)
     unacked_skips: int = 0
+    gap_log: list[dict[str, Any]] = field(default_factory=list)
+    presence_checks: int = 0
+    presence_events: int = 0
     violations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -94,7 +101,15 @@ def check_life(life: dict[str, Any], idx: AckIndex, rep: Report) -> None:
 
     for ev in life["events"]:
         kind = ev[0]
-        if kind == "start":
+        if kind == "presence":
+            rep.presence_checks += 1
+            if not ev[1]:
+                bad("presence reply without the subscriber", members=ev[2])
+        elif kind in ("join", "leave"):
+            rep.presence_events += 1
+        elif kind == "stray":
+            bad("a frame of a room not subscribed to", frame=ev[1:])
+        elif kind == "start":
             if pos < 0:
                 epoch, pos = ev[1], int(ev[2])
         elif kind == "msg":
@@ -120,6 +135,8 @@ def check_life(life: dict[str, Any], idx: AckIndex, rep: Report) -> None:
             pos = o
         elif kind == "gap":
             e, lo, hi = ev[1], int(ev[2]), int(ev[3])
+            rep.gap_log.append({**who, "room": room, "gap": [e, lo, hi], "after": [epoch, pos],
+                                "acked_inside": len(_acked_between(idx, room, e, lo - 1, hi + 1))})  # fmt: skip
             if pos >= 0 and e == epoch:
                 rep.gaps["trimmed or expired (same epoch)"] += 1
                 skipped(lo)
@@ -174,8 +191,30 @@ def check(
     """Run every rule; see the module docstring."""
     rep = Report()
     idx = index_acks(acks)
+    last: dict[tuple[str, str], dict[str, Any]] = {}
     for life in lives:
         check_life(life, idx, rep)
+        last[(str(life["client"]), life["room"])] = life
+    for (cid, room), life in last.items():
+        if not life.get("final"):
+            rep.violations.append({"client": cid, "life": life["life"], "room": room,
+                                   "rule": "not following at the end", "end": life.get("end")})  # fmt: skip
     if history is not None:
         check_history(acks, history, rep)
+        check_gaps(history, rep)
     return rep
+
+
+def check_gaps(history: dict[str, dict[str, Any]], rep: Report) -> None:
+    """Rule 6, over ``rep.gap_log``."""
+    stored: defaultdict[tuple[str, str], list[int]] = defaultdict(list)
+    for room, h in history.items():
+        for i in h["messages"]:
+            stored[(room, i["epoch"])].append(int(i["offset"]))
+    for g in rep.gap_log:
+        e, lo, hi = g["gap"]
+        held = [o for o in stored.get((g["room"], e), []) if lo <= o <= hi]
+        if held:
+            rep.violations.append({"client": g["client"], "life": g["life"], "room": g["room"],
+                                   "rule": "gap over publications still in history",
+                                   "gap": g["gap"], "stored": held[:50], "count": len(held)})  # fmt: skip

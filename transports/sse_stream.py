@@ -165,6 +165,13 @@ class EventStream:
         finally:
             collector.cancel()
             await asyncio.wait([collector])
+        # A session closed before every room was subscribed (4001 while a replay ran, a kick)
+        # still writes the first block: it must carry every resumed room's position, or the
+        # client's next Last-Event-ID forgets those rooms and they come back live from their
+        # head, skipping what was published meanwhile without a gap.
+        for room in self.rooms:
+            if room in self.resume and room not in cursor.positions:
+                cursor.move(room, self._start_position(room, None))
         cursor.order(self.rooms)
 
     async def _collect(self) -> None:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from hubbub.hub.auth import Identity
-from hubbub.hub.envelope import Position, make_cursor
+from hubbub.hub.envelope import Position, make_cursor, parse_cursor
 from hubbub.hub.session import Session
 from tests.conftest import API_KEY, Node, make_settings, start_node, token
 from tests.helpers import until
@@ -718,3 +718,43 @@ async def test_client_that_stops_reading_is_dropped_after_the_send_timeout(
         assert "stopped reading" in stuck.closed.reason
     finally:
         writer.close()
+
+
+async def test_first_block_keeps_every_resumed_room_when_the_session_closes_while_subscribing() -> (
+    None
+):
+    """A stream of several rooms resumed with a cursor, whose session is closed (here as a slow
+    consumer) after its first room was subscribed: the first block's id still holds every
+    room's resume position. It used to hold only the rooms subscribed before the close, so the
+    next Last-Event-ID made the others start live from their head, silently skipping what was
+    published meanwhile (found by hubbub soak, seed 61: a slow SSE client of three rooms)."""
+    from hubbub.hub.hub import Hub
+    from hubbub.transports.sse_stream import EventStream
+
+    class ClosingAfterFirstRoom(EventStream):
+        __slots__ = ()
+
+        async def _subscribe_one(self, room: str) -> dict[str, Any]:
+            result = await super()._subscribe_one(room)
+            self.session.close(4001, "slow consumer: outbound queue full")
+            return result
+
+    hub = Hub(make_settings())
+    await hub.start()
+    try:
+        rooms = ["a", "b", "c"]
+        epochs: dict[str, str] = {}
+        for r in rooms:
+            for i in range(3):
+                epochs[r] = (await hub.publish(BACKEND, r, {"i": i}))["epoch"]
+        since = make_cursor({r: Position(epochs[r], 1) for r in rooms})
+        session = await hub.open_session(Identity(sub="u", api_key=True), "sse")
+        stream = ClosingAfterFirstRoom(hub, session, rooms, since, False)
+        await stream.subscribe()
+        assert session.closed is not None
+        first = stream.first_block().decode()
+        cursor = next(line[4:] for line in first.splitlines() if line.startswith("id: "))
+        assert parse_cursor(cursor, rooms) == {r: Position(epochs[r], 1) for r in rooms}
+        await stream.close()
+    finally:
+        await hub.stop()
