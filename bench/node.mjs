@@ -425,9 +425,11 @@ async function main() {
     }
   }
   const lanes = [];
+  const opening = performance.now();
   for (let i = 0; i < Math.max(1, job.connect_parallel); i++) lanes.push(lane());
   await Promise.all(lanes);
-  process.stdout.write(`R ${job.assignments.length - errors.length} ${JSON.stringify(errors.slice(0, 3))}\n`);
+  const openedS = (performance.now() - opening) / 1000; // handshake plus subscribe, every one
+  process.stdout.write(`R ${job.assignments.length - errors.length} ${openedS} ${JSON.stringify(errors.slice(0, 3))}\n`);
   for (;;) {
     const r = await it.next();
     if (r.done || r.value.trim() === "stop") break;

@@ -2,7 +2,7 @@
 
 The worker process is started by the orchestrator exactly like the Python one
 (:func:`hubbub.bench.load.subscriber_worker`) and speaks the same ``Pipe`` protocol
-(``("ready", n, errors)``, ``go``, ``stop``, ``("done", summary, latencies, deliveries, last_at,
+(``("ready", n, errors, seconds to open them)``, ``go``, ``stop``, ``("done", summary, latencies, deliveries, last_at,
 cpu, wall)``). It pins itself, then runs ``node node.mjs`` (which inherits the pinning),
 hands it the job as one JSON line on stdin, mirrors the child's running delivery count (``P n``
 lines, at most every ~1 ms) into the shared ``progress`` array for the publisher's closed loop,
@@ -123,8 +123,8 @@ def _serve(child: _Child, idx: int, progress: Any, conn: Connection) -> None:
                 if tag == b"P":
                     progress[idx] = int(rest)
                 elif tag == b"R":
-                    n, _, errors = rest.partition(b" ")
-                    conn.send(("ready", int(n), json.loads(errors)))
+                    n, opened_s, errors = rest.split(b" ", 2)
+                    conn.send(("ready", int(n), json.loads(errors), float(opened_s)))
                 elif tag == b"D":
                     done = json.loads(rest)
                     progress[idx] = done["deliveries"]

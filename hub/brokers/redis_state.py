@@ -74,6 +74,7 @@ class RedisStateStore:
         self._conns: dict[str, set[str]] = {}
         self._room_counts: dict[str, int] = {}
         self._rooms_zeroed: set[str] = set()
+        self._dirty_rooms: set[str] = set()  # counts changed in this loop iteration
         pre = self.prefix + "{rooms}:"
         self._rooms_keys = [pre + "index", pre + "counts", pre + "nodes"]
         self._node_set_prefix = pre + "node:"
@@ -218,8 +219,21 @@ class RedisStateStore:
         return keys, [self.node, room, n, self._presence_ms]
 
     def room_sessions_nowait(self, room: str, delta: int) -> None:
-        n = self._count(room, delta)
-        self._conn.cast(self._s_room_set, *self._room_set_args(room, max(n, 0)))
+        # The write sets the node's count (not a delta): the changes of one loop iteration
+        # leave as one write per room, at the end of the iteration, in call order with the
+        # calls made before it.
+        self._count(room, delta)
+        if not self._dirty_rooms:
+            asyncio.get_running_loop().call_soon(self._write_dirty_rooms)
+        self._dirty_rooms.add(room)
+
+    def _write_dirty_rooms(self) -> None:
+        rooms, self._dirty_rooms = self._dirty_rooms, set()
+        if self.stopped:
+            return
+        for room in rooms:
+            n = self._room_counts.get(room, 0)
+            self._conn.cast(self._s_room_set, *self._room_set_args(room, n))
 
     def _count(self, room: str, delta: int) -> int:
         n = self._room_counts.get(room, 0) + delta
