@@ -218,7 +218,7 @@
     body.replaceChildren();
     for (const [endpoint, r] of [...rows.entries()].sort()) {
       const tr = document.createElement("tr");
-      cell(tr, endpoint);
+      cell(tr, endpoint, "endpoint");
       cell(tr, String(r.ok), "num");
       cell(tr, String(r.failed), "num");
       cell(tr, String(r.dropped), r.dropped ? "num bad" : "num");
