@@ -313,28 +313,41 @@ return out
 """
 )
 
-TAKE = """
--- KEYS: bucket; ARGV: rate (tokens/s), burst. The arithmetic of hub/ratelimit.py's TokenBucket.
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-if rate <= 0 then
-  return {1, string.format('%.17g', burst), '0'}
-end
+# A token bucket in the hash KEYS[1] (fields tk, ts) on the server clock, with ``rate`` and
+# ``burst`` already set: brought up to ``now`` (TAKE and TAKE_MANY), and written back.
+_BUCKET_REFILL = """
 local _t = redis.call('TIME')
 local now = tonumber(_t[1]) + tonumber(_t[2]) / 1000000
 local v = redis.call('HMGET', KEYS[1], 'tk', 'ts')
 local tokens = tonumber(v[1]) or burst
 local last = tonumber(v[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - last) * rate)
-local allowed = 0
+"""
+_BUCKET_STORE = """
+redis.call('HSET', KEYS[1], 'tk', string.format('%.17g', tokens), 'ts', string.format('%.17g', now))
+"""
+
+TAKE = (
+    """
+-- KEYS: bucket; ARGV: rate (tokens/s), burst. The arithmetic of hub/ratelimit.py's TokenBucket.
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+if rate <= 0 then
+  return {1, string.format('%.17g', burst), '0'}
+end
+"""
+    + _BUCKET_REFILL
+    + """local allowed = 0
 if tokens >= 1 then
   tokens = tokens - 1
   allowed = 1
 end
-redis.call('HSET', KEYS[1], 'tk', string.format('%.17g', tokens), 'ts', string.format('%.17g', now))
-local reset = (burst - tokens) / rate
+"""
+    + _BUCKET_STORE
+    + """local reset = (burst - tokens) / rate
 redis.call('PEXPIRE', KEYS[1], math.ceil(reset * 1000) + 1000)
 return {allowed, string.format('%.17g', tokens), string.format('%.17g', reset)}
 """
+)
 
 REVOKE = """
 -- KEYS: revocations (zset: user -> cutoff, Unix seconds); ARGV: user, cutoff, oldest kept
@@ -354,22 +367,21 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
 return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 """
 
-TAKE_MANY = """
+TAKE_MANY = (
+    """
 -- KEYS: bucket; ARGV: rate (tokens/s), burst, n. TAKE's arithmetic, taking up to n whole
 -- tokens at once; returns how many were taken.
 local rate, burst, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 if rate <= 0 then
   return n
 end
-local _t = redis.call('TIME')
-local now = tonumber(_t[1]) + tonumber(_t[2]) / 1000000
-local v = redis.call('HMGET', KEYS[1], 'tk', 'ts')
-local tokens = tonumber(v[1]) or burst
-local last = tonumber(v[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - last) * rate)
-local taken = math.min(n, math.floor(tokens))
+"""
+    + _BUCKET_REFILL
+    + """local taken = math.min(n, math.floor(tokens))
 tokens = tokens - taken
-redis.call('HSET', KEYS[1], 'tk', string.format('%.17g', tokens), 'ts', string.format('%.17g', now))
-redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+"""
+    + _BUCKET_STORE
+    + """redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
 return taken
 """
+)
