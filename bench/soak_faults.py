@@ -88,13 +88,18 @@ class Node:
 
     def stop(self) -> None:
         """End the process for good (SIGCONT first if stopped, SIGTERM, then SIGKILL)."""
-        p = self.proc
-        if p is None or p.poll() is not None:
-            return
-        if self.stopped:
-            p.send_signal(signal.SIGCONT)
-            self.stopped = False
-        stop_process(p, 8)
+        _end(self.proc, self.stopped, 8)
+        self.stopped = False
+
+
+def _end(p: subprocess.Popen[bytes] | None, stopped: bool, timeout: float) -> None:
+    """End a process for good: SIGCONT first when it was stopped (a stopped process does not
+    act on SIGTERM), then :func:`stop_process` (SIGTERM, SIGKILL after ``timeout`` seconds)."""
+    if p is None or p.poll() is not None:
+        return
+    if stopped:
+        p.send_signal(signal.SIGCONT)
+    stop_process(p, timeout)
 
 
 class Redis:
@@ -156,17 +161,9 @@ class Redis:
             shutil.rmtree(self.data, ignore_errors=True)
 
     def stop(self) -> None:
-        p = self.proc
-        if p is None or p.poll() is not None:
-            return
-        if self.stopped:
-            p.send_signal(signal.SIGCONT)
-        p.terminate()
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+        """End the process for good, as :meth:`Node.stop`."""
+        _end(self.proc, self.stopped, 5)
+        self.stopped = False
 
 
 class Cluster:
