@@ -182,7 +182,7 @@ class RedisBroker:
             self._pipe = PublishPipe(
                 connect_pipe, timeout=self.timeout, preamble=[("SCRIPT", "LOAD", lua.PUBLISH)]
             )
-            self._calls = PublishPipe(connect_pipe, timeout=self.timeout)
+            self._calls = PublishPipe(connect_pipe, timeout=self.timeout, one_write_in_flight=True)
         self._s_publish = r.register_script(lua.PUBLISH)
         self._s_history = self.script(lua.HISTORY)
         self._s_position = self.script(lua.POSITION)
@@ -271,7 +271,8 @@ class RedisBroker:
         """Run a script of :meth:`script` within the timeout; every failure becomes
         BrokerError. One Redis: on the calls pipe, concurrent calls pipelined on one connection
         (a reconnect storm's thousands of subscribes cost one write per loop iteration, not one
-        pooled round trip each), within the pipe's own deadline (the oldest call written and
+        pooled round trip each; one write in flight, so a busy node's calls of many loop
+        iterations share one), within the pipe's own deadline (the oldest call written and
         not answered); a cluster: through redis-py, which routes each call to its slot's node."""
         if self._calls is not None:
             return self._piped(self._calls, ("EVALSHA", script.sha, len(keys), *keys, *args))

@@ -305,3 +305,38 @@ async def test_a_connection_that_stops_answering_is_replaced(
         assert [seq_of(p.body)[1] for p in page.publications] == [0, 1, 2]
     finally:
         await proxy.close()
+
+
+async def test_one_write_in_flight_gathers_the_calls_of_many_loop_iterations(
+    redis_proc: RedisProc,
+) -> None:
+    """With ``one_write_in_flight`` (the calls pipe), calls made in many loop iterations while a
+    write is unanswered leave together once it is answered, in their order; without it, each
+    iteration's calls leave in a write of their own."""
+    from redis.asyncio.connection import Connection
+
+    from hubbub.hub.brokers.redis_pipe import PublishPipe
+
+    async def run(gather: bool) -> tuple[int, list[Any]]:
+        pipe = PublishPipe(
+            lambda: Connection(host="127.0.0.1", port=redis_proc.port),
+            timeout=5,
+            one_write_in_flight=gather,
+        )
+        try:
+            key = f"k-{gather}"
+            # BLPOP on an empty list holds the connection's replies for 0.3 s (Redis answers
+            # in order), so the calls below are made while the first write is unanswered.
+            calls = [asyncio.ensure_future(pipe.call("BLPOP", f"none-{gather}", "0.3"))]
+            for i in range(10):
+                await asyncio.sleep(0.01)  # one call per loop iteration, or more
+                calls.append(asyncio.ensure_future(pipe.call("RPUSH", key, str(i))))
+            replies = await asyncio.gather(*calls)
+            return pipe.writes, replies
+        finally:
+            await pipe.close()
+
+    writes, replies = await run(gather=True)
+    assert writes == 2 and replies == [None, *range(1, 11)]
+    writes, replies = await run(gather=False)
+    assert writes == 11 and replies == [None, *range(1, 11)]
