@@ -203,10 +203,17 @@ return redis.call('HVALS', KEYS[1])
 CONN_ADD = (
     _NOW_MS
     + """
--- KEYS: zset; ARGV: session, ttl_ms
-local ttl = tonumber(ARGV[2])
+-- KEYS: zset; ARGV: ttl_ms, session... (one session when it opens; all of a user's sessions
+-- on this node at each refresh, so a refresh costs one call per user, not one per session)
+local ttl = tonumber(ARGV[1])
+local until_ms = now + ttl
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+local pairs = {}
+for i = 2, #ARGV do
+  pairs[#pairs + 1] = until_ms
+  pairs[#pairs + 1] = ARGV[i]
+end
+redis.call('ZADD', KEYS[1], unpack(pairs))
 redis.call('PEXPIRE', KEYS[1], ttl)
 return redis.call('ZCARD', KEYS[1])
 """

@@ -28,6 +28,8 @@ from hubbub.hub.errors import BrokerError, RoomFull
 
 log = logging.getLogger("hubbub.redis")
 T = TypeVar("T")
+# A refresh re-asserts a user's sessions on this node in calls of at most this many sessions.
+_CONNS_PER_CALL = 1000
 
 
 class RedisConnection(Protocol):
@@ -195,13 +197,13 @@ class RedisStateStore:
         # that gives up on the session calls connection_remove.
         self._conns.setdefault(user, set()).add(session)
         n = await self._conn.run(
-            self._s_conn_add, [self._conn_key(user)], [session, self._presence_ms]
+            self._s_conn_add, [self._conn_key(user)], [self._presence_ms, session]
         )
         return int(n)
 
     def connection_add_nowait(self, user: str, session: str) -> None:
         self._conns.setdefault(user, set()).add(session)
-        self._conn.cast(self._s_conn_add, [self._conn_key(user)], [session, self._presence_ms])
+        self._conn.cast(self._s_conn_add, [self._conn_key(user)], [self._presence_ms, session])
 
     async def connection_remove(self, user: str, session: str) -> None:
         own = self._conns.get(user)
@@ -330,7 +332,11 @@ class RedisStateStore:
         for m in list(self._members.values()):
             calls.append((self._s_presence_add, *self._presence_add_args(m)))
         for user, sessions in list(self._conns.items()):
-            calls.extend((self._s_conn_add, [self._conn_key(user)], [s, ttl]) for s in sessions)
+            own = list(sessions)
+            for i in range(0, len(own), _CONNS_PER_CALL):  # one call per user (per 1000)
+                calls.append(
+                    (self._s_conn_add, [self._conn_key(user)], [ttl, *own[i : i + _CONNS_PER_CALL]])
+                )
         for room, n in list(self._room_counts.items()):
             calls.append((self._s_room_set, *self._room_set_args(room, n)))
         zeroed = list(self._rooms_zeroed)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from hubbub.hub.brokers import redis_state
 from hubbub.hub.brokers.base import Idempotency, Member
 from hubbub.hub.envelope import make_body
 from hubbub.hub.errors import BrokerError
@@ -226,11 +227,16 @@ async def test_members_of_a_dead_node_vanish_after_the_ttl(make_node: MakeNode) 
 
 
 async def test_refresh_rebuilds_presence_after_redis_lost_its_data(
-    make_node: MakeNode, redis_proc: RedisProc
+    make_node: MakeNode, redis_proc: RedisProc, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Presence, room counts and every session of a user come back; a user's sessions are
+    re-asserted a few per call (two here, to see the calls split)."""
+    monkeypatch.setattr(redis_state, "_CONNS_PER_CALL", 2)
     broker, state, _ = await make_node(presence_ttl=0.6)
     await state.presence_add(Member("p", "s1", "alice", "ws", broker.node))
     await state.connection_add("alice", "s1")
+    for s in ("s2", "s3", "s4", "s5"):
+        state.connection_add_nowait("bob", s)
     await state.room_sessions("p", 1)
     redis_proc.restart()
     await until(lambda: broker.link is not None and broker.link.up, 5.0)
@@ -246,6 +252,7 @@ async def test_refresh_rebuilds_presence_after_redis_lost_its_data(
         await asyncio.sleep(0.1)
     assert [m.session for m in await state.presence_list("p")] == ["s1"]
     assert await state.connection_count("alice") == 1
+    assert await state.connection_count("bob") == 4
     assert await state.list_rooms("", None, 10) == ([("p", 1)], None)
 
 
