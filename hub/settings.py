@@ -272,6 +272,11 @@ class Settings:
                 raw[name] = (key, value)
             else:
                 log.warning("ignoring unknown environment variable %s%s", key, _hint(key))
+        if "*" in (x.strip() for x in env.get("FORWARDED_ALLOW_IPS", "").split(",")):
+            # uvicorn's own variable: with "*" behind a proxy that appends, any client chooses
+            # the address that rate limits and logs see.
+            log.warning("FORWARDED_ALLOW_IPS=* trusts X-Forwarded-For from every peer: any "
+                        "client can choose its address; name your proxy's address(es) instead")  # fmt: skip
         for name, value in (overrides or {}).items():
             if name not in specs:
                 raise ConfigError(f"unknown setting {name!r}")

@@ -289,6 +289,16 @@ def test_unknown_env_variables_are_ignored_with_a_warning(
     assert caplog.text == ""
 
 
+def test_forwarded_allow_ips_star_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="hubbub.settings"):
+        Settings.load({"FORWARDED_ALLOW_IPS": "10.0.0.2, *"})
+    assert "FORWARDED_ALLOW_IPS=*" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hubbub.settings"):
+        Settings.load({"FORWARDED_ALLOW_IPS": "10.0.0.2,10.0.1.0/24"})
+    assert caplog.text == ""
+
+
 def test_rate_and_grants_parsers() -> None:
     assert Rate.parse("0") == Rate(0.0, 0.0) and not Rate.parse("off").enabled
     assert Rate.parse("2.5/s") == Rate(2.5, 2.5)
