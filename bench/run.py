@@ -75,6 +75,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="measure a reconnect storm instead: --subscribers clients drained from "
                         "one node to another on a private Redis (--rate: publications/s, "
                         "default 200)")  # fmt: skip
+    p.add_argument("--abuse", action="store_true",
+                   help="run mixed abuse instead (--duration seconds; --seed): abusers with "
+                        "ordinary tokens next to legitimate clients, two nodes on a private "
+                        "Redis with the shipped limits; prints what each got and what it cost")  # fmt: skip
+    p.add_argument("--seed", type=int, default=1, help="--abuse: seed of the abusers' choices")
     p.add_argument("--storm-timeout", type=float, default=60.0,
                    help="--storm: seconds the clients have to resume (default 60)")  # fmt: skip
 
@@ -413,6 +418,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SystemExit("hubbub bench: --transport mixed needs --workers 2 or more")
     if args.loadgen == "node" and node_path() is None:
         raise SystemExit("hubbub bench: --loadgen node needs node (Node.js 18 or later) on PATH")
+    if args.abuse:
+        from hubbub.bench.abuse import render_abuse, run_abuse
+
+        raise_fd_limit(4096)
+        report = run_abuse(args.duration, args.seed)
+        print(json.dumps(report) if args.json else render_abuse(report))
+        return 1 if report["violations"] else 0
     if args.storm:
         from hubbub.bench.storm import render_storm, run_storm, storm_ok
 
