@@ -31,7 +31,8 @@ test: $(VENV)/.test-installed system-deps
 ## make test-latest: the same pytest run in .venv-latest, against the newest release of every runtime,
 ## test and webrtc dependency, Hubbub's own version bounds ignored (prints the key versions first)
 test-latest: system-deps
-	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	@# (bin/pip, not bin/python: a venv whose creation was interrupted has no pip yet; venv completes it)
+	test -x $(LATEST)/bin/pip || $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install -q --upgrade pip
 	$(LATEST)/bin/pip install -q --no-deps -e .
 	$(LATEST)/bin/python -c "$$LATEST_REQUIREMENTS" > $(LATEST)/requirements.txt

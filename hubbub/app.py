@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from hubbub.drain import SignalDrain
+from hubbub.drain import SignalDrain, signal_blind_server
 from hubbub.hub.auth import Identity
 from hubbub.hub.errors import NotFound
 from hubbub.hub.hub import Hub
@@ -165,8 +165,10 @@ class HubApp(Starlette):
                     "HUB_API_KEYS for production."
                 )
             await self.hub.start()
-            if self._signals is not None:
-                self._signals.install()
+            # (install() is False off the main thread: no signal handling to warn about.)
+            signals = self._signals is not None and self._signals.install()
+            if signals and (why := signal_blind_server()) is not None:
+                log.warning("no drain on SIGTERM: %s", why)
             self._started = True
             log.info("hub started (node %s, broker %s)", self.hub.node_id, _scheme(self.settings))
 

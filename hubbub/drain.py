@@ -19,13 +19,20 @@ their own graceful timeout, during which the drain runs (set hypercorn's
 ``--graceful-timeout`` above the drain window). Only the main thread can install signal
 handlers: elsewhere nothing is installed, and the embedding application calls
 ``await app.shutdown()`` itself (see docs/embedding.md).
+
+One server stops its processes without any signal: hypercorn with worker processes (its
+default) sets an internal event in each worker when its parent gets SIGTERM, then cancels open
+streams at its graceful timeout. No app can drain there; :func:`signal_blind_server` lets the
+node say so in its log at start-up instead of failing silently at shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import signal
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from types import FrameType
@@ -36,6 +43,24 @@ log = logging.getLogger("hubbub.drain")
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 Handler = Callable[[int, FrameType | None], Any] | int | None
+
+SIGNAL_BLIND = (
+    "this process is a hypercorn worker: hypercorn stops its workers through an internal event, "
+    "not a signal, so SIGTERM to its parent cannot drain this node (open WebSocket and SSE "
+    "connections are cut at hypercorn's --graceful-timeout, without their final frames). Run "
+    "hypercorn with --workers 0, or send SIGTERM to the whole process group (docs/embedding.md)"
+)
+
+
+def signal_blind_server() -> str | None:
+    """Why a signal drain cannot work in this process, or None when nothing says so.
+
+    Known case: a hypercorn worker process (hypercorn is loaded and this process was started by
+    :mod:`multiprocessing`, as hypercorn starts its workers; with ``--workers 0`` the app runs
+    in hypercorn's own process, which does get the signal)."""
+    if "hypercorn" in sys.modules and multiprocessing.parent_process() is not None:
+        return SIGNAL_BLIND
+    return None
 
 
 class SignalDrain:

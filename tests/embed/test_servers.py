@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 import pytest
-import websockets
 
 from tests.conftest import API_KEY, SECRET, free_port, token
+from tests.wsclient import WS
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.embed.fastapi_app:app"
@@ -34,6 +34,20 @@ SERVERS = {
     # spawned workers, tells the workers through an Event, which no app can see).
     "hypercorn": ["-m", "hypercorn", APP, "--workers", "0", "--graceful-timeout", "10"],
 }
+
+
+def wait_ready(proc: subprocess.Popen[bytes], hub: str, log: Path) -> None:
+    """Until ``hub``/health/ready answers 200 (the server's output in the failure)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"{hub}/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"server did not become ready:\n{log.read_text(errors='replace')}")
+        time.sleep(0.1)
 
 
 class Served:
@@ -70,16 +84,7 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
         )
     s = Served(proc, port, log)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{s.hub}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not become ready:\n{s.output()}")
-            time.sleep(0.1)
+        wait_ready(proc, s.hub, log)
         yield s
     finally:
         if proc.poll() is None:
@@ -89,18 +94,6 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
 
 def api() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_KEY}"}
-
-
-async def recv(ws: Any, kind: str, timeout: float = 5.0) -> dict[str, Any]:
-    """The next frame of type ``kind`` (answering pings on the way)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        left = deadline - asyncio.get_running_loop().time()
-        frame = json.loads(await asyncio.wait_for(ws.recv(), max(0.01, left)))
-        if frame["type"] == "ping":
-            await ws.send('{"type":"pong"}')
-        elif frame["type"] == kind:
-            return frame  # type: ignore[no-any-return]
 
 
 async def sse_events(
@@ -139,28 +132,26 @@ async def test_mounted_app_serves_everything_and_drains(served: Served) -> None:
         assert r.json()["offset"] == 2 and r.json()["room"] == "orders"
 
         # WebSocket: subscribe from the first cursor (resume), publish, receive live.
-        async with websockets.connect(f"{served.ws}?token={tok}") as ws:
-            await recv(ws, "welcome")
-            await ws.send(json.dumps({"type": "subscribe", "id": 1, "room": "orders",
-                                      "since": first["cursor"]}))  # fmt: skip
-            replayed = await recv(ws, "message")
-            assert replayed["offset"] == 2 and replayed["data"] == {"order": "42"}
-            reply = await recv(ws, "reply")
-            assert reply["result"]["recovered"] is True and reply["result"]["offset"] == 2
-            await ws.send(json.dumps({"type": "publish", "id": 2, "room": "orders", "data": 3}))
-            live = await recv(ws, "message")
-            assert live["offset"] == 3 and live["from"]["user"] == "alice"
+        ws = await WS.connect(served.ws, tok)
+        result = await ws.result({"type": "subscribe", "room": "orders", "since": first["cursor"]})
+        assert result["recovered"] is True and result["offset"] == 2
+        replayed = await ws.next("message")
+        assert replayed["offset"] == 2 and replayed["data"] == {"order": "42"}
+        await ws.result({"type": "publish", "room": "orders", "data": 3})
+        live = await ws.next("message")
+        assert live["offset"] == 3 and live["from"]["user"] == "alice"
+        await ws.close()
         r = await client.post(
             f"{served.hub}/v1/rooms/orders/messages", headers=api(), json={"data": 4}
         )
         third = r.json()
         assert third["offset"] == 4
-        async with websockets.connect(f"{served.ws}?token={tok}") as ws:
-            await recv(ws, "welcome")
-            await ws.send(json.dumps({"type": "subscribe", "id": 1, "room": "orders",
-                                      "since": {"epoch": third["epoch"], "offset": 3}}))  # fmt: skip
-            missed = await recv(ws, "message")
-            assert missed["offset"] == 4 and missed["data"] == 4
+        ws = await WS.connect(served.ws, tok)
+        since = {"epoch": third["epoch"], "offset": 3}
+        await ws.result({"type": "subscribe", "room": "orders", "since": since})
+        missed = await ws.next("message")
+        assert missed["offset"] == 4 and missed["data"] == 4
+        await ws.close()
 
         # SSE: resume with Last-Event-ID from the first publication.
         url = f"{served.hub}/v1/rooms/orders/events?token={tok}"
@@ -191,21 +182,18 @@ async def test_mounted_app_serves_everything_and_drains(served: Served) -> None:
 
         opened = asyncio.Event()
         follower = asyncio.create_task(follow())
-        async with websockets.connect(f"{served.ws}?token={tok}") as ws:
-            await recv(ws, "welcome")
-            await ws.send(json.dumps({"type": "subscribe", "id": 1, "room": "orders"}))
-            await recv(ws, "reply")
-            r = await client.post(
-                f"{served.hub}/v1/rooms/orders/messages", headers=api(), json={"data": 5}
-            )
-            await asyncio.wait_for(opened.wait(), 5)
-            started = time.monotonic()
-            served.proc.send_signal(signal.SIGTERM)
-            bye = await recv(ws, "disconnect", timeout=8)
-            assert bye["code"] == 4000 and bye["reconnect"] is True
-            with pytest.raises(websockets.ConnectionClosed) as closed:
-                await asyncio.wait_for(ws.recv(), 5)
-            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
+        ws = await WS.connect(served.ws, tok)
+        await ws.join("orders", presence=False)
+        r = await client.post(
+            f"{served.hub}/v1/rooms/orders/messages", headers=api(), json={"data": 5}
+        )
+        await asyncio.wait_for(opened.wait(), 5)
+        started = time.monotonic()
+        served.proc.send_signal(signal.SIGTERM)
+        bye = await ws.next("disconnect", timeout=8)
+        assert bye["code"] == 4000 and bye["reconnect"] is True
+        code, _ = await ws.closed()
+        assert code == 4000
         names = await asyncio.wait_for(sse_done, 8)
         await follower
         assert names[-1] == "hub.disconnect", names
@@ -214,3 +202,31 @@ async def test_mounted_app_serves_everything_and_drains(served: Served) -> None:
     assert rc in (0, -signal.SIGTERM), rc
     out = served.output()
     assert "Traceback" not in out and "CancelledError" not in out, out
+    assert "no drain on SIGTERM" not in out, out
+
+
+def test_hypercorn_worker_processes_are_named_in_the_log(tmp_path: Path) -> None:
+    """hypercorn's default (a parent process with spawned workers) stops its workers without a
+    signal, so no app can drain there (docs/embedding.md): the node says so at start-up
+    instead of cutting its streams silently at shutdown."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = {**os.environ, "HUB_JWT_SECRET": SECRET, "HUB_API_KEYS": API_KEY,
+           "HUB_BROKER_URL": "memory://", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hypercorn", APP, "--bind", f"127.0.0.1:{port}",
+             "--graceful-timeout", "1"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_ready(proc, f"http://127.0.0.1:{port}/hub", log)
+        text = log.read_text()
+        assert "no drain on SIGTERM" in text and "hypercorn worker" in text, text
+        assert "--workers 0" in text, text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
