@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hubbub.webhook_listen import add_arguments as listen_arguments
 
     wh = sub.add_parser("webhooks", help="webhook tools (docs/webhooks.md)")
-    wh_sub = wh.add_subparsers(dest="webhooks_command", required=True, help="listen")
+    wh_sub = wh.add_subparsers(dest="webhooks_command", required=True, help="what to do")
     wl = wh_sub.add_parser("listen", help="a local receiver that verifies and prints events")
     listen_arguments(wl)
     wl.set_defaults(func=cmd_webhooks_listen)
