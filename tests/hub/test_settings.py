@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -541,3 +542,29 @@ def test_cli_serve_refuses_a_port_given_twice_in_the_file(tmp_path: Path) -> Non
     proc = _run(["serve", "--config", str(cfg)])
     assert proc.returncode == 2, proc
     assert "HUB_PORT is set twice" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_serve_warns_of_unknown_variables_in_the_log_format(tmp_path: Path) -> None:
+    """The unknown-variable warning of ``hubbub serve`` is a line of the configured log format
+    (one JSON object with HUB_LOG_FORMAT=json), and it comes before a start-up error it may
+    explain: a misspelt secret leaves the node in dev mode, which refuses 0.0.0.0."""
+    env = {"HUB_LOG_FORMAT": "json", "HUB_JWT_SECRT": "x" * 40, "HUB_API_KEYS": ""}
+    proc = subprocess.Popen(
+        [HUBBUB, "serve", "--port", "0"],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("HUB_")}, **env},
+        stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    line = json.loads(first)
+    assert line["logger"] == "hubbub.settings" and line["level"] == "warning", line
+    assert "HUB_JWT_SECRT" in line["msg"] and "did you mean HUB_JWT_SECRET?" in line["msg"]
+    assert "xxxx" not in first
+    refused = _run(["serve", "--host", "0.0.0.0", "--port", "0"], {"HUB_JWT_SECRT": "x" * 40})
+    assert refused.returncode == 2
+    lines = refused.stderr.splitlines()
+    assert "HUB_JWT_SECRT" in lines[0] and "refusing to bind 0.0.0.0" in lines[1], lines
