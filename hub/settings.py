@@ -392,7 +392,10 @@ def _hint(key: str) -> str:
 
 def _read_file(path: str, specs: Mapping[str, Spec]) -> dict[str, tuple[str, Any]]:
     """The settings of a TOML file (top level or a ``[hubbub]`` table), keyed by field name;
-    keys may be written ``HUB_PORT`` or ``port``. Unknown keys are errors."""
+    keys may be written ``HUB_PORT`` or ``port``. Errors: an unknown key, a setting given
+    twice (``HUB_PORT`` and ``port``: which one wins would be an accident of spelling), and a
+    setting outside a ``[hubbub]`` table the file has (it would be ignored). No message
+    repeats a value."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -401,14 +404,28 @@ def _read_file(path: str, specs: Mapping[str, Spec]) -> dict[str, tuple[str, Any
     if not isinstance(section, dict):
         raise ConfigError(f"config file {path!r}: [hubbub] must be a table")
     out: dict[str, tuple[str, Any]] = {}
-    if section is not data and "rooms" in data:  # [[rooms]] beside a [hubbub] table
-        out["rooms"] = (f"[[rooms]] in {path}", parse_tables(data["rooms"], path))
+    if section is not data:
+        stray = [key for key in data if key not in ("hubbub", "rooms")]
+        if stray:
+            raise ConfigError(
+                f"{stray[0]} in {path} is outside the [hubbub] table, where it would be "
+                "ignored: move it under [hubbub] (or drop the [hubbub] header)"
+            )
+        if "rooms" in data:  # [[rooms]] beside a [hubbub] table
+            out["rooms"] = (f"[[rooms]] in {path}", parse_tables(data["rooms"], path))
     for key, value in section.items():
         if key == "rooms":
+            if "rooms" in out:
+                raise ConfigError(f"{path} has [[rooms]] and [[hubbub.rooms]] tables: keep one")
             out["rooms"] = (f"[[rooms]] in {path}", parse_tables(value, path))
             continue
         name = key.lower().removeprefix("hub_")
         if name not in specs:
             raise ConfigError(f"unknown setting {key} in {path}{_hint(env_name(name))}")
+        if name in out:
+            first = out[name][0].removesuffix(f" in {path}")
+            raise ConfigError(
+                f"{env_name(name)} is set twice in {path}, as {first} and as {key}: keep one"
+            )
         out[name] = (f"{key} in {path}", value)
     return out

@@ -287,10 +287,14 @@ def app_from_env() -> HubApp:
     """App factory for ``uvicorn --factory`` worker processes: settings and logging from the
     environment."""
     from hubbub.cli import tune_gc
-    from hubbub.logs import setup_logging
+    from hubbub.logs import HeldRecords, setup_logging
 
-    settings = Settings.load()
-    setup_logging(settings.log_format, settings.log_level)
+    held = HeldRecords("hubbub.settings")  # warnings in the log format, as in hubbub serve
+    try:
+        settings = Settings.load()
+        setup_logging(settings.log_format, settings.log_level)
+    finally:
+        held.pass_on()
     app = create_app(settings)
     tune_gc()
     return app

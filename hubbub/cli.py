@@ -60,18 +60,21 @@ def tune_gc() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from hubbub.logs import setup_logging
+    from hubbub.logs import HeldRecords, setup_logging
     from hubbub.transports.server import server_options
 
-    settings = load_settings(
-        args, host=args.host, port=args.port, broker_url=args.broker, workers=args.workers
-    )
+    held = HeldRecords("hubbub.settings")  # start-up warnings wait for the log format
+    overrides = {"host": args.host, "port": args.port, "broker_url": args.broker,
+                 "workers": args.workers}  # fmt: skip
     try:
+        settings = Settings.load(config_file=args.config, overrides=overrides)
         settings.check_serving()
     except ConfigError as exc:
-        print(f"hubbub: {exc}", file=sys.stderr)
+        held.pass_on()
+        print(f"hubbub: configuration error: {exc}", file=sys.stderr)
         return 2
     log_config = setup_logging(settings.log_format, settings.log_level)
+    held.pass_on()
     _open_files_to_hard_limit()
     common: dict[str, Any] = {
         **server_options(settings),
@@ -227,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hubbub.webhook_listen import add_arguments as listen_arguments
 
     wh = sub.add_parser("webhooks", help="webhook tools (docs/webhooks.md)")
-    wh_sub = wh.add_subparsers(dest="webhooks_command", required=True, help="listen")
+    wh_sub = wh.add_subparsers(dest="webhooks_command", required=True, help="what to do")
     wl = wh_sub.add_parser("listen", help="a local receiver that verifies and prints events")
     listen_arguments(wl)
     wl.set_defaults(func=cmd_webhooks_listen)

@@ -112,3 +112,26 @@ def setup_logging(fmt: str = "text", level: str = "info") -> dict[str, Any]:
         lg.handlers[:] = []
         lg.propagate = True
     return {"version": 1, "disable_existing_loggers": False}
+
+
+class HeldRecords(logging.Handler):
+    """Holds the records of one logger until :meth:`pass_on`, which passes them on to the
+    handlers configured by then. ``hubbub serve`` reads its settings (and warns about an unknown
+    ``HUB_*`` variable) before it knows the log format; held, such a warning comes out as a
+    line of the configured format (JSON too) instead of a bare one before it. Passed on with
+    no logging set up (start-up failed), they are printed plainly, before the error."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.logger = logging.getLogger(name)
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def pass_on(self) -> None:
+        self.logger.removeHandler(self)
+        records, self.records = self.records, []
+        for record in records:
+            self.logger.handle(record)

@@ -14,7 +14,9 @@ import os
 import re
 from functools import cache
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,3 +142,102 @@ def test_the_checks_themselves(text: str, bad: bool) -> None:
     assert resolves("docs/design.md", ROOT / "README.md")
     assert resolves("PROTOCOL.md", ROOT / "hub" / "hub.py")
     assert not resolves("bench/notes-nothing.md", ROOT / "README.md")
+
+
+# ---- what a reader types and reads ------------------------------------------------------------
+SHELL_FENCES = ("", "sh", "bash", "console")
+# A command word: at the start of a line (after "$ " and VAR=value assignments), or after
+# $( | && || ; — the places a shell runs a program.
+COMMAND_AT = r"(?:^(?:\$ )?(?:[A-Z_]+=\S*\s+)*|\$\(\s*|[|;&]\s*)"
+# In a checkout the commands are .venv/bin/hubbub, .venv/bin/pip …, and Debian has python3 only.
+BARE_COMMAND = re.compile(
+    COMMAND_AT + r"(hubbub (?:serve|token|rooms|probe|bench|soak|webhooks)\b(?!:)|python\b|pip\b)"
+)
+
+
+def code_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of the lines inside shell-like fenced blocks of a Markdown file."""
+    out: list[tuple[int, str]] = []
+    fence: str | None = None
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.startswith("```"):
+            fence = line[3:].strip() if fence is None else None
+        elif fence in SHELL_FENCES:
+            out.append((n, line))
+    return out
+
+
+def reader_docs() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_commands_in_the_docs_run_in_a_checkout() -> None:
+    bad = [
+        f"{rel(path)}:{n}: {line.strip()}"
+        for path in reader_docs()
+        for n, line in code_lines(path)
+        if BARE_COMMAND.search(line.strip())
+    ]
+    assert not bad, "use .venv/bin/… (or python3) as the README says:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize(
+    ("line", "bad"),
+    [
+        ("hubbub serve --port 1", True),
+        ("$ hubbub rooms explain x", True),
+        ("HUBBUB_TOKEN=$(hubbub token --sub p) x", True),
+        ("X=1 python -c 'print(1)'", True),
+        ("pip install 'hubbub[webrtc]'", True),
+        (".venv/bin/hubbub serve &", False),
+        ("TOKEN=$(podman exec hubbub hubbub token --sub alice)", False),
+        ("hubbub soak: seed 2026, 3 nodes", False),
+        ("python3 -c 'import secrets'", False),
+    ],
+)
+def test_the_command_check(line: str, bad: bool) -> None:
+    assert bool(BARE_COMMAND.search(line)) is bad
+
+
+# "`HUB_X`, 30 s by default", "`HUB_X` (default 100", "`HUB_X`, default 16384"
+DEFAULT_SAID = re.compile(
+    r"`(HUB_[A-Z_]+)`(?:,| \()\s*(?:default:?\s*`?([0-9][0-9.]*)|([0-9][0-9.]*)\s*s?\s+by\s+default)"
+)
+
+
+def test_defaults_named_in_the_docs_match_the_code() -> None:
+    from dataclasses import fields
+
+    from hubbub.hub.settings import Settings, env_name
+    from hubbub.hub.values import Rate
+
+    code = Settings()
+    defaults = {env_name(f.name): getattr(code, f.name) for f in fields(Settings)}
+    seen, wrong = 0, []
+    for path in [*reader_docs(), *sorted((ROOT / "bench").glob("*.md"))]:
+        text = " ".join(path.read_text(encoding="utf-8").split())  # a phrase may wrap
+        for m in DEFAULT_SAID.finditer(text):
+            value = defaults.get(m.group(1))
+            if value is None or isinstance(value, (str, tuple, dict)) or value is True:
+                continue
+            said = float(m.group(2) or m.group(3))
+            actual = value.rate if isinstance(value, Rate) else float(value)
+            seen += 1
+            if actual != said:
+                wrong.append(f"{rel(path)}: {m.group(0)!r}, but the default is {value!r}")
+    assert seen >= 10, seen
+    assert not wrong, "\n".join(wrong)
+
+
+async def test_every_metric_is_documented(node_factory: Any) -> None:
+    """Every family a node's /metrics exposes (one refusal made, so the labelled families
+    have samples) has a row in docs/operations.md."""
+    node = await node_factory()
+    async with httpx.AsyncClient(base_url=node.url, timeout=10) as http:
+        assert (await http.get("/v1/rooms/r/messages?token=x")).status_code == 401
+        text = (await http.get("/metrics")).text
+    names = re.findall(r"^# TYPE (hubbub_\w+)", text, re.MULTILINE)
+    assert len(names) >= 15, names
+    doc = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    missing = [n for n in names if f"`{n}" not in doc]
+    assert not missing, f"not in docs/operations.md: {missing}"

@@ -35,8 +35,10 @@ log = logging.getLogger("hubbub.edge")
 
 TOKEN_COOKIE = "hubbub_token"
 REDACTED_PARAMS = frozenset({"token", "access_token", "key"})
-# A query parameter: its name (maybe percent-encoded) and its value, up to ``&`` or a blank.
-_PARAM_RE = re.compile(r"(^|[?&])([^=&?\s]+)=([^&\s]*)")
+# A query parameter: its name (maybe percent-encoded) and its value, up to ``&``, a blank or a
+# double quote (the access log quotes the request target, ``"WebSocket /v1/ws?token=…"``; a
+# token or key in a URL never holds a raw ").
+_PARAM_RE = re.compile(r'(^|[?&])([^=&?\s]+)=([^&\s"]*)')
 
 
 def route_path(scope: Any) -> str:

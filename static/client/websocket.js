@@ -9,13 +9,16 @@ import { lost, scheduleReconnect } from "./reconnect.js";
 export const OPEN = 1;
 
 /** Open the socket. The token goes in a first `auth` frame (browsers cannot set headers on a
- * WebSocket), or in `?token=` when the client learned that the hub needs it there. Frames
- * that are not JSON are ignored; a socket that never opened counts towards the SSE fallback
- * unless the browser is offline. */
+ * WebSocket), or in `?token=` when the client learned that the hub needs it there. Without a
+ * token the URL carries an empty `?token=`: "none to send", so a hub that needs one refuses at
+ * once (4501) instead of waiting HUB_AUTH_TIMEOUT for an `auth` frame, a hub that admits
+ * guests takes it as no token, and a `hubbub_token` cookie still wins (docs/PROTOCOL.md,
+ * "Empty tokens"). Frames that are not JSON are ignored; a socket that never opened counts
+ * towards the SSE fallback unless the browser is offline. */
 export function openWebSocket(c, gen) {
   let url = c.url.ws;
-  if (c._token && c._tokenIn === "query") {
-    url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(c._token);
+  if (!c._token || c._tokenIn === "query") {
+    url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(c._token || "");
   }
   let ws;
   try {

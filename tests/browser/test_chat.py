@@ -288,8 +288,9 @@ class FakeHub:
     def _http(conn: ServerConnection, request: Request) -> Response | None:
         """Plain HTTP on the same port: a blank page and /static/* (so the page is same-origin
         with the fake hub; Chromium blocks other origins from loopback). Anything else is 404,
-        which also makes the SSE fallback fail fast."""
-        if request.path == "/v1/ws":
+        which also makes the SSE fallback fail fast. The WebSocket path may carry a query (a
+        client without a token sends an empty ``?token=``)."""
+        if request.path.split("?", 1)[0] == "/v1/ws":
             return None
         if request.path == "/":
             body, ctype, status = b"<!doctype html><title>js</title>", "text/html", 200

@@ -1,6 +1,7 @@
 """The chat page on a hub that needs a token, when the connection is refused with 4501 right
-after the upgrade (an empty ``hubbub_token`` cookie, an expired token): the token box shows at
-once, without waiting for the hub's 10 s ``auth`` deadline, and a pasted token connects."""
+after the upgrade (no token at all, an empty ``hubbub_token`` cookie, an expired token): the
+token box shows at once, without waiting for the hub's 10 s ``auth`` deadline, and a pasted
+token connects."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from tests.browser.conftest import watch
 from tests.conftest import make_settings, start_node, token
 
 
-@pytest.mark.parametrize("how", ["empty-cookie", "expired-token"])
+@pytest.mark.parametrize("how", ["no-token", "empty-cookie", "expired-token"])
 async def test_chat_asks_for_a_token_on_4501(browser: Any, how: str) -> None:
     node = await start_node(make_settings())
     logs: list[str] = []
@@ -22,7 +23,7 @@ async def test_chat_asks_for_a_token_on_4501(browser: Any, how: str) -> None:
         url = node.url + "/"
         if how == "empty-cookie":
             await ctx.add_cookies([{"name": "hubbub_token", "value": "", "url": node.url}])
-        else:
+        elif how == "expired-token":
             url += "#token=" + token("dora", ttl=-60)
         page = watch(await ctx.new_page(), logs)
         t0 = time.monotonic()

@@ -5,6 +5,7 @@ refused exactly like a bad one, on a real node over HTTP and WebSocket alike."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -104,3 +105,20 @@ async def test_a_node_refuses_tokens_a_jwks_key_does_not_serve(
         while True:
             await conn.recv()
     assert info.value.rcvd is not None and info.value.rcvd.code == 4501
+
+
+async def test_an_unknown_key_id_is_logged_as_such(
+    node_factory: Any, rsa_key: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A token naming a ``kid`` the JWKS does not hold: 401 like any refusal, and the reason
+    ``unknown_key`` in the node's log line and metrics, never in the answer."""
+    path = jwks_file(tmp_path, rsa_key, ENTRIES)
+    node = await node_factory(jwt_secret=None, jwt_jwks_file=path, jwt_algorithms=ALGS)
+    with caplog.at_level(logging.INFO, logger="hubbub.edge"):
+        async with httpx.AsyncClient(base_url=node.url) as http:
+            auth = {"Authorization": f"Bearer {tok(rsa_key, 'not-published', 'RS256')}"}
+            r = await http.get("/v1/rooms/news/messages", headers=auth)
+            metrics = (await http.get("/metrics")).text
+    assert r.status_code == 401 and "unknown" not in r.text and "kid" not in r.text, r.text
+    assert "http: login refused: unknown_key" in caplog.text, caplog.text
+    assert 'hubbub_auth_refusals_total{reason="unknown_key"} 1' in metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -515,3 +516,65 @@ def test_no_error_message_contains_a_secret(tmp_path: Path) -> None:
     url = f"redis://user:{SECRET_VALUE}@redis.example:6379/0?cluster=perhaps"
     msg = _config_error({"HUB_BROKER_URL": url}, "HUB_BROKER_URL", "redis.example")
     assert SECRET_VALUE not in msg and "***" in msg
+
+
+def test_a_setting_given_twice_in_the_file_is_an_error(tmp_path: Path) -> None:
+    # The long and the short name of one setting: neither silently wins.
+    cfg = tmp_path / "twice.toml"
+    cfg.write_text(
+        'HUB_PORT = 8001\nport = 9\nHUB_JWT_SECRET = "hunter2-value-of-32-bytes-or-more!"\n'
+    )
+    msg = _config_error({}, "HUB_PORT is set twice", "HUB_PORT", "port", config_file=str(cfg))
+    assert "8001" not in msg and " 9" not in msg
+    cfg.write_text('[hubbub]\njwt_secret = "hunter2-value-of-32-bytes-or-more!"\n'
+                   'HUB_JWT_SECRET = "hunter2-value-of-32-bytes-or-more!"\n')  # fmt: skip
+    msg = _config_error({}, "HUB_JWT_SECRET is set twice", config_file=str(cfg))
+    assert "hunter2" not in msg
+    cfg.write_text(
+        '[[rooms]]\npattern = "a:*"\n[hubbub]\nport = 1\n[[hubbub.rooms]]\npattern = "b:*"\n'
+    )
+    _config_error({}, "[[rooms]] and [[hubbub.rooms]]", config_file=str(cfg))
+
+
+def test_a_setting_outside_the_hubbub_table_is_an_error(tmp_path: Path) -> None:
+    # Top-level keys above a [hubbub] table used to be ignored without a word.
+    cfg = tmp_path / "outside.toml"
+    cfg.write_text("port = 9\n[hubbub]\nHUB_PORT = 8001\n")
+    _config_error({}, "port in", "outside the [hubbub] table", config_file=str(cfg))
+    cfg.write_text('[hubbub]\nport = 8001\n[[rooms]]\npattern = "chat:*"\nhistory_size = 5\n')
+    s = Settings.load({}, config_file=str(cfg))
+    assert s.port == 8001 and s.rooms[0].pattern == "chat:*"
+
+
+def test_cli_serve_refuses_a_port_given_twice_in_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text("HUB_PORT = 8001\nport = 9\n")
+    proc = _run(["serve", "--config", str(cfg)])
+    assert proc.returncode == 2, proc
+    assert "HUB_PORT is set twice" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_serve_warns_of_unknown_variables_in_the_log_format(tmp_path: Path) -> None:
+    """The unknown-variable warning of ``hubbub serve`` is a line of the configured log format
+    (one JSON object with HUB_LOG_FORMAT=json), and it comes before a start-up error it may
+    explain: a misspelt secret leaves the node in dev mode, which refuses 0.0.0.0."""
+    env = {"HUB_LOG_FORMAT": "json", "HUB_JWT_SECRT": "x" * 40, "HUB_API_KEYS": ""}
+    proc = subprocess.Popen(
+        [HUBBUB, "serve", "--port", "0"],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("HUB_")}, **env},
+        stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    line = json.loads(first)
+    assert line["logger"] == "hubbub.settings" and line["level"] == "warning", line
+    assert "HUB_JWT_SECRT" in line["msg"] and "did you mean HUB_JWT_SECRET?" in line["msg"]
+    assert "xxxx" not in first
+    refused = _run(["serve", "--host", "0.0.0.0", "--port", "0"], {"HUB_JWT_SECRT": "x" * 40})
+    assert refused.returncode == 2
+    lines = refused.stderr.splitlines()
+    assert "HUB_JWT_SECRT" in lines[0] and "refusing to bind 0.0.0.0" in lines[1], lines

@@ -126,6 +126,18 @@ test("tokens: auth frame first; expiring → getToken → refresh; guest hubs ge
   assert.equal(client.state, "connected");
 });
 
+test("tokens: without one the URL says so (?token= empty); with one, no token in the URL", async () => {
+  // An empty ?token= lets a hub that needs a token refuse at once (4501) instead of waiting
+  // for an auth frame that never comes; a hub admitting guests takes it as no token.
+  const { last } = fakeClient();
+  const url = new URL(last().url);
+  assert.equal(url.searchParams.get("token"), "");
+  const withToken = fakeClient({ token: "t1" });
+  assert.equal(new URL(withToken.last().url).searchParams.has("token"), false);
+  withToken.last().open();
+  assert.equal(withToken.last().frames("auth")[0].token, "t1");
+});
+
 test("dead connection: no frame for ping_interval + ping_timeout closes with 4002 and retries", async () => {
   const { clock, sockets, last, log } = fakeClient({ backoff: { base: 10, max: 10 } });
   await welcome(last(), { ping_interval: 2, ping_timeout: 1 });

@@ -42,6 +42,9 @@ def test_redaction() -> None:
     assert redact("GET /v1/ws?token=abc.def&x=1") == "GET /v1/ws?token=[redacted]&x=1"
     assert "sekrit" not in scrub("Authorization: Bearer sekrit")
     assert "sekrit" not in scrub("/v1/events?room=a&token=sekrit")
+    # the access log's closing quote after a token stays (it was taken as part of the value)
+    line = '127.0.0.1:5 - "WebSocket /v1/ws?token=abc.def" [accepted]'
+    assert scrub(line) == '127.0.0.1:5 - "WebSocket /v1/ws?token=[redacted]" [accepted]'
 
 
 @pytest.mark.parametrize(
