@@ -144,7 +144,8 @@ class Session:
         "pushed",
         "queued_bytes",
         "rate",
-        "rate_strikes",
+        "refused_at",
+        "refused_since",
         "room_rates",
         "subs",
         "transport",
@@ -175,7 +176,9 @@ class Session:
             TokenBucket.of(publish_rate) if publish_rate is not None and publish_rate.rate > 0
             else UNLIMITED
         )  # fmt: skip
-        self.rate_strikes = 0
+        # The session's run of rate_limited refusals (0.0: none): when it started and the
+        # latest refusal, monotonic seconds (``FrameHandler.refused``).
+        self.refused_since = self.refused_at = 0.0
         # Per-room publish buckets ([[rooms]] publish_rate), made on the first publish there.
         self.room_rates: dict[str, TokenBucket] | None = None
         self.bad_frames = 0
