@@ -3,8 +3,8 @@
 ``signal`` also on ``HUB_CLIENT_PUBLISH_RATE``; over budget a frame is answered ``error
 rate_limited`` (temporary, naming the limit) and nothing is served. A session refused without a
 pause of a second for ``HUB_RATE_LIMIT_GRACE`` (10 s) is closed with 4005. API-key sessions are
-not metered, and a presence join/leave flood reaches other members at most once per served
-frame."""
+not metered, and a presence join/leave flood reaches other members at most once per served frame,
+coalesced in the queue of a member that does not read."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import pytest
 
 from hubbub.hub.settings import Rate
 from tests.conftest import API_KEY, RedisProc, token
+from tests.helpers import until
 from tests.wsclient import WS
 
 RATE = Rate(20.0, 40.0)
@@ -233,3 +234,70 @@ async def test_user_budget_refusals_count_towards_4005(node_factory: Any) -> Non
                                        every=0.03)  # fmt: skip
     assert code == 4005 and "HUB_USER_PUBLISH_RATE" in reason, reason
     assert all("HUB_USER_PUBLISH_RATE" in f["message"] for f in seen if f["type"] == "error")
+
+
+# ---- a presence flood against a member that does not read (hardening case 48) ------------------
+ROOM = "chat:presence"
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+async def test_presence_churn_never_pushes_a_member_that_does_not_read_into_4001(
+    node_factory: Any, shared_redis: RedisProc, broker: str
+) -> None:
+    """A member whose client stopped reading (its socket full, ``HUB_MAX_QUEUE=20``) while
+    three connections of one user churn 600 joins and leaves (a frame budget raised so that
+    all are served) is not closed: its queue holds at most one presence change per member, so
+    once the churn is over and it reads again it receives at most one frame per churning
+    connection, and the members it then knows are exactly the room's. With Redis the churn
+    comes from another node."""
+    home_kw: dict[str, Any] = {"max_queue": 20}
+    churn_kw: dict[str, Any] = {"client_command_rate": Rate(1e4, 1e4)}
+    if broker == "redis":
+        shared = {"broker_url": shared_redis.url, "redis_prefix": f"p{secrets.token_hex(3)}:"}
+        home = await node_factory(**home_kw, **shared)
+        other = await node_factory(**churn_kw, **shared)
+    else:
+        home = other = await node_factory(**home_kw, **churn_kw)
+    watcher = await WS.connect(home.ws_url, token("wendy"), max_queue=4)
+    joined = await watcher.join(ROOM)
+    session = home.hub.sessions[watcher.session]
+    # The client reads no more: 60 KB messages fill its socket until the node queues for it.
+    published = 0
+    async with httpx.AsyncClient(base_url=home.url,
+                                 headers={"Authorization": f"Bearer {API_KEY}"}) as http:  # fmt: skip
+        while not session.queued_frames and published < 500:
+            r = await http.post(f"/v1/rooms/{ROOM}/messages", json={"data": "x" * 60_000})
+            assert r.status_code == 201, r.text
+            published += 1
+    assert session.queued_frames, "the socket never filled"
+    backlog = session.queued_frames
+    churners = [await WS.open(other.ws_url, "fred") for _ in range(3)]
+    pairs = [{"type": "subscribe", "room": ROOM, "presence": True},
+             {"type": "unsubscribe", "room": ROOM}] * 100  # fmt: skip
+    for answers, _ in await asyncio.gather(*(burst(c, pairs) for c in churners)):
+        assert served(answers) == 200
+    # A member joining last, from the churners' node: its join follows every change above.
+    sam = await WS.open(other.ws_url, "sam")
+    await sam.join(ROOM)
+    await until(lambda: session.closed is not None or any(
+        getattr(i, "member", None) == sam.session for i in session.queue),
+        what="sam's join queued for the watcher")  # fmt: skip
+    assert session.closed is None and home.hub.metrics.disconnects[4001] == 0, session.closed
+    assert session.queued_frames <= backlog + 1  # the churn left nothing queued behind it
+    # It reads again: everything published, then at most one change per churning connection.
+    view = {m["session"] for m in joined["presence"]}
+    messages = changes = 0
+    while True:
+        f = await watcher.recv(10)
+        if f["type"] == "message":
+            messages += 1
+        elif f["type"] in ("join", "leave"):
+            if f["user"] == "fred":
+                changes += 1
+            (view.add if f["type"] == "join" else view.discard)(f["session"])
+            if f["session"] == sam.session:
+                break
+    assert messages == published
+    assert changes <= len(churners), changes
+    now = await watcher.result({"type": "presence", "room": ROOM})
+    assert view == {m["session"] for m in now["members"]} == {watcher.session, sam.session}
