@@ -65,6 +65,7 @@ class UserBudget:
         return RateLimited(
             f"publish rate of this user exceeded: {r.rate:g}/s (burst {r.burst:g}) over all "
             "its sessions (HUB_USER_PUBLISH_RATE)",
+            limit="HUB_USER_PUBLISH_RATE",
             retry_after=max(1.0, 1.0 / r.rate),
         )
 

@@ -19,7 +19,7 @@ from hubbub.hub.errors import CLOSE_KICKED, CLOSE_SLOW, BrokerError
 from hubbub.hub.metrics import Metrics
 from hubbub.hub.recovery import catch_up
 from hubbub.hub.rooms import RoomIndex, RoomState
-from hubbub.hub.session import SIGNAL, Control, Session
+from hubbub.hub.session import SIGNAL, Control, PresenceChange, Session
 
 log = logging.getLogger("hubbub.hub")
 
@@ -78,8 +78,9 @@ class Delivery:
                 else:
                     session.offer(pub)
         elif kind in ("join", "leave"):
-            subject = pub.decoded().get("session")
-            control = Control(kind, pub.body)  # one object for every member: cached by identity
+            subject = str(pub.decoded().get("session"))
+            # One object for every member (cached by identity); sessions coalesce it by subject.
+            control = PresenceChange(kind, pub.body, room.name, subject)
             for session, sub in room.subs.items():
                 if sub.presence and session.id != subject:
                     session.offer(control)

@@ -111,7 +111,14 @@ class UnsupportedMediaType(HubError):
 
 
 class RateLimited(HubError):
+    """Over a budget. ``limit`` names the limit that spoke (``HUB_CLIENT_COMMAND_RATE``,
+    ``[[rooms]] publish_rate``…); the message names it too."""
+
     code, status, close_code, temporary = "rate_limited", 429, 4005, True
+
+    def __init__(self, message: str = "", *, limit: str = "", **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.limit = limit
 
 
 class Unavailable(HubError):

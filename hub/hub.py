@@ -536,7 +536,8 @@ class Hub(Delivery):
         if not allowed:
             self.metrics.rate_limited += 1
             raise RateLimited(
-                f"publish rate of room {room} exceeded ({rate.rate:g}/s)",
+                f"publish rate of room {room} exceeded: {rate.rate:g}/s ([[rooms]] publish_rate)",
+                limit="[[rooms]] publish_rate",
                 details={"room": room},
                 retry_after=max(1.0, 1.0 / rate.rate),
             )
@@ -749,7 +750,9 @@ def _take_session_room_rate(session: Session, room: str, opts: RoomOptions) -> N
         bucket = rates[room] = TokenBucket.of(opts.publish_rate)
     if not bucket.take():
         raise RateLimited(
-            f"publish rate of room {room} exceeded ({opts.publish_rate.rate:g}/s)",
+            f"publish rate of room {room} exceeded: {opts.publish_rate.rate:g}/s "
+            "([[rooms]] publish_rate)",
+            limit="[[rooms]] publish_rate",
             details={"room": room},
         )
 

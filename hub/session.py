@@ -5,6 +5,10 @@ A session owns a bounded outbound queue that the hub fills with :meth:`Session.o
 queue passes ``max_queue`` frames or ``max_queue_bytes`` the session is closed with 4001 (slow
 consumer); the client resumes from history and loses nothing still stored.
 
+Presence changes are coalesced in the queue (:class:`PresenceChange`): a session's queue holds
+at most one ``join``/``leave`` per room and member, so members joining and leaving faster than a
+client reads (a presence flood) never fill its queue.
+
 Queue items are typed: a :class:`~hub.envelope.Publication` (a room's message, the same object
 for every subscriber) or a :class:`Control`, a frame the hub makes itself, with its kind and its
 encoded bytes. Transports decide what to write from the type and the kind alone.
@@ -79,6 +83,31 @@ class Control:
 # Kinds the transports tell apart (SSE writes these and drops the others).
 GAP, JOIN, LEAVE, PRESENCE, SIGNAL = "gap", "join", "leave", "presence", "signal"
 
+
+class PresenceChange(Control):
+    """A ``join`` or ``leave`` frame of one member: ``room`` and ``member`` (the member's
+    session id) say whose, so that a session's queue can coalesce them (:meth:`Session.offer`)."""
+
+    __slots__ = ("member", "room")
+
+    def __init__(self, kind: str, frame: bytes, room: str, member: str) -> None:
+        super().__init__(kind, frame)
+        self.room = room
+        self.member = member
+
+
+class _Coalesced:
+    """The presence changes in one session's queue: the latest per (room, member), and those
+    superseded by a later one (by ``id``: still in the deque, so the ids stay theirs; skipped
+    by :meth:`Session.take`)."""
+
+    __slots__ = ("dropped", "latest")
+
+    def __init__(self) -> None:
+        self.latest: dict[tuple[str, str], PresenceChange] = {}
+        self.dropped: set[int] = set()
+
+
 Item = Publication | Control
 """What a session's queue holds and what its ``direct`` writer is offered."""
 
@@ -127,6 +156,7 @@ class Session:
         "_hb_limit",
         "_on_close",
         "_ping_at",
+        "_presence",
         "_queue",
         "_tick",
         "_waiter",
@@ -144,7 +174,8 @@ class Session:
         "pushed",
         "queued_bytes",
         "rate",
-        "rate_strikes",
+        "refused_at",
+        "refused_since",
         "room_rates",
         "subs",
         "transport",
@@ -167,6 +198,7 @@ class Session:
         self.max_queue_bytes = max_queue_bytes
         self.subs: dict[str, Subscription] = {}
         self._queue: deque[Item] | None = None
+        self._presence: _Coalesced | None = None  # made when a presence change is queued
         self.queued_bytes = 0
         self.pushed = 0  # replayed frames in ``queue``: not counted against ``max_queue``
         self.closed: Disconnect | None = None
@@ -175,7 +207,9 @@ class Session:
             TokenBucket.of(publish_rate) if publish_rate is not None and publish_rate.rate > 0
             else UNLIMITED
         )  # fmt: skip
-        self.rate_strikes = 0
+        # The session's run of rate_limited refusals (0.0: none): when it started and the
+        # latest refusal, monotonic seconds (``FrameHandler.refused``).
+        self.refused_since = self.refused_at = 0.0
         # Per-room publish buckets ([[rooms]] publish_rate), made on the first publish there.
         self.room_rates: dict[str, TokenBucket] | None = None
         self.bad_frames = 0
@@ -207,6 +241,16 @@ class Session:
             q = self._queue = deque()
         return q
 
+    @property
+    def queued_frames(self) -> int:
+        """Frames waiting in the queue, replayed ones included, superseded presence changes
+        not (what the next :meth:`take` returns)."""
+        q = self._queue
+        if not q:
+            return 0
+        coalesced = self._presence
+        return len(q) - (len(coalesced.dropped) if coalesced is not None else 0)
+
     # ---- outbound ----------------------------------------------------------------------------
     def offer(self, item: Item) -> None:
         """Hand one frame to the transport. Never blocks; a full queue closes with 4001.
@@ -214,7 +258,12 @@ class Session:
         When nothing is queued and the transport installed a :attr:`direct` writer that accepts
         the frame (its socket is open and writable), the frame is written at once: no queue, no
         task wake-up. Otherwise it is queued for the transport's writer, which keeps the order:
-        ``direct`` must refuse while the writer still holds frames it took from the queue."""
+        ``direct`` must refuse while the writer still holds frames it took from the queue.
+
+        A :class:`PresenceChange` supersedes the queued change of the same room and member (the
+        client has not read it): that one is dropped, and the new one is queued, except a
+        ``leave`` that supersedes a ``join``: the client never heard of that member, so
+        neither is sent."""
         if self.closed is not None:
             return
         q = self._queue
@@ -225,12 +274,34 @@ class Session:
                 q = self._queue = deque()
         size = len(item.frame)
         live = len(q) - self.pushed
+        coalesced = self._presence
+        if coalesced is not None:
+            live -= len(coalesced.dropped)
+        if isinstance(item, PresenceChange) and self._coalesce(item):
+            return
         if live >= self.max_queue or self.queued_bytes + size > self.max_queue_bytes:
             self.close(CLOSE_SLOW, "slow consumer: outbound queue full")
             return
         q.append(item)
         self.queued_bytes += size
         self._wake()
+
+    def _coalesce(self, change: PresenceChange) -> bool:
+        """Record ``change`` as the latest of its member, dropping a queued one it supersedes
+        (see :meth:`offer`). True when ``change`` itself need not be queued."""
+        coalesced = self._presence
+        if coalesced is None:
+            coalesced = self._presence = _Coalesced()
+        key = (change.room, change.member)
+        old = coalesced.latest.get(key)
+        if old is not None:
+            coalesced.dropped.add(id(old))
+            self.queued_bytes -= len(old.frame)
+            if old.kind == JOIN and change.kind == LEAVE:
+                del coalesced.latest[key]
+                return True
+        coalesced.latest[key] = change
+        return False
 
     def send(self, obj: dict[str, Any]) -> None:
         """Offer the control frame of ``obj`` (reply, error, gap…: a dict with a string
@@ -262,13 +333,18 @@ class Session:
             await asyncio.sleep(0.005)
 
     def take(self) -> list[Item]:
-        """Take every queued frame at once (oldest first) without waiting."""
+        """Take every queued frame at once (oldest first) without waiting. May be empty while
+        frames were queued: presence changes that cancelled out (:meth:`offer`)."""
         q = self._queue
         if not q:
             return []
         self._queue = None
         self.queued_bytes = 0
         self.pushed = 0
+        coalesced, self._presence = self._presence, None
+        if coalesced is not None and coalesced.dropped:
+            dropped = coalesced.dropped
+            return [item for item in q if id(item) not in dropped]
         return list(q)
 
     def arrival(self) -> asyncio.Future[None] | None:
@@ -287,17 +363,20 @@ class Session:
     async def next_batch(self) -> list[Item]:
         """Wait for frames and take every queued one. Returns [] once the session is closed
         and its queue drained. One consumer at a time."""
-        while not self._queue:
-            if self.closed is not None:
-                return []
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiter = fut
-            try:
-                await fut
-            finally:
-                if self._waiter is fut:
-                    self._waiter = None
-        return self.take()
+        while True:
+            while not self._queue:
+                if self.closed is not None:
+                    return []
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._waiter = fut
+                try:
+                    await fut
+                finally:
+                    if self._waiter is fut:
+                        self._waiter = None
+            items = self.take()
+            if items:
+                return items
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def on_close(self, callback: Callable[[Disconnect], None]) -> None:
@@ -312,6 +391,7 @@ class Session:
             return
         self.closed = Disconnect(code, reason)
         self._queue = None
+        self._presence = None
         self.queued_bytes = 0
         self.pushed = 0
         self.cancel_timers()

@@ -166,8 +166,13 @@ class Settings:
     )
     client_command_rate: Rate = _setting(  # noqa: RUF009
         Rate(50.0, 100.0), Kind.RATE,
-        "subscribe, unsubscribe, history and presence frames per session",
+        "client frames per session (every frame but ping and pong)",
     )  # fmt: skip
+    rate_limit_grace: float = _seconds(
+        10.0,
+        "how long a session may keep being refused rate_limited before close 4005",
+        high=3600.0,
+    )
     api_rate: Rate = _setting(  # noqa: RUF009
         Rate(1000.0, 2000.0), Kind.RATE, "HTTP requests per API key or client IP"
     )

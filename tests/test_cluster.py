@@ -46,11 +46,7 @@ def prefixed(redis: RedisProc, **kw: Any) -> dict[str, Any]:
 
 def frames(session: Session) -> list[dict[str, Any]]:
     """Take every queued frame of a hub session, decoded."""
-    out = []
-    while session.queue:
-        out.append(json.loads(session.queue.popleft().frame))
-    session.queued_bytes = 0
-    return out
+    return [json.loads(item.frame) for item in session.take()]
 
 
 def redis_cli(proc: RedisProc, *args: str) -> str:
@@ -227,7 +223,8 @@ async def test_pipelined_publishes_keep_order_across_two_nodes(
     reply, the offsets follow the send order, and subscribers on both nodes get them in it."""
     # The user's budget stays on (its cluster-wide take precedes each publish) but is ample.
     fast = Rate(100_000.0, 100_000.0)
-    settings = prefixed(shared_redis, client_publish_rate=fast, user_publish_rate=fast)
+    settings = prefixed(shared_redis, client_publish_rate=fast, user_publish_rate=fast,
+                        client_command_rate=fast)  # fmt: skip
     a: Node = await node_factory(**settings)
     b: Node = await node_factory(**settings)
     subs = [await WS.connect(n.ws_url, token("bob")) for n in (a, b)]

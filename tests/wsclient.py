@@ -10,6 +10,7 @@ fixture before its nodes stop, so they stop at once instead of draining open ses
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import weakref
@@ -167,6 +168,36 @@ class WS:
                 seen.append(await self.recv(timeout))
         except websockets.ConnectionClosed as exc:
             return (exc.rcvd.code if exc.rcvd else None), seen
+
+    async def flood(
+        self, frame: dict[str, Any], *, every: float = 0.002, within: float = 30.0
+    ) -> tuple[int | None, str, list[dict[str, Any]]]:
+        """Send ``frame`` every ``every`` seconds, reading meanwhile, until the server closes
+        the connection (fails after ``within`` seconds). Returns the close code and reason and
+        the frames received, each with the monotonic time it arrived as ``"_at"``."""
+        text = json.dumps(frame)
+        seen: list[dict[str, Any]] = []
+
+        async def read() -> None:
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(websockets.ConnectionClosed):
+                async for raw in self.conn:
+                    seen.append({**json.loads(raw), "_at": loop.time()})
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            async with asyncio.timeout(within):
+                while not reader.done():
+                    try:
+                        await self.conn.send(text)
+                    except websockets.ConnectionClosed:
+                        break
+                    await asyncio.sleep(every)
+                await reader
+        finally:
+            reader.cancel()
+        rcvd = self.conn.protocol.close_rcvd
+        return (rcvd.code if rcvd else None), (rcvd.reason if rcvd else ""), seen
 
     async def close(self) -> None:
         await self.conn.close()

@@ -279,7 +279,8 @@ async def _take_rate(
         hub.metrics.rate_limited += 1
         wait = max(1, math.ceil((1.0 - remaining) / rate.rate))
         raise RateLimited(
-            f"over the API rate limit of {rate.rate:g}/s (burst {rate.burst:g})",
+            f"over the API rate limit of {rate.rate:g}/s (burst {rate.burst:g}) (HUB_API_RATE)",
+            limit="HUB_API_RATE",
             retry_after=float(wait),
             details={"retry_after": wait},
         )

@@ -37,7 +37,6 @@ from hubbub.hub.errors import (
     CLOSE_INTERNAL,
     CLOSE_ORIGIN,
     CLOSE_PROTOCOL,
-    CLOSE_RATE,
     CLOSE_TOO_LARGE,
     CLOSE_UNAUTHORIZED,
     BadRequest,
@@ -61,7 +60,6 @@ from hubbub.transports.wsconn import WSConnection, text_frame_header
 log = logging.getLogger("hubbub.ws")
 
 MAX_BAD_FRAMES = 10
-MAX_RATE_STRIKES = 20
 
 
 async def _close(ws: WebSocket, code: int, reason: str = "") -> None:
@@ -518,11 +516,7 @@ async def _handle(msg: Message, session: Session, handler: FrameHandler, limit: 
     try:
         await handler.handle(frame)
     except RateLimited as exc:
-        handler.hub.metrics.rate_limited += 1
-        session.send(exc.frame(fid if isinstance(fid, int) else None))
-        session.rate_strikes += 1
-        if session.rate_strikes >= MAX_RATE_STRIKES:
-            session.close(CLOSE_RATE, "rate limited too long")
+        handler.refused(exc, fid if isinstance(fid, int) and not isinstance(fid, bool) else None)
     except HubError as exc:
         session.send(exc.frame(fid if isinstance(fid, int) and not isinstance(fid, bool) else None))
         if isinstance(exc, BadRequest):

@@ -14,12 +14,18 @@ first steps run in creation order. At most :data:`MAX_PUBLISHES_IN_FLIGHT` are i
 connection (the reader then waits, so a fast publisher meets TCP backpressure), and every other
 frame waits until none is in flight, so it sees the effect of the publications sent before it.
 
-Reads and subscriptions are metered too: every ``subscribe``, ``unsubscribe``, ``history`` and
-``presence`` frame of a client session takes a token from the session's
-``HUB_CLIENT_COMMAND_RATE`` bucket before anything else is done; over budget it is answered
-``error rate_limited`` (temporary) and nothing is served (publishes and signals have their own
-``HUB_CLIENT_PUBLISH_RATE`` bucket; ``ping``/``pong`` are free). API-key sessions are not
-metered, as for publishes.
+Every frame is metered (PROTOCOL.md §8): every parsed client frame except ``ping`` and ``pong``
+(unknown types, a second ``auth`` and frames that then fail validation included) takes a token
+from the session's ``HUB_CLIENT_COMMAND_RATE`` bucket before anything else is done, and
+``publish`` and ``signal`` frames then one from its ``HUB_CLIENT_PUBLISH_RATE`` bucket. Over
+either, the frame is answered ``error rate_limited`` (temporary) naming the limit and nothing is
+done. Frames that do not parse are not metered: they close the connection (4500), or, for a
+lone surrogate escape, count towards the bad-frame limit. API-key sessions are not metered.
+
+A client that keeps being refused is closed (:meth:`FrameHandler.refused`): a refusal starts a
+*run* unless the session's previous refusal was less than :data:`RUN_GAP` seconds before; the
+first refusal ``HUB_RATE_LIMIT_GRACE`` (10 s) or more after the start of its run closes the
+session with 4005. Two timestamps on the session, written on refusals only: no timer.
 
 Publishes and signals of a client session also draw on its user's ``HUB_USER_PUBLISH_RATE``
 budget (:mod:`hub.budgets`): the node's bucket before the publish task starts; with Redis, a
@@ -32,12 +38,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hubbub.hub.errors import (
     CLOSE_INTERNAL,
+    CLOSE_RATE,
     BadRequest,
     Forbidden,
     HubError,
@@ -68,8 +76,12 @@ def _frame_id(frame: dict[str, Any]) -> int | None:
 # per-instance dict of bound methods cost about 0.9 KiB per idle connection).
 _FRAME_TYPES = frozenset(("subscribe", "unsubscribe", "publish", "history", "presence",
                           "refresh", "signal", "ping", "pong", "auth"))  # fmt: skip
-# Frame types that draw on HUB_CLIENT_COMMAND_RATE.
-_METERED = frozenset(("subscribe", "unsubscribe", "history", "presence"))
+# Frame types that draw on no budget.
+_FREE = frozenset(("ping", "pong"))
+# Frame types that also draw on HUB_CLIENT_PUBLISH_RATE.
+_PUBLISHING = frozenset(("publish", "signal"))
+# A pause between two refusals of at least this many seconds ends a run of refusals.
+RUN_GAP = 1.0
 
 
 class FrameHandler:
@@ -88,12 +100,16 @@ class FrameHandler:
         self._held: deque[tuple[PreparedPublish, int | None, bool]] | None = None
 
     async def handle(self, frame: dict[str, Any]) -> None:
-        fid = _frame_id(frame)
+        """Handle one parsed frame (a dict with a string ``type``). Raises HubError (the reader
+        answers it; RateLimited goes to :meth:`refused`)."""
         kind = frame["type"]
+        if kind not in _FREE:
+            self._take_command()
+            if kind in _PUBLISHING:
+                self._take_rate()
+        fid = _frame_id(frame)
         if kind not in _FRAME_TYPES:
             raise BadRequest(f"unknown frame type {kind[:32]!r}")
-        if kind in _METERED:
-            self._take_command()
         if self.in_flight and kind != "publish":
             await self._wait_in_flight(0)
         await getattr(self, kind)(frame, fid)
@@ -115,8 +131,8 @@ class FrameHandler:
 
     def _take_rate(self) -> None:
         if not self.session.rate.take():
-            raise RateLimited("publish rate exceeded (HUB_CLIENT_PUBLISH_RATE)")
-        self.session.rate_strikes = 0
+            raise RateLimited("publish rate exceeded (HUB_CLIENT_PUBLISH_RATE)",
+                              limit="HUB_CLIENT_PUBLISH_RATE")  # fmt: skip
 
     def _take_command(self) -> None:
         bucket = self._commands
@@ -125,8 +141,24 @@ class FrameHandler:
             unmetered = self.session.identity.api_key or not rate.enabled
             bucket = self._commands = UNLIMITED if unmetered else TokenBucket.of(rate)
         if not bucket.take():
-            raise RateLimited("frame rate exceeded (HUB_CLIENT_COMMAND_RATE)")
-        self.session.rate_strikes = 0
+            raise RateLimited("frame rate exceeded (HUB_CLIENT_COMMAND_RATE)",
+                              limit="HUB_CLIENT_COMMAND_RATE")  # fmt: skip
+
+    def refused(self, exc: RateLimited, fid: int | None) -> None:
+        """Answer a frame refused over a budget (any of them: the session's, a room's, the
+        user's) and close the session with 4005 once it has kept being refused for
+        ``HUB_RATE_LIMIT_GRACE`` (see the module docstring)."""
+        session = self.session
+        self.hub.metrics.rate_limited += 1
+        session.send(exc.frame(fid))
+        now = time.monotonic()
+        if not session.refused_since or now - session.refused_at >= RUN_GAP:
+            session.refused_since = now  # a new run
+        session.refused_at = now
+        grace = self.hub.settings.rate_limit_grace
+        if now - session.refused_since >= grace:
+            limit = exc.limit or "rate limit"
+            session.close(CLOSE_RATE, f"rate limited for {grace:g} s ({limit})")
 
     # ---- handlers --------------------------------------------------------------------------
     async def auth(self, frame: dict[str, Any], fid: int | None) -> None:
@@ -155,7 +187,6 @@ class FrameHandler:
         """Check now, publish in a task (see the module docstring)."""
         if "data" not in frame:
             raise BadRequest("publish needs data")
-        self._take_rate()
         ident = self.session.identity
         shared = not ident.api_key and self.hub.budget.take_local(ident.sub)
         prepared = self.hub.prepare_publish(
@@ -194,8 +225,7 @@ class FrameHandler:
                     try:
                         await self.hub.budget.take_shared(self.session.identity.sub)
                     except RateLimited as exc:
-                        self.hub.metrics.rate_limited += 1
-                        self.session.send(exc.frame(fid))
+                        self.refused(exc, fid)
                         self._publish_done()
                         continue
                     except HubError as exc:  # the broker is down: so for every one held
@@ -247,7 +277,6 @@ class FrameHandler:
         """Replace the token: same ``sub`` required; rooms the new grants no longer cover are
         left with an ``error forbidden`` each (PROTOCOL.md §3 "Tokens on a live connection")."""
         session, hub = self.session, self.hub
-        self._take_rate()  # each refresh costs a signature check: it shares the frame budget
         token = frame.get("token")
         if not isinstance(token, str):
             raise BadRequest("refresh needs a token")
@@ -274,7 +303,6 @@ class FrameHandler:
         self.reply(fid, {"expires_in": None if left is None else round(left, 3)})
 
     async def signal(self, frame: dict[str, Any], fid: int | None) -> None:
-        self._take_rate()
         ident = self.session.identity
         if not ident.api_key:  # a signal is a publish for HUB_USER_PUBLISH_RATE too
             await self.hub.budget.take(ident.sub)

@@ -112,11 +112,7 @@ def decode(item: Item) -> dict[str, Any]:
 
 def take(session: Session) -> list[dict[str, Any]]:
     """Everything queued for the session, decoded, and the queue emptied (what a writer does)."""
-    items = [decode(i) for i in session.queue]
-    session.queue.clear()
-    session.queued_bytes = 0
-    session.pushed = 0
-    return items
+    return [decode(i) for i in session.take()]
 
 
 def replier(session: Session) -> Callable[[dict[str, Any]], None]:

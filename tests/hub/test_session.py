@@ -16,7 +16,7 @@ import pytest
 from hubbub.hub.auth import Identity
 from hubbub.hub.envelope import Publication, make_body
 from hubbub.hub.errors import CLOSE_EXPIRED, CLOSE_NO_HEARTBEAT, CLOSE_SLOW
-from hubbub.hub.session import PING, Control, Session, new_session_id
+from hubbub.hub.session import PING, Control, PresenceChange, Session, new_session_id
 from hubbub.hub.settings import Rate
 from tests.helpers import until
 
@@ -106,6 +106,56 @@ async def test_draining_the_queue_resets_the_limits() -> None:
         s.offer(ctl(f"b{round_}"))
         assert len(await s.next_batch()) == 2
     assert s.closed is None
+
+
+def change(kind: str, member: str, room: str = "r") -> PresenceChange:
+    frame = orjson.dumps({"type": kind, "room": room, "session": member, "user": "u"})
+    return PresenceChange(kind, frame, room, member)
+
+
+async def test_presence_changes_coalesce_in_the_queue() -> None:
+    """Queued join/leave frames of one member in one room: the latest stays; a leave after a
+    queued join removes both; the limits count what stays."""
+    s = Session(ident(), "ws", max_queue=3)
+    first = ctl("first")
+    s.offer(first)  # no direct writer: everything is queued from here on
+    for _ in range(100):
+        s.offer(change("join", "m1"))
+        s.offer(change("leave", "m1"))
+    assert s.closed is None and s.queued_frames == 1 and s.queued_bytes == len(first.frame)
+    left_seen = change("leave", "m2")
+    s.offer(left_seen)  # a leave of a member whose join was written before
+    rejoin = change("join", "m2")
+    s.offer(rejoin)  # replaces the queued leave: the client learns the member is back
+    other_room = change("join", "m2", room="r2")
+    s.offer(other_room)  # another room: a member of its own
+    assert s.closed is None and s.queued_frames == 3
+    assert s.queued_bytes == sum(len(i.frame) for i in (first, rejoin, other_room))
+    assert await s.next_batch() == [first, rejoin, other_room]
+    assert s.queued_frames == 0 and s.queued_bytes == 0
+    # a queue holding only changes that cancelled out: take() is empty, next_batch waits
+    s.offer(first)
+    await s.next_batch()
+    s.offer(ctl("x"))
+    s.take()
+    s.offer(change("join", "m3"))
+    assert s.queued_frames == 1
+    s.offer(change("leave", "m3"))
+    assert s.queued_frames == 0 and s.take() == []
+    waiter = asyncio.create_task(s.next_batch())
+    s.offer(change("join", "m4"))
+    s.offer(change("leave", "m4"))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    last = ctl("last")
+    s.offer(last)
+    assert await asyncio.wait_for(waiter, DEADLINE) == [last]
+    # the 4001 limit still holds for what is not coalesced
+    for m in ("a", "b", "c"):
+        s.offer(change("join", m))
+    assert s.closed is None
+    s.offer(change("join", "d"))
+    assert s.closed is not None and s.closed.code == CLOSE_SLOW
 
 
 async def test_push_bypasses_the_limits() -> None:

@@ -71,6 +71,7 @@ class NodeProc:
                 "HUB_LOG_LEVEL": "info",
                 "HUB_API_RATE": "0",
                 "HUB_CLIENT_PUBLISH_RATE": "0",
+                "HUB_CLIENT_COMMAND_RATE": "0",
                 "PYTHONUNBUFFERED": "1",
             }
         )
