@@ -170,12 +170,12 @@ class EventStream:
         rooms = loop.create_task(self._subscribe_rooms(order))
         try:
             await asyncio.wait([rooms, park], return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            rooms.cancel()
-            raise
-        finally:
             collector.cancel()
             await asyncio.wait([collector])
+        except BaseException:
+            collector.cancel()
+            rooms.cancel()
+            raise
         self.started = True
         if rooms.done():
             rooms.result()  # the hub's refusals
