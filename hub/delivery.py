@@ -20,6 +20,7 @@ from hubbub.hub.metrics import Metrics
 from hubbub.hub.recovery import catch_up
 from hubbub.hub.rooms import RoomIndex, RoomState
 from hubbub.hub.session import SIGNAL, Control, PresenceChange, Session
+from hubbub.hub.settings import Settings
 
 log = logging.getLogger("hubbub.hub")
 
@@ -34,6 +35,7 @@ class Delivery:
     by_user: dict[str, set[Session]]
     broker_up: bool
     auth: Authenticator
+    settings: Settings
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         raise NotImplementedError
@@ -65,12 +67,14 @@ class Delivery:
             off = pub.offset
             for session, sub in room.subs.items():
                 if sub.buffering:
-                    if len(sub.buffer) >= session.max_queue:
+                    size = sub.buffered_bytes + len(pub.body)
+                    if len(sub.buffer) >= session.max_queue or size > session.max_queue_bytes:
                         session.close(
                             CLOSE_SLOW, "slow consumer: too much to buffer during recovery"
                         )
                         continue
                     sub.buffer.append(pub)
+                    sub.buffered_bytes = size
                 elif off is not None and off <= sub.offset and pub.epoch == sub.epoch:
                     # The node's view lagged behind this session's seam (a catch-up released
                     # held publications after go_live): the replay already sent it.
@@ -108,7 +112,13 @@ class Delivery:
             try:
                 while self.rooms.get(room.name) is room:
                     try:
-                        await catch_up(self.broker, room, self._fanout, self._send_gap)
+                        await catch_up(
+                            self.broker,
+                            room,
+                            self._fanout,
+                            self._send_gap,
+                            self.settings.max_reply_bytes,
+                        )
                         return
                     except BrokerError:
                         await asyncio.sleep(delay)

@@ -320,7 +320,10 @@ class Hub(Delivery):
     ) -> dict[str, Any]:
         """Join ``name`` with recovery (PROTOCOL.md §3 "Subscribe, recovery and the live
         boundary"). Replayed frames are queued before ``reply(result)`` is called; live ones
-        after. Raises Forbidden, Conflict, BadRequest, RoomFull, Unavailable."""
+        after. A replay goes a page at a time (``HUB_MAX_REPLY_BYTES``) as the transport
+        writes it; a client that does not take a page within ``HUB_PING_INTERVAL`` is closed
+        with 4001 (:func:`hub.recovery.replay`). Raises Forbidden, Conflict, BadRequest,
+        RoomFull, Unavailable."""
         check_room(name)
         ident = session.identity
         if not ident.can("subscribe", name):
@@ -371,7 +374,11 @@ class Hub(Delivery):
                 # this node's counts and its refresh loop writes them again after a failure).
                 self.state.room_sessions_nowait(name, 1)
                 counted = True
-                seam: Seam = await replay(self.broker, session, name, pos, history)
+                seam: Seam = await replay(
+                    self.broker, session, name, pos, history,
+                    page_bytes=self.settings.max_reply_bytes,
+                    patience=self.settings.ping_interval,
+                )  # fmt: skip
                 if resumed is not None:
                     _send_resume_gap(session, name, resumed, seam)
         except BaseException:
@@ -619,7 +626,9 @@ class Hub(Delivery):
     async def history(
         self, ident: Identity, room: str, *, since: Any = None, limit: Any = 100
     ) -> dict[str, Any]:
-        """The history body of PROTOCOL.md §5; messages are raw JSON fragments."""
+        """The history body of PROTOCOL.md §5; messages are raw JSON fragments. A page stops
+        before the message that would take it past ``HUB_MAX_REPLY_BYTES`` (it holds at least
+        one), with ``more: true``: ``since=cursor`` continues it (PROTOCOL.md §8)."""
         check_room(room)
         if not ident.can("subscribe", room):
             raise Forbidden(f"no subscribe grant for room {room}", details={"room": room})
@@ -630,23 +639,28 @@ class Hub(Delivery):
         pos: Position | None = None
         if since is not None:
             pos = parse_since(since, [room]).get(room)
+        size = self.settings.max_reply_bytes
         try:
             if since is None:
-                page = await self.broker.history(room, after=None, limit=limit)
+                page = await self.broker.history(room, after=None, limit=limit, max_bytes=size)
                 pubs = page.publications
                 first = pubs[0].offset if pubs else page.head + 1
                 complete = page.first <= 1
-                more = bool(pubs) and (first or 0) > page.first
+                # Older ones before the page, or (cut by bytes) newer ones after it.
+                more = bool(pubs) and ((first or 0) > page.first
+                                       or (pubs[-1].offset or 0) < page.head)  # fmt: skip
             elif pos is None:  # the cursor does not mention this room: start live
                 epoch, head = await self.broker.position(room)
                 return {"messages": [], "cursor": make_cursor({room: Position(epoch, head)}),
                         "epoch": epoch, "more": False, "complete": True}  # fmt: skip
             else:
-                page = await self.broker.history(room, after=pos.offset, limit=limit)
+                page = await self.broker.history(
+                    room, after=pos.offset, limit=limit, max_bytes=size
+                )
                 complete = True
                 if (pos.epoch is not None and pos.epoch != page.epoch) or pos.offset > page.head:
                     complete = False
-                    page = await self.broker.history(room, after=0, limit=limit)
+                    page = await self.broker.history(room, after=0, limit=limit, max_bytes=size)
                 elif pos.offset + 1 < page.first:
                     complete = False
                 pubs = page.publications

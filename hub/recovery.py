@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hubbub.hub.brokers.base import Broker
+from hubbub.hub.brokers.base import Broker, HistoryPage
 from hubbub.hub.envelope import Position, Publication, make_cursor
 from hubbub.hub.session import Session, Subscription
 
@@ -45,53 +45,112 @@ async def replay(
     room: str,
     since: Position | None,
     history: int | None,
+    *,
+    page_bytes: int | None = None,
+    patience: float | None = None,
 ) -> Seam:
     """Send what the session asked for before going live; returns the seam.
 
-    Replayed frames bypass the queue limits and wait for the writer (backpressure).
-    """
+    Replayed frames bypass the queue limits. They are read from the broker and pushed a page
+    at a time (at most :data:`PAGE` publications and ``page_bytes`` bytes, at least one), and
+    the next page is read only once the transport wrote the previous one
+    (:meth:`Session.drained`, which closes the session with 4001 after ``patience`` seconds
+    without that): whatever the history holds, a replay keeps at most about a page in memory.
+    A replay that fits in one page does not wait. Each page taken counts as a sign of life
+    (:meth:`Session.touch`): the client's own frames wait until the subscribe is answered."""
     if since is None:
-        if history:
-            page = await broker.history(room, after=None, limit=min(history, 1000))
-            for pub in page.publications:
-                session.push(pub)
-            await session.drained()
-            last = page.publications[-1].offset if page.publications else page.head
-            return Seam(page.epoch, last or 0, False)
-        epoch, head = await broker.position(room)
-        return Seam(epoch, head, False)
+        if not history:
+            epoch, head = await broker.position(room)
+            return Seam(epoch, head, False)
+        # The newest ``history`` as of the first read, a page at a time from the oldest.
+        page = await broker.history(room, after=None, limit=min(history, 1000),
+                                    max_bytes=page_bytes)  # fmt: skip
+        pubs = page.publications
+        run = _Run(session, room, page.epoch, page.head, page_bytes, patience)
+        run.after = page.head if not pubs else (pubs[0].offset or 1) - 1
+        del pubs
+        if not run.push(page):
+            del page  # (what was pushed is the transport's now)
+            await run.rest(broker)
+        return Seam(run.epoch, run.after, False)
 
-    page = await broker.history(room, after=since.offset, limit=PAGE)
+    page = await broker.history(room, after=since.offset, limit=PAGE, max_bytes=page_bytes)
     recovered = True
     after = since.offset
     if (since.epoch is not None and since.epoch != page.epoch) or since.offset > page.head:
         # Another epoch or a position from the future: everything retained, after a gap from 1.
         recovered = False
-        page = await broker.history(room, after=0, limit=PAGE)
+        page = await broker.history(room, after=0, limit=PAGE, max_bytes=page_bytes)
         session.send(gap_frame(room, page.epoch, 1, page.first - 1))
         after = page.first - 1
     elif since.offset + 1 < page.first:
         recovered = False
         session.send(gap_frame(room, page.epoch, since.offset + 1, page.first - 1))
         after = page.first - 1
-    epoch = page.epoch
-    while True:
+    run = _Run(session, room, page.epoch, None, page_bytes, patience)
+    run.after = after
+    if not run.push(page):
+        del page
+        await run.rest(broker)
+    return Seam(run.epoch, run.after, recovered and run.whole)
+
+
+class _Run:
+    """A replay's pages after the first: each read once the previous one is written."""
+
+    __slots__ = ("after", "end", "epoch", "page_bytes", "patience", "room", "session", "whole")
+
+    def __init__(self, session: Session, room: str, epoch: str, end: int | None,
+                 page_bytes: int | None, patience: float | None) -> None:  # fmt: skip
+        self.session = session
+        self.room = room
+        self.epoch = epoch
+        self.end = end  # the last offset to send (None: the head, as each read finds it)
+        self.page_bytes = page_bytes
+        self.patience = patience
+        self.after = 0  # the last offset handed to the session
+        self.whole = True  # no hole (history trimmed while paging)
+
+    def push(self, page: HistoryPage) -> bool:
+        """Push ``page``'s publications after :attr:`after` (a hole: a gap in place). True
+        when the replay is over: the end is reached or the session closed."""
+        session, after, end = self.session, self.after, self.end
         for pub in page.publications:
             assert pub.offset is not None
             if pub.offset <= after:
                 continue
+            if end is not None and pub.offset > end:
+                break
             if pub.offset > after + 1:  # trimmed while we were paging
-                recovered = False
-                session.send(gap_frame(room, epoch, after + 1, pub.offset - 1))
+                self.whole = False
+                session.send(gap_frame(self.room, self.epoch, after + 1, pub.offset - 1))
             session.push(pub)
             after = pub.offset
-        await session.drained()
-        if len(page.publications) < PAGE or session.closed is not None:
-            break
-        page = await broker.history(room, after=after, limit=PAGE)
-        if page.epoch != epoch:
-            break  # the room was lost meanwhile: go_live reports the epoch change
-    return Seam(epoch, after, recovered)
+        self.after = after
+        pubs = page.publications
+        if not pubs or session.closed is not None:
+            return True
+        return (pubs[-1].offset or 0) >= (page.head if end is None else end)
+
+    async def rest(self, broker: Broker) -> None:
+        """Read and push the following pages, each once the previous one is written."""
+        session = self.session
+        while True:
+            await session.drained(self.patience)
+            if session.closed is not None:
+                return
+            # The client took a page: it is alive, though its frames (pongs) wait behind
+            # this replay to be handled.
+            session.touch()
+            limit = PAGE if self.end is None else min(PAGE, self.end - self.after)
+            page = await broker.history(self.room, after=self.after, limit=limit,
+                                        max_bytes=self.page_bytes)  # fmt: skip
+            if page.epoch != self.epoch:
+                return  # the room was lost meanwhile: go_live reports the epoch change
+            done = self.push(page)
+            del page  # (not kept while the next wait lasts)
+            if done:
+                return
 
 
 def go_live(
@@ -128,6 +187,7 @@ def go_live(
         session.offer(pub)
         last = pub.offset
     sub.buffer = []
+    sub.buffered_bytes = 0
     sub.buffering = False
     sub.epoch, sub.offset = epoch, last
 
@@ -137,14 +197,17 @@ async def catch_up(
     room: RoomState,
     fanout: Callable[[RoomState, Publication], None],
     send_gap: Callable[[RoomState, dict[str, Any]], None],
+    page_bytes: int | None = None,
 ) -> None:
     """Bring the node's view of ``room`` up to the broker's head, then release held
-    publications. The caller sets ``room.catching_up`` and retries on BrokerError."""
+    publications. Reads pages of at most :data:`PAGE` publications and ``page_bytes`` bytes.
+    The caller sets ``room.catching_up`` and retries on BrokerError."""
     stuck: Publication | None = None
     while True:
-        page = await broker.history(room.name, after=room.offset, limit=PAGE)
+        page = await broker.history(room.name, after=room.offset, limit=PAGE,
+                                    max_bytes=page_bytes)  # fmt: skip
         if room.epoch != page.epoch:
-            page = await broker.history(room.name, after=0, limit=PAGE)
+            page = await broker.history(room.name, after=0, limit=PAGE, max_bytes=page_bytes)
             if room.offset > 0 or page.first > 1:  # offset 0 and nothing lost: not a gap
                 send_gap(room, gap_frame(room.name, page.epoch, 1, page.first - 1))
             room.epoch, room.offset = page.epoch, page.first - 1
@@ -160,8 +223,8 @@ async def catch_up(
                 send_gap(room, gap_frame(room.name, page.epoch, room.offset + 1, pub.offset - 1))
                 room.offset = pub.offset
                 fanout(room, pub)
-        if len(page.publications) >= PAGE:
-            continue
+        if page.publications and (page.publications[-1].offset or 0) < page.head:
+            continue  # more after this page
         # Release held publications in order; stop at a hole and read history again.
         held, room.pending = room.pending, []
         room.overflowed = False

@@ -125,13 +125,15 @@ class Subscription:
     """A session's membership of one room.
 
     While ``buffering`` (during recovery) live publications are kept in ``buffer`` instead of
-    being offered; :meth:`Hub.subscribe` flushes them past the replay seam.
+    being offered, up to the session's queue limits (else 4001); :meth:`Hub.subscribe`
+    flushes them past the replay seam.
     """
 
     room: str
     presence: bool = False
     buffering: bool = True
     buffer: list[Publication] = field(default_factory=list)
+    buffered_bytes: int = 0  # bodies in ``buffer``: bounded by HUB_MAX_QUEUE_BYTES
     epoch: str | None = None
     offset: int = 0  # last offset handed to the session (for gap detection while buffering)
 
@@ -150,6 +152,7 @@ class Session:
 
     __slots__ = (
         "_dead_at",
+        "_drained",
         "_expire",
         "_expire_at",
         "_hb_interval",
@@ -180,6 +183,7 @@ class Session:
         "subs",
         "transport",
         "waker",
+        "writing",
     )
 
     def __init__(
@@ -201,6 +205,9 @@ class Session:
         self._presence: _Coalesced | None = None  # made when a presence change is queued
         self.queued_bytes = 0
         self.pushed = 0  # replayed frames in ``queue``: not counted against ``max_queue``
+        # The transport's writer holds frames it took and has not come back for more yet.
+        self.writing = False
+        self._drained: asyncio.Future[None] | None = None  # made by drained() when it waits
         self.closed: Disconnect | None = None
         self.last_seen = time.monotonic()
         self.rate = (
@@ -311,7 +318,8 @@ class Session:
     def push(self, item: Item) -> None:
         """Queue a replayed frame: not counted against the queue limits (PROTOCOL.md §3).
 
-        Callers apply backpressure with :meth:`drained`."""
+        Callers push one page at a time and wait with :meth:`drained` before the next, so a
+        replay holds at most a page of the session's memory."""
         if self.closed is None:
             self.queue.append(item)
             self.pushed += 1
@@ -326,17 +334,47 @@ class Session:
         if self.waker is not None:
             self.waker()
 
-    async def drained(self, low: int = 64) -> None:
-        """Wait until at most ``low`` frames are queued (or the session closed)."""
-        while self._queue is not None and len(self._queue) > low and self.closed is None:
-            self._wake()
-            await asyncio.sleep(0.005)
+    async def drained(self, patience: float | None = None) -> None:
+        """Wait until the transport has written everything queued so far: the queue is empty
+        and its writer came back for more (:meth:`take` found nothing, or it waits in
+        :meth:`next_batch` or on :meth:`arrival`), or the session closed. A writer's "written"
+        is its connection's: handed to the socket below its high-water mark.
+
+        ``patience``: seconds the writer may take; past that the client is not reading, and the
+        session is closed with 4001 (slow consumer)."""
+        if self.closed is not None or not (self._queue or self.writing):
+            return
+        loop = asyncio.get_running_loop()
+        deadline = None if patience is None else loop.time() + patience
+        while self.closed is None and (self._queue or self.writing):
+            fut = self._drained
+            if fut is None or fut.done():
+                fut = self._drained = loop.create_future()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(fut)
+            except TimeoutError:
+                self.close(CLOSE_SLOW, "slow consumer: replay not read")
+                return
+
+    def _idle(self) -> None:
+        """The writer wrote all it took and found nothing more: wake :meth:`drained`."""
+        self.writing = False
+        fut = self._drained
+        if fut is not None:
+            self._drained = None
+            if not fut.done():
+                fut.set_result(None)
 
     def take(self) -> list[Item]:
         """Take every queued frame at once (oldest first) without waiting. May be empty while
-        frames were queued: presence changes that cancelled out (:meth:`offer`)."""
+        frames were queued: presence changes that cancelled out (:meth:`offer`). The caller is
+        the session's writer: it calls again once it wrote them (:meth:`drained` relies on
+        it)."""
         q = self._queue
         if not q:
+            if self.writing:
+                self._idle()
             return []
         self._queue = None
         self.queued_bytes = 0
@@ -344,8 +382,14 @@ class Session:
         coalesced, self._presence = self._presence, None
         if coalesced is not None and coalesced.dropped:
             dropped = coalesced.dropped
-            return [item for item in q if id(item) not in dropped]
-        return list(q)
+            items = [item for item in q if id(item) not in dropped]
+        else:
+            items = list(q)
+        if items:
+            self.writing = True
+        elif self.writing:
+            self._idle()
+        return items
 
     def arrival(self) -> asyncio.Future[None] | None:
         """A future that resolves once a frame is queued or the session closes, or None when
@@ -355,6 +399,8 @@ class Session:
         time."""
         if self._queue or self.closed is not None:
             return None
+        if self.writing:
+            self._idle()
         w = self._waiter
         if w is None or w.done():
             w = self._waiter = asyncio.get_running_loop().create_future()
@@ -367,6 +413,8 @@ class Session:
             while not self._queue:
                 if self.closed is not None:
                     return []
+                if self.writing:
+                    self._idle()
                 fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 self._waiter = fut
                 try:
@@ -395,6 +443,7 @@ class Session:
         self.queued_bytes = 0
         self.pushed = 0
         self.cancel_timers()
+        self._idle()
         self._wake()
         for cb in self._on_close or ():
             cb(self.closed)

@@ -155,6 +155,10 @@ class Settings:
     max_queue: int = _count(1000, "queued outbound frames per session", high=10_000_000)
     max_queue_bytes: int = _count(4 * MIB, "queued outbound bytes per session",
                                   high=64 * 1024 * MIB, unit="bytes")  # fmt: skip
+    max_reply_bytes: int = _count(
+        MIB, "bytes of messages per history page and per replay page (a page holds at least "
+        "one message)", high=64 * 1024 * MIB, unit="bytes",
+    )  # fmt: skip
     max_subscriptions: int = _count(128, "rooms per session", high=100_000)
     max_connections_per_user: int = _count(100, "sessions per user (0: no limit)", low=0,
                                            high=10_000_000)  # fmt: skip

@@ -121,10 +121,19 @@ SCHEMAS: dict[str, Any] = {
     "History": _obj(
         ["messages", "cursor", "epoch", "more", "complete"],
         {
-            "messages": {"type": "array", "items": _ref("Message")},
+            "messages": {
+                "type": "array",
+                "items": _ref("Message"),
+                "description": "at most limit, and at most HUB_MAX_REPLY_BYTES of messages "
+                "(at least one)",
+            },
             "cursor": _ref("Cursor"),
             "epoch": {"type": "string"},
-            "more": {"type": "boolean"},
+            "more": {
+                "type": "boolean",
+                "description": "further messages exist: after the page (since=cursor "
+                "continues it), or, without since, before it",
+            },
             "complete": {"type": "boolean"},
         },
         extra=False,

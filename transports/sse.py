@@ -159,7 +159,7 @@ async def _serve(
             return _with(error_response(exc), cors)
         raise
     headers = [*_HEADERS, *cors]
-    if since is not None and not stream.pending:
+    if since is not None and stream.resume_known:
         # Mercure-style reconciliation header (hardening case 42).
         value = stream.cursor.text() if stream.recovered else "earliest"
         headers.append((b"hubbub-last-event-id", value.encode()))

@@ -10,13 +10,17 @@ resumes every room at once. Events without a stored position (ephemeral messages
 ``hub.join``/``hub.leave``/``hub.presence``, ``hub.expired``, ``hub.disconnect``) carry no
 ``id:``.
 
-Replay and backpressure. :meth:`Hub.subscribe` queues replayed frames and waits until the
-session's queue is nearly empty (:meth:`Session.drained`), so while we subscribe (before anything
-may be written) a collector task moves queued frames into a local buffer. The buffer is bounded
-by ``HUB_MAX_QUEUE_BYTES``: rooms subscribed with a resume position go last, and once the buffer
-passes the bound the remaining resumed rooms are subscribed after the first block, while the
-writer streams (their first-block positions are their resume positions, known up front; a room
-joined live never waits, so its head is always known before the first block).
+Replay and backpressure. :meth:`Hub.subscribe` replays a page (``HUB_MAX_REPLY_BYTES``) at a
+time and reads the next once the session's writer wrote the last (:meth:`Session.drained`). While
+we subscribe (before anything may be written) a collector task takes queued frames into a local
+buffer, which stands in for the writer. Rooms subscribed with a resume position go last; once the
+buffer holds ``HUB_MAX_REPLY_BYTES`` during a resumed room's subscribe, or before the next resumed
+room, the stream starts with what it has, and the rest of the subscribing goes on after the first
+block while the writer streams: the replays then go page by page as the client reads (their
+first-block positions are their resume positions, known up front; a room joined live never
+waits, so its head is always known before the first block). ``Hubbub-Last-Event-ID`` is sent
+when every resumed room said before the stream started whether it resumed without loss (a room
+whose replay goes on said so with its first page: its ``gap`` comes first).
 
 Writing. Each event is encoded once per item, not per subscriber, where it can be
 (:mod:`hubbub.transports.sse_blocks`). On Hubbub's uvicorn protocol
@@ -51,10 +55,10 @@ from typing import Any
 import anyio
 from starlette.types import Receive, Scope, Send
 
-from hubbub.hub.envelope import Position, parse_since
+from hubbub.hub.envelope import Position, Publication, parse_since
 from hubbub.hub.errors import CLOSE_NORMAL, CLOSE_SLOW, BadRequest, Disconnect, HubError
 from hubbub.hub.hub import Hub
-from hubbub.hub.session import Control, Item, Session
+from hubbub.hub.session import GAP, Control, Item, Session
 from hubbub.transports.direct import DirectWriter
 from hubbub.transports.h1 import HttpConnection
 from hubbub.transports.h1_cycle import ChunkedStream, http_chunk
@@ -77,10 +81,11 @@ class EventStream:
     intervals are allowed).
     """
 
-    __slots__ = ("_ending", "_late", "_out", "_pumping", "_timeout", "_writer", "buffered",
-                 "buffered_bytes", "closed_at", "cursor", "garbage", "gone", "hub", "pending",
-                 "prelude", "presence", "recovered", "resume", "rooms", "send_timeout",
-                 "session", "since", "single")  # fmt: skip
+    __slots__ = ("_current", "_ending", "_late", "_order", "_out", "_park", "_pumping", "_timeout",
+                 "_writer", "buffered", "buffered_bytes", "closed_at", "cursor", "garbage",
+                 "gone", "hub", "prelude", "presence", "recovered", "resume", "resume_known",
+                 "rooms", "send_timeout", "session", "since", "single",
+                 "started")  # fmt: skip
 
     def __init__(
         self,
@@ -102,9 +107,14 @@ class EventStream:
         self.cursor = Cursor()
         self.buffered: list[Item] = []
         self.buffered_bytes = 0
-        self.pending: list[str] = []  # resumed rooms subscribed after the first block
         self.prelude: list[Control] = []  # hub.presence events, right after the first block
-        self.recovered = True
+        self.recovered = True  # every resumed room resumed without loss
+        self.resume_known = True  # … and each said so before the response (subscribe)
+        self.started = False  # the first block is decided: later subscriptions go on behind it
+        self._order: list[str] = []  # the rooms in the order they are subscribed
+        self._current: str | None = None  # the room being subscribed
+        self._park: asyncio.Future[None] | None = None  # set: the stream starts (subscribe)
+        # The subscriptions that go on after the first block (a replay too large to gather).
         self._late: asyncio.Task[None] | None = None
         self.gone = False  # the client went away: nothing more to write
         self.closed_at: float | None = None  # loop time the session closed
@@ -146,57 +156,122 @@ class EventStream:
         return result
 
     async def subscribe(self) -> None:
-        """Subscribe every room (live ones first) before anything is written. Raises the
-        hub's errors (Forbidden, BadRequest, RoomFull, Unavailable…)."""
-        collector = asyncio.get_running_loop().create_task(self._collect())
-        cursor = self.cursor
+        """Subscribe every room (live ones first, then the resumed ones) before anything is
+        written, so refusals raise the hub's errors (Forbidden, BadRequest, RoomFull,
+        Unavailable…). Replays are gathered meanwhile (:meth:`_collect`) up to
+        ``HUB_MAX_REPLY_BYTES``; past that the stream starts with what it has and the
+        subscriptions go on after the first block (:attr:`_late`), their replays a page at a
+        time as the client reads."""
+        loop = asyncio.get_running_loop()
+        park = self._park = loop.create_future()
+        collector = loop.create_task(self._collect())
+        order = [r for r in self.rooms if r not in self.resume]
+        order += [r for r in self.rooms if r in self.resume]
+        rooms = loop.create_task(self._subscribe_rooms(order))
         try:
-            order = [r for r in self.rooms if r not in self.resume]
-            order += [r for r in self.rooms if r in self.resume]
-            for i, room in enumerate(order):
-                if self.session.closed is not None:
-                    break
-                if room in self.resume and self.buffered_bytes > self.session.max_queue_bytes:
-                    self.pending = order[i:]
-                    for late in self.pending:
-                        cursor.move(late, self._start_position(late, None))
-                    break
-                cursor.move(room, self._start_position(room, await self._subscribe_one(room)))
-        finally:
+            await asyncio.wait([rooms, park], return_when=asyncio.FIRST_COMPLETED)
             collector.cancel()
             await asyncio.wait([collector])
-        # A session closed before every room was subscribed (4001 while a replay ran, a kick)
-        # still writes the first block: it must carry every resumed room's position, or the
-        # client's next Last-Event-ID forgets those rooms and they come back live from their
-        # head, skipping what was published meanwhile without a gap.
+        except BaseException:
+            collector.cancel()
+            rooms.cancel()
+            raise
+        self.started = True
+        if rooms.done():
+            rooms.result()  # the hub's refusals
+        else:
+            self._late = rooms
+            last = self._current is not None and self._current == self._order[-1]
+            current = self._current_recovered() if last else None
+            # The Hubbub-Last-Event-ID header needs every resumed room's answer.
+            self.resume_known = current is not None
+            self.recovered = self.recovered and bool(current)
+        # Rooms not subscribed yet (a replay goes on after the first block, a session closed
+        # meanwhile: 4001, a kick) still get their place in the first block: it must carry
+        # every resumed room's position, or the client's next Last-Event-ID forgets those rooms
+        # and they come back live from their head, skipping what was published meanwhile
+        # without a gap.
+        cursor = self.cursor
         for room in self.rooms:
             if room in self.resume and room not in cursor.positions:
                 cursor.move(room, self._start_position(room, None))
         cursor.order(self.rooms)
 
-    async def _collect(self) -> None:
-        # Keeps the session's queue short while Hub.subscribe replays (it waits for that).
-        while batch := await self.session.next_batch():
-            self.buffered.extend(batch)
-            self.buffered_bytes += sum(len(i.frame) for i in batch)
+    def _current_recovered(self) -> bool | None:
+        """Whether the room whose replay goes on after the first block resumed without loss:
+        a replay's first frame is its ``gap`` when something is lost, so what was gathered
+        tells once it holds anything of that room (None: nothing yet, not known)."""
+        room = self._current
+        for i in self.buffered:
+            if isinstance(i, Publication):
+                if i.room == room:
+                    return True
+            elif i.kind == GAP and i.decoded().get("room") == room:
+                return False
+        return None
 
-    async def _subscribe_late(self) -> None:
+    async def _subscribe_rooms(self, order: list[str]) -> None:
+        """Subscribe ``order`` one room at a time. Before the first block a room's position
+        there is its start position and a refusal is raised; afterwards a room only learns its
+        epoch (its events have moved it on) and a refusal ends the stream with the error's
+        close code."""
+        cursor = self.cursor
+        self._order = order
+        session = self.session
+        limit = self.hub.settings.max_reply_bytes
         try:
-            for room in self.pending:
-                if self.session.closed is not None:
+            for room in order:
+                if session.closed is not None:
                     return
+                self._current = room
+                if room in self.resume:
+                    # What the rooms before queued is gathered first (or, once the stream
+                    # started, written: a replay at a time); past the bound the stream starts.
+                    await session.drained()
+                    if session.closed is not None:
+                        return
+                    if not self.started and self.buffered_bytes >= limit:
+                        self._start_stream()
                 result = await self._subscribe_one(room)
-                pos = self.cursor.positions[room]
+                if not self.started:
+                    cursor.move(room, self._start_position(room, result))
+                    continue
+                pos = cursor.positions[room]
                 if pos.epoch is None:  # nothing written for it yet: learn its epoch
-                    self.cursor.move(room, Position(result["epoch"], pos.offset))
+                    cursor.move(room, Position(result["epoch"], pos.offset))
                 for pre in self.prelude:
                     self.session.offer(pre)
                 self.prelude = []
-        except HubError as exc:  # the stream has started: end it with the error's close code
+            self._current = None
+        except HubError as exc:
+            if not self.started:
+                raise
             self.session.close(exc.close_code, exc.message)
         except Exception:
+            if not self.started:
+                raise
             log.exception("late subscribe failed")
             self.session.close(1011, "internal error")
+
+    async def _collect(self) -> None:
+        """While the rooms are subscribed (nothing may be written yet), take what the session
+        queues (replays wait for that, :meth:`Session.drained`) into :attr:`buffered`; once it
+        holds ``HUB_MAX_REPLY_BYTES`` while a resumed room is subscribed (its replay would go
+        on), stop gathering and start the stream. A room joined live never waits for this, so
+        its head is known before the first block."""
+        limit = self.hub.settings.max_reply_bytes
+        while batch := await self.session.next_batch():
+            self.buffered.extend(batch)
+            self.buffered_bytes += sum(len(i.frame) for i in batch)
+            if self.buffered_bytes >= limit and self._current in self.resume:
+                self._start_stream()
+                return
+
+    def _start_stream(self) -> None:
+        """Stop gathering: :meth:`subscribe` returns and the response starts."""
+        park = self._park
+        if park is not None and not park.done():
+            park.set_result(None)
 
     def first_block(self) -> bytes:
         """The ``retry:`` hint and the cursor of every room, then the prelude's events."""
@@ -263,8 +338,6 @@ class EventStream:
             watcher = loop.create_task(self._watch(receive))
         else:
             out.on_lost = self._lost
-        if self.pending:
-            self._late = loop.create_task(self._subscribe_late())
         interval = self.hub.settings.sse_ping_interval
         session.start_heartbeat(interval, 0.0, client_pongs=False)  # PING → ": ping"
         if out is not None:

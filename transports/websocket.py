@@ -60,6 +60,7 @@ from hubbub.transports.wsconn import WSConnection, text_frame_header
 log = logging.getLogger("hubbub.ws")
 
 MAX_BAD_FRAMES = 10
+FAREWELL_GRACE = 3.0  # after the session closed, time for the client to take its last frame
 
 
 async def _close(ws: WebSocket, code: int, reason: str = "") -> None:
@@ -272,12 +273,18 @@ async def _run(hub: Hub, ws: WebSocket, session: Session) -> None:
 
 async def _goodbye(ws: WebSocket, session: Session) -> None:
     """Tell the client why its session ended (a ``disconnect`` frame for codes from 4000),
-    then close with the session's code (1000 when it was not closed)."""
+    then close with the session's code (1000 when it was not closed). A client that does not
+    take the ``disconnect`` frame within :data:`FAREWELL_GRACE` (it stopped reading: a slow
+    consumer) is closed without waiting longer; the close itself is bounded by the
+    connection's close timeout."""
     closed = session.closed
     if closed is not None:  # counted in hubbub_disconnects_total by Hub.close_session
         if closed.code >= 4000:
-            await _send_json(ws, {"type": "disconnect", "code": closed.code,
-                                  "reason": closed.reason, "reconnect": closed.reconnect})  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FAREWELL_GRACE):
+                    await _send_json(ws, {"type": "disconnect", "code": closed.code,
+                                          "reason": closed.reason,
+                                          "reconnect": closed.reconnect})  # fmt: skip
         await _close(ws, closed.code, closed.reason)
     else:
         await _close(ws, 1000)

@@ -92,6 +92,19 @@ class Member:
         return out
 
 
+def within_bytes(pubs: list[Publication], max_bytes: int | None) -> list[Publication]:
+    """The longest prefix of ``pubs`` whose bodies total at most ``max_bytes``, and at least
+    the first publication (None: all of them)."""
+    if max_bytes is None:
+        return pubs
+    total = 0
+    for i, pub in enumerate(pubs):
+        total += len(pub.body)
+        if total > max_bytes and i > 0:
+            return pubs[:i]
+    return pubs
+
+
 class NodeListener(Protocol):
     """What a broker calls back into. Every method is a plain ``def`` and must not block."""
 
@@ -138,10 +151,21 @@ class Broker(Protocol):
     async def unsubscribe(self, room: str) -> None: ...
 
     async def history(
-        self, room: str, *, after: int | None = None, limit: int = 100
+        self,
+        room: str,
+        *,
+        after: int | None = None,
+        limit: int = 100,
+        max_bytes: int | None = None,
     ) -> HistoryPage:
         """``after=None``: the newest ``limit`` publications; else the first ``limit`` with
-        offset > ``after``. Creates the room's epoch if the room has none."""
+        offset > ``after``. Creates the room's epoch if the room has none.
+
+        With ``max_bytes`` the page is also bounded in bytes (:func:`within_bytes`): it ends
+        before the publication that would take the bodies' total past ``max_bytes``, keeping
+        at least one. It starts where it would without the bound (for ``after=None``: at the
+        oldest of the newest ``limit``), so the next page continues after its last offset. The
+        backend reads no more than the page (Redis: the script stops there)."""
 
     async def position(self, room: str) -> tuple[str, int]:
         """(epoch, head offset) of the room, creating the epoch if needed."""

@@ -16,6 +16,7 @@ found in order of their last publication.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import string
 import time
@@ -30,6 +31,7 @@ from hubbub.hub.brokers.base import (
     Idempotency,
     NodeListener,
     PublishResult,
+    within_bytes,
 )
 from hubbub.hub.envelope import Publication
 from hubbub.hub.errors import Conflict
@@ -214,18 +216,27 @@ class MemoryBroker:
         self._sweep(self._clock())
 
     async def history(
-        self, room: str, *, after: int | None = None, limit: int = 100
+        self,
+        room: str,
+        *,
+        after: int | None = None,
+        limit: int = 100,
+        max_bytes: int | None = None,
     ) -> HistoryPage:
         r = self._room(room)
         self._trim(r)
-        items = [p for _, p in r.history]
-        first = items[0].offset if items else r.offset + 1
+        h = r.history
+        first = h[0][1].offset if h else r.offset + 1
         assert first is not None
-        if after is None:
-            picked = items[-limit:] if limit > 0 else []
+        if limit <= 0:
+            start = len(h)
+        elif after is None:
+            start = max(0, len(h) - limit)
         else:
-            start = max(0, after + 1 - first)
-            picked = items[start : start + limit]
+            start = min(len(h), max(0, after + 1 - first))
+        # Offsets are contiguous in the deque: slice it without copying the rest.
+        picked = [p for _, p in itertools.islice(h, start, start + max(0, limit))]
+        picked = within_bytes(picked, max_bytes)
         self._forget_if_idle(room)
         return HistoryPage(epoch=r.epoch, head=r.offset, first=first, publications=picked)
 

@@ -447,7 +447,12 @@ class RedisBroker:
             await self._link.unsubscribe(ch)
 
     async def history(
-        self, room: str, *, after: int | None = None, limit: int = 100
+        self,
+        room: str,
+        *,
+        after: int | None = None,
+        limit: int = 100,
+        max_bytes: int | None = None,
     ) -> HistoryPage:
         ttl_ms = self._ttl_ms
         if self._room_history is not None:
@@ -461,6 +466,7 @@ class RedisBroker:
                 "" if after is None else int(after),
                 max(0, int(limit)),
                 self._read_ttl,
+                0 if max_bytes is None else max(1, int(max_bytes)),
             ],
         )
         epoch = res[0].decode()

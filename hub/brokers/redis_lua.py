@@ -116,8 +116,11 @@ HISTORY = (
     + _TRIM_EXPIRED
     + """
 -- KEYS: meta, stream
--- ARGV: epoch, history_ttl_ms, after ('' = newest), limit, read_ttl_s
+-- ARGV: epoch, history_ttl_ms, after ('' = newest), limit, read_ttl_s, max_bytes (0 = no bound)
 -- returns {epoch, head, first, offset1, body1, offset2, body2, ...}
+-- Offsets are contiguous, so the newest `limit` start at head - limit + 1. Entries are read a
+-- few at a time and the page ends before the body that would pass max_bytes (keeping at least
+-- one): neither this script nor the node holds more than the page.
 local meta, stream = KEYS[1], KEYS[2]
 ensure_meta_read(meta, stream, ARGV[1], ARGV[5])
 local m = redis.call('HMGET', meta, 'epoch', 'offset')
@@ -128,21 +131,28 @@ local first = head + 1
 if #f > 0 then first = tonumber(string.match(f[1][1], '^(%d+)')) end
 local out = {m[1], tostring(head), tostring(first)}
 local limit = tonumber(ARGV[4])
-if limit > 0 then
-  local items
-  if ARGV[3] == '' then
-    items = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', limit)
-    for i = #items, 1, -1 do
-      out[#out + 1] = string.match(items[i][1], '^(%d+)')
-      out[#out + 1] = items[i][2][4]
+local max_bytes = tonumber(ARGV[6] or '0')
+local start
+if ARGV[3] == '' then
+  start = math.max(head - limit + 1, first)
+else
+  start = math.max(tonumber(ARGV[3]) + 1, first)
+end
+local taken, size = 0, 0
+while taken < limit and start <= head do
+  local items = redis.call('XRANGE', stream, start .. '-0', '+', 'COUNT', math.min(limit - taken, 32))
+  if #items == 0 then break end
+  for i = 1, #items do
+    local body = items[i][2][4]
+    size = size + #body
+    if max_bytes > 0 and size > max_bytes and taken > 0 then
+      return out
     end
-  else
-    local start = math.max(tonumber(ARGV[3]) + 1, first)
-    items = redis.call('XRANGE', stream, start .. '-0', '+', 'COUNT', limit)
-    for i = 1, #items do
-      out[#out + 1] = string.match(items[i][1], '^(%d+)')
-      out[#out + 1] = items[i][2][4]
-    end
+    local off = string.match(items[i][1], '^(%d+)')
+    out[#out + 1] = off
+    out[#out + 1] = body
+    taken = taken + 1
+    start = tonumber(off) + 1
   end
 end
 return out

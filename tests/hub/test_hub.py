@@ -61,10 +61,15 @@ class YieldingBroker(MemoryBroker):
         return pos
 
     async def history(
-        self, room: str, *, after: int | None = None, limit: int = 100
+        self,
+        room: str,
+        *,
+        after: int | None = None,
+        limit: int = 100,
+        max_bytes: int | None = None,
     ) -> HistoryPage:
         await asyncio.sleep(0)
-        page = await super().history(room, after=after, limit=limit)
+        page = await super().history(room, after=after, limit=limit, max_bytes=max_bytes)
         await asyncio.sleep(0)
         return page
 
@@ -491,9 +496,11 @@ async def test_epoch_mismatch_with_full_history(hub: Hub) -> None:
     assert offsets(frames) == [1, 2, 3] and result["recovered"] is False
 
 
-async def test_buffered_live_publications_past_the_seam(hub: Hub) -> None:
+async def test_buffered_live_publications_past_the_seam(make_hub: HubFactory) -> None:
     """Live publications that arrive while the replay is written are flushed after the reply,
-    past the seam, without duplicates (the writer applies backpressure here)."""
+    past the seam, without duplicates (the writer applies backpressure here: the replay is
+    several pages of HUB_MAX_REPLY_BYTES, and the next is read once the writer took one)."""
+    hub = await make_hub(max_reply_bytes=2048)
     results = await fill(hub, "r", 200)
     s = await hub.open_session(user(), "ws")
     frames: list[dict[str, Any]] = []
@@ -517,6 +524,44 @@ async def test_buffered_live_publications_past_the_seam(hub: Hub) -> None:
     await tasks[0]
     assert result["recovered"] is True
     _check_seam(frames, 11, 205)
+
+
+async def test_replay_reads_the_next_page_once_the_writer_took_the_last(
+    make_hub: HubFactory,
+) -> None:
+    """A replay of many pages holds one page at a time: with no writer it waits after the
+    first page (HUB_MAX_REPLY_BYTES, here 2 KiB), and goes on page by page as one takes them;
+    live publications meanwhile are buffered within the queue's byte bound."""
+    hub = await make_hub(max_reply_bytes=2048)
+    await fill(hub, "r", 100)
+    size = len((await hub.broker.history("r", after=0, limit=1)).publications[0].body)
+    s = await hub.open_session(user(), "ws")
+    task = asyncio.create_task(sub(hub, s, "r", since=0))
+    await until(lambda: len(s.queue) > 0)
+    await asyncio.sleep(0.05)
+    assert not task.done() and len(s.queue) == 2048 // size  # one page, nothing more
+    frames: list[dict[str, Any]] = []
+    while not task.done():
+        frames += [decode(i) for i in s.take()]
+        await asyncio.sleep(0)
+    frames += [decode(i) for i in s.take()]
+    assert offsets(frames) == list(range(1, 101)) and kinds(frames)[-1] == "reply"
+
+
+async def test_live_publications_buffered_during_a_replay_are_bounded_in_bytes(
+    make_hub: HubFactory,
+) -> None:
+    hub = await make_hub(max_reply_bytes=1024, max_queue_bytes=20_000)
+    await fill(hub, "r", 50)
+    s = await hub.open_session(user(), "ws")
+    task = asyncio.create_task(sub(hub, s, "r", since=0))  # no writer: waits after a page
+    await until(lambda: "r" in s.subs and len(s.queue) > 0)
+    key = api(hub)
+    for _ in range(30):  # about 30 KB while the replay waits
+        await hub.publish(key, "r", "x" * 1000)
+    assert s.closed is not None and s.closed.code == CLOSE_SLOW
+    assert "recovery" in s.closed.reason
+    await asyncio.wait_for(task, DEADLINE)
 
 
 # ---- ephemeral, own publications, idempotency -----------------------------------------------------

@@ -177,18 +177,43 @@ async def test_drained_waits_for_the_writer() -> None:
     s = Session(ident(), "ws")
     for i in range(100):
         s.push(pub(i + 1))
-    task = asyncio.create_task(s.drained(low=10))
+    task = asyncio.create_task(s.drained())
     await asyncio.sleep(0.02)
     assert not task.done()
-    await s.next_batch()
+    assert len(await s.next_batch()) == 100  # taken, not yet written
+    await asyncio.sleep(0.02)
+    assert not task.done()
+    assert s.take() == []  # the writer comes back for more: all it took is written
+    await asyncio.wait_for(task, DEADLINE)
+    # A writer that waits for frames (next_batch, arrival) has written what it took too.
+    s.push(pub(1))
+    task = asyncio.create_task(s.drained())
+    assert len(s.take()) == 1
+    await asyncio.sleep(0.02)
+    assert not task.done()
+    assert s.arrival() is not None
     await asyncio.wait_for(task, DEADLINE)
     # Closing releases a waiter too.
     for i in range(100):
         s.push(pub(i + 1))
-    task = asyncio.create_task(s.drained(low=10))
+    task = asyncio.create_task(s.drained())
     await asyncio.sleep(0.02)
     s.close(4001, "x")
     await asyncio.wait_for(task, DEADLINE)
+
+
+async def test_drained_out_of_patience_is_a_slow_consumer() -> None:
+    s = Session(ident(), "ws")
+    s.push(pub(1))
+    await asyncio.wait_for(s.drained(patience=0.05), DEADLINE)
+    assert s.closed is not None and s.closed.code == CLOSE_SLOW
+    assert "replay" in s.closed.reason
+
+
+async def test_drained_returns_at_once_when_nothing_is_held() -> None:
+    s = Session(ident(), "ws")
+    await asyncio.wait_for(s.drained(patience=0.01), DEADLINE)
+    assert s.closed is None
 
 
 async def test_first_close_wins() -> None:

@@ -59,6 +59,7 @@ ENV_CASES: list[tuple[str, str, str, Any]] = [
     ("HUB_SSE_RETRY_MS", "500", "sse_retry_ms", 500),
     ("HUB_MAX_MESSAGE_BYTES", "1024", "max_message_bytes", 1024),
     ("HUB_MAX_QUEUE", "10", "max_queue", 10),
+    ("HUB_MAX_REPLY_BYTES", "65536", "max_reply_bytes", 65536),
     ("HUB_MAX_SUBSCRIPTIONS", "3", "max_subscriptions", 3),
     ("HUB_MAX_CONNECTIONS_PER_USER", "4", "max_connections_per_user", 4),
     ("HUB_USER_PUBLISH_RATE", "5/s:10", "user_publish_rate", Rate(5.0, 10.0)),
@@ -92,6 +93,7 @@ def test_defaults_match_protocol() -> None:
     assert (s.sse_ping_interval, s.sse_retry_ms) == (15, 2000)
     assert (s.max_message_bytes, s.max_queue, s.max_subscriptions) == (65536, 1000, 128)
     assert s.max_connections_per_user == 100
+    assert (s.max_queue_bytes, s.max_reply_bytes) == (4 * 1024 * 1024, 1024 * 1024)  # §8
     assert s.client_publish_rate == Rate(20.0, 40.0)
     assert s.user_publish_rate == Rate(100.0, 200.0)
     assert s.api_rate == Rate(1000.0, 2000.0)
@@ -146,7 +148,7 @@ def test_env_cases_cover_protocol_table() -> None:
     known = {f"HUB_{f.name.upper()}" for f in dataclasses.fields(Settings)} | {"HUB_CONFIG"}
     assert listed <= known, listed - known
     assert names <= known, names - known
-    assert len(names) == 37
+    assert len(names) == 38
 
 
 def test_api_keys_end_dev_mode_and_anonymous_can_be_forced() -> None:
@@ -446,6 +448,7 @@ def test_every_field_has_a_spec_with_bounds() -> None:
         ({"HUB_JWT_MAX_TTL": "1e12"}, "HUB_JWT_MAX_TTL must be"),
         ({"HUB_WORKERS": "0"}, "HUB_WORKERS must be an integer from 1 to"),
         ({"HUB_MAX_QUEUE_BYTES": "0"}, "HUB_MAX_QUEUE_BYTES must be a whole number of bytes"),
+        ({"HUB_MAX_REPLY_BYTES": "0"}, "HUB_MAX_REPLY_BYTES must be a whole number of bytes"),
         ({"HUB_MAX_MESSAGE_BYTES": "1e3"}, "HUB_MAX_MESSAGE_BYTES must be"),
         ({"HUB_SSE_RETRY_MS": "-1"}, "milliseconds"),
         ({"HUB_SIGNAL_MAX_PEERS": "1000000"}, "HUB_SIGNAL_MAX_PEERS must be"),

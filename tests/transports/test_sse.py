@@ -392,8 +392,9 @@ async def test_resume_replays_only_rooms_the_token_may_read(node: Node) -> None:
 
 
 async def test_large_replay_streams_with_bounded_buffer(node_factory: Any) -> None:
-    """Past HUB_MAX_QUEUE_BYTES of replay, later rooms replay after the first block."""
-    node = await node_factory(max_queue_bytes=4000)
+    """Past HUB_MAX_REPLY_BYTES of replay the stream starts: the rest of the replay, and the
+    later rooms', are written after the first block."""
+    node = await node_factory(max_reply_bytes=4000)
     for room in ("a", "b", "c"):
         await publish(node, room, 40)
     async with sse(node, "/v1/events?room=a&room=b&room=c&since=0") as (_, s):

@@ -260,6 +260,46 @@ async def test_history_after_limit_and_newest(make: Factory) -> None:
     assert (await b.history("h", after=3, limit=0)).publications == []
 
 
+async def test_history_is_bounded_by_bytes(make: Factory) -> None:
+    """``max_bytes`` ends a page before the body that would take it past the bound, keeps at
+    least one publication, and starts where the page would start without it (PROTOCOL.md §8)."""
+    env = await make()
+    b = env.broker
+    sizes = [100, 300, 200, 5000, 100, 100, 100, 100, 100, 100]
+    for i, n in enumerate(sizes, 1):
+        await b.publish("bytes", make_body("bytes", b'"' + b"x" * n + b'"', event=f"e{i}"))
+    length = {p.offset: len(p.body) for p in (await b.history("bytes", after=0)).publications}
+
+    def offsets(page: Any) -> list[int]:
+        return [p.offset for p in page.publications]
+
+    three = length[1] + length[2] + length[3]
+    page = await b.history("bytes", after=0, limit=100, max_bytes=three)
+    assert offsets(page) == [1, 2, 3] and (page.head, page.first) == (10, 1)
+    page = await b.history("bytes", after=0, limit=100, max_bytes=three - 1)
+    assert offsets(page) == [1, 2]
+    page = await b.history("bytes", after=3, limit=100, max_bytes=10)  # larger than the bound
+    assert offsets(page) == [4]
+    page = await b.history("bytes", after=0, limit=2, max_bytes=10**9)  # the count still holds
+    assert offsets(page) == [1, 2]
+    page = await b.history("bytes", limit=8, max_bytes=length[3] + length[4])  # newest 8: 3..10
+    assert offsets(page) == [3, 4]
+    page = await b.history("bytes", limit=3, max_bytes=10**9)
+    assert offsets(page) == [8, 9, 10]
+    assert offsets(await b.history("bytes", after=10, max_bytes=1)) == []
+    assert offsets(await b.history("bytes", limit=0, max_bytes=1)) == []
+    # Page by page from the start gives every publication once, in order.
+    seen: list[int] = []
+    after = 0
+    while True:
+        page = await b.history("bytes", after=after, limit=100, max_bytes=400)
+        if not page.publications:
+            break
+        seen += offsets(page)
+        after = seen[-1]
+    assert seen == list(range(1, 11))
+
+
 async def test_history_is_bounded_by_size(make: Factory) -> None:
     env = await make(history_size=5)
     b = env.broker
