@@ -199,10 +199,12 @@ def test_the_command_check(line: str, bad: bool) -> None:
     assert bool(BARE_COMMAND.search(line)) is bad
 
 
-# "`HUB_X`, 30 s by default", "`HUB_X` (default 100", "`HUB_X`, default 16384"
+# "`HUB_X`, 30 s by default", "`HUB_X` (default 100", "`HUB_X`, default 16384", "(default 1 MiB"
 DEFAULT_SAID = re.compile(
-    r"`(HUB_[A-Z_]+)`(?:,| \()\s*(?:default:?\s*`?([0-9][0-9.]*)|([0-9][0-9.]*)\s*s?\s+by\s+default)"
+    r"`(HUB_[A-Z_]+)`(?:,| \()\s*(?:default:?\s*`?([0-9][0-9.]*)(\s*[KM]iB)?"
+    r"|([0-9][0-9.]*)\s*s?\s+by\s+default)"
 )
+UNITS = {None: 1, " KiB": 1024, " MiB": 1024 * 1024, "KiB": 1024, "MiB": 1024 * 1024}
 
 
 def test_defaults_named_in_the_docs_match_the_code() -> None:
@@ -220,7 +222,7 @@ def test_defaults_named_in_the_docs_match_the_code() -> None:
             value = defaults.get(m.group(1))
             if value is None or isinstance(value, (str, tuple, dict)) or value is True:
                 continue
-            said = float(m.group(2) or m.group(3))
+            said = float(m.group(2) or m.group(4)) * UNITS[m.group(3)]
             actual = value.rate if isinstance(value, Rate) else float(value)
             seen += 1
             if actual != said:
