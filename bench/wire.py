@@ -9,6 +9,12 @@ validated beyond what counting needs. Three dialects share the code:
 * ``plain``: a bare broadcast server (``bench/ws_server.py``): ``/sub?room=R``, every text frame is
   the publisher's JSON payload, positions are the publisher's sequence numbers.
 * ``socketio``: Engine.IO 4 over WebSocket (``bench/sio_server.py``): ``42["m",payload]``.
+
+The reconnect storm's clients (:mod:`hubbub.bench.storm_client`) and the soak's followers and
+WebSocket publisher (:mod:`hubbub.bench.soak_clients`, :mod:`hubbub.bench.soak_publish`) are
+subclasses of :class:`Subscriber`: they change the request (:meth:`~Subscriber.target`,
+:meth:`~Subscriber.extra_headers`) and what is done with the stream (:meth:`~Subscriber.on_open`,
+:meth:`~Subscriber.on_text`, :meth:`~Subscriber.on_sse`).
 """
 
 from __future__ import annotations
