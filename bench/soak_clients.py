@@ -226,16 +226,23 @@ class FollowerConn(Subscriber):
     def data_received(self, data: bytes) -> None:
         self.last_rx = self.loop.time()
         before = self.handled
-        super().data_received(data)
+        try:
+            super().data_received(data)
+        except Exception as exc:  # a frame the follower cannot read: the life ends, saying so
+            if self.current:
+                self.f.end(f"unreadable: {exc!r}"[:200])
+            self.abort()
+            return
         n = self.handled - before
         if n and self.f.slow:
             self.slow_until = max(self.slow_until, self.last_rx) + n * self.f.slow
         self.hold()
 
     def hold(self) -> None:
-        """Read on only when the follower is not stalled and a slow one owes no time."""
+        """Read on only when the follower is not stalled and a slow one owes no time (from
+        the stream's opening on: a connection made during a stall still subscribes)."""
         t = self.transport
-        if t is None or t.is_closing():
+        if t is None or t.is_closing() or not self.ready.done():
             return
         now = self.loop.time()
         until = max(self.f.stall_until, self.slow_until)
