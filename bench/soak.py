@@ -4,7 +4,9 @@ It starts a private ``redis-server`` and ``--nodes`` nodes on 127.0.0.1 (each re
 through a TCP proxy of the soak's), publishers at ``--rate`` across ``--rooms`` rooms over HTTP
 and WebSocket (idempotency keys and retries), ``--clients`` followers of one or a few rooms
 (WebSocket, one in four of them presence members, and one in five SSE; one in ten slow) that
-resume after every disconnect, and a fault schedule drawn from ``--seed``
+resume after every disconnect, run by ``--workers`` load-generator processes on ``hubbub
+bench``'s client wire code (:mod:`hubbub.bench.soak_workers`), and a fault schedule drawn from
+``--seed``
 (:mod:`hubbub.bench.soak_faults`). After ``--duration`` seconds the publishers stop, the
 followers get a settle time to catch up, history is read back, and
 :mod:`hubbub.bench.soak_check` checks every client life. Exit status: 0 clean, 1 violations,
@@ -29,9 +31,11 @@ from typing import Any
 
 import httpx
 
+from hubbub.bench.run import raise_fd_limit
 from hubbub.bench.soak_check import Report, check
-from hubbub.bench.soak_clients import Follower, Publisher, SseFollower, WsFollower
 from hubbub.bench.soak_faults import FAULT_KINDS, Cluster, Injector, SoakError, schedule
+from hubbub.bench.soak_publish import Publisher
+from hubbub.bench.soak_workers import Crowd, FollowerSpec
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=3, help="nodes to start (at least 2)")
     p.add_argument("--rooms", type=int, default=4, help="rooms to publish to")
     p.add_argument("--clients", type=int, default=20, help="following clients (1 in 5 over SSE)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="load-generator processes the followers are spread over")  # fmt: skip
     p.add_argument("--rate", type=float, default=50.0, help="publications per second in total")
     p.add_argument(
         "--ws-share",
@@ -75,6 +81,8 @@ def _check_args(a: argparse.Namespace) -> str | None:
         return "--nodes must be between 2 and 16"
     if not 1 <= a.rooms <= 10_000 or not 1 <= a.clients <= 10_000:
         return "--rooms and --clients must be between 1 and 10000"
+    if not 1 <= a.workers <= 64:
+        return "--workers must be between 1 and 64"
     if not 0 < a.rate <= 10_000:
         return "--rate must be more than 0 and at most 10000"
     if not 0 <= a.settle <= 600:
@@ -120,27 +128,36 @@ async def _history(urls: list[str], key: str, room: str) -> dict[str, Any]:
     raise SoakError(f"history of {room} did not end")
 
 
-async def _settle(followers: list[Follower], acks: list[dict[str, Any]], within: float) -> None:
-    """Wait until every follower is live at each of its rooms' last acknowledged position (the
-    highest offset acknowledged in the epoch of the room's last acknowledgement), or
-    ``within`` seconds."""
+def _heads(acks: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Each room's last acknowledged position: the epoch of its last acknowledgement and the
+    highest offset acknowledged in that epoch."""
     epoch = {a["room"]: a["epoch"] for a in acks}
-    head: dict[str, int] = {}
+    head: dict[str, list[Any]] = {}
     for a in acks:
         if a["epoch"] == epoch[a["room"]]:
-            head[a["room"]] = max(head.get(a["room"], 0), a["offset"])
+            at = head.setdefault(a["room"], [a["epoch"], 0])
+            at[1] = max(at[1], a["offset"])
+    return head
 
-    def there(f: Follower, room: str) -> bool:
-        if room not in head:
-            return True
-        e, o = f.pos.get(room, (None, -1))
-        return e == epoch[room] and o >= head[room]
 
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if all(f.live and all(there(f, r) for r in f.rooms) for f in followers):
-            return
-        await asyncio.sleep(0.1)
+def _specs(a: argparse.Namespace, rooms: list[str], rng: random.Random) -> list[FollowerSpec]:
+    """The followers: one room each, or (``i % 4 == 2`` or ``i % 10 == 9``) two or three on one
+    connection; one in five over SSE; one in four of the WebSocket ones presence members; one in
+    ten slow."""
+    specs = []
+    for i in range(a.clients):
+        seed = rng.random()
+        mine = [rooms[i % len(rooms)]]
+        if i % 4 == 2 or i % 10 == 9:
+            mine = list(dict.fromkeys(rooms[(i + k) % len(rooms)] for k in range(2 + i % 2)))
+        # A slow client reads at two to four times its rooms' rate (at most 30 ms a frame):
+        # slow, yet able to catch up after a resume, as the settle time expects.
+        rate = a.rate * len(mine) / len(rooms)
+        slow = min(0.03, random.Random(seed).uniform(0.25, 0.5) / rate) if i % 10 == 3 else 0.0
+        sse = i % 5 == 4
+        specs.append(FollowerSpec(f"c{i}", "sse" if sse else "ws", mine, seed, slow,
+                                  presence=not sse and i % 4 == 1))  # fmt: skip
+    return specs
 
 
 async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]]:
@@ -154,35 +171,24 @@ async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]
     assert main is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     tasks: list[asyncio.Task[None]] = []
-    followers: list[Follower] = []
+    specs = _specs(a, rooms, rng)
+    crowd = Crowd(specs, a.workers, cluster.urls, key)
     try:
+        try:
+            raise_fd_limit(a.clients + 1024)  # a node may hold every client, a worker its share
+        except SystemExit as exc:
+            raise SoakError(str(exc)) from None
         await cluster.start()
-        for i in range(a.clients):
-            f_rng = random.Random(rng.random())
-            mine = [rooms[i % len(rooms)]]
-            if i % 4 == 2 or i % 10 == 9:  # some follow two or three rooms on one connection
-                mine = list(dict.fromkeys(rooms[(i + k) % len(rooms)] for k in range(2 + i % 2)))
-            # A slow client reads at two to four times its rooms' rate (at most 30 ms a frame):
-            # slow, yet able to catch up after a resume, as the settle time expects.
-            rate = a.rate * len(mine) / len(rooms)
-            slow = min(0.03, f_rng.uniform(0.25, 0.5) / rate) if i % 10 == 3 else 0.0
-            args = (f"c{i}", mine, cluster.urls, key, f_rng)
-            if i % 5 == 4:
-                followers.append(SseFollower(*args, slow=slow))
-            else:
-                followers.append(WsFollower(*args, slow=slow, presence=i % 4 == 1))
-        tasks += [asyncio.create_task(f.run()) for f in followers]
-        await _settle(followers, [], 10.0)  # everyone subscribed before publishing starts
+        await crowd.start()
+        await crowd.settle({}, 10.0)  # everyone subscribed before publishing starts
 
-        def drop(n: int, _hold: float) -> int:
-            chosen = rng.sample(followers, min(n, len(followers)))
-            for f in chosen:
-                f.drop()
-            return len(chosen)
+        async def drop(n: int, _hold: float) -> int:
+            chosen = rng.sample(specs, min(n, len(specs)))
+            return await crowd.drop([s.cid for s in chosen])
 
-        def stall(n: int, hold: float) -> int:
-            chosen = rng.sample(followers, min(n, len(followers)))
-            return sum(f.stall(hold) for f in chosen)
+        async def stall(n: int, hold: float) -> int:
+            chosen = rng.sample(specs, min(n, len(specs)))
+            return await crowd.stall([s.cid for s in chosen], hold)
 
         faults = schedule(a.seed, a.duration, a.nodes, _kinds(a.faults))
         injector = Injector(cluster, faults, {"client_drop": drop, "client_stall": stall})
@@ -197,22 +203,19 @@ async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]
         await inj_task  # a last restart may overrun the duration a little
         stop.set()
         await pub_task
-        await _settle(followers, pub.acks, a.settle)
-        for f in followers:
-            f.finish()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await crowd.settle(_heads(pub.acks), a.settle)
+        logs = await crowd.finish()
         history = {r: await _history(cluster.urls, key, r) for r in rooms}
     finally:
         # Nothing may restart a process once the stopping begins: end every task first.
-        for f in followers:
-            f.finish()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        crowd.close()
         cluster.close()
         await cluster.close_proxies()
         asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
-    lives = [life for f in followers for life in f.lives]
+    lives = [life for s in specs for life in logs[s.cid]]
     rep = check(pub.acks, lives, history)
     summary = {
         "seed": a.seed, "duration": a.duration, "nodes": a.nodes, "rooms": a.rooms,
@@ -222,11 +225,12 @@ async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]
         "publishes": {"sent": pub.sent, "acknowledged": len(pub.acks), "retries": pub.retries,
                       "failed": len(pub.failed), "http": pub.by_transport["http"],
                       "ws": pub.by_transport["ws"]},
-        "clients_kinds": {"ws": sum(f.kind == "ws" for f in followers),
-                          "sse": sum(f.kind == "sse" for f in followers),
-                          "presence": sum(getattr(f, "presence", False) for f in followers),
-                          "slow": sum(f.slow > 0 for f in followers),
-                          "several_rooms": sum(len(f.rooms) > 1 for f in followers)},
+        "clients_kinds": {"ws": sum(s.kind == "ws" for s in specs),
+                          "sse": sum(s.kind == "sse" for s in specs),
+                          "presence": sum(s.presence for s in specs),
+                          "slow": sum(s.slow > 0 for s in specs),
+                          "several_rooms": sum(len(s.rooms) > 1 for s in specs)},
+        "workers": crowd.n,
         "presence_checks": rep.presence_checks, "presence_events": rep.presence_events,
         "deliveries_checked": rep.deliveries, "client_lives": rep.lives, "resumes": rep.resumes,
         "final_lives": rep.final_lives, "gaps": dict(rep.gaps),
@@ -235,16 +239,15 @@ async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]
     }  # fmt: skip
     (out / "gaps.json").write_text(json.dumps(rep.gap_log, indent=1))
     if not rep.ok or a.keep_logs:  # enough to run the checker again: check(acks, lives, history)
-        (out / "clients.json").write_text(json.dumps([f.lives for f in followers]))
+        (out / "clients.json").write_text(json.dumps([logs[s.cid] for s in specs]))
         (out / "acks.json").write_text(json.dumps(pub.acks))
         (out / "history.json").write_text(json.dumps(history))
         (out / "failed_publishes.json").write_text(json.dumps(pub.failed, indent=1))
     if not rep.ok:
         bad = rep.offending_clients()
         (out / "violations.json").write_text(json.dumps(rep.violations, indent=1))
-        for f in followers:
-            if f.cid in bad:
-                (out / f"client-{f.cid}.json").write_text(json.dumps(f.lives, indent=1))
+        for cid in sorted(bad):
+            (out / f"client-{cid}.json").write_text(json.dumps(logs[cid], indent=1))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return rep, summary
 
@@ -252,7 +255,8 @@ async def soak(a: argparse.Namespace, out: Path) -> tuple[Report, dict[str, Any]
 def _print(summary: dict[str, Any], rep: Report, out: Path) -> None:
     p = summary["publishes"]
     print(f"hubbub soak: seed {summary['seed']}, {summary['nodes']} nodes, {summary['rooms']} "
-          f"rooms, {summary['clients']} clients, {summary['rate']:g}/s for {summary['duration']:g}s")  # fmt: skip
+          f"rooms, {summary['clients']} clients ({summary['workers']} worker processes), "
+          f"{summary['rate']:g}/s for {summary['duration']:g}s")  # fmt: skip
     print("faults: " + ", ".join(f"{k} {v}" for k, v in summary["faults"].items()))
     print(f"publishes: {p['sent']} sent ({p['http']} HTTP, {p['ws']} WebSocket), "
           f"{p['acknowledged']} acknowledged, {p['retries']} retries, {p['failed']} failed")  # fmt: skip

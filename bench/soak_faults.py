@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -278,12 +278,12 @@ def schedule(seed: int, duration: float, nodes: int, kinds: set[str] | None = No
     return sorted((f for f in out if f.kind in allowed), key=lambda f: f.at)
 
 
-ClientFault = Callable[[int, float], int]
+ClientFault = Callable[[int, float], Awaitable[int]]
 
 
 class Injector:
     """Runs a schedule against a cluster. ``clients`` maps each client fault kind to the soak's
-    ``fn(count, hold) -> clients affected``."""
+    ``async fn(count, hold) -> clients affected``."""
 
     def __init__(
         self, cluster: Cluster, faults: list[Fault], clients: dict[str, ClientFault]
@@ -317,7 +317,7 @@ class Injector:
     async def _inject(self, f: Fault) -> object:
         c = self.cluster
         if f.kind in CLIENT_FAULTS:
-            return self.clients[f.kind](f.target, f.hold)
+            return await self.clients[f.kind](f.target, f.hold)
         if f.kind in NODE_FAULTS:
             await self._node(c.nodes[f.target], f)
             return None

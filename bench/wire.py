@@ -9,6 +9,12 @@ validated beyond what counting needs. Three dialects share the code:
 * ``plain``: a bare broadcast server (``bench/ws_server.py``): ``/sub?room=R``, every text frame is
   the publisher's JSON payload, positions are the publisher's sequence numbers.
 * ``socketio``: Engine.IO 4 over WebSocket (``bench/sio_server.py``): ``42["m",payload]``.
+
+The reconnect storm's clients (:mod:`hubbub.bench.storm_client`) and the soak's followers and
+WebSocket publisher (:mod:`hubbub.bench.soak_clients`, :mod:`hubbub.bench.soak_publish`) are
+subclasses of :class:`Subscriber`: they change the request (:meth:`~Subscriber.target`,
+:meth:`~Subscriber.extra_headers`) and what is done with the stream (:meth:`~Subscriber.on_open`,
+:meth:`~Subscriber.on_text`, :meth:`~Subscriber.on_sse`).
 """
 
 from __future__ import annotations
@@ -84,23 +90,29 @@ class Subscriber(asyncio.Protocol):
         self.sse = bytearray()
 
     # ---- connection --------------------------------------------------------------------------
-    def request(self) -> bytes:
-        auth = f"Authorization: Bearer {self.key}\r\n" if self.key else ""
+    def target(self) -> str:
+        """The request's path and query (a subclass may ask for another one)."""
         if self.kind == "sse":
-            return (
-                f"GET /v1/rooms/{self.room}/events HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"Accept: text/event-stream\r\n{auth}\r\n"
-            ).encode()
-        path = {
+            return f"/v1/rooms/{self.room}/events"
+        return {
             "hubbub": "/v1/ws",
             "plain": f"/sub?room={self.room}",
             "socketio": "/socket.io/?EIO=4&transport=websocket",
         }[self.dialect]
+
+    def extra_headers(self) -> str:
+        """More request header lines, each ending with CRLF (a subclass's; none here)."""
+        return ""
+
+    def request(self) -> bytes:
+        auth = f"Authorization: Bearer {self.key}\r\n" if self.key else ""
+        head = f"GET {self.target()} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+        if self.kind == "sse":
+            return f"{head}Accept: text/event-stream\r\n{auth}{self.extra_headers()}\r\n".encode()
         wskey = base64.b64encode(os.urandom(16)).decode()
         return (
-            f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {wskey}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n{auth}\r\n"
+            f"{head}Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {wskey}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n{auth}{self.extra_headers()}\r\n"
         ).encode()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -138,8 +150,7 @@ class Subscriber(asyncio.Protocol):
                 return
             del buf[: end + 4]
             self.headers_done = True
-            if self.kind == "ws" and self.dialect == "plain":
-                self.ready.set_result(None)
+            self.on_open()
         before = self.tally.deliveries
         if self.kind == "ws":
             self._frames()
@@ -147,6 +158,12 @@ class Subscriber(asyncio.Protocol):
             self._chunks()
         if self.tally.deliveries != before and self.tally.on_progress is not None:
             self.tally.on_progress(self.tally.deliveries)
+
+    def on_open(self) -> None:
+        """The response head was accepted (101 or 200); frames or events follow. A plain
+        broadcast server's subscription is live from here."""
+        if self.kind == "ws" and self.dialect == "plain":
+            self.ready.set_result(None)
 
     def _frames(self) -> None:
         buf = self.buf

@@ -122,6 +122,9 @@ def test_bad_arguments_get_a_clear_error() -> None:
     r = subprocess.run([sys.executable, "-m", "hubbub", "soak", "--faults", "kill,meteor"],
                        capture_output=True, text=True, timeout=30, cwd=ROOT)  # fmt: skip
     assert r.returncode == 2 and "--faults takes 'all', 'none' or kinds among" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "hubbub", "soak", "--workers", "0"],
+                       capture_output=True, text=True, timeout=30, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 2 and "--workers must be between 1 and 64" in r.stderr
 
 
 @pytest.mark.timeout(300)
@@ -140,6 +143,7 @@ def test_soak_sixty_seconds_is_clean(tmp_path: Path) -> None:
     assert all(summary["faults"][k] >= 1 for k in FAULT_KINDS), summary["faults"]
     assert summary["deliveries_checked"] > 0 and summary["resumes"] > 0
     assert summary["publishes"]["ws"] > 0 and summary["presence_checks"] > 0
+    assert summary["workers"] == 2  # the followers ran in two load-generator processes
     assert summary["violations"] == 0 and "violations: 0" in r.stdout
 
 
@@ -158,24 +162,31 @@ def _children(pid: int) -> set[int]:
 
 @pytest.mark.timeout(90)
 def test_sigterm_stops_every_process_of_the_soak(tmp_path: Path) -> None:
-    """SIGTERM mid-run: the soak ends every task, then its nodes and Redis, and exits 130."""
+    """SIGTERM mid-run: the soak ends every task, then its follower workers, nodes and Redis,
+    and exits 130."""
     need_tool("redis-server")
     argv = [sys.executable, "-m", "hubbub", "soak", "--duration", "60", "--nodes", "2",
-            "--clients", "4", "--rate", "10", "--faults", "kill,client_drop",
+            "--clients", "4", "--workers", "2", "--rate", "10", "--faults", "kill,client_drop",
             "--out", str(tmp_path / "soak")]  # fmt: skip
     p = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         until_kids = time.monotonic() + 40
         kids: set[int] = set()
-        while len(kids) < 3 and time.monotonic() < until_kids:  # Redis and two nodes
+        while len(kids) < 5 and time.monotonic() < until_kids:  # Redis, two nodes, two workers
             kids |= _children(p.pid)
             time.sleep(0.2)
-        assert len(kids) >= 3, kids
+        assert len(kids) >= 5, kids
         time.sleep(2)
+        kids |= _children(p.pid)
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=40)
         assert p.returncode == 130 and "interrupted" in err, err
-        left = [k for k in kids if Path(f"/proc/{k}").exists()]
+        # multiprocessing's resource tracker (a child too) ends once the soak is gone.
+        until_gone = time.monotonic() + 10
+        while (left := [k for k in kids if Path(f"/proc/{k}").exists()]) and (
+            time.monotonic() < until_gone
+        ):
+            time.sleep(0.1)
         assert not left, left
     finally:
         if p.poll() is None:
