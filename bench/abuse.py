@@ -52,6 +52,7 @@ from hubbub.bench.run import free_port, percentile, proc_rss_kib, stop_process, 
 from hubbub.bench.storm import _node, start_redis, wait_redis
 
 RSS_BUDGET_MIB = 200
+REDIS_GROWTH_MIB = 16  # Redis after the run against before it (the churned rooms' keys remain)
 READ_KEY_TTL_S = 600
 BIG_MESSAGES, BIG_BYTES = 300, 60_000
 PUBLISH_RATE = 20.0
@@ -465,6 +466,7 @@ class Abuse:
         await asyncio.sleep(1.0)
         await self.sampler_once()
         rss0 = self.samples[-1]["rss_mib"]
+        redis0 = self.samples[-1]["redis_mib"]
         tasks = [asyncio.create_task(c) for c in (
             self.publisher(), self.sampler(), self.conns(), self.revoked(),
             *(self.churn(i) for i in range(4)), *(self.presence(i) for i in range(2)),
@@ -483,14 +485,23 @@ class Abuse:
         for t in [*tasks, *legit]:
             t.cancel()
         await self.sampler_once()
-        return self.report(rss0, await self.read_keys())
+        ready: list[Any] = []
+        async with httpx.AsyncClient(timeout=10) as http:
+            for url in self.urls:
+                try:
+                    ready.append((await http.get(f"{url}/health/ready")).status_code)
+                except httpx.HTTPError as exc:
+                    ready.append(type(exc).__name__)
+        return self.report(rss0, redis0, ready, await self.read_keys())
 
     async def sampler_once(self) -> None:
         self.samples.append({"t": round(time.monotonic() - self.t0, 1),
                              "rss_mib": [round(proc_rss_kib(p) / 1024, 1) for p in self.pids],
                              **await self.redis_info()})  # fmt: skip
 
-    def report(self, rss0: list[float], read_keys: dict[str, Any]) -> dict[str, Any]:
+    def report(
+        self, rss0: list[float], redis0: float, ready: list[Any], read_keys: dict[str, Any]
+    ) -> dict[str, Any]:
         peak = [max(s["rss_mib"][i] for s in self.samples) for i in range(len(self.pids))]
         lat = sorted(self.pub_latency_us)
         budget = 100 * self.duration + 200 + 3 * 16  # HUB_USER_PUBLISH_RATE 100/s:200, leases
@@ -513,7 +524,9 @@ class Abuse:
             "rss_start_mib": rss0,
             "rss_peak_mib": peak,
             "rss_end_mib": self.samples[-1]["rss_mib"],
+            "redis_start_mib": redis0,
             "redis_peak_mib": max(s["redis_mib"] for s in self.samples),
+            "ready_at_end": ready,
             "redis_end_mib": self.samples[-1]["redis_mib"],
             "redis_keys_end": self.samples[-1]["redis_keys"],
             "read_keys": read_keys,
@@ -542,6 +555,11 @@ def violations(r: dict[str, Any]) -> list[str]:
         out.append(f"one user held {r['conns_peak']} connections > 100")
     if r["abusers"].get("revoked", {}).get("opened", 0):
         out.append("a revoked token was served")
+    if any(code != 200 for code in r["ready_at_end"]):
+        out.append(f"a node was not ready after the run: {r['ready_at_end']}")
+    if r["redis_end_mib"] - r["redis_start_mib"] > REDIS_GROWTH_MIB:
+        out.append(f"Redis memory grew {r['redis_end_mib'] - r['redis_start_mib']:.1f} MiB "
+                   f"> {REDIS_GROWTH_MIB} over the run")  # fmt: skip
     rk = r["read_keys"]
     if rk["persistent"] or rk["longest_ttl_s"] > READ_KEY_TTL_S:
         out.append(f"keys made by reads outlive {READ_KEY_TTL_S} s: {rk}")
@@ -675,7 +693,9 @@ def render_abuse(r: dict[str, Any]) -> str:
         f"abuse: {r['duration_s']:.0f} s, two nodes on one Redis, shipped limits",
         f"  node RSS MiB: start {r['rss_start_mib']}, peak {r['rss_peak_mib']}, "
         f"end {r['rss_end_mib']}",
-        f"  Redis: peak {r['redis_peak_mib']} MiB, end {r['redis_end_mib']} MiB, "
+        f"  nodes ready at the end: {r['ready_at_end']}",
+        f"  Redis: start {r['redis_start_mib']} MiB, peak {r['redis_peak_mib']} MiB, "
+        f"end {r['redis_end_mib']} MiB, "
         f"{r['redis_keys_end']} keys; keys of churned rooms {r['read_keys']}",
         f"  legitimate: {lg['followers']} followers, lost {lg['lost']}, duplicated "
         f"{lg['duplicated']}, gaps {lg['gaps']}, closes {lg['closes'] or 'none'}; "
