@@ -441,8 +441,10 @@ class Abuse:
             )
             for k in keys:
                 ttl = await self.redis_cmd("TTL", k.decode())
+                if ttl == -2:  # expired between SCAN and TTL (the run is as long as READ_TTL)
+                    continue
                 count += 1
-                if ttl < 0:
+                if ttl == -1:  # no expiry
                     persistent += 1
                 longest = max(longest, ttl)
             if cursor == b"0":
