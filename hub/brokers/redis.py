@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -279,22 +279,32 @@ class RedisBroker:
         return self.call(script(keys=list(keys), args=list(args)))
 
     @staticmethod
-    async def _piped(pipe: PublishPipe, args: tuple[Any, ...]) -> Any:
+    async def _piped(
+        pipe: PublishPipe, args: tuple[Any, ...], on_write: Callable[[], None] | None = None
+    ) -> Any:
         try:
-            return await pipe.call(*args)
+            return await pipe.call(*args, on_write=on_write)
         except _ERRORS as exc:  # a script's error reply; the pipe's own failures are BrokerError
             raise BrokerError("broker unavailable") from exc
 
-    def cast(self, script: Script, keys: Sequence[Any], args: Sequence[Any] = ()) -> None:
+    def cast(
+        self,
+        script: Script,
+        keys: Sequence[Any],
+        args: Sequence[Any] = (),
+        on_write: Callable[[], None] | None = None,
+    ) -> list[Any] | None:
         """Run a script of :meth:`script` without waiting for it; its failures are dropped
         (for writes something else repeats, as the state store's refresh). One Redis: queued
-        on the calls pipe in call order, so a later :meth:`run` sees it; a cluster: a task."""
+        on the calls pipe in call order, so a later :meth:`run` sees it, and the queued
+        command is returned: its ARGV may be extended until ``on_write`` is called. A
+        cluster: a task (returns None, ``on_write`` is not called)."""
         if self._calls is not None:
-            self._calls.cast("EVALSHA", script.sha, len(keys), *keys, *args)
-            return
-        task = asyncio.get_running_loop().create_task(self._cast_task(script, keys, args))
-        self._casts.add(task)
-        task.add_done_callback(self._casts.discard)
+            return self._calls.cast(
+                "EVALSHA", script.sha, len(keys), *keys, *args, on_write=on_write
+            )
+        self._spawn(self._cast_task(script, keys, args))
+        return None
 
     async def _cast_task(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> None:
         with contextlib.suppress(BrokerError, RedisError):
@@ -474,30 +484,47 @@ class RedisBroker:
         return HistoryPage(epoch=epoch, head=int(res[1]), first=int(res[2]), publications=pubs)
 
     async def position(self, room: str) -> tuple[str, int]:
-        """The room's epoch and head. Calls for one room made in the same loop iteration share
-        one read, sent after the last of them was made (so each gets a head at least as new as
-        the room's at its call): a burst of subscribes to one room costs one read."""
+        """The room's epoch and head. Every call gets a head read after it was made. One Redis:
+        calls for one room share a read until it is written to the calls pipe (which keeps one
+        write in flight, so a burst of subscribes to one room costs one read per round trip);
+        a cluster: calls made in the same loop iteration share one read, sent after the last
+        of them."""
         pending = self._positions.get(room)
         if pending is None:
-            pending = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            pending = loop.create_future()
             self._positions[room] = pending
-            asyncio.get_running_loop().call_soon(self._read_position, room, pending)
+            if self._calls is not None:
+                self._spawn(self._position_into(room, pending))
+            else:
+                loop.call_soon(self._read_position, room, pending)
         return await asyncio.shield(pending)
 
-    def _read_position(self, room: str, fut: asyncio.Future[tuple[str, int]]) -> None:
-        if self._positions.get(room) is fut:
-            del self._positions[room]  # later calls make a read of their own
-        task = asyncio.get_running_loop().create_task(self._position_into(room, fut))
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._casts.add(task)
         task.add_done_callback(self._casts.discard)
 
+    def _forget_position(self, room: str, fut: asyncio.Future[tuple[str, int]]) -> None:
+        if self._positions.get(room) is fut:
+            del self._positions[room]  # later calls make a read of their own
+
+    def _read_position(self, room: str, fut: asyncio.Future[tuple[str, int]]) -> None:
+        self._forget_position(room, fut)
+        self._spawn(self._position_into(room, fut))
+
     async def _position_into(self, room: str, fut: asyncio.Future[tuple[str, int]]) -> None:
+        keys = [self._rk(room, "meta"), self._rk(room, "stream")]
+        args = [new_epoch(), self._read_ttl]
         try:
-            res = await self.run(
-                self._s_position,
-                [self._rk(room, "meta"), self._rk(room, "stream")],
-                [new_epoch(), self._read_ttl],
-            )
+            if self._calls is not None:
+                res = await self._piped(
+                    self._calls,
+                    ("EVALSHA", self._s_position.sha, len(keys), *keys, *args),
+                    on_write=lambda: self._forget_position(room, fut),
+                )
+            else:
+                res = await self.run(self._s_position, keys, args)
             value = (res[0].decode(), int(res[1]))
         except BaseException as exc:
             if not fut.done():
@@ -506,6 +533,8 @@ class RedisBroker:
             if not isinstance(exc, Exception):
                 raise
             return
+        finally:
+            self._forget_position(room, fut)
         if not fut.done():
             fut.set_result(value)
 

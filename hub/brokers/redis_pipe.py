@@ -50,11 +50,17 @@ _ERRORS = (RedisError, OSError, TimeoutError)
 
 
 class _Call:
-    __slots__ = ("args", "fut", "retried")
+    __slots__ = ("args", "fut", "on_write", "retried")
 
-    def __init__(self, args: tuple[Any, ...], fut: asyncio.Future[Any] | None) -> None:
-        self.args = args
+    def __init__(
+        self,
+        args: tuple[Any, ...] | list[Any],
+        fut: asyncio.Future[Any] | None,
+        on_write: Callable[[], None] | None = None,
+    ) -> None:
+        self.args = args  # a list while the caller may still extend it (see ``cast``)
         self.fut = fut  # None: a preamble command, answered to nobody
+        self.on_write = on_write  # called once, as the call is written
         self.retried = False
 
 
@@ -98,24 +104,28 @@ class PublishPipe:
         added while a connection is live is loaded through the NOSCRIPT path on first use."""
         self._preamble.append(command)
 
-    def cast(self, *args: Any) -> None:
+    def cast(self, *args: Any, on_write: Callable[[], None] | None = None) -> list[Any]:
         """Queue one command whose reply nobody waits for (its errors are dropped): it keeps
-        its place in the order of calls like any other."""
+        its place in the order of calls like any other. Returns its arguments as a list that
+        the caller may extend until ``on_write`` is called (the command is being written)."""
+        call_args = list(args)
         if self._closed:
-            return
-        self._queue.append(_Call(args, None))
+            return call_args
+        self._queue.append(_Call(call_args, None, on_write))
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(
                 self._write_loop(), name="redis-publish-writer"
             )
+        return call_args
 
-    async def call(self, *args: Any) -> Any:
-        """Run one command (see the module docstring)."""
+    async def call(self, *args: Any, on_write: Callable[[], None] | None = None) -> Any:
+        """Run one command (see the module docstring). ``on_write`` is called as it is
+        written (never if it fails before)."""
         if self._closed:
             raise BrokerError("broker is not running")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Call(args, fut))
+        self._queue.append(_Call(args, fut, on_write))
         if self._writer is None:
             # Its first step runs at the next loop iteration: the calls made until then
             # leave in one write.
@@ -231,6 +241,10 @@ class PublishPipe:
                 if not self._sent and self._deadline is not None:
                     self._deadline.reschedule(asyncio.get_running_loop().time() + self.timeout)
                 self._sent.extend(batch)
+                for c in batch:
+                    if c.on_write is not None:
+                        c.on_write()
+                        c.on_write = None
                 self.writes += 1
                 self.calls += sum(1 for c in batch if c.fut is not None)
                 try:

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -53,8 +53,15 @@ class RedisConnection(Protocol):
     def run(self, script: Script, keys: Sequence[Any], args: Sequence[Any] = ()) -> Awaitable[Any]:
         """Run a registered script within the broker timeout (BrokerError on failure)."""
 
-    def cast(self, script: Script, keys: Sequence[Any], args: Sequence[Any] = ()) -> None:
-        """Run a registered script without waiting; failures are dropped."""
+    def cast(
+        self,
+        script: Script,
+        keys: Sequence[Any],
+        args: Sequence[Any] = (),
+        on_write: Callable[[], None] | None = None,
+    ) -> list[Any] | None:
+        """Run a registered script without waiting; failures are dropped. Returns the queued
+        command when its ARGV may still be extended (until ``on_write``), else None."""
 
 
 class RedisStateStore:
@@ -77,6 +84,9 @@ class RedisStateStore:
         self._room_counts: dict[str, int] = {}
         self._rooms_zeroed: set[str] = set()
         self._dirty_rooms: set[str] = set()  # counts changed in this loop iteration
+        # Per user, the queued registration (CONN_ADD) not written yet: later sessions of the
+        # user join its ARGV instead of making a call each.
+        self._conn_adds: dict[str, list[Any]] = {}
         pre = self.prefix + "{rooms}:"
         self._rooms_keys = [pre + "index", pre + "counts", pre + "nodes"]
         self._node_set_prefix = pre + "node:"
@@ -203,7 +213,20 @@ class RedisStateStore:
 
     def connection_add_nowait(self, user: str, session: str) -> None:
         self._conns.setdefault(user, set()).add(session)
-        self._conn.cast(self._s_conn_add, [self._conn_key(user)], [self._presence_ms, session])
+        queued = self._conn_adds.get(user)
+        if queued is not None:  # a registration of this user not written yet takes it along
+            queued.append(session)
+            return
+
+        def written() -> None:
+            if self._conn_adds.get(user) is queued:
+                del self._conn_adds[user]
+
+        queued = self._conn.cast(
+            self._s_conn_add, [self._conn_key(user)], [self._presence_ms, session], written
+        )
+        if queued is not None:
+            self._conn_adds[user] = queued
 
     async def connection_remove(self, user: str, session: str) -> None:
         own = self._conns.get(user)

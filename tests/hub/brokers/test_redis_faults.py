@@ -320,11 +320,11 @@ async def test_every_script_touches_one_cluster_slot(make_node: MakeNode) -> Non
         assert pipe is not None
         piped = pipe.call
 
-        def pipe_spy(*args: Any, piped: Any = piped) -> Any:
+        def pipe_spy(*args: Any, piped: Any = piped, **kw: Any) -> Any:
             if args[0] == "EVALSHA":
                 spy_keys = args[3 : 3 + int(args[2])]
                 calls.append([str(k).encode() for k in spy_keys])
-            return piped(*args)
+            return piped(*args, **kw)
 
         pipe.call = pipe_spy  # type: ignore[method-assign]
     for room in ("a", "b:c", "lobby.1"):
@@ -366,3 +366,36 @@ async def test_capped_presence_add_is_atomic_across_nodes(make_node: MakeNode) -
     owner = one if (again.room, again.session) in one._members else two
     await owner.presence_add(again, limit=2)  # already in: not refused
     assert len(await two.presence_list("call:x")) == 2
+
+
+async def test_position_reads_and_registrations_share_a_call_until_it_is_written(
+    make_node: MakeNode, make: Make
+) -> None:
+    """While the calls pipe has a write in flight (a BLPOP holds its replies for 0.3 s), head
+    reads of one room made in later loop iterations share one read, which still runs after
+    the last of them was made (so it sees a publication acknowledged in between), and
+    registrations of one user's sessions share one call."""
+    broker, state, _ = await make_node()
+    pub, _ = await make()
+    pipe = broker._calls
+    assert pipe is not None
+    await broker.position("r")  # the room exists; the pipe is idle again
+    calls_before = pipe.calls
+    hold = asyncio.ensure_future(pipe.call("BLPOP", "nothing-here", "0.3"))
+    await asyncio.sleep(0.02)
+    first = asyncio.ensure_future(broker.position("r"))
+    await asyncio.sleep(0.02)
+    assert (await pub.publish("r", body(0))).offset == 1  # acknowledged in between
+    later = []
+    for _ in range(4):
+        await asyncio.sleep(0.01)
+        later.append(asyncio.ensure_future(broker.position("r")))
+    for i in range(5):
+        state.connection_add_nowait("u", f"s{i}")
+        await asyncio.sleep(0.005)
+    assert len(pipe._queue) == 2  # one head read, one registration
+    await hold
+    heads = [await first] + [await f for f in later]
+    assert [h for _, h in heads] == [1] * 5
+    assert pipe.calls - calls_before == 2  # the BLPOP and one shared read
+    assert await state.connection_count("u") == 5
