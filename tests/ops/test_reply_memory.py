@@ -16,10 +16,8 @@ it reads), and history pages continued with their cursor join up to the whole ro
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,11 +28,13 @@ import pytest
 
 from tests.conftest import API_KEY, RedisProc, token
 from tests.helpers import until
+from tests.mute import sse_not_reading, ws_not_reading
 from tests.ops.harness import NodeProc
 from tests.wsclient import WS
 
 MIB = 1024 * 1024
 ROOM = "big"
+HISTORY = {"type": "history", "room": ROOM, "limit": 1000, "id": 1}
 COUNT = 300
 DATA = 60_000  # characters of data per message
 CLIENTS = 10  # of each kind
@@ -53,54 +53,6 @@ def _status(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(value.split()[0])
     return out
-
-
-def _quiet_socket(port: int) -> socket.socket:
-    """A blocking client socket with a small receive buffer, connected to the node."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", port))
-    return sock
-
-
-def _sse_not_reading(port: int, sub: str) -> socket.socket:
-    """An SSE stream resuming ``ROOM`` from offset 0 whose client never reads."""
-    sock = _quiet_socket(port)
-    sock.sendall(
-        f"GET /v1/rooms/{ROOM}/events?since=0&token={token(sub)} HTTP/1.1\r\n"
-        "Host: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
-    )
-    return sock
-
-
-def _masked_text(payload: bytes) -> bytes:
-    """One client WebSocket text frame (masked, as clients must), shorter than 64 KiB."""
-    key = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0x80 | 126]) + n.to_bytes(2)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-
-def _ws_history_not_reading(port: int, sub: str) -> socket.socket:
-    """A WebSocket client that sends ``history {limit: 1000}`` and never reads the answer
-    (it reads the upgrade's response headers only)."""
-    sock = _quiet_socket(port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET /v1/ws?token={token(sub)} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        .encode()
-    )  # fmt: skip
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1024)
-        assert chunk, "the node closed the upgrade"
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 101"), head[:200]
-    frame = {"type": "history", "room": ROOM, "limit": 1000, "id": 1}
-    sock.sendall(_masked_text(json.dumps(frame).encode()))
-    return sock
 
 
 @pytest.fixture
@@ -189,8 +141,12 @@ async def _case_47(node: NodeProc) -> dict[str, Any]:
         before = _status(pid)["VmRSS"]
         try:
             for i in range(CLIENTS):
-                socks.append(await asyncio.to_thread(_sse_not_reading, node.port, f"sse{i}"))
-                socks.append(await asyncio.to_thread(_ws_history_not_reading, node.port, f"w{i}"))
+                socks.append(
+                    await asyncio.to_thread(sse_not_reading, node.port, ROOM, token(f"sse{i}"))
+                )
+                socks.append(
+                    await asyncio.to_thread(ws_not_reading, node.port, token(f"w{i}"), HISTORY)
+                )
 
             async def served() -> dict[str, float] | None:
                 # Every non-reader has its session and is being served: each WebSocket got

@@ -14,10 +14,7 @@ redis-server (publisher on one, reader on the other).
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import os
-import socket
 from typing import Any
 
 import httpx
@@ -28,6 +25,7 @@ from hubbub.hub.envelope import Position, make_cursor, parse_cursor
 from hubbub.hub.session import Session
 from tests.conftest import API_KEY, Node, RedisProc, token
 from tests.helpers import until
+from tests.mute import quiet_socket, sse_not_reading, ws_not_reading
 from tests.transports.test_sse import Event, offsets, sse
 from tests.wsclient import WS
 
@@ -159,7 +157,7 @@ async def test_ws_replay_of_many_pages_with_live_publications(nodes: tuple[Node,
     # The client reads nothing until the live publications are out: its socket fills and
     # the replay waits for it, page after page, while they arrive.
     ws = await WS.connect(reader.ws_url, token("bob"), max_queue=2,
-                          sock=_quiet_socket(reader.port))  # fmt: skip
+                          sock=quiet_socket(reader.port))  # fmt: skip
     await ws.send({"type": "subscribe", "room": "r", "since": {"epoch": epoch, "offset": 0},
                    "id": 1})  # fmt: skip
     session: Session = await until(lambda: next(iter(reader.hub.sessions.values()), None))
@@ -264,51 +262,6 @@ async def test_sse_multi_room_cursor_of_many_pages(nodes: tuple[Node, Node]) -> 
 
 
 # ---- a client that does not read its replay ---------------------------------------------------
-def _quiet_socket(port: int) -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", port))
-    return sock
-
-
-def _masked_text(payload: bytes) -> bytes:
-    key = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0x80 | 126]) + n.to_bytes(2)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-
-def _ws_subscribe_not_reading(port: int, room: str) -> socket.socket:
-    """A WebSocket client that subscribes to ``room`` from offset 0 and reads nothing after
-    the upgrade's response headers."""
-    sock = _quiet_socket(port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET /v1/ws?token={token('mute')} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1024)
-        assert chunk
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 101")
-    frame = {"type": "subscribe", "room": room, "since": {"epoch": None, "offset": 0}, "id": 1}
-    sock.sendall(_masked_text(json.dumps(frame).encode()))
-    return sock
-
-
-def _sse_not_reading(port: int, room: str) -> socket.socket:
-    sock = _quiet_socket(port)
-    sock.sendall(
-        f"GET /v1/rooms/{room}/events?since=0&token={token('mute')} HTTP/1.1\r\n"
-        "Host: 127.0.0.1\r\n\r\n".encode()
-    )
-    return sock
-
-
 @pytest.mark.parametrize("transport", ["ws", "sse"])
 async def test_client_that_does_not_read_its_replay_is_a_slow_consumer(
     node_factory: Any, transport: str
@@ -318,8 +271,12 @@ async def test_client_that_does_not_read_its_replay_is_a_slow_consumer(
     replay meanwhile gets all of it."""
     node = await node_factory(max_reply_bytes=64 * 1024, ping_interval=1.0, ping_timeout=30.0)
     await fill(node, "big", 150, size=60_000)  # 9 MB
-    opener = _ws_subscribe_not_reading if transport == "ws" else _sse_not_reading
-    sock = await asyncio.to_thread(opener, node.port, "big")
+    if transport == "ws":
+        since = {"type": "subscribe", "room": "big", "since": {"epoch": None, "offset": 0},
+                 "id": 1}  # fmt: skip
+        sock = await asyncio.to_thread(ws_not_reading, node.port, token("mute"), since)
+    else:
+        sock = await asyncio.to_thread(sse_not_reading, node.port, "big", token("mute"))
     try:
         mute: Session = await until(lambda: next(iter(node.hub.sessions.values()), None))
         async with sse(node, "/v1/rooms/big/events?since=0") as (_, s):
