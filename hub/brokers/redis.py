@@ -267,15 +267,23 @@ class RedisBroker:
             self._calls.preload("SCRIPT", "LOAD", source)
         return script
 
-    def run(self, script: Script, keys: Sequence[Any], args: Sequence[Any] = ()) -> Awaitable[Any]:
+    def run(
+        self,
+        script: Script,
+        keys: Sequence[Any],
+        args: Sequence[Any] = (),
+        on_write: Callable[[], None] | None = None,
+    ) -> Awaitable[Any]:
         """Run a script of :meth:`script` within the timeout; every failure becomes
         BrokerError. One Redis: on the calls pipe, concurrent calls pipelined on one connection
         (a reconnect storm's thousands of subscribes cost one write per loop iteration, not one
         pooled round trip each; one write in flight, so a busy node's calls of many loop
         iterations share one), within the pipe's own deadline (the oldest call written and
-        not answered); a cluster: through redis-py, which routes each call to its slot's node."""
+        not answered), ``on_write`` called as the call is written; a cluster: through
+        redis-py, which routes each call to its slot's node (``on_write`` is not called)."""
         if self._calls is not None:
-            return self._piped(self._calls, ("EVALSHA", script.sha, len(keys), *keys, *args))
+            call = ("EVALSHA", script.sha, len(keys), *keys, *args)
+            return self._piped(self._calls, call, on_write)
         return self.call(script(keys=list(keys), args=list(args)))
 
     @staticmethod
@@ -517,14 +525,9 @@ class RedisBroker:
         keys = [self._rk(room, "meta"), self._rk(room, "stream")]
         args = [new_epoch(), self._read_ttl]
         try:
-            if self._calls is not None:
-                res = await self._piped(
-                    self._calls,
-                    ("EVALSHA", self._s_position.sha, len(keys), *keys, *args),
-                    on_write=lambda: self._forget_position(room, fut),
-                )
-            else:
-                res = await self.run(self._s_position, keys, args)
+            res = await self.run(
+                self._s_position, keys, args, on_write=lambda: self._forget_position(room, fut)
+            )
             value = (res[0].decode(), int(res[1]))
         except BaseException as exc:
             if not fut.done():
