@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,20 +118,28 @@ async def test_snippet_runs(snippet: Snippet, node_factory: Any, tmp_path: Path)
         assert out.decode() == snippet.prints, out.decode()
 
 
+async def _read_until(
+    stream: asyncio.StreamReader, done: Callable[[bytes], bool], within: float
+) -> bytes:
+    """What ``stream`` gave until ``done(output)``, its end, or ``within`` seconds."""
+    out = b""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            while not done(out):
+                chunk = await stream.read(4096)
+                if not chunk:
+                    break
+                out += chunk
+    return out
+
+
 async def _until_it_prints(proc: asyncio.subprocess.Process, snippet: Snippet) -> None:
     """Read ``proc``'s output until it shows ``snippet.until``; then stop it. Fails when it
     exits first (with a non-zero status, or 0 without printing it) or takes over 30 s."""
     assert proc.stdout is not None and proc.stderr is not None and snippet.until is not None
-    out = b""
+    until = snippet.until.encode()
     try:
-        async with asyncio.timeout(30):
-            while snippet.until.encode() not in out:
-                chunk = await proc.stdout.read(4096)
-                if not chunk:
-                    break
-                out += chunk
-    except TimeoutError:
-        pass
+        out = await _read_until(proc.stdout, lambda out: until in out, 30)
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -178,16 +187,12 @@ async def test_the_readme_shell_example_runs(tmp_path: Path) -> None:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None
-    out = b""
+
+    def shown(out: bytes) -> bool:
+        return b'"text":"hello"' in out.split(b'"offset":1', 1)[-1] and b"data:" in out
+
     try:
-        async with asyncio.timeout(60):
-            while b'"text":"hello"' not in out.split(b'"offset":1', 1)[-1] or b"data:" not in out:
-                chunk = await proc.stdout.read(4096)
-                if not chunk:
-                    break
-                out += chunk
-    except TimeoutError:
-        pass
+        out = await _read_until(proc.stdout, shown, 60)
     finally:
         await _stop_group(proc)
     err = (await proc.stderr.read()).decode(errors="replace")
