@@ -97,7 +97,6 @@ class Abuse:
         self.pub_failed = 0
         self.legit: list[Follower] = []
         self.members_frames: list[int] = []
-        self.flood_accepted = 0
         self.conns_peak = 0
         self.t0 = 0.0
 
@@ -211,43 +210,14 @@ class Abuse:
         await self._abuser("junk", i, "mallory-junk", frame, 0.02)
 
     async def flood(self, i: int) -> None:
-        tally = self.t("flood")
-        while not self.stop.is_set():
-            try:
-                ws = await self.open_ws(i, self.token("mallory-flood"))
-            except (OSError, TimeoutError, ConnectionError, websockets.WebSocketException) as exc:
-                tally.closes[f"connect:{self.close_code(exc)}"] += 1
-                await asyncio.sleep(0.5)
-                continue
-            tally.opened += 1
+        n = 0
 
-            async def read(ws: ClientConnection = ws) -> None:
-                async for raw in ws:
-                    f = orjson.loads(raw)
-                    if f.get("type") == "reply":
-                        tally.served += 1
-                        self.flood_accepted += 1
-                    elif f.get("type") == "error":
-                        tally.refused[str(f.get("code"))] += 1
-                    elif f.get("type") == "ping":
-                        await ws.send(PONG)
+        def frame() -> dict[str, Any]:
+            nonlocal n
+            n += 1
+            return {"type": "publish", "id": n, "room": "spam", "data": {"n": n}}
 
-            reader = asyncio.create_task(read())
-            n = 0
-            try:
-                while not self.stop.is_set() and not reader.done():
-                    n += 1
-                    await ws.send(orjson.dumps({"type": "publish", "id": n, "room": "spam",
-                                                "data": {"n": n}}).decode())  # fmt: skip
-                    tally.frames_sent += 1
-                    await asyncio.sleep(0.002)
-                await ws.close()
-            except websockets.ConnectionClosed:
-                pass
-            with contextlib.suppress(BaseException):
-                await reader
-            tally.closes[str(ws.close_code)] += 1
-            await asyncio.sleep(0.2)
+        await self._abuser("flood", i, "mallory-flood", frame, 0.002)
 
     async def conns(self) -> None:
         """150 connections of one user over both nodes, held 20 s, then again."""
@@ -407,11 +377,7 @@ class Abuse:
     # ---- samples -------------------------------------------------------------------------------
     async def sampler(self) -> None:
         while not self.stop.is_set():
-            self.samples.append({
-                "t": round(time.monotonic() - self.t0, 1),
-                "rss_mib": [round(proc_rss_kib(p) / 1024, 1) for p in self.pids],
-                **await self.redis_info(),
-            })  # fmt: skip
+            await self.sampler_once()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), 1.0)
 
@@ -534,7 +500,7 @@ class Abuse:
             "read_keys": read_keys,
             "legit": legit,
             "abusers": {k: v.figures() for k, v in self.tally.items() if k != "legit"},
-            "flood_accepted": self.flood_accepted,
+            "flood_accepted": self.t("flood").served,
             "flood_budget": int(budget),
             "conns_peak": self.conns_peak,
         }
