@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -85,10 +83,6 @@ async def test_room_churn_on_memory_keeps_nothing(tmp_path: Path) -> None:
         node.stop()
 
 
-async def _not(value: Awaitable[Any]) -> bool:
-    return not await value
-
-
 async def _sizes(client: aioredis.Redis, prefix: str) -> dict[bytes, tuple[int, int]]:
     """Every key under ``prefix``: (TTL in seconds, size: fields, members, entries or bytes)."""
     out: dict[bytes, tuple[int, int]] = {}
@@ -136,7 +130,10 @@ async def test_room_churn_on_redis_keeps_no_key_past_600_s(
             return {k: (before[k][1], size) for k, (_, size) in now.items()
                     if k in before and size > before[k][1]}  # fmt: skip
 
-        await until(lambda: _not(grown()), 10.0, "the listing back to its size")
+        async def settled() -> bool:
+            return not await grown()
+
+        await until(settled, 10.0, "the listing back to its size")
         await keeper.close()
         print(f"{len(created)} keys created by {REDIS_ROOMS} rooms, all expiring within 600 s")
         await ws.close()
